@@ -1,0 +1,250 @@
+// Shared harness for the real-SDK smoke tests: starts the sidewire binary on
+// ephemeral ports, parses its "listening" line, and offers small helpers
+// (timeouts, event waiting, publication collection, server-API publish).
+//
+// Binary: $SIDEWIRE_BIN if set, else <repo>/target/debug/sidewire.
+// Set SIDEWIRE_TEST_LOG=1 to copy the server's stderr to this process' stderr.
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import WebSocket from 'ws';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const REPO_ROOT = resolve(here, '..', '..', '..');
+export const SIDEWIRE_BIN = process.env.SIDEWIRE_BIN
+  ? resolve(process.env.SIDEWIRE_BIN)
+  : join(REPO_ROOT, 'target', 'debug', 'sidewire');
+
+const STARTUP_TIMEOUT_MS = 15000;
+const LISTEN_RE = /^sidewire listening client=(\S+) admin=(\S+)\s*$/;
+const STDERR_TAIL_BYTES = 8192;
+
+// Every server started by this process, so that a crash of the test process
+// still does not leave a sidewire running.
+const liveServers = new Set();
+process.on('exit', () => {
+  for (const child of liveServers) {
+    try { child.kill('SIGKILL'); } catch { /* already gone */ }
+  }
+});
+
+/** Rejects with a descriptive error if `promise` does not settle within `ms`. */
+export function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => {
+      const extra = typeof what === 'function' ? what() : what;
+      reject(new Error(`timeout after ${ms} ms: ${extra}`));
+    }, ms);
+  });
+  return Promise.race([Promise.resolve(promise), timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Resolves with the promise's rejection value; rejects if it fulfils instead. */
+export function expectRejection(promise, what) {
+  return Promise.resolve(promise).then(
+    (value) => { throw new Error(`${what}: expected a rejection, got ${safeJson(value)}`); },
+    (err) => err,
+  );
+}
+
+export function safeJson(v) {
+  try {
+    return JSON.stringify(v, (_k, x) => (x instanceof Uint8Array ? `<bytes ${Buffer.from(x).toString('hex')}>` : x));
+  } catch {
+    return String(v);
+  }
+}
+
+/** Unique channel name, so that tests never see each other's publications. */
+export function uniqueChannel(prefix) {
+  return `${prefix}-${randomBytes(6).toString('hex')}`;
+}
+
+/** Number from a JS number, bigint, string or protobufjs Long. */
+export function toNumber(v) {
+  if (v === undefined || v === null) return v;
+  if (typeof v === 'object' && typeof v.toNumber === 'function') return v.toNumber();
+  return Number(v);
+}
+
+/**
+ * Starts `sidewire --config <tmp yaml>` and waits for its listening line.
+ * Returns { clientAddr, adminAddr, wsUrl, adminUrl, stop(), alive(), stderrTail() }.
+ */
+export async function startServer({ extraConfig = '' } = {}) {
+  if (!existsSync(SIDEWIRE_BIN)) {
+    throw new Error(`sidewire binary not found at ${SIDEWIRE_BIN} (build it, or set SIDEWIRE_BIN)`);
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'sidewire-sdk-js-'));
+  const configPath = join(dir, 'sidewire.yaml');
+  writeFileSync(configPath, [
+    'listen: "127.0.0.1:0"',
+    'admin_listen: "127.0.0.1:0"',
+    'allowed_origins: ["*"]',
+    extraConfig,
+    '',
+  ].join('\n'));
+
+  const child = spawn(SIDEWIRE_BIN, ['--config', configPath], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env },
+  });
+  liveServers.add(child);
+
+  let stderrBuf = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk) => {
+    if (process.env.SIDEWIRE_TEST_LOG) process.stderr.write(chunk);
+    stderrBuf = (stderrBuf + chunk).slice(-STDERR_TAIL_BYTES);
+  });
+  const stderrTail = () => stderrBuf.trim() || '<empty>';
+
+  let exited = null; // { code, signal } once the process is gone
+  const exitPromise = new Promise((res) => {
+    child.on('exit', (code, signal) => {
+      exited = { code, signal };
+      liveServers.delete(child);
+      res(exited);
+    });
+  });
+
+  const listening = new Promise((res, rej) => {
+    let buf = '';
+    child.stdout.setEncoding('utf8');
+    // Keep draining stdout for the whole life of the process.
+    child.stdout.on('data', (chunk) => {
+      buf += chunk;
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl).replace(/\r$/, '');
+        buf = buf.slice(nl + 1);
+        const m = LISTEN_RE.exec(line);
+        if (m) res({ clientAddr: m[1], adminAddr: m[2] });
+      }
+    });
+    child.on('error', (err) => rej(new Error(`failed to spawn ${SIDEWIRE_BIN}: ${err.message}`)));
+    exitPromise.then(({ code, signal }) => rej(new Error(
+      `sidewire exited before listening (code=${code} signal=${signal}); stderr:\n${stderrTail()}`)));
+  });
+
+  const stop = async () => {
+    try {
+      if (exited === null) {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => { if (exited === null) child.kill('SIGKILL'); }, 3000);
+        await exitPromise;
+        clearTimeout(timer);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
+  let addrs;
+  try {
+    addrs = await withTimeout(listening, STARTUP_TIMEOUT_MS,
+      () => `waiting for "sidewire listening client=… admin=…" on stdout; stderr:\n${stderrTail()}`);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return {
+    ...addrs,
+    wsUrl: `ws://${addrs.clientAddr}/connection/websocket`,
+    adminUrl: `http://${addrs.adminAddr}`,
+    stop,
+    alive: () => exited === null,
+    exitInfo: () => exited,
+    stderrTail,
+  };
+}
+
+/**
+ * Creates a client (JSON or protobuf build, chosen by `Ctor`), records its
+ * errors, connects and waits for `connected`. Returns { client, clientId, errors }.
+ * `track` collects clients for the after hook.
+ */
+export async function connectClient(Ctor, server, track, opts = {}) {
+  const client = new Ctor(server.wsUrl, {
+    websocket: WebSocket,
+    timeout: 3000,
+    minReconnectDelay: 200,
+    maxReconnectDelay: 1000,
+    ...opts,
+  });
+  track.push(client);
+  const errors = [];
+  // The SDK's emitter throws on an 'error' event without a listener.
+  client.on('error', (ctx) => errors.push(ctx));
+  const disconnects = [];
+  client.on('disconnected', (ctx) => disconnects.push(ctx));
+  const connected = new Promise((res) => client.once('connected', res));
+  client.connect();
+  const ctx = await withTimeout(connected, 6000,
+    () => `client 'connected' event (errors: ${safeJson(errors)}, disconnects: ${safeJson(disconnects)}; server alive: ${server.alive()}; stderr:\n${server.stderrTail()})`);
+  await withTimeout(client.ready(5000), 6000, 'client.ready()');
+  return { client, ctx, clientId: ctx.client, errors };
+}
+
+/**
+ * Creates a subscription that queues its publications, subscribes and waits for
+ * `subscribed`. Returns { sub, subscribedCtx, nextPublication(ms, what) }.
+ */
+export async function subscribe(client, channel, opts = {}) {
+  const sub = client.newSubscription(channel, opts);
+  const errors = [];
+  const unsubscribes = [];
+  sub.on('error', (ctx) => errors.push(ctx));
+  sub.on('unsubscribed', (ctx) => unsubscribes.push(ctx));
+  const queue = [];
+  const waiters = [];
+  sub.on('publication', (ctx) => {
+    const w = waiters.shift();
+    if (w) w(ctx); else queue.push(ctx);
+  });
+  const subscribed = new Promise((res) => sub.once('subscribed', res));
+  sub.subscribe();
+  const subscribedCtx = await withTimeout(subscribed, 5000,
+    () => `'subscribed' on ${channel} (errors: ${safeJson(errors)}, unsubscribed: ${safeJson(unsubscribes)})`);
+  const nextPublication = (ms = 5000, what = `publication on ${channel}`) => {
+    if (queue.length) return Promise.resolve(queue.shift());
+    let waiter;
+    const p = new Promise((res) => { waiter = res; waiters.push(res); });
+    return withTimeout(p, ms, what).catch((err) => {
+      const i = waiters.indexOf(waiter);
+      if (i >= 0) waiters.splice(i, 1);
+      throw err;
+    });
+  };
+  return { sub, subscribedCtx, nextPublication, errors };
+}
+
+/** POST <admin>/api/publish with a JSON body; returns the parsed JSON response. */
+export async function adminPublish(server, channel, data) {
+  const res = await fetch(`${server.adminUrl}/api/publish`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ channel, data }),
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`server API publish: HTTP ${res.status}: ${text}`);
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new Error(`server API publish: response is not JSON: ${text}`);
+  }
+}
+
+/** Disconnects every tracked client (errors ignored) and empties the list. */
+export function disconnectAll(clients) {
+  while (clients.length) {
+    const c = clients.pop();
+    try { c.disconnect(); } catch { /* ignore */ }
+  }
+}

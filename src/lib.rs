@@ -1,8 +1,26 @@
 //! sidewire: a reverse-proxy sidecar adding Centrifugo-compatible real-time transports in
 //! front of any backend.
+//!
+//! Module map (one duty each):
+//! - [`edge`]: listeners, routing, origin policy, transports (WebSocket);
+//! - [`session`]: the transport-independent session loop and its bounded outbox;
+//! - [`link`]: the multiplexed stream to the upstream, reconnects, local fan-out;
+//! - [`protocol`]: client protocol v2 types, JSON dialect, framing, codes;
+//! - [`hub`]: the reference upstream (embedded or `sidewire hub`);
+//! - [`admin`]: health, readiness, the embedded hub's server API;
+//! - [`config`]: YAML schema, defaults, validation;
+//! - [`app`]: wiring it all together.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod edge;
+pub mod http;
+pub mod hub;
+pub mod link;
 pub mod protocol;
+pub mod session;
 
 /// Generated Protobuf code, laid out by package as prost expects.
 #[allow(missing_docs, clippy::all)]

@@ -101,6 +101,8 @@ macro_rules! disconnects {
 disconnects! {
     /// The client simply went away; never sent on the wire.
     CONNECTION_CLOSED = 3000, "connection closed";
+    /// A WebSocket message over message_size_limit (terminal in centrifuge-js).
+    MESSAGE_TOO_BIG = 1009, "";
     /// Server shutting down; clients reconnect.
     SHUTDOWN = 3001, "shutdown";
     /// Internal error; clients reconnect.
@@ -184,6 +186,9 @@ mod tests {
     fn error_table() {
         let e = ErrorCode::Internal.to_error();
         assert_eq!((e.code, e.temporary), (100, true));
-        assert_eq!(ErrorCode::MethodNotFound.to_error().message, "method not found");
+        assert_eq!(
+            ErrorCode::MethodNotFound.to_error().message,
+            "method not found"
+        );
     }
 }

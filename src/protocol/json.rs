@@ -44,8 +44,8 @@ mod tests {
     use bytes::Bytes;
 
     use crate::protocol::client::{
-        ClientInfo, Command, HistoryResult, PresenceStatsResult, Publication, PublishRequest,
-        Push, Reply,
+        ClientInfo, Command, HistoryResult, PresenceStatsResult, Publication, PublishRequest, Push,
+        Reply,
     };
 
     #[test]

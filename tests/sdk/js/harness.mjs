@@ -60,6 +60,17 @@ export function safeJson(v) {
   }
 }
 
+/** Distinct JSON values with their counts, to keep repeated reconnect errors short. */
+export function summarize(list) {
+  if (!list.length) return 'none';
+  const counts = new Map();
+  for (const x of list) {
+    const k = safeJson(x);
+    counts.set(k, (counts.get(k) || 0) + 1);
+  }
+  return [...counts].map(([k, n]) => (n > 1 ? `${n} x ${k}` : k)).join(', ');
+}
+
 /** Unique channel name, so that tests never see each other's publications. */
 export function uniqueChannel(prefix) {
   return `${prefix}-${randomBytes(6).toString('hex')}`;
@@ -113,6 +124,14 @@ export async function startServer({ extraConfig = '' } = {}) {
     });
   });
 
+  // Rejects once the process has exited: raced against every wait through
+  // watch(), so that a crash fails the running test at once with the server's stderr.
+  const died = exitPromise.then(({ code, signal }) => {
+    throw new Error(`sidewire exited unexpectedly (code=${code} signal=${signal}); stderr:\n${stderrTail()}`);
+  });
+  died.catch(() => {});
+  const watch = (promise) => Promise.race([Promise.resolve(promise), died]);
+
   const listening = new Promise((res, rej) => {
     let buf = '';
     child.stdout.setEncoding('utf8');
@@ -159,6 +178,7 @@ export async function startServer({ extraConfig = '' } = {}) {
     adminUrl: `http://${addrs.adminAddr}`,
     stop,
     alive: () => exited === null,
+    watch,
     exitInfo: () => exited,
     stderrTail,
   };
@@ -185,17 +205,21 @@ export async function connectClient(Ctor, server, track, opts = {}) {
   client.on('disconnected', (ctx) => disconnects.push(ctx));
   const connected = new Promise((res) => client.once('connected', res));
   client.connect();
-  const ctx = await withTimeout(connected, 6000,
-    () => `client 'connected' event (errors: ${safeJson(errors)}, disconnects: ${safeJson(disconnects)}; server alive: ${server.alive()}; stderr:\n${server.stderrTail()})`);
-  await withTimeout(client.ready(5000), 6000, 'client.ready()');
+  if (!server.alive()) {
+    throw new Error(`sidewire is not running (${safeJson(server.exitInfo())}); stderr:\n${server.stderrTail()}`);
+  }
+  const ctx = await withTimeout(server.watch(connected), 4000,
+    () => `client 'connected' event (errors: ${summarize(errors)}; disconnects: ${summarize(disconnects)}; server alive: ${server.alive()}; server stderr:\n${server.stderrTail()})`);
+  await withTimeout(server.watch(client.ready(3000)), 4000, 'client.ready()');
   return { client, ctx, clientId: ctx.client, errors };
 }
 
 /**
  * Creates a subscription that queues its publications, subscribes and waits for
- * `subscribed`. Returns { sub, subscribedCtx, nextPublication(ms, what) }.
+ * `subscribed`. Returns { sub, subscribedCtx, nextPublication(ms, what), errors }.
+ * `server` (from startServer) makes the waits fail at once if the server dies.
  */
-export async function subscribe(client, channel, opts = {}) {
+export async function subscribe(server, client, channel, opts = {}) {
   const sub = client.newSubscription(channel, opts);
   const errors = [];
   const unsubscribes = [];
@@ -209,13 +233,13 @@ export async function subscribe(client, channel, opts = {}) {
   });
   const subscribed = new Promise((res) => sub.once('subscribed', res));
   sub.subscribe();
-  const subscribedCtx = await withTimeout(subscribed, 5000,
-    () => `'subscribed' on ${channel} (errors: ${safeJson(errors)}, unsubscribed: ${safeJson(unsubscribes)})`);
+  const subscribedCtx = await withTimeout(server.watch(subscribed), 5000,
+    () => `'subscribed' on ${channel} (errors: ${summarize(errors)}; unsubscribed: ${summarize(unsubscribes)})`);
   const nextPublication = (ms = 5000, what = `publication on ${channel}`) => {
     if (queue.length) return Promise.resolve(queue.shift());
     let waiter;
     const p = new Promise((res) => { waiter = res; waiters.push(res); });
-    return withTimeout(p, ms, what).catch((err) => {
+    return withTimeout(server.watch(p), ms, what).catch((err) => {
       const i = waiters.indexOf(waiter);
       if (i >= 0) waiters.splice(i, 1);
       throw err;

@@ -44,6 +44,17 @@ export function defineWebsocketSuite(title, Ctor, codec) {
   describe(title, { timeout: 55000 }, () => {
     let server;
     const clients = [];
+    // Fail fast: once the basic connect test has failed, every later test fails
+    // at once instead of waiting for its own connect timeout.
+    let connectWorks = null;
+    // Every wait: bounded in time, and cut short if the server process dies.
+    const w = (promise, ms, what) => withTimeout(server.watch(promise), ms, what);
+    const connect = async () => {
+      if (connectWorks === false) {
+        throw new Error('not attempted: the basic connect test failed (see its error)');
+      }
+      return connectClient(Ctor, server, clients);
+    };
 
     before(async () => {
       server = await startServer();
@@ -59,7 +70,9 @@ export function defineWebsocketSuite(title, Ctor, codec) {
     });
 
     it('connects and reports a client id', { timeout: TEST_TIMEOUT_MS }, async () => {
+      connectWorks = false;
       const { client, ctx, clientId } = await connectClient(Ctor, server, clients);
+      connectWorks = true;
       assert.equal(typeof clientId, 'string');
       assert.ok(clientId.length > 0, 'connected ctx.client must be non-empty');
       assert.equal(ctx.transport, 'websocket');
@@ -67,20 +80,20 @@ export function defineWebsocketSuite(title, Ctor, codec) {
     });
 
     it('subscribes to a channel', { timeout: TEST_TIMEOUT_MS }, async () => {
-      const { client } = await connectClient(Ctor, server, clients);
+      const { client } = await connect();
       const channel = uniqueChannel(`sub-${codec.name}`);
-      const { sub, subscribedCtx } = await subscribe(client, channel);
+      const { sub, subscribedCtx } = await subscribe(server, client, channel);
       assert.equal(subscribedCtx.channel, channel);
       assert.equal(sub.state, 'subscribed');
     });
 
     it('receives its own publication with info and offsets', { timeout: TEST_TIMEOUT_MS }, async () => {
-      const { client, clientId } = await connectClient(Ctor, server, clients);
+      const { client, clientId } = await connect();
       const channel = uniqueChannel(`pub-${codec.name}`);
-      const { sub, nextPublication } = await subscribe(client, channel);
+      const { sub, nextPublication } = await subscribe(server, client, channel);
 
       const first = codec.payload(1);
-      const publishResult = await withTimeout(client.publish(channel, first), 5000, 'client.publish');
+      const publishResult = await w(client.publish(channel, first), 5000, 'client.publish');
       assert.deepEqual(publishResult, {});
       const p1 = await nextPublication(5000, 'own publication #1');
       assert.equal(p1.channel, channel);
@@ -92,22 +105,22 @@ export function defineWebsocketSuite(title, Ctor, codec) {
 
       // Second one through the Subscription API: offsets increase, order is kept.
       const second = codec.payload(2);
-      await withTimeout(sub.publish(second), 5000, 'sub.publish');
+      await w(sub.publish(second), 5000, 'sub.publish');
       const p2 = await nextPublication(5000, 'own publication #2');
       codec.assertEqualData(p2.data, second, 'publication #2 data');
       assert.equal(toNumber(p2.offset), 2);
     });
 
     it('delivers a publication to a second client', { timeout: TEST_TIMEOUT_MS }, async () => {
-      const a = await connectClient(Ctor, server, clients);
-      const b = await connectClient(Ctor, server, clients);
+      const a = await connect();
+      const b = await connect();
       assert.notEqual(a.clientId, b.clientId, 'two connections must get distinct client ids');
       const channel = uniqueChannel(`fanout-${codec.name}`);
-      const subA = await subscribe(a.client, channel);
-      const subB = await subscribe(b.client, channel);
+      const subA = await subscribe(server, a.client, channel);
+      const subB = await subscribe(server, b.client, channel);
 
       const data = codec.payload(7);
-      await withTimeout(a.client.publish(channel, data), 5000, 'publish by client A');
+      await w(a.client.publish(channel, data), 5000, 'publish by client A');
       const gotB = await subB.nextPublication(5000, "client B receiving A's publication");
       codec.assertEqualData(gotB.data, data, 'data received by B');
       assert.equal(gotB.info?.client, a.clientId, 'info.client on B must be A');
@@ -118,56 +131,56 @@ export function defineWebsocketSuite(title, Ctor, codec) {
     });
 
     it('rpc echo returns the request data', { timeout: TEST_TIMEOUT_MS }, async () => {
-      const { client } = await connectClient(Ctor, server, clients);
+      const { client } = await connect();
       const data = codec.rpcPayload();
-      const res = await withTimeout(client.rpc('echo', data), 5000, "rpc('echo')");
+      const res = await w(client.rpc('echo', data), 5000, "rpc('echo')");
       codec.assertEqualData(res.data, data, 'rpc echo result');
     });
 
     it('rpc to an unknown method fails with 104', { timeout: TEST_TIMEOUT_MS }, async () => {
-      const { client } = await connectClient(Ctor, server, clients);
-      const err = await withTimeout(expectRejection(client.rpc('nope', codec.rpcPayload()), "rpc('nope')"),
+      const { client } = await connect();
+      const err = await w(expectRejection(client.rpc('nope', codec.rpcPayload()), "rpc('nope')"),
         5000, "rpc('nope') rejection");
       assert.equal(err.code, 104, `expected code 104, got ${safeJson(err)}`);
       assert.equal(client.state, 'connected', 'an rpc error must not drop the connection');
     });
 
     it('subscribing to a $-channel is refused with 103', { timeout: TEST_TIMEOUT_MS }, async () => {
-      const { client } = await connectClient(Ctor, server, clients);
+      const { client } = await connect();
       const channel = `$${uniqueChannel(`private-${codec.name}`)}`;
       const sub = client.newSubscription(channel);
       sub.on('error', () => {});
       const unsubscribed = new Promise((res) => sub.once('unsubscribed', res));
       sub.subscribe();
-      const ctx = await withTimeout(unsubscribed, 5000, `'unsubscribed' on ${channel}`);
+      const ctx = await w(unsubscribed, 5000, `'unsubscribed' on ${channel}`);
       assert.equal(ctx.code, 103, `expected unsubscribed code 103, got ${safeJson(ctx)}`);
       assert.equal(sub.state, 'unsubscribed');
       assert.equal(client.state, 'connected');
     });
 
     it('presence and presence stats list the subscribed client', { timeout: TEST_TIMEOUT_MS }, async () => {
-      const { client, clientId } = await connectClient(Ctor, server, clients);
+      const { client, clientId } = await connect();
       const channel = uniqueChannel(`presence-${codec.name}`);
-      const { sub } = await subscribe(client, channel);
-      const presence = await withTimeout(sub.presence(), 5000, 'presence');
+      const { sub } = await subscribe(server, client, channel);
+      const presence = await w(sub.presence(), 5000, 'presence');
       assert.ok(presence.clients[clientId], `own client ${clientId} missing from ${safeJson(presence)}`);
       assert.equal(presence.clients[clientId].client, clientId);
       assert.equal(presence.clients[clientId].user, '');
       assert.equal(Object.keys(presence.clients).length, 1);
-      const stats = await withTimeout(sub.presenceStats(), 5000, 'presence_stats');
+      const stats = await w(sub.presenceStats(), 5000, 'presence_stats');
       assert.equal(stats.numClients, 1, `presence_stats: ${safeJson(stats)}`);
     });
 
     it('history returns client publications', { timeout: TEST_TIMEOUT_MS }, async () => {
-      const { client, clientId } = await connectClient(Ctor, server, clients);
+      const { client, clientId } = await connect();
       const channel = uniqueChannel(`history-${codec.name}`);
-      const { nextPublication } = await subscribe(client, channel);
+      const { nextPublication } = await subscribe(server, client, channel);
       const sent = [codec.payload(10), codec.payload(11)];
       for (const d of sent) {
-        await withTimeout(client.publish(channel, d), 5000, 'publish');
+        await w(client.publish(channel, d), 5000, 'publish');
         await nextPublication(5000, 'publication before history');
       }
-      const h = await withTimeout(client.history(channel, { limit: 10 }), 5000, 'history');
+      const h = await w(client.history(channel, { limit: 10 }), 5000, 'history');
       assert.equal(h.publications.length, 2, `history: ${safeJson(h)}`);
       assert.equal(toNumber(h.offset), 2);
       assert.equal(typeof h.epoch, 'string');
@@ -180,11 +193,11 @@ export function defineWebsocketSuite(title, Ctor, codec) {
     });
 
     it('a server API publish arrives as a publication', { timeout: TEST_TIMEOUT_MS }, async () => {
-      const { client } = await connectClient(Ctor, server, clients);
+      const { client } = await connect();
       const channel = uniqueChannel(`api-${codec.name}`);
-      const { nextPublication } = await subscribe(client, channel);
+      const { nextPublication } = await subscribe(server, client, channel);
       const data = { from: 'server-api', codec: codec.name, n: 7, list: [1, 2, 3] };
-      const body = await withTimeout(adminPublish(server, channel, data), 6000, 'POST /api/publish');
+      const body = await w(adminPublish(server, channel, data), 6000, 'POST /api/publish');
       assert.ok(body.result, `server API reply must have "result": ${safeJson(body)}`);
       assert.equal(body.result.offset, 1, `first publication in a fresh channel: ${safeJson(body)}`);
       assert.equal(typeof body.result.epoch, 'string');

@@ -1,0 +1,391 @@
+//! The YAML configuration: typed schema, defaults (named constants), validation that names
+//! every bad field by its dotted path, and loading from a file.
+//!
+//! Guarantee: a `Config` returned by [`Config::load`] or [`Config::from_yaml`] has passed
+//! [`Config::validate`]; nothing binds a port before that.
+
+pub mod duration;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Default client listener.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
+/// Default admin listener (health, readiness, server API of the embedded hub).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
+/// Default WebSocket endpoint path.
+pub const DEFAULT_WEBSOCKET_PATH: &str = "/connection/websocket";
+/// Default limit of one WebSocket message (the whole batch of commands), bytes.
+pub const DEFAULT_MESSAGE_SIZE_LIMIT: usize = 65_536;
+/// Default app-level ping period.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+/// Default time allowed for the pong after a ping.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(8);
+/// Default time allowed for the first `connect` command.
+pub const DEFAULT_STALE_CLOSE_DELAY: Duration = Duration::from_secs(10);
+/// Default bound of one session's outbound queue, bytes.
+pub const DEFAULT_QUEUE_MAX_SIZE: usize = 1_048_576;
+/// Default time allowed for one write to a client.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default number of publications the hub keeps per channel.
+pub const DEFAULT_HISTORY_SIZE: usize = 100;
+/// Default lifetime of the hub's channel history.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
+/// Headers of the connection request passed to the upstream by default.
+pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "origin",
+    "user-agent",
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-request-id",
+];
+/// Longest channel name accepted.
+pub const MAX_CHANNEL_LENGTH: usize = 255;
+
+/// A configuration error: one or more fields are invalid, or the file cannot be read or parsed.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The YAML did not match the schema (the message names the field and position).
+    #[error("{0}")]
+    Parse(String),
+    /// Fields have invalid values; each entry is `field.path: problem`.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole sidewire configuration. Keys follow Centrifugo's where the concept is the same.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Client listener address (WebSocket endpoint and, later, passthrough).
+    pub listen: SocketAddr,
+    /// Admin listener address: `/healthz`, `/readyz`, and the embedded hub's `/api/*`.
+    pub admin_listen: SocketAddr,
+    /// Glob patterns (`*`, `?`) matched case-insensitively against the whole `Origin` header.
+    /// Requests without Origin always pass; `["*"]` allows every origin.
+    pub allowed_origins: Vec<String>,
+    /// Serve the WebSocket endpoint.
+    pub websocket: bool,
+    /// Path of the WebSocket endpoint.
+    pub websocket_path: String,
+    /// Largest WebSocket message accepted from a client, bytes (larger: close 1009).
+    pub message_size_limit: usize,
+    /// App-level ping period; `0s` turns pings off.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub ping_interval: Duration,
+    /// Time allowed for a pong after each ping (3012 when missed); `0s` stops expecting pongs.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub pong_timeout: Duration,
+    /// Time allowed for the first `connect` command (3502 stale when missed).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub stale_close_delay: Duration,
+    /// Bound of a session's outbound queue, bytes; overflow disconnects with 3008 slow.
+    pub queue_max_size: usize,
+    /// Time allowed for one write to a client (3009 write error when exceeded).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub write_timeout: Duration,
+    /// Request headers (case-insensitive names) passed to the upstream in `SessionOpen`.
+    pub forward_headers: Vec<String>,
+    /// External upstream; when absent the embedded hub serves the Link in-process.
+    pub upstream: Option<UpstreamConfig>,
+    /// The reference hub (embedded, or `sidewire hub`).
+    pub hub: HubConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("constant address"),
+            admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("constant address"),
+            allowed_origins: Vec::new(),
+            websocket: true,
+            websocket_path: DEFAULT_WEBSOCKET_PATH.to_owned(),
+            message_size_limit: DEFAULT_MESSAGE_SIZE_LIMIT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            pong_timeout: DEFAULT_PONG_TIMEOUT,
+            stale_close_delay: DEFAULT_STALE_CLOSE_DELAY,
+            queue_max_size: DEFAULT_QUEUE_MAX_SIZE,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            forward_headers: DEFAULT_FORWARD_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            upstream: None,
+            hub: HubConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Where the Link connects when the upstream is an external process.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// gRPC endpoint, `http://host:port`.
+    pub endpoint: String,
+    /// Time allowed to establish the Link stream (TCP, HTTP/2, hello/welcome).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles per failure with full jitter.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub reconnect_backoff_min: Duration,
+    /// Cap of the reconnect delay.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub reconnect_backoff_max: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> UpstreamConfig {
+        UpstreamConfig {
+            endpoint: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The reference hub's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// When set, `connect.token` must be an HS256 JWT signed with this secret.
+    pub token_hmac_secret: Option<String>,
+    /// When set, the server API requires `X-API-Key: KEY` or `Authorization: apikey KEY`.
+    pub api_key: Option<String>,
+    /// Publications kept per channel.
+    pub history_size: usize,
+    /// How long publications stay in history.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub history_ttl: Duration,
+    /// Link (gRPC) listener of `sidewire hub`.
+    pub link_listen: SocketAddr,
+    /// Server API listener of `sidewire hub`.
+    pub api_listen: SocketAddr,
+}
+
+impl Default for HubConfig {
+    fn default() -> HubConfig {
+        HubConfig {
+            token_hmac_secret: None,
+            api_key: None,
+            history_size: DEFAULT_HISTORY_SIZE,
+            history_ttl: DEFAULT_HISTORY_TTL,
+            link_listen: "127.0.0.1:9200".parse().expect("constant address"),
+            api_listen: "127.0.0.1:9201".parse().expect("constant address"),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `sidewire=debug`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Reads, parses and validates a YAML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML text; an empty document gives the defaults.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field and reports all problems at once, each as `dotted.path: problem`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: String| {
+            if !ok {
+                problems.push(problem);
+            }
+        };
+        check(
+            self.websocket_path.starts_with('/'),
+            format!(
+                "websocket_path: must start with '/', got {:?}",
+                self.websocket_path
+            ),
+        );
+        check(
+            self.message_size_limit >= 128,
+            format!(
+                "message_size_limit: must be at least 128 bytes, got {}",
+                self.message_size_limit
+            ),
+        );
+        check(
+            self.queue_max_size >= 1024,
+            format!(
+                "queue_max_size: must be at least 1024 bytes, got {}",
+                self.queue_max_size
+            ),
+        );
+        check(
+            self.ping_interval.is_zero()
+                || self.pong_timeout.is_zero()
+                || self.ping_interval > self.pong_timeout,
+            "pong_timeout: must be shorter than ping_interval".to_owned(),
+        );
+        check(
+            !self.stale_close_delay.is_zero(),
+            "stale_close_delay: must be greater than 0s".to_owned(),
+        );
+        check(
+            !self.write_timeout.is_zero(),
+            "write_timeout: must be greater than 0s".to_owned(),
+        );
+        for (index, pattern) in self.allowed_origins.iter().enumerate() {
+            check(
+                !pattern.trim().is_empty(),
+                format!("allowed_origins[{index}]: empty pattern"),
+            );
+        }
+        if let Some(upstream) = &self.upstream {
+            check(
+                upstream.endpoint.starts_with("http://")
+                    || upstream.endpoint.starts_with("https://"),
+                format!(
+                    "upstream.endpoint: must be an http:// or https:// URL, got {:?}",
+                    upstream.endpoint
+                ),
+            );
+            check(
+                upstream.reconnect_backoff_min <= upstream.reconnect_backoff_max,
+                "upstream.reconnect_backoff_min: must not exceed upstream.reconnect_backoff_max"
+                    .to_owned(),
+            );
+            check(
+                !upstream.connect_timeout.is_zero(),
+                "upstream.connect_timeout: must be greater than 0s".to_owned(),
+            );
+        }
+        check(
+            self.hub.history_size <= 100_000,
+            format!(
+                "hub.history_size: at most 100000, got {}",
+                self.hub.history_size
+            ),
+        );
+        if let Some(secret) = &self.hub.token_hmac_secret {
+            check(
+                !secret.is_empty(),
+                "hub.token_hmac_secret: must not be empty when set".to_owned(),
+            );
+        }
+        if let Some(key) = &self.hub.api_key {
+            check(
+                !key.is_empty(),
+                "hub.api_key: must not be empty when set".to_owned(),
+            );
+        }
+        check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            format!("log.level: not a valid filter: {:?}", self.log.level),
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_gives_defaults() {
+        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../configs/sidewire.yaml");
+        let config = Config::from_yaml(text).unwrap();
+        assert_eq!(config.listen.port(), 8000);
+        assert!(config.upstream.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = Config::from_yaml("listen: 127.0.0.1:1\nbogus_key: 1\n").unwrap_err();
+        assert!(error.to_string().contains("bogus_key"), "{error}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let error = Config::from_yaml("ping_interval: 25\n").unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("ping_interval") || text.contains("no unit"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported() {
+        let yaml = "websocket_path: ws\nping_interval: 5s\npong_timeout: 10s\nupstream:\n  endpoint: grpc://x\nqueue_max_size: 10\n";
+        let text = Config::from_yaml(yaml).unwrap_err().to_string();
+        for field in [
+            "websocket_path:",
+            "pong_timeout:",
+            "upstream.endpoint:",
+            "queue_max_size:",
+        ] {
+            assert!(text.contains(field), "{field} missing in {text}");
+        }
+    }
+}

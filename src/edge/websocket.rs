@@ -1,0 +1,284 @@
+//! The WebSocket transport at `websocket_path`: handshake (origin, subprotocol, encoding),
+//! then framing only — the session loop lives in `session`.
+//!
+//! Guarantees: JSON unless the client offers `centrifuge-protobuf` (echoed back) or asks with
+//! `?cf_protocol=protobuf`; a subprotocol is never sent unless offered; messages over
+//! `message_size_limit` close with 1009; per-connection buffers stay small
+//! ([`READ_BUFFER_BYTES`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::Edge;
+use crate::http::{Body, empty, status};
+use crate::protocol::{Disconnect, Encoding};
+use crate::session::{self, Inbound, Transport};
+
+/// Read buffer of one WebSocket, bytes. tungstenite allocates it eagerly (its default is
+/// 128 KiB, i.e. ~134 KiB per idle connection); 4 KiB keeps an idle connection near 6 KiB.
+pub const READ_BUFFER_BYTES: usize = 4096;
+
+/// How long to wait for the client's close reply after sending a close frame.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
+
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+const JSON_SUBPROTOCOL: &str = "centrifuge-json";
+
+/// Encoding and subprotocol chosen from the handshake request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Session encoding.
+    pub encoding: Encoding,
+    /// Subprotocol to echo, if the client offered one we speak.
+    pub subprotocol: Option<&'static str>,
+}
+
+/// Picks the encoding: the first offered subprotocol we speak wins; `cf_protocol=protobuf`
+/// (or legacy `format=protobuf`) in the query selects Protobuf and cannot be overridden by
+/// `centrifuge-json`.
+pub fn negotiate(headers: &HeaderMap, query: Option<&str>) -> Negotiated {
+    let query_protobuf = query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair == "cf_protocol=protobuf" || pair == "format=protobuf")
+    });
+    let subprotocol = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|offered| match offered {
+            PROTOBUF_SUBPROTOCOL => Some(PROTOBUF_SUBPROTOCOL),
+            JSON_SUBPROTOCOL => Some(JSON_SUBPROTOCOL),
+            _ => None,
+        });
+    let encoding = if query_protobuf || subprotocol == Some(PROTOBUF_SUBPROTOCOL) {
+        Encoding::Protobuf
+    } else {
+        Encoding::Json
+    };
+    Negotiated {
+        encoding,
+        subprotocol,
+    }
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Answers a handshake request; on success the session runs on the upgraded connection.
+pub fn handle(edge: &Edge, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if request.method() != Method::GET {
+        return status(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let headers = request.headers();
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let valid = header_has_token(headers, header::UPGRADE, "websocket")
+        && header_has_token(headers, header::CONNECTION, "upgrade")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            == Some(b"13");
+    let Some(key) = key.filter(|_| valid) else {
+        let mut response = status(StatusCode::BAD_REQUEST);
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
+    };
+    if !edge.origins.check(headers) {
+        return status(StatusCode::FORBIDDEN);
+    }
+    let negotiated = negotiate(headers, request.uri().query());
+    let params = edge.session_params(
+        "websocket",
+        negotiated.encoding,
+        peer,
+        &request,
+        edge.config.message_size_limit,
+    );
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(
+            edge.config
+                .queue_max_size
+                .saturating_mul(2)
+                .max(READ_BUFFER_BYTES),
+        )
+        .max_message_size(Some(edge.config.message_size_limit))
+        .max_frame_size(Some(edge.config.message_size_limit));
+    let upgrade = hyper::upgrade::on(&mut request);
+    let link = edge.link.clone();
+    let shutdown = edge.shutdown.clone();
+    let encoding = negotiated.encoding;
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                session::run(WsTransport { ws, encoding }, link, params, shutdown).await;
+            }
+            Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
+        }
+    });
+
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let out = response.headers_mut();
+    out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    out.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(subprotocol) = negotiated.subprotocol {
+        out.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(subprotocol),
+        );
+    }
+    response
+}
+
+/// A session's WebSocket: JSON batches are `\n`-joined text messages, Protobuf batches are
+/// concatenated varint-delimited binary messages.
+pub struct WsTransport {
+    ws: WebSocketStream<TokioIo<Upgraded>>,
+    encoding: Encoding,
+}
+
+impl Transport for WsTransport {
+    async fn recv(&mut self) -> Inbound {
+        loop {
+            return match self.ws.next().await {
+                None | Some(Ok(Message::Close(_))) => Inbound::Gone,
+                Some(Ok(Message::Text(text))) => Inbound::Frame(Bytes::from(text)),
+                Some(Ok(Message::Binary(bytes))) => Inbound::Frame(bytes),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Err(WsError::Capacity(_))) => Inbound::Violation(Disconnect::MESSAGE_TOO_BIG),
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "websocket read failed");
+                    Inbound::Gone
+                }
+            };
+        }
+    }
+
+    async fn send(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
+        let payload = if batch.len() == 1 {
+            batch.into_iter().next().unwrap_or_default()
+        } else {
+            let separator: &[u8] = match self.encoding {
+                Encoding::Json => b"\n",
+                Encoding::Protobuf => b"",
+            };
+            let size = batch.iter().map(Bytes::len).sum::<usize>() + batch.len();
+            let mut joined = BytesMut::with_capacity(size);
+            for (index, message) in batch.iter().enumerate() {
+                if index > 0 {
+                    joined.extend_from_slice(separator);
+                }
+                joined.extend_from_slice(message);
+            }
+            joined.freeze()
+        };
+        let message = match self.encoding {
+            Encoding::Json => Message::Text(
+                Utf8Bytes::try_from(payload)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "non-UTF-8 JSON"))?,
+            ),
+            Encoding::Protobuf => Message::Binary(payload),
+        };
+        self.ws.send(message).await.map_err(io::Error::other)
+    }
+
+    async fn close(&mut self, disconnect: Disconnect) {
+        if disconnect == Disconnect::CONNECTION_CLOSED {
+            return;
+        }
+        let code = u16::try_from(disconnect.code).unwrap_or(1011);
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: Utf8Bytes::from(disconnect.reason.to_string()),
+        };
+        if self.ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        // Wait for the client's close reply so that our close frame is not lost to a reset
+        // caused by unread input.
+        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+            while let Some(Ok(_)) | Some(Err(WsError::Capacity(_))) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(protocols: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if !protocols.is_empty() {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocols.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(
+            negotiate(&headers(""), None),
+            Negotiated {
+                encoding: Encoding::Json,
+                subprotocol: None
+            }
+        );
+        assert_eq!(
+            negotiate(&headers("centrifuge-protobuf"), None),
+            Negotiated {
+                encoding: Encoding::Protobuf,
+                subprotocol: Some("centrifuge-protobuf")
+            }
+        );
+        assert_eq!(
+            negotiate(&headers("chat, centrifuge-json, centrifuge-protobuf"), None).subprotocol,
+            Some("centrifuge-json")
+        );
+        assert_eq!(
+            negotiate(&headers("centrifuge-json"), Some("cf_protocol=protobuf")).encoding,
+            Encoding::Protobuf
+        );
+        assert_eq!(
+            negotiate(&headers("other"), Some("a=1&format=protobuf")),
+            Negotiated {
+                encoding: Encoding::Protobuf,
+                subprotocol: None
+            }
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Centrifugo-compatible server API of the hub (`POST /api/<method>` with a JSON body):
+//! publish, broadcast, presence, history, disconnect. Errors come back as
+//! `{"error":{"code","message"}}` with Centrifugo's codes.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::Hub;
+use super::state::validate_channel;
+use crate::http::{Body, json as json_response};
+use crate::protocol::client::HistoryRequest;
+use crate::protocol::{Disconnect, ErrorCode};
+
+/// Largest API request body, bytes.
+pub const MAX_API_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Deserialize)]
+struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChannelBody {
+    channel: String,
+    #[serde(default)]
+    limit: Option<i32>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    user: String,
+    #[serde(default)]
+    disconnect: Option<DisconnectSpec>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectSpec {
+    code: u32,
+    #[serde(default)]
+    reason: String,
+}
+
+fn error_body(code: ErrorCode) -> String {
+    json!({"error": {"code": code.code(), "message": code.message()}}).to_string()
+}
+
+/// Whether the request carries the API key (`X-API-Key: KEY` or `Authorization: apikey KEY`).
+pub fn authorized(headers: &HeaderMap, api_key: Option<&str>) -> bool {
+    let Some(key) = api_key else { return true };
+    if headers.get("x-api-key").and_then(|v| v.to_str().ok()) == Some(key) {
+        return true;
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "))
+        .is_some_and(|v| v.trim() == key)
+}
+
+/// Answers one API call; `path` is the request path (`/api/publish`, ...).
+pub fn respond(
+    hub: &Hub,
+    api_key: Option<&str>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> http::Response<Body> {
+    if method != Method::POST {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            error_body(ErrorCode::BadRequest),
+        );
+    }
+    if !authorized(headers, api_key) {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            error_body(ErrorCode::Unauthorized),
+        );
+    }
+    let result = match path.trim_end_matches('/') {
+        "/api/publish" => parse(body).map(|b: PublishBody| publish(hub, &b.channel, &b.data)),
+        "/api/broadcast" => parse(body).map(|b: BroadcastBody| {
+            let responses: Vec<serde_json::Value> = b
+                .channels
+                .iter()
+                .map(|channel| publish(hub, channel, &b.data))
+                .collect();
+            json!({"result": {"responses": responses}})
+        }),
+        "/api/presence" => parse(body).map(|b: ChannelBody| {
+            let presence = hub.with_state(|state| state.presence(&b.channel));
+            json!({"result": presence})
+        }),
+        "/api/history" => parse(body).map(|b: ChannelBody| {
+            let request = HistoryRequest {
+                channel: b.channel,
+                limit: b.limit.unwrap_or(0),
+                reverse: b.reverse,
+                ..Default::default()
+            };
+            match hub.with_state(|state| state.history(&request)) {
+                Ok(result) => json!({"result": result}),
+                Err(code) => serde_json::from_str(&error_body(code)).unwrap_or_default(),
+            }
+        }),
+        "/api/disconnect" => parse(body).map(|b: DisconnectBody| {
+            let disconnect = match b.disconnect {
+                Some(spec) => Disconnect::new(spec.code, spec.reason),
+                None => Disconnect::FORCE_DISCONNECT,
+            };
+            hub.with_state(|state| state.disconnect_user(&b.user, &disconnect));
+            json!({"result": {}})
+        }),
+        _ => return json_response(StatusCode::NOT_FOUND, error_body(ErrorCode::MethodNotFound)),
+    };
+    match result {
+        Ok(value) => json_response(StatusCode::OK, value.to_string()),
+        Err(()) => json_response(StatusCode::BAD_REQUEST, error_body(ErrorCode::BadRequest)),
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ()> {
+    serde_json::from_slice(body).map_err(|_| ())
+}
+
+fn publish(hub: &Hub, channel: &str, data: &RawValue) -> serde_json::Value {
+    if let Err(code) = validate_channel(channel) {
+        return json!({"error": {"code": code.code(), "message": code.message()}});
+    }
+    let data = Bytes::copy_from_slice(data.get().as_bytes());
+    let (offset, epoch) = hub.with_state(|state| state.publish(channel, data, None));
+    json!({"result": {"offset": offset, "epoch": epoch}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_forms() {
+        let mut headers = HeaderMap::new();
+        assert!(authorized(&headers, None));
+        assert!(!authorized(&headers, Some("k")));
+        headers.insert("x-api-key", "k".parse().unwrap());
+        assert!(authorized(&headers, Some("k")));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "apikey k".parse().unwrap());
+        assert!(authorized(&headers, Some("k")));
+        assert!(!authorized(&headers, Some("other")));
+    }
+}

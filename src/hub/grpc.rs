@@ -1,0 +1,96 @@
+//! The hub behind a gRPC server: `sidewire hub` serves `sidewire.v1.Link` so sidecars in
+//! other processes reach the same hub logic through the wire contract.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt, stream};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Hub;
+use crate::linkproto::link_server::{Link, LinkServer};
+use crate::linkproto::{SidecarFrame, UpstreamFrame};
+
+/// The tonic service: each `Multiplex` call attaches one Link to the hub.
+#[derive(Clone)]
+pub struct LinkService {
+    hub: Hub,
+}
+
+impl LinkService {
+    /// Serves `hub`.
+    pub fn new(hub: Hub) -> LinkService {
+        LinkService { hub }
+    }
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<UpstreamFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Link for LinkService {
+    type MultiplexStream = FrameStream;
+
+    async fn multiplex(
+        &self,
+        request: Request<Streaming<SidecarFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let inbound = stream::unfold(request.into_inner(), |mut frames| async move {
+            match frames.message().await {
+                Ok(Some(frame)) => Some((frame, frames)),
+                Ok(None) => None,
+                Err(status) => {
+                    tracing::warn!(%status, "hub: link stream failed");
+                    None
+                }
+            }
+        });
+        let downstream = self.hub.attach(Box::pin(inbound));
+        Ok(Response::new(
+            ReceiverStream::new(downstream).map(Ok).boxed(),
+        ))
+    }
+}
+
+/// Accepts HTTP/2 connections on `listener` and serves the Link service until `shutdown`.
+pub async fn serve(listener: TcpListener, hub: Hub, mut shutdown: watch::Receiver<bool>) {
+    let service = LinkServer::new(LinkService::new(hub))
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "hub: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(error) = builder
+                .http2_only()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, %error, "hub: link connection ended");
+            }
+        });
+    }
+}
+
+/// Binds the Link listener; returns it with its bound address.
+pub async fn bind(address: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}

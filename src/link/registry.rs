@@ -1,0 +1,294 @@
+//! The sidecar's local index: live sessions of the current Link stream and the channels their
+//! members belong to. Fan-out encodes a push once per encoding and hands the same bytes to
+//! every member.
+//!
+//! Guarantee: no await happens under the registry lock; a member whose outbox overflows is
+//! ended (3008) without affecting the others.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::protocol::client::{Push, Reply};
+use crate::protocol::{Disconnect, Encoding, encode_reply};
+use crate::session::{PushOutcome, SessionHandle};
+
+#[derive(Debug)]
+struct Member {
+    handle: Arc<SessionHandle>,
+    join_leave: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    handle: Arc<SessionHandle>,
+    /// Channels this session is a member of (for cleanup when it ends).
+    channels: Vec<Arc<str>>,
+}
+
+/// Counters of one fan-out, for metrics and benches.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FanOut {
+    /// Messages queued.
+    pub delivered: usize,
+    /// Members disconnected because their queue overflowed.
+    pub overflowed: usize,
+}
+
+/// Sessions and channel membership of one Link.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: HashMap<u64, Entry>,
+    channels: HashMap<Arc<str>, HashMap<u64, Member>>,
+}
+
+impl Registry {
+    /// Adds a live session.
+    pub fn insert(&mut self, handle: Arc<SessionHandle>) {
+        self.sessions.insert(
+            handle.id,
+            Entry {
+                handle,
+                channels: Vec::new(),
+            },
+        );
+    }
+
+    /// Whether the session is live on this Link.
+    pub fn contains(&self, session: u64) -> bool {
+        self.sessions.contains_key(&session)
+    }
+
+    /// The handle of a live session.
+    pub fn get(&self, session: u64) -> Option<&Arc<SessionHandle>> {
+        self.sessions.get(&session).map(|entry| &entry.handle)
+    }
+
+    /// Removes a session and all its memberships.
+    pub fn remove(&mut self, session: u64) {
+        let Some(entry) = self.sessions.remove(&session) else {
+            return;
+        };
+        for channel in entry.channels {
+            self.leave(&channel, session);
+        }
+    }
+
+    fn leave(&mut self, channel: &str, session: u64) {
+        if let Some(members) = self.channels.get_mut(channel) {
+            members.remove(&session);
+            if members.is_empty() {
+                self.channels.remove(channel);
+            }
+        }
+    }
+
+    /// Applies a membership change from the upstream; unknown sessions are ignored.
+    pub fn set_membership(
+        &mut self,
+        session: u64,
+        channel: &str,
+        subscribed: bool,
+        join_leave: bool,
+    ) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if subscribed {
+            let key: Arc<str> = match self.channels.get_key_value(channel) {
+                Some((key, _)) => key.clone(),
+                None => Arc::from(channel),
+            };
+            if !entry.channels.iter().any(|c| **c == *channel) {
+                entry.channels.push(key.clone());
+            }
+            self.channels.entry(key).or_default().insert(
+                session,
+                Member {
+                    handle: entry.handle.clone(),
+                    join_leave,
+                },
+            );
+        } else {
+            entry.channels.retain(|c| **c != *channel);
+            if entry.channels.is_empty() {
+                entry.channels = Vec::new();
+            }
+            self.leave(channel, session);
+        }
+    }
+
+    /// Delivers one push to every member of `channel`, encoded once per encoding. Join and
+    /// leave pushes only reach members that asked for them.
+    pub fn fan_out(&self, channel: &str, push: Push) -> FanOut {
+        let mut counts = FanOut::default();
+        let Some(members) = self.channels.get(channel) else {
+            return counts;
+        };
+        let join_leave_only = push.join.is_some() || push.leave.is_some();
+        let reply = Reply {
+            push: Some(push),
+            ..Default::default()
+        };
+        // Encoded lazily: a channel with only Protobuf members never pays for JSON.
+        let mut encoded: [Option<Result<Bytes, ()>>; 2] = [None, None];
+        for member in members.values() {
+            if join_leave_only && !member.join_leave {
+                continue;
+            }
+            let encoding: Encoding = member.handle.encoding;
+            let slot = &mut encoded[encoding.index()];
+            let bytes = slot.get_or_insert_with(|| encode_reply(encoding, &reply).map_err(|_| ()));
+            match bytes {
+                Ok(bytes) => match member.handle.deliver_encoded(bytes.clone()) {
+                    PushOutcome::Queued => counts.delivered += 1,
+                    PushOutcome::Overflow => counts.overflowed += 1,
+                    PushOutcome::Ended => {}
+                },
+                Err(()) => {
+                    member.handle.outbox.end(Disconnect::INAPPROPRIATE_PROTOCOL);
+                }
+            }
+        }
+        counts
+    }
+
+    /// Ends every session (the Link was lost) and forgets them all.
+    pub fn end_all(&mut self, disconnect: &Disconnect) -> usize {
+        let count = self.sessions.len();
+        for entry in self.sessions.values() {
+            entry.handle.outbox.end(disconnect.clone());
+        }
+        self.sessions.clear();
+        self.channels.clear();
+        count
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::client::{Join, Publication};
+    use crate::session::ConnectFields;
+    use crate::session::outbox::Drain;
+
+    fn session(id: u64, encoding: Encoding, limit: usize) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle::new(
+            id,
+            encoding,
+            limit,
+            ConnectFields::default(),
+        ))
+    }
+
+    fn publication(data: &'static [u8]) -> Push {
+        Push {
+            channel: "c".into(),
+            r#pub: Some(Publication {
+                data: Bytes::from_static(data),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fan_out_shares_bytes_per_encoding() {
+        let mut registry = Registry::default();
+        let a = session(1, Encoding::Json, 1024);
+        let b = session(2, Encoding::Json, 1024);
+        let c = session(3, Encoding::Protobuf, 1024);
+        for handle in [&a, &b, &c] {
+            registry.insert(handle.clone());
+            registry.set_membership(handle.id, "c", true, false);
+        }
+        let counts = registry.fan_out("c", publication(b"{}"));
+        assert_eq!(counts.delivered, 3);
+        let take = |h: &SessionHandle| match h.outbox.drain() {
+            Drain::Messages(mut batch) => batch.remove(0),
+            other => panic!("{other:?}"),
+        };
+        let (ja, jb, pc) = (take(&a), take(&b), take(&c));
+        assert_eq!(
+            ja.as_ptr(),
+            jb.as_ptr(),
+            "JSON bytes are shared, not re-encoded"
+        );
+        assert_ne!(ja, pc);
+    }
+
+    #[test]
+    fn join_leave_reaches_only_those_who_asked() {
+        let mut registry = Registry::default();
+        let a = session(1, Encoding::Json, 1024);
+        let b = session(2, Encoding::Json, 1024);
+        registry.insert(a.clone());
+        registry.insert(b.clone());
+        registry.set_membership(1, "c", true, true);
+        registry.set_membership(2, "c", true, false);
+        let push = Push {
+            channel: "c".into(),
+            join: Some(Join::default()),
+            ..Default::default()
+        };
+        assert_eq!(registry.fan_out("c", push).delivered, 1);
+        assert!(matches!(b.outbox.drain(), Drain::Idle));
+    }
+
+    #[test]
+    fn overflow_ends_only_the_slow_member() {
+        let mut registry = Registry::default();
+        let slow = session(1, Encoding::Json, 40);
+        let fast = session(2, Encoding::Json, 1 << 20);
+        for handle in [&slow, &fast] {
+            registry.insert(handle.clone());
+            registry.set_membership(handle.id, "c", true, false);
+        }
+        let mut overflowed = 0;
+        for _ in 0..5 {
+            overflowed += registry.fan_out("c", publication(b"[1,2,3]")).overflowed;
+        }
+        assert_eq!(overflowed, 1);
+        assert!(slow.outbox.is_ended());
+        assert!(!fast.outbox.is_ended());
+    }
+
+    #[test]
+    fn binary_payload_ends_json_members_only() {
+        let mut registry = Registry::default();
+        let json = session(1, Encoding::Json, 1024);
+        let proto = session(2, Encoding::Protobuf, 1024);
+        for handle in [&json, &proto] {
+            registry.insert(handle.clone());
+            registry.set_membership(handle.id, "c", true, false);
+        }
+        registry.fan_out("c", publication(&[0xff, 0xfe]));
+        assert!(
+            matches!(json.outbox.drain(), Drain::End(d) if d == Disconnect::INAPPROPRIATE_PROTOCOL)
+        );
+        assert!(matches!(proto.outbox.drain(), Drain::Messages(_)));
+    }
+
+    #[test]
+    fn remove_cleans_channels() {
+        let mut registry = Registry::default();
+        registry.insert(session(1, Encoding::Json, 1024));
+        registry.set_membership(1, "a", true, false);
+        registry.set_membership(1, "b", true, false);
+        registry.set_membership(1, "b", false, false);
+        registry.remove(1);
+        assert!(registry.channels.is_empty());
+        assert!(registry.is_empty());
+    }
+}

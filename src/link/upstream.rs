@@ -1,0 +1,93 @@
+//! Opening one Link stream: over gRPC to an external upstream, or in-process to the embedded
+//! hub. Both carry the same `SidecarFrame` / `UpstreamFrame` messages, so sessions take one
+//! path whatever the upstream is.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::config::UpstreamConfig;
+use crate::hub::Hub;
+use crate::linkproto::link_client::LinkClient;
+use crate::linkproto::{SidecarFrame, UpstreamFrame};
+
+/// Frames from the upstream; an error or the end of the stream ends the Link stream.
+pub type Downstream = Pin<Box<dyn Stream<Item = Result<UpstreamFrame, tonic::Status>> + Send>>;
+
+/// Why a Link stream could not be opened.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// The endpoint URL is invalid.
+    #[error("invalid upstream endpoint: {0}")]
+    Endpoint(String),
+    /// TCP or HTTP/2 connection failed.
+    #[error("cannot reach upstream: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The upstream refused the stream.
+    #[error("upstream refused the stream: {0}")]
+    Status(#[from] tonic::Status),
+    /// The upstream did not answer in time.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where the Link goes.
+#[derive(Clone)]
+pub enum Upstream {
+    /// The reference hub in this process.
+    Embedded(Hub),
+    /// An external upstream speaking `sidewire.v1.Link` over gRPC.
+    Grpc(UpstreamConfig),
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Embedded(_) => f.write_str("embedded hub"),
+            Upstream::Grpc(config) => write!(f, "{}", config.endpoint),
+        }
+    }
+}
+
+impl Upstream {
+    /// Time allowed to open a stream and receive the welcome.
+    pub fn connect_timeout(&self) -> Duration {
+        match self {
+            Upstream::Embedded(_) => Duration::from_secs(5),
+            Upstream::Grpc(config) => config.connect_timeout,
+        }
+    }
+
+    /// Opens one stream whose request side is fed by `uplink`.
+    pub async fn open(
+        &self,
+        uplink: mpsc::Receiver<SidecarFrame>,
+    ) -> Result<Downstream, ConnectError> {
+        match self {
+            Upstream::Embedded(hub) => {
+                let downstream = hub.attach(ReceiverStream::new(uplink));
+                Ok(ReceiverStream::new(downstream).map(Ok).boxed())
+            }
+            Upstream::Grpc(config) => {
+                let endpoint = Endpoint::from_shared(config.endpoint.clone())
+                    .map_err(|e| ConnectError::Endpoint(e.to_string()))?
+                    .connect_timeout(config.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true);
+                let channel = endpoint.connect().await?;
+                let mut client = LinkClient::new(channel)
+                    .max_decoding_message_size(64 * 1024 * 1024)
+                    .max_encoding_message_size(64 * 1024 * 1024);
+                let response = client.multiplex(ReceiverStream::new(uplink)).await?;
+                Ok(response.into_inner().boxed())
+            }
+        }
+    }
+}

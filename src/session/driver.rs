@@ -1,0 +1,324 @@
+//! The transport-independent session loop: connect-first, pong checks, ping and stale timers,
+//! forwarding commands to the Link and writing the outbox to the client.
+//!
+//! Guarantee: every transport runs this one loop; a transport only frames bytes ([`Transport`]).
+//! Bad input from the client ends only this session, with a protocol close code.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::handle::{ConnectFields, Phase, SessionHandle};
+use super::outbox::Drain;
+use crate::link::{Link, LinkSession, OpenRequest};
+use crate::protocol::client::{Command, Reply};
+use crate::protocol::{Disconnect, Encoding, decode_commands, encode_reply};
+
+/// Most outbox batches written per wake-up before the loop reads from the client again.
+const MAX_BATCHES_PER_FLUSH: usize = 4;
+
+/// What a transport read produced.
+#[derive(Debug)]
+pub enum Inbound {
+    /// One frame of commands (a WebSocket message, an emulation POST body).
+    Frame(Bytes),
+    /// The client went away.
+    Gone,
+    /// The transport itself refused the input (e.g. 1009 message too big): close with it.
+    Violation(Disconnect),
+}
+
+/// A client transport: turns bytes into frames and frames into bytes. Both futures must be
+/// cancel-safe for `recv`; `send` and `close` are awaited to completion.
+pub trait Transport: Send {
+    /// Waits for the next inbound frame.
+    fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
+    /// Writes encoded messages (each one reply, in the session encoding) as one frame.
+    fn send(&mut self, batch: Vec<Bytes>) -> impl Future<Output = io::Result<()>> + Send;
+    /// Tells the client the session ended and releases the transport.
+    fn close(&mut self, disconnect: Disconnect) -> impl Future<Output = ()> + Send;
+}
+
+/// Per-session settings, taken from the config snapshot when the connection opened.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Ping period; zero turns pings off.
+    pub ping_interval: Duration,
+    /// Pong deadline after each ping; zero means pongs are not expected.
+    pub pong_timeout: Duration,
+    /// Deadline for the connect command.
+    pub stale_close_delay: Duration,
+    /// Outbox bound, bytes.
+    pub queue_max_size: usize,
+    /// Largest single command accepted, bytes.
+    pub command_size_limit: usize,
+    /// Deadline of one client write.
+    pub write_timeout: Duration,
+}
+
+/// Everything known about a client connection when it opens.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// Client encoding.
+    pub encoding: Encoding,
+    /// Transport name on the Link (`websocket`, `http_stream`, `sse`).
+    pub transport: &'static str,
+    /// Remote address, `ip:port`.
+    pub remote_addr: String,
+    /// Path and query (redacted where it carries secrets).
+    pub url: String,
+    /// Allow-listed request headers.
+    pub headers: Vec<(String, String)>,
+    /// Emulation session id and node id (streaming transports).
+    pub emulation: Option<(Box<str>, Arc<str>)>,
+    /// Timers and limits.
+    pub settings: SessionSettings,
+}
+
+/// Timer state of the loop; only the earliest armed deadline matters.
+#[derive(Debug, Default)]
+struct Timers {
+    stale_at: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+}
+
+impl Timers {
+    fn next(&self) -> Option<Instant> {
+        [self.stale_at, self.next_ping, self.pong_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// Runs one client session to its end over `transport`.
+pub async fn run<T: Transport>(
+    mut transport: T,
+    link: Link,
+    params: SessionParams,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let settings = params.settings.clone();
+    let handle = Arc::new(SessionHandle::new(
+        link.next_session_id(),
+        params.encoding,
+        settings.queue_max_size,
+        ConnectFields {
+            client: uuid::Uuid::new_v4().to_string().into_boxed_str(),
+            ping: settings.ping_interval.as_secs().min(u64::from(u32::MAX)) as u32,
+            pong: !settings.ping_interval.is_zero() && !settings.pong_timeout.is_zero(),
+            emulation: params.emulation.clone(),
+        },
+    ));
+    let mut session = Session {
+        handle: handle.clone(),
+        link,
+        params,
+        link_session: None,
+        connected_seen: false,
+        timers: Timers {
+            stale_at: Some(Instant::now() + settings.stale_close_delay),
+            ..Timers::default()
+        },
+    };
+    if *shutdown.borrow() {
+        handle.outbox.end(Disconnect::SHUTDOWN);
+    }
+
+    let end = loop {
+        let deadline = session.timers.next();
+        tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    handle.outbox.end(Disconnect::SHUTDOWN);
+                    // The sender is gone or fired: stop watching it.
+                    shutdown = watch::channel(true).1;
+                }
+            }
+            _ = handle.outbox.changed() => {
+                session.on_outbox_activity();
+                match flush(&mut transport, &handle, settings.write_timeout).await {
+                    Flushed::More => handle.outbox.wake(),
+                    Flushed::Idle => {}
+                    Flushed::Closed(end) => break end,
+                }
+            }
+            inbound = transport.recv() => match inbound {
+                Inbound::Frame(frame) => {
+                    if let Err(disconnect) = session.on_frame(&frame).await {
+                        handle.outbox.end(disconnect);
+                    }
+                }
+                Inbound::Gone => break Disconnect::CONNECTION_CLOSED,
+                Inbound::Violation(disconnect) => {
+                    handle.outbox.end(disconnect);
+                }
+            },
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                if let Err(disconnect) = session.on_timer() {
+                    handle.outbox.end(disconnect);
+                }
+            }
+        }
+    };
+    handle.outbox.end(end.clone());
+    if let Some(link_session) = session.link_session.take() {
+        link_session.close(&end).await;
+    }
+    tracing::debug!(session = handle.id, code = end.code, reason = %end.reason, "session ended");
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+enum Flushed {
+    Idle,
+    More,
+    Closed(Disconnect),
+}
+
+/// Writes queued batches; closes the transport once the outbox has ended and is empty.
+async fn flush<T: Transport>(
+    transport: &mut T,
+    handle: &SessionHandle,
+    write_timeout: Duration,
+) -> Flushed {
+    for _ in 0..MAX_BATCHES_PER_FLUSH {
+        match handle.outbox.drain() {
+            Drain::Idle => return Flushed::Idle,
+            Drain::Messages(batch) => match timeout(write_timeout, transport.send(batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    handle.outbox.end(Disconnect::WRITE_ERROR);
+                    transport.close(Disconnect::WRITE_ERROR).await;
+                    return Flushed::Closed(Disconnect::WRITE_ERROR);
+                }
+            },
+            Drain::End(disconnect) => {
+                transport.close(disconnect.clone()).await;
+                return Flushed::Closed(disconnect);
+            }
+        }
+    }
+    Flushed::More
+}
+
+/// The session's protocol state (everything but the transport).
+struct Session {
+    handle: Arc<SessionHandle>,
+    link: Link,
+    params: SessionParams,
+    link_session: Option<LinkSession>,
+    timers: Timers,
+    /// Whether the connected phase has been seen (ping timer armed, stale timer off).
+    connected_seen: bool,
+}
+
+impl Session {
+    /// Arms the ping timer once the connect reply has gone through.
+    fn on_outbox_activity(&mut self) {
+        let settings = &self.params.settings;
+        if !self.connected_seen && self.handle.phase() == Phase::Connected {
+            self.connected_seen = true;
+            self.timers.stale_at = None;
+            if !settings.ping_interval.is_zero() {
+                // First ping at a random point of the second half of the interval, so that
+                // sessions opened together do not ping together.
+                let half = settings.ping_interval / 2;
+                let jitter = rand::rng().random_range(Duration::ZERO..=half);
+                self.timers.next_ping = Some(Instant::now() + half + jitter);
+            }
+        }
+    }
+
+    fn on_timer(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        if self.timers.stale_at.is_some_and(|at| at <= now) {
+            if self.handle.phase() != Phase::Connected {
+                return Err(Disconnect::STALE);
+            }
+            self.on_outbox_activity();
+        }
+        if self.timers.pong_deadline.is_some_and(|at| at <= now) {
+            return Err(Disconnect::NO_PONG);
+        }
+        if self.timers.next_ping.is_some_and(|at| at <= now) {
+            let settings = &self.params.settings;
+            let ping = encode_reply(self.handle.encoding, &Reply::default())
+                .expect("an empty reply always encodes");
+            self.handle.deliver_encoded(ping);
+            self.timers.next_ping = Some(now + settings.ping_interval);
+            if !settings.pong_timeout.is_zero() && self.timers.pong_deadline.is_none() {
+                self.timers.pong_deadline = Some(now + settings.pong_timeout);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, frame: &[u8]) -> Result<(), Disconnect> {
+        let limit = self.params.settings.command_size_limit;
+        let commands = decode_commands(self.handle.encoding, frame, limit).map_err(|error| {
+            tracing::debug!(session = self.handle.id, %error, "bad frame");
+            Disconnect::BAD_REQUEST
+        })?;
+        for command in commands {
+            self.on_command(command).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_command(&mut self, command: Command) -> Result<(), Disconnect> {
+        if command.id == 0 && command.send.is_none() {
+            // An empty command is a pong; one nobody asked for is a protocol violation.
+            return match self.timers.pong_deadline.take() {
+                Some(_) => Ok(()),
+                None => Err(Disconnect::BAD_REQUEST),
+            };
+        }
+        if command.ping.is_some() {
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        match self.handle.phase() {
+            Phase::AwaitingConnect => {
+                if command.connect.is_none() {
+                    return Err(Disconnect::BAD_REQUEST);
+                }
+                let request = OpenRequest {
+                    transport: self.params.transport,
+                    remote_addr: self.params.remote_addr.clone(),
+                    url: self.params.url.clone(),
+                    headers: self.params.headers.clone(),
+                };
+                let link_session = self
+                    .link
+                    .open(self.handle.clone(), request, command)
+                    .await
+                    .map_err(|_| Disconnect::UPSTREAM_UNAVAILABLE)?;
+                self.link_session = Some(link_session);
+                Ok(())
+            }
+            Phase::Connecting | Phase::Connected => {
+                if command.connect.is_some() {
+                    return Err(Disconnect::BAD_REQUEST);
+                }
+                let Some(link_session) = &self.link_session else {
+                    return Err(Disconnect::INTERNAL);
+                };
+                link_session
+                    .command(command)
+                    .await
+                    .map_err(|_| Disconnect::UPSTREAM_UNAVAILABLE)
+            }
+            Phase::Rejected => Err(Disconnect::BAD_REQUEST),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! A session's bounded outbound queue of encoded messages.
+//!
+//! Guarantee: pushing never blocks and never waits on the client. When the queued bytes
+//! would exceed the bound, the queue is dropped and the session ends with 3008 slow; the
+//! producer (usually the Link router) keeps flowing. An idle outbox allocates nothing.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::protocol::Disconnect;
+
+/// Most messages written to the client in one transport frame (as Centrifugo does).
+pub const MAX_MESSAGES_PER_FRAME: usize = 16;
+
+/// Result of [`Outbox::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued.
+    Queued,
+    /// The bound was exceeded; the session now ends with 3008 slow.
+    Overflow,
+    /// The session had already ended; the message was dropped.
+    Ended,
+}
+
+/// What the writer should do next.
+#[derive(Debug)]
+pub enum Drain {
+    /// Write these messages (at most [`MAX_MESSAGES_PER_FRAME`]) as one frame.
+    Messages(Vec<Bytes>),
+    /// Nothing queued; the session goes on.
+    Idle,
+    /// Everything queued was taken; close with this disconnect.
+    End(Disconnect),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    end: Option<Disconnect>,
+}
+
+/// Bounded, byte-counted queue between producers (Link router, session) and one writer.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    limit: usize,
+}
+
+impl Outbox {
+    /// An empty outbox bounded to `limit` queued bytes.
+    pub fn new(limit: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere while holding it; the queue itself
+        // is still consistent (every mutation is a single push/pop).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one encoded message.
+    pub fn push(&self, message: Bytes) -> PushOutcome {
+        let mut state = self.lock();
+        if state.end.is_some() {
+            return PushOutcome::Ended;
+        }
+        if state.bytes + message.len() > self.limit {
+            state.queue = VecDeque::new();
+            state.bytes = 0;
+            state.end = Some(Disconnect::SLOW);
+            drop(state);
+            self.notify.notify_one();
+            return PushOutcome::Overflow;
+        }
+        state.bytes += message.len();
+        state.queue.push_back(message);
+        drop(state);
+        self.notify.notify_one();
+        PushOutcome::Queued
+    }
+
+    /// Ends the session after what is already queued; the first end wins. Returns whether
+    /// this call set it.
+    pub fn end(&self, disconnect: Disconnect) -> bool {
+        let mut state = self.lock();
+        if state.end.is_some() {
+            return false;
+        }
+        state.end = Some(disconnect);
+        drop(state);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Whether the session has ended (no more messages are accepted).
+    pub fn is_ended(&self) -> bool {
+        self.lock().end.is_some()
+    }
+
+    /// Takes the next batch, or the end once the queue is empty.
+    pub fn drain(&self) -> Drain {
+        let mut state = self.lock();
+        if state.queue.is_empty() {
+            if state.queue.capacity() > 0 {
+                // Give the memory of a burst back: idle sessions hold no buffer.
+                state.queue = VecDeque::new();
+            }
+            return match &state.end {
+                Some(end) => Drain::End(end.clone()),
+                None => Drain::Idle,
+            };
+        }
+        let count = state.queue.len().min(MAX_MESSAGES_PER_FRAME);
+        let batch: Vec<Bytes> = state.queue.drain(..count).collect();
+        state.bytes -= batch.iter().map(Bytes::len).sum::<usize>();
+        Drain::Messages(batch)
+    }
+
+    /// Makes the next [`Outbox::changed`] return at once (the writer has more to do).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Waits until something was pushed or the session ended since the last wait.
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_then_end() {
+        let outbox = Outbox::new(1024);
+        for i in 0..20u8 {
+            assert_eq!(outbox.push(Bytes::from(vec![i])), PushOutcome::Queued);
+        }
+        assert!(outbox.end(Disconnect::SHUTDOWN));
+        assert!(!outbox.end(Disconnect::BAD_REQUEST));
+        assert_eq!(outbox.push(Bytes::from_static(b"x")), PushOutcome::Ended);
+        match outbox.drain() {
+            Drain::Messages(batch) => assert_eq!(batch.len(), MAX_MESSAGES_PER_FRAME),
+            other => panic!("{other:?}"),
+        }
+        match outbox.drain() {
+            Drain::Messages(batch) => assert_eq!(batch.len(), 4),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(outbox.drain(), Drain::End(d) if d == Disconnect::SHUTDOWN));
+    }
+
+    #[test]
+    fn overflow_drops_queue_and_ends_slow() {
+        let outbox = Outbox::new(10);
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"123456")),
+            PushOutcome::Queued
+        );
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"123456")),
+            PushOutcome::Overflow
+        );
+        assert!(matches!(outbox.drain(), Drain::End(d) if d == Disconnect::SLOW));
+    }
+
+    #[test]
+    fn idle_outbox_releases_memory() {
+        let outbox = Outbox::new(1 << 20);
+        for _ in 0..100 {
+            outbox.push(Bytes::from_static(b"x"));
+        }
+        while let Drain::Messages(_) = outbox.drain() {}
+        assert!(matches!(outbox.drain(), Drain::Idle));
+        assert_eq!(outbox.lock().queue.capacity(), 0);
+    }
+}

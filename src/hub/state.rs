@@ -159,13 +159,12 @@ impl HubState {
     }
 
     fn emit(&mut self, link: u64, frame: upstream_frame::Frame) {
-        if let Some(sender) = self.links.get(&link) {
-            if sender
+        if let Some(sender) = self.links.get(&link)
+            && sender
                 .try_send(UpstreamFrame { frame: Some(frame) })
                 .is_err()
-            {
-                self.overloaded.push(link);
-            }
+        {
+            self.overloaded.push(link);
         }
     }
 
@@ -464,10 +463,10 @@ impl HubState {
         let Some(info) = self.client_info(key) else {
             return;
         };
-        if let Some(session) = self.sessions.get_mut(&key) {
-            if !session.channels.insert(request.channel.clone()) {
-                return self.reply_error(key, id, ErrorCode::AlreadySubscribed);
-            }
+        if let Some(session) = self.sessions.get_mut(&key)
+            && !session.channels.insert(request.channel.clone())
+        {
+            return self.reply_error(key, id, ErrorCode::AlreadySubscribed);
         }
         let ttl = self.config.history_ttl;
         let channel = self

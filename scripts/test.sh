@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: formatting, lints, unit and integration tests
+# (which start the real binary on ephemeral loopback ports), then the real-SDK suites
+# (centrifuge-js under Node 20, centrifuge-python) against the real binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== cargo build"
+cargo build --locked --bins
+
+echo "== cargo test"
+cargo test --locked --all-targets
+
+echo "== real SDK suites"
+SIDEWIRE_BIN="$(pwd)/target/debug/sidewire" bash tests/sdk/run.sh

@@ -15,6 +15,9 @@ use crate::hub::{self, Hub};
 use crate::link::backoff::Backoff;
 use crate::link::{Link, Upstream};
 
+/// Longest wait for sessions to close after a shutdown signal.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Startup failures.
 #[derive(Debug, Error)]
 pub enum AppError {
@@ -111,8 +114,10 @@ impl Sidecar {
         )
     }
 
-    /// Serves until shutdown.
+    /// Serves until shutdown, then waits (at most [`DRAIN_TIMEOUT`]) for live sessions to
+    /// close with 3001 and tell the upstream.
     pub async fn serve(self) {
+        let link = self.edge.link.clone();
         let edge = self.edge;
         let admin = self.admin_state;
         let client = edge::serve(
@@ -126,6 +131,10 @@ impl Sidecar {
             self.shutdown.clone(),
         );
         tokio::join!(client, admin);
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while link.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 

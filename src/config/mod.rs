@@ -19,6 +19,14 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
 /// Default WebSocket endpoint path.
 pub const DEFAULT_WEBSOCKET_PATH: &str = "/connection/websocket";
+/// Default HTTP-streaming endpoint path.
+pub const DEFAULT_HTTP_STREAM_PATH: &str = "/connection/http_stream";
+/// Default SSE endpoint path.
+pub const DEFAULT_SSE_PATH: &str = "/connection/sse";
+/// Default emulation endpoint path.
+pub const DEFAULT_EMULATION_PATH: &str = "/emulation";
+/// Default limit of HTTP-streaming, SSE and emulation request bodies, bytes.
+pub const DEFAULT_MAX_REQUEST_BODY_SIZE: usize = 65_536;
 /// Default limit of one WebSocket message (the whole batch of commands), bytes.
 pub const DEFAULT_MESSAGE_SIZE_LIMIT: usize = 65_536;
 /// Default app-level ping period.
@@ -82,6 +90,22 @@ pub struct Config {
     pub websocket: bool,
     /// Path of the WebSocket endpoint.
     pub websocket_path: String,
+    /// Serve the HTTP-streaming endpoint (and `/emulation`).
+    pub http_stream: bool,
+    /// Path of the HTTP-streaming endpoint.
+    pub http_stream_path: String,
+    /// Largest connect POST body of HTTP-streaming, bytes (larger: 413).
+    pub http_stream_max_request_body_size: usize,
+    /// Serve the SSE endpoint (and `/emulation`); JSON only.
+    pub sse: bool,
+    /// Path of the SSE endpoint.
+    pub sse_path: String,
+    /// Largest SSE POST body, bytes (larger: 413); GET carries the command in `cf_connect`.
+    pub sse_max_request_body_size: usize,
+    /// Path of the emulation endpoint (served when `http_stream` or `sse` is on).
+    pub emulation_path: String,
+    /// Largest emulation POST body, bytes (larger: 413).
+    pub emulation_max_request_body_size: usize,
     /// Largest WebSocket message accepted from a client, bytes (larger: close 1009).
     pub message_size_limit: usize,
     /// App-level ping period; `0s` turns pings off.
@@ -116,6 +140,14 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             websocket: true,
             websocket_path: DEFAULT_WEBSOCKET_PATH.to_owned(),
+            http_stream: false,
+            http_stream_path: DEFAULT_HTTP_STREAM_PATH.to_owned(),
+            http_stream_max_request_body_size: DEFAULT_MAX_REQUEST_BODY_SIZE,
+            sse: false,
+            sse_path: DEFAULT_SSE_PATH.to_owned(),
+            sse_max_request_body_size: DEFAULT_MAX_REQUEST_BODY_SIZE,
+            emulation_path: DEFAULT_EMULATION_PATH.to_owned(),
+            emulation_max_request_body_size: DEFAULT_MAX_REQUEST_BODY_SIZE,
             message_size_limit: DEFAULT_MESSAGE_SIZE_LIMIT,
             ping_interval: DEFAULT_PING_INTERVAL,
             pong_timeout: DEFAULT_PONG_TIMEOUT,
@@ -223,6 +255,11 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// Whether `/emulation` is served (HTTP-stream or SSE on).
+    pub fn emulation_enabled(&self) -> bool {
+        self.http_stream || self.sse
+    }
+
     /// Reads, parses and validates a YAML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -258,6 +295,43 @@ impl Config {
                 self.websocket_path
             ),
         );
+        let mut paths = vec![("websocket_path", &self.websocket_path)];
+        if self.http_stream {
+            paths.push(("http_stream_path", &self.http_stream_path));
+        }
+        if self.sse {
+            paths.push(("sse_path", &self.sse_path));
+        }
+        if self.emulation_enabled() {
+            paths.push(("emulation_path", &self.emulation_path));
+        }
+        for (index, (name, path)) in paths.iter().enumerate() {
+            if *name != "websocket_path" {
+                check(
+                    path.starts_with('/'),
+                    format!("{name}: must start with '/', got {path:?}"),
+                );
+            }
+            if let Some((other, _)) = paths[..index].iter().find(|(_, p)| p == path) {
+                check(false, format!("{name}: same path as {other} ({path:?})"));
+            }
+        }
+        for (name, size) in [
+            (
+                "http_stream_max_request_body_size",
+                self.http_stream_max_request_body_size,
+            ),
+            ("sse_max_request_body_size", self.sse_max_request_body_size),
+            (
+                "emulation_max_request_body_size",
+                self.emulation_max_request_body_size,
+            ),
+        ] {
+            check(
+                size >= 128,
+                format!("{name}: must be at least 128 bytes, got {size}"),
+            );
+        }
         check(
             self.message_size_limit >= 128,
             format!(

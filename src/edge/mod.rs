@@ -3,7 +3,13 @@
 //!
 //! Guarantee: origin and size policy are applied here, before any session exists.
 
+pub mod body;
+pub mod cors;
+pub mod emulation;
+pub mod http_stream;
 pub mod origin;
+pub mod sse;
+pub mod stream;
 pub mod websocket;
 
 use std::convert::Infallible;
@@ -12,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,6 +29,7 @@ use crate::config::Config;
 use crate::http::{Body, status};
 use crate::link::Link;
 use crate::protocol::Encoding;
+use crate::session::emulation::EmulationRegistry;
 use crate::session::{SessionParams, SessionSettings};
 use origin::OriginPolicy;
 
@@ -39,6 +46,8 @@ pub struct Edge {
     pub link: Link,
     /// Fires on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// Sessions reachable through `/emulation`.
+    pub emulation: EmulationRegistry,
 }
 
 impl Edge {
@@ -49,6 +58,7 @@ impl Edge {
             config,
             link,
             shutdown,
+            emulation: EmulationRegistry::default(),
         }
     }
 
@@ -58,25 +68,35 @@ impl Edge {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
+        let config = &self.config;
         let path = request.uri().path();
-        if self.config.websocket && path == self.config.websocket_path {
+        if config.websocket && path == config.websocket_path {
             return websocket::handle(&self, request, peer);
+        }
+        if config.http_stream && path == config.http_stream_path {
+            return http_stream::handle(self, request, peer).await;
+        }
+        if config.sse && path == config.sse_path {
+            return sse::handle(self, request, peer).await;
+        }
+        if config.emulation_enabled() && path == config.emulation_path {
+            return emulation::handle(self, request).await;
         }
         status(StatusCode::NOT_FOUND)
     }
 
     /// Session parameters for a new connection from `peer`.
-    pub fn session_params<B>(
+    pub fn session_params(
         &self,
         transport: &'static str,
         encoding: Encoding,
         peer: SocketAddr,
-        request: &Request<B>,
+        uri: &Uri,
+        headers: &HeaderMap,
         command_size_limit: usize,
     ) -> SessionParams {
         let config = &self.config;
-        let headers = request
-            .headers()
+        let headers = headers
             .iter()
             .filter(|(name, _)| {
                 config
@@ -92,8 +112,7 @@ impl Edge {
             encoding,
             transport,
             remote_addr: peer.to_string(),
-            url: request
-                .uri()
+            url: uri
                 .path_and_query()
                 .map(|pq| pq.as_str().to_owned())
                 .unwrap_or_default(),

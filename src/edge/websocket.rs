@@ -114,7 +114,8 @@ pub fn handle(edge: &Edge, mut request: Request<Incoming>, peer: SocketAddr) -> 
         "websocket",
         negotiated.encoding,
         peer,
-        &request,
+        request.uri(),
+        request.headers(),
         edge.config.message_size_limit,
     );
     let ws_config = WebSocketConfig::default()

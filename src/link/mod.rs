@@ -173,6 +173,9 @@ impl Link {
         Ok(session)
     }
 
+    /// Owner loop: connect, route until the stream ends, back off, repeat. Shutdown stops
+    /// reconnecting but leaves a live stream up, so sessions can still say goodbye upstream
+    /// while they drain.
     async fn run(
         self,
         upstream: Upstream,
@@ -180,16 +183,8 @@ impl Link {
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            tokio::select! {
-                result = self.connect_and_route(&upstream, &mut backoff) => {
-                    if let Err(error) = result {
-                        tracing::warn!(upstream = ?upstream, %error, "link: cannot connect");
-                    }
-                }
-                _ = shutdown.changed() => {}
+            if let Err(error) = self.connect_and_route(&upstream, &mut backoff).await {
+                tracing::warn!(upstream = ?upstream, %error, "link: cannot connect");
             }
             self.went_down();
             if *shutdown.borrow() {
@@ -198,10 +193,9 @@ impl Link {
             let delay = backoff.next_delay();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => {}
+                _ = shutdown.changed() => break,
             }
         }
-        self.went_down();
         self.inner.state.send_replace(LinkState::Stopped);
     }
 

@@ -5,6 +5,7 @@
 //! - `driver`: the one session loop every transport runs.
 
 pub mod driver;
+pub mod emulation;
 pub mod handle;
 pub mod outbox;
 

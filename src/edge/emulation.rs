@@ -1,0 +1,105 @@
+//! `/emulation`: commands of HTTP-stream and SSE sessions arrive as POSTs
+//! (`{"node","session","data"}` JSON with `data` a string of newline-joined commands, or a
+//! Protobuf `EmulationRequest` when Content-Type is exactly `application/octet-stream`) and are
+//! fed to the session as if read from its stream. Replies go out on the stream.
+//!
+//! Answers: 204 delivered (also for an unknown session, as Centrifugo), 400 malformed body,
+//! 404 unknown node, 413 too large, 503 session busy.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use prost::Message;
+use serde::Deserialize;
+
+use super::Edge;
+use super::body::{is_protobuf, read_limited};
+use super::cors::{self, Cors};
+use crate::http::{Body, empty, status};
+use crate::protocol::client::EmulationRequest;
+use crate::session::emulation::DeliverError;
+
+#[derive(Deserialize)]
+struct JsonEmulation {
+    node: String,
+    session: String,
+    data: String,
+}
+
+/// Parses an emulation body into (node, session, inner data).
+pub fn parse(body: &[u8], protobuf: bool) -> Option<(String, String, Bytes)> {
+    if protobuf {
+        let request = EmulationRequest::decode(body).ok()?;
+        Some((request.node, request.session, request.data))
+    } else {
+        let request: JsonEmulation = serde_json::from_slice(body).ok()?;
+        Some((request.node, request.session, Bytes::from(request.data)))
+    }
+}
+
+/// Answers a request to `emulation_path`.
+pub async fn handle(edge: Arc<Edge>, request: Request<Incoming>) -> Response<Body> {
+    let origin = match cors::check(
+        &edge.origins,
+        request.method(),
+        request.headers(),
+        "POST, OPTIONS",
+    ) {
+        Cors::Respond(response) => return response,
+        Cors::Allowed(origin) => origin,
+    };
+    if request.method() != Method::POST {
+        return status(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let protobuf = is_protobuf(request.headers());
+    let (parts, body) = request.into_parts();
+    let body = match read_limited(
+        body,
+        &parts.headers,
+        edge.config.emulation_max_request_body_size,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(code) => return status(code),
+    };
+    let Some((node, session, data)) = parse(&body, protobuf) else {
+        return status(StatusCode::BAD_REQUEST);
+    };
+    if node != **edge.link.node() {
+        return status(StatusCode::NOT_FOUND);
+    }
+    let code = match edge.emulation.deliver(&session, data).await {
+        Ok(()) | Err(DeliverError::UnknownSession) => StatusCode::NO_CONTENT,
+        Err(DeliverError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut response = Response::new(empty());
+    *response.status_mut() = code;
+    cors::apply(response.headers_mut(), origin.as_ref());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_forms() {
+        let json =
+            br#"{"session":"s","node":"n","data":"{\"id\":2,\"subscribe\":{\"channel\":\"c\"}}"}"#;
+        let (node, session, data) = parse(json, false).unwrap();
+        assert_eq!((node.as_str(), session.as_str()), ("n", "s"));
+        assert_eq!(&data[..], br#"{"id":2,"subscribe":{"channel":"c"}}"#);
+        let protobuf = EmulationRequest {
+            node: "n".into(),
+            session: "s".into(),
+            data: Bytes::from_static(&[0]),
+        }
+        .encode_to_vec();
+        assert_eq!(parse(&protobuf, true).unwrap().2, Bytes::from_static(&[0]));
+        assert!(parse(b"{}", false).is_none());
+        assert!(parse(b"\xff\xff", true).is_none());
+    }
+}

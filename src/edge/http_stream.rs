@@ -1,0 +1,58 @@
+//! HTTP-streaming transport: `POST` with the connect command as body (JSON, or Protobuf when
+//! Content-Type is exactly `application/octet-stream`), answered by a streaming response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::Edge;
+use super::body::{is_protobuf, read_limited};
+use super::cors::{self, Cors};
+use super::stream::{self, Framing, StreamStart};
+use crate::http::{Body, status};
+use crate::protocol::Encoding;
+
+/// Answers a request to `http_stream_path`.
+pub async fn handle(
+    edge: Arc<Edge>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let origin = match cors::check(
+        &edge.origins,
+        request.method(),
+        request.headers(),
+        "POST, OPTIONS",
+    ) {
+        Cors::Respond(response) => return response,
+        Cors::Allowed(origin) => origin,
+    };
+    if request.method() != Method::POST {
+        return status(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let encoding = if is_protobuf(request.headers()) {
+        Encoding::Protobuf
+    } else {
+        Encoding::Json
+    };
+    let limit = edge.config.http_stream_max_request_body_size;
+    let (parts, body) = request.into_parts();
+    let initial = match read_limited(body, &parts.headers, limit).await {
+        Ok(initial) => initial,
+        Err(code) => return status(code),
+    };
+    stream::start(
+        &edge,
+        StreamStart {
+            framing: Framing::HttpStream,
+            encoding,
+            initial,
+            origin,
+            command_size_limit: limit,
+        },
+        &parts,
+        peer,
+    )
+}

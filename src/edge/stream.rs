@@ -1,0 +1,237 @@
+//! The streaming side of bidirectional emulation, shared by HTTP-stream and SSE: a long-lived
+//! response body the session writes to, and the emulation queue it reads commands from.
+//!
+//! Guarantee: only the framing differs between the two transports; a disconnect is a
+//! `push.disconnect` followed by the end of the response; a client that goes away ends the
+//! session at once (the upstream is told through the session loop).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Response, StatusCode, header, request::Parts};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{Edge, cors};
+use crate::http::{Body, BoxError};
+use crate::protocol::client::Reply;
+use crate::protocol::frame::encode_message;
+use crate::protocol::{Disconnect, Encoding};
+use crate::session::emulation::Registration;
+use crate::session::{self, Inbound, Transport};
+
+/// Frames buffered between the session and the HTTP connection; beyond it writes wait (and
+/// time out after `write_timeout` with 3009).
+const BODY_QUEUE_FRAMES: usize = 4;
+/// Time allowed to write the final disconnect push.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How messages are framed on the response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// HTTP-stream: JSON messages each end with `\n`; Protobuf messages are varint-delimited.
+    HttpStream,
+    /// SSE: one `data: <json>\n\n` event per message.
+    Sse,
+}
+
+impl Framing {
+    fn transport_name(self) -> &'static str {
+        match self {
+            Framing::HttpStream => "http_stream",
+            Framing::Sse => "sse",
+        }
+    }
+
+    fn frame(self, encoding: Encoding, batch: &[Bytes]) -> Bytes {
+        let size: usize = batch.iter().map(|m| m.len() + 8).sum();
+        let mut out = BytesMut::with_capacity(size);
+        for message in batch {
+            match (self, encoding) {
+                (Framing::Sse, _) => {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(message);
+                    out.extend_from_slice(b"\n\n");
+                }
+                (Framing::HttpStream, Encoding::Json) => {
+                    out.extend_from_slice(message);
+                    out.extend_from_slice(b"\n");
+                }
+                (Framing::HttpStream, Encoding::Protobuf) => out.extend_from_slice(message),
+            }
+        }
+        out.freeze()
+    }
+}
+
+type BodySender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+/// A streaming session's transport.
+pub struct StreamTransport {
+    framing: Framing,
+    encoding: Encoding,
+    initial: Option<Bytes>,
+    commands: mpsc::Receiver<Bytes>,
+    body: Option<BodySender>,
+    _registration: Registration,
+}
+
+impl Transport for StreamTransport {
+    async fn recv(&mut self) -> Inbound {
+        if let Some(initial) = self.initial.take() {
+            return Inbound::Frame(initial);
+        }
+        let Some(body) = &self.body else {
+            return Inbound::Gone;
+        };
+        tokio::select! {
+            frame = self.commands.recv() => match frame {
+                Some(frame) => Inbound::Frame(frame),
+                None => Inbound::Gone,
+            },
+            _ = body.closed() => Inbound::Gone,
+        }
+    }
+
+    async fn send(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
+        let body = self
+            .body
+            .as_ref()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        let bytes = self.framing.frame(self.encoding, &batch);
+        body.send(Ok(Frame::data(bytes)))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    async fn close(&mut self, disconnect: Disconnect) {
+        let Some(body) = self.body.take() else { return };
+        if disconnect == Disconnect::CONNECTION_CLOSED {
+            return;
+        }
+        let reply = Reply {
+            push: Some(disconnect.to_push()),
+            ..Default::default()
+        };
+        if let Ok(message) = encode_message(self.encoding, &reply) {
+            let bytes = self.framing.frame(self.encoding, &[message]);
+            let _ =
+                tokio::time::timeout(CLOSE_WRITE_TIMEOUT, body.send(Ok(Frame::data(bytes)))).await;
+        }
+        // Dropping the sender ends the response.
+    }
+}
+
+/// What a streaming transport hands over to start a session.
+#[derive(Debug)]
+pub struct StreamStart {
+    /// HTTP-stream or SSE.
+    pub framing: Framing,
+    /// Session encoding.
+    pub encoding: Encoding,
+    /// The connect command frame (request body or `cf_connect`).
+    pub initial: Bytes,
+    /// Allowed Origin to echo in CORS headers.
+    pub origin: Option<HeaderValue>,
+    /// Largest single command, bytes.
+    pub command_size_limit: usize,
+}
+
+/// Starts a streaming session whose first frame is the connect command and returns the
+/// streaming response.
+pub fn start(
+    edge: &Arc<Edge>,
+    start: StreamStart,
+    parts: &Parts,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let StreamStart {
+        framing,
+        encoding,
+        initial,
+        origin,
+        command_size_limit,
+    } = start;
+    let session_id: Box<str> = uuid::Uuid::new_v4().to_string().into_boxed_str();
+    let (registration, commands) = edge.emulation.register(session_id.clone());
+    let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE_FRAMES);
+    if framing == Framing::Sse {
+        // A blank line first: dispatches no event but lets EventSource fire `open` at once.
+        let _ = body_tx.try_send(Ok(Frame::data(Bytes::from_static(b"\r\n"))));
+    }
+    let mut params = edge.session_params(
+        framing.transport_name(),
+        encoding,
+        peer,
+        &parts.uri,
+        &parts.headers,
+        command_size_limit,
+    );
+    if framing == Framing::Sse {
+        // Connect tokens travel in the SSE query string: never pass or log it.
+        params.url = parts.uri.path().to_owned();
+    }
+    params.emulation = Some((session_id, edge.link.node().clone()));
+    let transport = StreamTransport {
+        framing,
+        encoding,
+        initial: Some(initial),
+        commands,
+        body: Some(body_tx),
+        _registration: registration,
+    };
+    tokio::spawn(session::run(
+        transport,
+        edge.link.clone(),
+        params,
+        edge.shutdown.clone(),
+    ));
+
+    let body = StreamBody::new(ReceiverStream::new(body_rx)).boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    let content_type = match (framing, encoding) {
+        (Framing::Sse, _) => "text/event-stream; charset=utf-8",
+        (Framing::HttpStream, Encoding::Json) => "text/plain; charset=utf-8",
+        (Framing::HttpStream, Encoding::Protobuf) => "application/octet-stream",
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert("expire", HeaderValue::from_static("0"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    cors::apply(headers, origin.as_ref());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framings() {
+        let batch = [Bytes::from_static(b"{}"), Bytes::from_static(b"{\"id\":1}")];
+        assert_eq!(
+            &Framing::HttpStream.frame(Encoding::Json, &batch)[..],
+            b"{}\n{\"id\":1}\n"
+        );
+        assert_eq!(
+            &Framing::Sse.frame(Encoding::Json, &batch)[..],
+            b"data: {}\n\ndata: {\"id\":1}\n\n"
+        );
+        let protobuf = [Bytes::from_static(&[0]), Bytes::from_static(&[1, 8])];
+        assert_eq!(
+            &Framing::HttpStream.frame(Encoding::Protobuf, &protobuf)[..],
+            &[0, 1, 8]
+        );
+    }
+}

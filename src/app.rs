@@ -1,22 +1,29 @@
-//! Assembles a running sidewire from a validated config: the Link (to the embedded hub or an
-//! external upstream), the client listener and the admin listener; and the standalone hub.
+//! Assembles a running sidewire from a validated config — the Link (to the embedded hub or an
+//! external upstream), the client listener (plain or TLS) and the admin listener — and owns
+//! what a config reload may rebuild. Also the standalone hub.
+//!
+//! Guarantees: a reload builds the new settings completely before swapping them in, so a
+//! rejected reload leaves the old config in force; sessions keep the Link they opened on.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
-use crate::config::Config;
-use crate::edge::{self, Edge};
+use crate::admin::metrics::{Metrics, ResultLabels};
+use crate::config::{Config, ConfigError};
+use crate::edge::origin::OriginPolicy;
+use crate::edge::tls::{CertResolver, TlsAcceptor, TlsError};
+use crate::edge::{self, Edge, PlainAcceptor, Settings};
 use crate::hub::{self, Hub};
+use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::backoff::Backoff;
 use crate::link::{Link, Upstream};
-
-/// Longest wait for sessions to close after a shutdown signal.
-pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+use crate::passthrough::{Backend, BackendError};
 
 /// Startup failures.
 #[derive(Debug, Error)]
@@ -31,7 +38,30 @@ pub enum AppError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The backend could not be set up.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The TLS certificate could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
+
+/// Result of applying a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The same config as the one in force.
+    Unchanged,
+    /// Applied; the listed fields only take effect after a restart.
+    Applied {
+        /// Dotted names of fields that need a restart.
+        restart_required: Vec<&'static str>,
+    },
+    /// Rejected; the old config stays in force.
+    Rejected(String),
+}
+
+/// Adjusts the log filter at run time (installed by the binary).
+pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
     TcpListener::bind(address)
@@ -47,95 +77,311 @@ fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(fallback)
 }
 
+/// What a reload may rebuild, and how.
+pub struct Runtime {
+    edge: Arc<Edge>,
+    hub: Hub,
+    node: Arc<str>,
+    phase: PhaseWatch,
+    metrics: Arc<Metrics>,
+    tls: Option<Arc<CertResolver>>,
+    log: Option<LogControl>,
+    /// Serialises reloads.
+    reloading: Mutex<()>,
+}
+
+impl Runtime {
+    fn spawn_link(&self, config: &Config) -> Link {
+        spawn_link(config, &self.hub, &self.node, &self.phase, &self.metrics)
+    }
+
+    /// The edge (current settings, metrics).
+    pub fn edge(&self) -> &Arc<Edge> {
+        &self.edge
+    }
+
+    /// The embedded hub (used when no external upstream is configured).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Validates and applies `config`: origins, limits, timers, backend, upstream (new
+    /// sessions use the new Link), hub settings, TLS files, log level. Listener addresses and
+    /// switching TLS on or off are reported as needing a restart.
+    pub fn apply(&self, config: Config) -> ReloadOutcome {
+        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = self.apply_locked(config);
+        let result = match &outcome {
+            ReloadOutcome::Unchanged => "unchanged",
+            ReloadOutcome::Applied { restart_required } if restart_required.is_empty() => "applied",
+            ReloadOutcome::Applied { .. } => "restart_required",
+            ReloadOutcome::Rejected(_) => "rejected",
+        };
+        self.metrics
+            .config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        match &outcome {
+            ReloadOutcome::Unchanged => tracing::info!("config reload: unchanged"),
+            ReloadOutcome::Applied { restart_required } if restart_required.is_empty() => {
+                tracing::info!("config reload: applied")
+            }
+            ReloadOutcome::Applied { restart_required } => tracing::warn!(
+                fields = ?restart_required,
+                "config reload: applied, but these fields need a restart to take effect"
+            ),
+            ReloadOutcome::Rejected(reason) => {
+                tracing::error!(%reason, "config reload rejected; the previous config stays in force")
+            }
+        }
+        outcome
+    }
+
+    fn apply_locked(&self, config: Config) -> ReloadOutcome {
+        if let Err(error) = config.validate() {
+            return ReloadOutcome::Rejected(error.to_string());
+        }
+        let old = self.edge.settings();
+        if *old.config == config {
+            if let (Some(resolver), Some(tls)) = (&self.tls, &config.tls)
+                && let Err(error) = resolver.reload(tls)
+            {
+                return ReloadOutcome::Rejected(error.to_string());
+            }
+            return ReloadOutcome::Unchanged;
+        }
+        let mut restart_required = Vec::new();
+        if config.listen != old.config.listen {
+            restart_required.push("listen");
+        }
+        if config.admin_listen != old.config.admin_listen {
+            restart_required.push("admin_listen");
+        }
+        if config.tls.is_some() != self.tls.is_some() {
+            restart_required.push("tls");
+        }
+        if config.log.format != old.config.log.format {
+            restart_required.push("log.format");
+        }
+        let backend = if config.backend == old.config.backend {
+            old.backend.clone()
+        } else {
+            match config.backend.as_ref().map(Backend::new).transpose() {
+                Ok(backend) => backend,
+                Err(error) => return ReloadOutcome::Rejected(error.to_string()),
+            }
+        };
+        if let (Some(resolver), Some(tls)) = (&self.tls, &config.tls)
+            && let Err(error) = resolver.reload(tls)
+        {
+            return ReloadOutcome::Rejected(error.to_string());
+        }
+        if let Some(log) = &self.log
+            && config.log.level != old.config.log.level
+            && let Err(error) = log(&config.log.level)
+        {
+            return ReloadOutcome::Rejected(format!("log.level: {error}"));
+        }
+        let link_changed = config.upstream != old.config.upstream;
+        let link = if link_changed {
+            self.spawn_link(&config)
+        } else {
+            old.link.clone()
+        };
+        self.hub.set_config(config.hub.clone());
+        let settings = Settings {
+            origins: OriginPolicy::new(&config.allowed_origins),
+            config: Arc::new(config),
+            link,
+            backend,
+        };
+        let previous = self.edge.replace_settings(settings);
+        if link_changed {
+            previous.link.retire();
+        }
+        ReloadOutcome::Applied { restart_required }
+    }
+
+    /// Re-reads the TLS files of the config in force (certificate rotation).
+    pub fn reload_tls(&self) {
+        let settings = self.edge.settings();
+        if let (Some(resolver), Some(tls)) = (&self.tls, &settings.config.tls) {
+            match resolver.reload(tls) {
+                Ok(()) => tracing::info!("tls: certificate reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "tls: reload failed; keeping the current certificate")
+                }
+            }
+        }
+    }
+}
+
+fn spawn_link(
+    config: &Config,
+    hub: &Hub,
+    node: &Arc<str>,
+    phase: &PhaseWatch,
+    metrics: &Arc<Metrics>,
+) -> Link {
+    let (upstream, backoff) = match &config.upstream {
+        Some(upstream) => (
+            Upstream::Grpc(upstream.clone()),
+            Backoff::new(
+                upstream.reconnect_backoff_min,
+                upstream.reconnect_backoff_max,
+            ),
+        ),
+        None => (
+            Upstream::Embedded(hub.clone()),
+            Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
+        ),
+    };
+    Link::spawn(
+        upstream,
+        node.clone(),
+        backoff,
+        phase.clone(),
+        metrics.clone(),
+    )
+}
+
 /// A sidecar with its listeners bound, ready to serve.
 pub struct Sidecar {
     client: TcpListener,
     admin: TcpListener,
-    edge: Arc<Edge>,
+    runtime: Arc<Runtime>,
     admin_state: Arc<Admin>,
-    shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Sidecar {
-    /// Starts the Link (and the embedded hub when no upstream is configured) and binds both
-    /// listeners.
+    /// Starts the Link (and the embedded hub) and binds both listeners.
     pub async fn bind(
         config: Config,
-        shutdown: watch::Receiver<bool>,
+        phase: PhaseWatch,
+        log: Option<LogControl>,
     ) -> Result<Sidecar, AppError> {
         let client = bind("listen", config.listen).await?;
         let admin = bind("admin_listen", config.admin_listen).await?;
         let node: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-        let (upstream, backoff, hub) = match &config.upstream {
-            Some(upstream) => (
-                Upstream::Grpc(upstream.clone()),
-                Backoff::new(
-                    upstream.reconnect_backoff_min,
-                    upstream.reconnect_backoff_max,
-                ),
-                None,
-            ),
-            None => {
-                let hub = Hub::start(config.hub.clone(), shutdown.clone());
-                (
-                    Upstream::Embedded(hub.clone()),
-                    Backoff::new(
-                        std::time::Duration::from_millis(50),
-                        std::time::Duration::from_secs(1),
-                    ),
-                    Some(hub),
-                )
-            }
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::start(config.hub.clone(), phase.clone());
+        let resolver = config.tls.as_ref().map(CertResolver::new).transpose()?;
+        let tls = resolver.as_ref().map(TlsAcceptor::new).transpose()?;
+        let backend = config.backend.as_ref().map(Backend::new).transpose()?;
+        let link = spawn_link(&config, &hub, &node, &phase, &metrics);
+        let settings = Settings {
+            origins: OriginPolicy::new(&config.allowed_origins),
+            config: Arc::new(config),
+            link,
+            backend,
         };
-        let link = Link::spawn(upstream, node, backoff, shutdown.clone());
-        let config = Arc::new(config);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let edge = Arc::new(Edge::new(
+            settings,
+            node.clone(),
+            phase.clone(),
+            metrics.clone(),
+            scheme,
+        ));
         let admin_state = Arc::new(Admin {
-            link: link.clone(),
-            hub,
-            api_key: config.hub.api_key.clone(),
-            shutdown: shutdown.clone(),
+            edge: edge.clone(),
+            hub: Some(hub.clone()),
         });
-        let edge = Arc::new(Edge::new(config, link, shutdown.clone()));
+        let runtime = Arc::new(Runtime {
+            edge,
+            hub,
+            node,
+            phase,
+            metrics,
+            tls: resolver,
+            log,
+            reloading: Mutex::new(()),
+        });
         Ok(Sidecar {
             client,
             admin,
-            edge,
+            runtime,
             admin_state,
-            shutdown,
+            tls,
         })
     }
 
     /// Bound client and admin addresses.
     pub fn addresses(&self) -> (SocketAddr, SocketAddr) {
-        let config = &self.edge.config;
+        let config = self.runtime.edge.settings().config.clone();
         (
             local_addr(&self.client, config.listen),
             local_addr(&self.admin, config.admin_listen),
         )
     }
 
-    /// Serves until shutdown, then waits (at most [`DRAIN_TIMEOUT`]) for live sessions to
-    /// close with 3001 and tell the upstream.
-    pub async fn serve(self) {
-        let link = self.edge.link.clone();
-        let edge = self.edge;
-        let admin = self.admin_state;
-        let client = edge::serve(
-            self.client,
-            move |request, peer| edge.clone().handle(request, peer),
-            self.shutdown.clone(),
-        );
-        let admin = edge::serve(
-            self.admin,
-            move |request, _peer| admin.clone().handle(request),
-            self.shutdown.clone(),
-        );
-        tokio::join!(client, admin);
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        while link.session_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    /// The reload handle.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.clone()
     }
+
+    /// Serves until the process phase reaches `Closing`, then waits for live sessions to end
+    /// (they close with 3001 over the drain window) up to `deadline`.
+    pub async fn serve(self, deadline: watch::Receiver<Option<tokio::time::Instant>>) {
+        let edge = self.runtime.edge.clone();
+        let phase = self.runtime.phase.clone();
+        let admin = self.admin_state;
+        let handler_edge = edge.clone();
+        let handler = move |request, peer| handler_edge.clone().handle(request, peer);
+        let client = async {
+            match self.tls {
+                Some(tls) => edge::serve(self.client, tls, handler, phase.clone()).await,
+                None => edge::serve(self.client, PlainAcceptor, handler, phase.clone()).await,
+            }
+        };
+        // The admin listener keeps serving /readyz and /metrics while sessions drain: its
+        // phase never reaches Closing (the sender lives until this function returns).
+        let (_admin_phase_sender, admin_phase) = crate::lifecycle::channel();
+        let admin_server = edge::serve(
+            self.admin,
+            PlainAcceptor,
+            move |request, _peer| admin.clone().handle(request),
+            admin_phase,
+        );
+        let admin_task = tokio::spawn(admin_server);
+        client.await;
+        let live = edge.metrics.sessions_live.clone();
+        loop {
+            let until = *deadline.borrow();
+            if live.get() <= 0 || until.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        admin_task.abort();
+    }
+}
+
+/// Drives the shutdown sequence on `signal`: readiness false at once, `delay` later the
+/// listener closes and sessions drain over `drain_window`; returns the hard deadline.
+pub async fn shutdown_sequence(
+    runtime: Arc<Runtime>,
+    phase: watch::Sender<RunPhase>,
+    deadline: watch::Sender<Option<tokio::time::Instant>>,
+) {
+    let settings = runtime.edge.settings();
+    let shutdown = settings.config.shutdown.clone();
+    let started = tokio::time::Instant::now();
+    deadline.send_replace(Some(started + shutdown.timeout));
+    runtime.edge.set_draining();
+    phase.send_replace(RunPhase::Draining);
+    tracing::info!(delay = ?shutdown.delay, window = ?shutdown.drain_window, "draining: readiness false");
+    tokio::time::sleep(shutdown.delay).await;
+    tracing::info!("draining: listener closed, disconnecting sessions with 3001");
+    phase.send_replace(RunPhase::Closing {
+        window: shutdown.drain_window,
+    });
+}
+
+/// Loads a config file for a reload (parse + validate), naming the problem on failure.
+pub fn load_for_reload(path: &std::path::Path) -> Result<Config, ConfigError> {
+    Config::load(path)
 }
 
 /// The standalone hub: Link (gRPC) listener and server API listener.
@@ -144,50 +390,49 @@ pub struct StandaloneHub {
     api: TcpListener,
     hub: Hub,
     api_key: Option<String>,
-    shutdown: watch::Receiver<bool>,
+    phase: PhaseWatch,
 }
 
 impl StandaloneHub {
     /// Binds `hub.link_listen` and `hub.api_listen`.
-    pub async fn bind(
-        config: Config,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<StandaloneHub, AppError> {
+    pub async fn bind(config: Config, phase: PhaseWatch) -> Result<StandaloneHub, AppError> {
         let link = bind("hub.link_listen", config.hub.link_listen).await?;
         let api = bind("hub.api_listen", config.hub.api_listen).await?;
         let api_key = config.hub.api_key.clone();
-        let hub = Hub::start(config.hub, shutdown.clone());
+        let hub = Hub::start(config.hub, phase.clone());
         Ok(StandaloneHub {
             link,
             api,
             hub,
             api_key,
-            shutdown,
+            phase,
         })
     }
 
     /// Bound Link and API addresses.
     pub fn addresses(&self) -> (SocketAddr, SocketAddr) {
+        let unspecified: SocketAddr = "0.0.0.0:0".parse().expect("constant");
         (
-            local_addr(&self.link, "0.0.0.0:0".parse().expect("constant")),
-            local_addr(&self.api, "0.0.0.0:0".parse().expect("constant")),
+            local_addr(&self.link, unspecified),
+            local_addr(&self.api, unspecified),
         )
     }
 
-    /// Serves until shutdown.
+    /// Serves until closing.
     pub async fn serve(self) {
         let hub = self.hub.clone();
         let api_key = self.api_key.clone();
         let api = edge::serve(
             self.api,
+            PlainAcceptor,
             move |request, _peer| {
                 let hub = hub.clone();
                 let api_key = api_key.clone();
                 async move { crate::admin::api_call(&hub, api_key.as_deref(), request).await }
             },
-            self.shutdown.clone(),
+            self.phase.clone(),
         );
-        let link = hub::grpc::serve(self.link, self.hub, self.shutdown.clone());
+        let link = hub::grpc::serve(self.link, self.hub, self.phase.clone());
         tokio::join!(api, link);
     }
 }

@@ -7,8 +7,11 @@
 //! - [`link`]: the multiplexed stream to the upstream, reconnects, local fan-out;
 //! - [`protocol`]: client protocol v2 types, JSON dialect, framing, codes;
 //! - [`hub`]: the reference upstream (embedded or `sidewire hub`);
+//! - [`passthrough`]: every other path, reverse-proxied to the backend;
 //! - [`admin`]: health, readiness, the embedded hub's server API;
 //! - [`config`]: YAML schema, defaults, validation;
+//! - [`reload`]: config and certificate watching, SIGHUP, atomic swap;
+//! - [`lifecycle`]: run phases (running, draining, closing) shared by every task;
 //! - [`app`]: wiring it all together.
 #![forbid(unsafe_code)]
 
@@ -18,8 +21,11 @@ pub mod config;
 pub mod edge;
 pub mod http;
 pub mod hub;
+pub mod lifecycle;
 pub mod link;
+pub mod passthrough;
 pub mod protocol;
+pub mod reload;
 pub mod session;
 
 /// Generated Protobuf code, laid out by package as prost expects.

@@ -1,12 +1,19 @@
 //! The `sidewire` binary: run the sidecar, validate a config, or run the standalone hub.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sidewire::app::{Sidecar, StandaloneHub};
+use sidewire::app::{LogControl, Sidecar, StandaloneHub, shutdown_sequence};
 use sidewire::config::{Config, LogConfig, LogFormat};
-use tokio::sync::watch;
+use sidewire::lifecycle::{self, RunPhase};
+use sidewire::reload::{self, Trigger};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, reload as log_reload};
 
 #[derive(Parser)]
 #[command(
@@ -39,38 +46,29 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-fn init_logging(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-/// Fires the shutdown watch on SIGINT or SIGTERM.
-fn spawn_signal_handler(shutdown: watch::Sender<bool>) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down");
-        let _ = shutdown.send(true);
-    });
+/// Installs the log subscriber; returns a control that swaps the filter at run time.
+fn init_logging(log: &LogConfig) -> LogControl {
+    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = log_reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let format = match log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .init();
+    Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 #[tokio::main]
@@ -88,22 +86,65 @@ async fn main() -> anyhow::Result<()> {
         println!("sidewire: configuration is valid");
         return Ok(());
     }
-    init_logging(&config.log);
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    spawn_signal_handler(shutdown_tx);
+    let log_control = init_logging(&config.log);
+    let (phase_tx, phase) = lifecycle::channel();
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     match command {
         Command::Run | Command::Check => {
-            let sidecar = Sidecar::bind(config, shutdown).await?;
+            let sidecar = Sidecar::bind(config, phase.clone(), Some(log_control)).await?;
             let (client, admin) = sidecar.addresses();
+            let runtime = sidecar.runtime();
             println!("sidewire listening client={client} admin={admin}");
             tracing::info!(%client, %admin, "sidewire listening");
-            sidecar.serve().await;
+
+            let (trigger_tx, trigger_rx) = mpsc::channel(1);
+            if let Some(path) = cli.config.clone() {
+                tokio::spawn(reload::run(
+                    path,
+                    runtime.clone(),
+                    trigger_tx.clone(),
+                    trigger_rx,
+                    phase.clone(),
+                ));
+            }
+            let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+            let hup_trigger = trigger_tx.clone();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading config");
+                    let _ = hup_trigger.try_send(Trigger::Signal);
+                }
+            });
+
+            let (deadline_tx, deadline) = watch::channel(None);
+            let phase_tx = Arc::new(phase_tx);
+            let signals_runtime = runtime.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+                tracing::info!("shutdown signal received");
+                shutdown_sequence(signals_runtime, (*phase_tx).clone(), deadline_tx).await;
+            });
+            sidecar.serve(deadline).await;
+            tracing::info!("sidewire stopped");
         }
         Command::Hub => {
-            let hub = StandaloneHub::bind(config, shutdown).await?;
+            let hub = StandaloneHub::bind(config, phase).await?;
             let (link, api) = hub.addresses();
             println!("sidewire hub listening link={link} api={api}");
             tracing::info!(%link, %api, "sidewire hub listening");
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+                phase_tx.send_replace(RunPhase::Closing {
+                    window: std::time::Duration::ZERO,
+                });
+            });
             hub.serve().await;
         }
     }

@@ -1,28 +1,27 @@
-//! The admin listener (never the client port): `/healthz` (process alive), `/readyz` (Link up
-//! and not shutting down) and, when the hub is embedded, its server API under `/api/`.
+//! The admin listener (never the client port): `/healthz` (process alive), `/readyz` (Link up,
+//! config valid, not draining), `/metrics` (OpenMetrics text) and, when the hub is embedded,
+//! its server API under `/api/`.
+
+pub mod metrics;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use tokio::sync::watch;
 
-use crate::http::{Body, json, status};
+use crate::edge::Edge;
+use crate::http::{Body, full, json, status};
 use crate::hub::{Hub, api};
-use crate::link::{Link, LinkState};
+use crate::link::LinkState;
 
 /// What the admin handlers read.
 pub struct Admin {
-    /// The Link whose state decides readiness.
-    pub link: Link,
+    /// The client edge: its current settings decide readiness.
+    pub edge: Arc<Edge>,
     /// The embedded hub, when there is one (serves `/api/`).
     pub hub: Option<Hub>,
-    /// The hub's API key.
-    pub api_key: Option<String>,
-    /// Fires on shutdown (readiness turns false).
-    pub shutdown: watch::Receiver<bool>,
 }
 
 impl Admin {
@@ -32,8 +31,9 @@ impl Admin {
         match path.as_str() {
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
             "/readyz" => {
-                let link_up = self.link.state() == LinkState::Up;
-                let draining = *self.shutdown.borrow();
+                let settings = self.edge.settings();
+                let link_up = settings.link.state() == LinkState::Up;
+                let draining = self.edge.is_draining();
                 let ready = link_up && !draining;
                 let body =
                     format!(r#"{{"ready":{ready},"link_up":{link_up},"draining":{draining}}}"#);
@@ -44,10 +44,27 @@ impl Admin {
                 };
                 json(code, body)
             }
-            _ if path.starts_with("/api/") => match &self.hub {
-                Some(hub) => api_call(hub, self.api_key.as_deref(), request).await,
-                None => status(StatusCode::NOT_FOUND),
-            },
+            "/metrics" => {
+                let mut response = Response::new(full(self.edge.metrics.encode()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            _ if path.starts_with("/api/") => {
+                let settings = self.edge.settings();
+                // The embedded hub's API is served only while the hub is the upstream.
+                match (&self.hub, &settings.config.upstream) {
+                    (Some(hub), None) => {
+                        let api_key = settings.config.hub.api_key.clone();
+                        api_call(hub, api_key.as_deref(), request).await
+                    }
+                    _ => status(StatusCode::NOT_FOUND),
+                }
+            }
             _ => status(StatusCode::NOT_FOUND),
         }
     }

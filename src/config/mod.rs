@@ -124,6 +124,13 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Request headers (case-insensitive names) passed to the upstream in `SessionOpen`.
     pub forward_headers: Vec<String>,
+    /// TLS on the client listener; plain TCP when absent.
+    pub tls: Option<TlsConfig>,
+    /// Graceful shutdown on SIGTERM / SIGINT.
+    pub shutdown: ShutdownConfig,
+    /// The existing HTTP backend every other path is proxied to; when absent those paths get
+    /// 404.
+    pub backend: Option<BackendConfig>,
     /// External upstream; when absent the embedded hub serves the Link in-process.
     pub upstream: Option<UpstreamConfig>,
     /// The reference hub (embedded, or `sidewire hub`).
@@ -158,9 +165,86 @@ impl Default for Config {
                 .iter()
                 .map(|h| h.to_string())
                 .collect(),
+            tls: None,
+            shutdown: ShutdownConfig::default(),
+            backend: None,
             upstream: None,
             hub: HubConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+/// Certificate and key of the client listener (PEM files; reloaded when they change).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert_file: String,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+}
+
+/// Graceful shutdown: readiness turns false, the listener keeps accepting for `delay` (load
+/// balancers deregister the pod), then live sessions are disconnected with 3001 at random
+/// moments within `drain_window`; the process exits when empty or at `timeout`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Time between the signal and closing the listener.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub delay: Duration,
+    /// Spread of the 3001 disconnects.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub drain_window: Duration,
+    /// Hard deadline, counted from the signal.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> ShutdownConfig {
+        ShutdownConfig {
+            delay: Duration::from_secs(5),
+            drain_window: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The backend behind the passthrough proxy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `http://host:port`, optionally with a path prefix.
+    pub url: String,
+    /// Speak HTTP/2 cleartext (prior knowledge, h2c) to the backend instead of HTTP/1.1.
+    pub http2: bool,
+    /// Largest request body passed through, bytes (larger: 413); 0 = no limit.
+    pub max_request_body_size: usize,
+    /// Time allowed to open a TCP connection to the backend (else 502).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the backend's response headers (else 504). Bodies stream unbounded.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub response_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per backend.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> BackendConfig {
+        BackendConfig {
+            url: String::new(),
+            http2: false,
+            max_request_body_size: 10 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
         }
     }
 }
@@ -364,6 +448,41 @@ impl Config {
             check(
                 !pattern.trim().is_empty(),
                 format!("allowed_origins[{index}]: empty pattern"),
+            );
+        }
+        if let Some(tls) = &self.tls {
+            check(
+                !tls.cert_file.is_empty(),
+                "tls.cert_file: required when tls is set".to_owned(),
+            );
+            check(
+                !tls.key_file.is_empty(),
+                "tls.key_file: required when tls is set".to_owned(),
+            );
+        }
+        check(
+            self.shutdown.delay + self.shutdown.drain_window <= self.shutdown.timeout,
+            "shutdown.timeout: must be at least shutdown.delay + shutdown.drain_window".to_owned(),
+        );
+        if let Some(backend) = &self.backend {
+            let valid =
+                backend.url.parse::<http::Uri>().ok().is_some_and(|uri| {
+                    uri.scheme_str() == Some("http") && uri.authority().is_some()
+                });
+            check(
+                valid,
+                format!(
+                    "backend.url: must be http://host:port[/prefix], got {:?}",
+                    backend.url
+                ),
+            );
+            check(
+                !backend.connect_timeout.is_zero(),
+                "backend.connect_timeout: must be greater than 0s".to_owned(),
+            );
+            check(
+                !backend.response_timeout.is_zero(),
+                "backend.response_timeout: must be greater than 0s".to_owned(),
             );
         }
         if let Some(upstream) = &self.upstream {

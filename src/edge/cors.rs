@@ -5,8 +5,9 @@
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
+use super::Edge;
 use super::origin::OriginPolicy;
-use crate::http::{Body, empty, status};
+use crate::http::{Body, empty};
 
 /// Outcome of the CORS check of a request.
 #[derive(Debug)]
@@ -19,13 +20,14 @@ pub enum Cors {
 
 /// Checks the origin and answers preflights. `methods` is the Allow-Methods value.
 pub fn check(
+    edge: &Edge,
     policy: &OriginPolicy,
     method: &Method,
     headers: &HeaderMap,
     methods: &'static str,
 ) -> Cors {
     if !policy.check(headers) {
-        return Cors::Respond(status(StatusCode::FORBIDDEN));
+        return Cors::Respond(edge.origin_rejected());
     }
     let origin = headers.get(header::ORIGIN).cloned();
     if method == Method::OPTIONS {

@@ -14,9 +14,10 @@ use hyper::body::Incoming;
 use prost::Message;
 use serde::Deserialize;
 
-use super::Edge;
 use super::body::{is_protobuf, read_limited};
 use super::cors::{self, Cors};
+use super::{Edge, Settings};
+use crate::admin::metrics::OutcomeLabels;
 use crate::http::{Body, empty, status};
 use crate::protocol::client::EmulationRequest;
 use crate::session::emulation::DeliverError;
@@ -40,9 +41,14 @@ pub fn parse(body: &[u8], protobuf: bool) -> Option<(String, String, Bytes)> {
 }
 
 /// Answers a request to `emulation_path`.
-pub async fn handle(edge: Arc<Edge>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    edge: &Arc<Edge>,
+    settings: &Settings,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let origin = match cors::check(
-        &edge.origins,
+        edge,
+        &settings.origins,
         request.method(),
         request.headers(),
         "POST, OPTIONS",
@@ -58,22 +64,40 @@ pub async fn handle(edge: Arc<Edge>, request: Request<Incoming>) -> Response<Bod
     let body = match read_limited(
         body,
         &parts.headers,
-        edge.config.emulation_max_request_body_size,
+        settings.config.emulation_max_request_body_size,
     )
     .await
     {
         Ok(body) => body,
         Err(code) => return status(code),
     };
+    let count = |outcome: &'static str| {
+        edge.metrics
+            .emulation_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    };
     let Some((node, session, data)) = parse(&body, protobuf) else {
+        count("bad_request");
         return status(StatusCode::BAD_REQUEST);
     };
-    if node != **edge.link.node() {
+    if node != *edge.node {
+        count("unknown_node");
         return status(StatusCode::NOT_FOUND);
     }
     let code = match edge.emulation.deliver(&session, data).await {
-        Ok(()) | Err(DeliverError::UnknownSession) => StatusCode::NO_CONTENT,
-        Err(DeliverError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
+        Ok(()) => {
+            count("delivered");
+            StatusCode::NO_CONTENT
+        }
+        Err(DeliverError::UnknownSession) => {
+            count("unknown_session");
+            StatusCode::NO_CONTENT
+        }
+        Err(DeliverError::Busy) => {
+            count("busy");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
     let mut response = Response::new(empty());
     *response.status_mut() = code;

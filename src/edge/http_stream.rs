@@ -7,21 +7,23 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::Edge;
 use super::body::{is_protobuf, read_limited};
 use super::cors::{self, Cors};
 use super::stream::{self, Framing, StreamStart};
+use super::{Edge, Settings};
 use crate::http::{Body, status};
 use crate::protocol::Encoding;
 
 /// Answers a request to `http_stream_path`.
 pub async fn handle(
-    edge: Arc<Edge>,
+    edge: &Arc<Edge>,
+    settings: &Settings,
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let origin = match cors::check(
-        &edge.origins,
+        edge,
+        &settings.origins,
         request.method(),
         request.headers(),
         "POST, OPTIONS",
@@ -37,14 +39,15 @@ pub async fn handle(
     } else {
         Encoding::Json
     };
-    let limit = edge.config.http_stream_max_request_body_size;
+    let limit = settings.config.http_stream_max_request_body_size;
     let (parts, body) = request.into_parts();
     let initial = match read_limited(body, &parts.headers, limit).await {
         Ok(initial) => initial,
         Err(code) => return status(code),
     };
     stream::start(
-        &edge,
+        edge,
+        settings,
         StreamStart {
             framing: Framing::HttpStream,
             encoding,

@@ -1,7 +1,8 @@
-//! The client listener: accepts TCP connections, serves HTTP/1.1 and HTTP/2 with upgrades, and
-//! routes each request to its transport (WebSocket today) or answers 404.
+//! The client listener: accepts TCP (or TLS) connections, serves HTTP/1.1 and HTTP/2 with
+//! upgrades, and routes each request to its transport or to the passthrough proxy.
 //!
-//! Guarantee: origin and size policy are applied here, before any session exists.
+//! Guarantees: origin and size policy are applied here, before any session exists; every
+//! request sees one consistent settings snapshot ([`Settings`]), replaced whole on reload.
 
 pub mod body;
 pub mod cors;
@@ -10,24 +11,30 @@ pub mod http_stream;
 pub mod origin;
 pub mod sse;
 pub mod stream;
+pub mod tls;
 pub mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
+use crate::admin::metrics::{Metrics, StatusLabels};
 use crate::config::Config;
 use crate::http::{Body, status};
+use crate::lifecycle::{self, PhaseWatch};
 use crate::link::Link;
+use crate::passthrough::Backend;
 use crate::protocol::Encoding;
 use crate::session::emulation::EmulationRegistry;
 use crate::session::{SessionParams, SessionSettings};
@@ -36,30 +43,72 @@ use origin::OriginPolicy;
 /// Time allowed for a client to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything the client-facing handlers need; cheap to share.
-pub struct Edge {
-    /// Config snapshot.
+/// Everything one config generation decides for the client listener.
+pub struct Settings {
+    /// The validated config.
     pub config: Arc<Config>,
     /// Compiled `allowed_origins`.
     pub origins: OriginPolicy,
-    /// The Link new sessions use.
+    /// The Link new sessions use (old sessions keep the one they opened on).
     pub link: Link,
-    /// Fires on shutdown.
-    pub shutdown: watch::Receiver<bool>,
+    /// The passthrough backend, if configured.
+    pub backend: Option<Backend>,
+}
+
+/// State shared by all client-facing handlers.
+pub struct Edge {
+    settings: ArcSwap<Settings>,
+    /// This process' node id (emulation routing, connect replies).
+    pub node: Arc<str>,
     /// Sessions reachable through `/emulation`.
     pub emulation: EmulationRegistry,
+    /// Process run phase.
+    pub phase: PhaseWatch,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Scheme clients reached us with (`http` or `https`), for forwarding headers.
+    pub scheme: &'static str,
+    draining: AtomicBool,
 }
 
 impl Edge {
-    /// Builds the edge for a config and Link.
-    pub fn new(config: Arc<Config>, link: Link, shutdown: watch::Receiver<bool>) -> Edge {
+    /// Builds the edge from its first settings.
+    pub fn new(
+        settings: Settings,
+        node: Arc<str>,
+        phase: PhaseWatch,
+        metrics: Arc<Metrics>,
+        scheme: &'static str,
+    ) -> Edge {
         Edge {
-            origins: OriginPolicy::new(&config.allowed_origins),
-            config,
-            link,
-            shutdown,
+            settings: ArcSwap::from_pointee(settings),
+            node,
             emulation: EmulationRegistry::default(),
+            phase,
+            metrics,
+            scheme,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// The current settings snapshot (hold it for the whole request).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Replaces the settings atomically (config reload).
+    pub fn replace_settings(&self, settings: Settings) -> Arc<Settings> {
+        self.settings.swap(Arc::new(settings))
+    }
+
+    /// Whether shutdown was requested (readiness false).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire) || self.phase.borrow().is_shutting_down()
+    }
+
+    /// Marks the edge as draining.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Routes one request.
@@ -68,26 +117,47 @@ impl Edge {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let config = &self.config;
+        let settings = self.settings();
+        let config = &settings.config;
         let path = request.uri().path();
         if config.websocket && path == config.websocket_path {
-            return websocket::handle(&self, request, peer);
+            return websocket::handle(&self, &settings, request, peer);
         }
         if config.http_stream && path == config.http_stream_path {
-            return http_stream::handle(self, request, peer).await;
+            return http_stream::handle(&self, &settings, request, peer).await;
         }
         if config.sse && path == config.sse_path {
-            return sse::handle(self, request, peer).await;
+            return sse::handle(&self, &settings, request, peer).await;
         }
         if config.emulation_enabled() && path == config.emulation_path {
-            return emulation::handle(self, request).await;
+            return emulation::handle(&self, &settings, request).await;
         }
-        status(StatusCode::NOT_FOUND)
+        match &settings.backend {
+            Some(backend) => {
+                let response = backend.forward(request, peer, self.scheme).await;
+                self.metrics
+                    .passthrough_requests
+                    .get_or_create(&StatusLabels {
+                        status: response.status().as_u16(),
+                    })
+                    .inc();
+                response
+            }
+            None => status(StatusCode::NOT_FOUND),
+        }
+    }
+
+    /// Counts and answers a request refused for its Origin.
+    pub fn origin_rejected(&self) -> Response<Body> {
+        self.metrics.origin_rejections.inc();
+        status(StatusCode::FORBIDDEN)
     }
 
     /// Session parameters for a new connection from `peer`.
+    #[allow(clippy::too_many_arguments)]
     pub fn session_params(
         &self,
+        settings: &Settings,
         transport: &'static str,
         encoding: Encoding,
         peer: SocketAddr,
@@ -95,7 +165,7 @@ impl Edge {
         headers: &HeaderMap,
         command_size_limit: usize,
     ) -> SessionParams {
-        let config = &self.config;
+        let config = &settings.config;
         let headers = headers
             .iter()
             .filter(|(name, _)| {
@@ -126,17 +196,44 @@ impl Edge {
                 command_size_limit,
                 write_timeout: config.write_timeout,
             },
+            metrics: self.metrics.clone(),
         }
     }
 }
 
-/// Accepts connections on `listener` and serves each with `handler` until `shutdown` fires.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, mut shutdown: watch::Receiver<bool>)
+/// Turns an accepted TCP stream into the byte stream HTTP is served on (TLS or not).
+pub trait Acceptor: Clone + Send + Sync + 'static {
+    /// The stream type after the handshake.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Performs the handshake (if any).
+    fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+/// Plain TCP.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainAcceptor;
+
+impl Acceptor for PlainAcceptor {
+    type Stream = TcpStream;
+    async fn accept(&self, stream: TcpStream) -> std::io::Result<TcpStream> {
+        Ok(stream)
+    }
+}
+
+/// Accepts connections on `listener` and serves each with `handler` until the process phase
+/// reaches `Closing`. Live connections are not cut here; their sessions end on their own.
+pub async fn serve<A, H, F>(listener: TcpListener, acceptor: A, handler: H, mut phase: PhaseWatch)
 where
+    A: Acceptor,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut accept_backoff = Duration::from_millis(5);
+    let closing = lifecycle::closing(&mut phase);
+    tokio::pin!(closing);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -152,11 +249,19 @@ where
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = &mut closing => break,
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let stream = match acceptor.accept(stream).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "handshake failed");
+                    return;
+                }
+            };
             let service = service_fn(move |request| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(request, peer).await) }

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::Edge;
 use super::body::read_limited;
 use super::cors::{self, Cors};
 use super::stream::{self, Framing, StreamStart};
+use super::{Edge, Settings};
 use crate::http::{Body, status};
 use crate::protocol::Encoding;
 
@@ -27,12 +27,14 @@ pub fn connect_param(query: Option<&str>) -> Option<Bytes> {
 
 /// Answers a request to `sse_path`.
 pub async fn handle(
-    edge: Arc<Edge>,
+    edge: &Arc<Edge>,
+    settings: &Settings,
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let origin = match cors::check(
-        &edge.origins,
+        edge,
+        &settings.origins,
         request.method(),
         request.headers(),
         "GET, POST, OPTIONS",
@@ -40,7 +42,7 @@ pub async fn handle(
         Cors::Respond(response) => return response,
         Cors::Allowed(origin) => origin,
     };
-    let limit = edge.config.sse_max_request_body_size;
+    let limit = settings.config.sse_max_request_body_size;
     let (parts, body) = request.into_parts();
     let initial = match parts.method {
         Method::GET => match connect_param(parts.uri.query()) {
@@ -54,7 +56,8 @@ pub async fn handle(
         _ => return status(StatusCode::METHOD_NOT_ALLOWED),
     };
     stream::start(
-        &edge,
+        edge,
+        settings,
         StreamStart {
             framing: Framing::Sse,
             encoding: Encoding::Json,

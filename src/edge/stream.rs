@@ -17,7 +17,7 @@ use hyper::body::Frame;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Edge, cors};
+use super::{Edge, Settings, cors};
 use crate::http::{Body, BoxError};
 use crate::protocol::client::Reply;
 use crate::protocol::frame::encode_message;
@@ -146,6 +146,7 @@ pub struct StreamStart {
 /// streaming response.
 pub fn start(
     edge: &Arc<Edge>,
+    settings: &Settings,
     start: StreamStart,
     parts: &Parts,
     peer: SocketAddr,
@@ -165,6 +166,7 @@ pub fn start(
         let _ = body_tx.try_send(Ok(Frame::data(Bytes::from_static(b"\r\n"))));
     }
     let mut params = edge.session_params(
+        settings,
         framing.transport_name(),
         encoding,
         peer,
@@ -176,7 +178,7 @@ pub fn start(
         // Connect tokens travel in the SSE query string: never pass or log it.
         params.url = parts.uri.path().to_owned();
     }
-    params.emulation = Some((session_id, edge.link.node().clone()));
+    params.emulation = Some((session_id, edge.node.clone()));
     let transport = StreamTransport {
         framing,
         encoding,
@@ -187,9 +189,9 @@ pub fn start(
     };
     tokio::spawn(session::run(
         transport,
-        edge.link.clone(),
+        settings.link.clone(),
         params,
-        edge.shutdown.clone(),
+        edge.phase.clone(),
     ));
 
     let body = StreamBody::new(ReceiverStream::new(body_rx)).boxed();

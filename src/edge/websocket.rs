@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use super::Edge;
+use super::{Edge, Settings};
 use crate::http::{Body, empty, status};
 use crate::protocol::{Disconnect, Encoding};
 use crate::session::{self, Inbound, Transport};
@@ -86,7 +86,12 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 /// Answers a handshake request; on success the session runs on the upgraded connection.
-pub fn handle(edge: &Edge, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub fn handle(
+    edge: &Edge,
+    settings: &Settings,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     if request.method() != Method::GET {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
@@ -106,32 +111,34 @@ pub fn handle(edge: &Edge, mut request: Request<Incoming>, peer: SocketAddr) -> 
         );
         return response;
     };
-    if !edge.origins.check(headers) {
-        return status(StatusCode::FORBIDDEN);
+    if !settings.origins.check(headers) {
+        return edge.origin_rejected();
     }
     let negotiated = negotiate(headers, request.uri().query());
     let params = edge.session_params(
+        settings,
         "websocket",
         negotiated.encoding,
         peer,
         request.uri(),
         request.headers(),
-        edge.config.message_size_limit,
+        settings.config.message_size_limit,
     );
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_write_buffer_size(
-            edge.config
+            settings
+                .config
                 .queue_max_size
                 .saturating_mul(2)
                 .max(READ_BUFFER_BYTES),
         )
-        .max_message_size(Some(edge.config.message_size_limit))
-        .max_frame_size(Some(edge.config.message_size_limit));
+        .max_message_size(Some(settings.config.message_size_limit))
+        .max_frame_size(Some(settings.config.message_size_limit));
     let upgrade = hyper::upgrade::on(&mut request);
-    let link = edge.link.clone();
-    let shutdown = edge.shutdown.clone();
+    let link = settings.link.clone();
+    let phase = edge.phase.clone();
     let encoding = negotiated.encoding;
     tokio::spawn(async move {
         match upgrade.await {
@@ -142,7 +149,7 @@ pub fn handle(edge: &Edge, mut request: Request<Incoming>, peer: SocketAddr) -> 
                     Some(ws_config),
                 )
                 .await;
-                session::run(WsTransport { ws, encoding }, link, params, shutdown).await;
+                session::run(WsTransport { ws, encoding }, link, params, phase).await;
             }
             Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
         }

@@ -8,11 +8,11 @@ use futures_util::{Stream, StreamExt, stream};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Hub;
+use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::link_server::{Link, LinkServer};
 use crate::linkproto::{SidecarFrame, UpstreamFrame};
 
@@ -56,11 +56,13 @@ impl Link for LinkService {
     }
 }
 
-/// Accepts HTTP/2 connections on `listener` and serves the Link service until `shutdown`.
-pub async fn serve(listener: TcpListener, hub: Hub, mut shutdown: watch::Receiver<bool>) {
+/// Accepts HTTP/2 connections on `listener` and serves the Link service until closing.
+pub async fn serve(listener: TcpListener, hub: Hub, mut phase: PhaseWatch) {
     let service = LinkServer::new(LinkService::new(hub))
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
+    let closing = lifecycle::closing(&mut phase);
+    tokio::pin!(closing);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -71,7 +73,7 @@ pub async fn serve(listener: TcpListener, hub: Hub, mut shutdown: watch::Receive
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = &mut closing => break,
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(service.clone());

@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::config::HubConfig;
+use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::{SidecarFrame, UpstreamFrame, Welcome, sidecar_frame, upstream_frame};
 use crate::session::handle::SERVER_VERSION;
 use state::HubState;
@@ -38,8 +39,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub with its upkeep task, which stops when `shutdown` fires.
-    pub fn start(config: HubConfig, mut shutdown: watch::Receiver<bool>) -> Hub {
+    /// A hub with its upkeep task, which stops when the process is closing.
+    pub fn start(config: HubConfig, mut phase: PhaseWatch) -> Hub {
         let hub = Hub {
             inner: Arc::new(Inner {
                 state: Mutex::new(HubState::new(config)),
@@ -49,10 +50,12 @@ impl Hub {
         let upkeep = hub.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            let closing = lifecycle::closing(&mut phase);
+            tokio::pin!(closing);
             loop {
                 tokio::select! {
                     _ = tick.tick() => upkeep.with_state(HubState::sweep),
-                    _ = shutdown.changed() => break,
+                    _ = &mut closing => break,
                 }
             }
         });
@@ -61,6 +64,11 @@ impl Hub {
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a new hub config (token secret, API key, history limits) to later operations.
+    pub fn set_config(&self, config: HubConfig) {
+        self.with_state(|state| state.set_config(config));
     }
 
     /// Runs `operation` on the state, then drops Links that overflowed meanwhile.

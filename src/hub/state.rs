@@ -129,6 +129,11 @@ impl HubState {
         }
     }
 
+    /// Replaces the config used by later operations.
+    pub fn set_config(&mut self, config: HubConfig) {
+        self.config = config;
+    }
+
     /// Registers a Link's outbound queue.
     pub fn add_link(&mut self, link: u64, sender: mpsc::Sender<UpstreamFrame>) {
         self.links.insert(link, sender);

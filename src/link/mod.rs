@@ -20,6 +20,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
+use crate::admin::metrics::Metrics;
+use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::linkproto::{
     Hello, SessionClose, SessionCommand, SessionOpen, SidecarFrame, UpstreamFrame, sidecar_frame,
     upstream_frame,
@@ -65,6 +67,11 @@ pub struct OpenRequest {
 
 struct Inner {
     node: Arc<str>,
+    metrics: Arc<Metrics>,
+    /// Set once this Link is replaced by a reload: it ends when its last session does.
+    retired: watch::Sender<bool>,
+    /// Whether a stream was ever up (later ones count as reconnects).
+    was_up_once: std::sync::atomic::AtomicBool,
     registry: Mutex<Registry>,
     /// Uplink of the live stream; `None` while down. Lock order: `uplink`, then `registry`.
     uplink: Mutex<Option<mpsc::Sender<SidecarFrame>>>,
@@ -91,25 +98,46 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Link {
-    /// Starts the owner task of a Link to `upstream`; it runs until `shutdown` fires.
+    /// Starts the owner task of a Link to `upstream`. It stops reconnecting once the process
+    /// is closing, and ends for good once retired and empty.
     pub fn spawn(
         upstream: Upstream,
         node: Arc<str>,
         backoff: Backoff,
-        shutdown: watch::Receiver<bool>,
+        phase: PhaseWatch,
+        metrics: Arc<Metrics>,
     ) -> Link {
         let (state, _) = watch::channel(LinkState::Down);
+        let (retired, _) = watch::channel(false);
         let link = Link {
             inner: Arc::new(Inner {
                 node,
+                metrics,
+                retired,
+                was_up_once: std::sync::atomic::AtomicBool::new(false),
                 registry: Mutex::new(Registry::default()),
                 uplink: Mutex::new(None),
                 state,
                 next_session: AtomicU64::new(1),
             }),
         };
-        tokio::spawn(link.clone().run(upstream, backoff, shutdown));
+        tokio::spawn(link.clone().run(upstream, backoff, phase));
         link
+    }
+
+    /// Marks this Link as replaced (config reload): it accepts no new session and stops once
+    /// its last session has ended.
+    pub fn retire(&self) {
+        self.inner.retired.send_replace(true);
+        let link = self.clone();
+        tokio::spawn(async move {
+            while link.session_count() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            link.inner.state.send_replace(LinkState::Stopped);
+            // Wakes the owner task, which sees the Stopped state and ends.
+            link.inner.retired.send_replace(true);
+        });
     }
 
     /// Current state.
@@ -144,6 +172,9 @@ impl Link {
         request: OpenRequest,
         connect: Command,
     ) -> Result<LinkSession, Unavailable> {
+        if *self.inner.retired.borrow() {
+            return Err(Unavailable);
+        }
         let uplink = {
             let uplink = lock(&self.inner.uplink);
             let sender = uplink.as_ref().ok_or(Unavailable)?.clone();
@@ -176,27 +207,33 @@ impl Link {
     /// Owner loop: connect, route until the stream ends, back off, repeat. Shutdown stops
     /// reconnecting but leaves a live stream up, so sessions can still say goodbye upstream
     /// while they drain.
-    async fn run(
-        self,
-        upstream: Upstream,
-        mut backoff: Backoff,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(self, upstream: Upstream, mut backoff: Backoff, mut phase: PhaseWatch) {
         loop {
             if let Err(error) = self.connect_and_route(&upstream, &mut backoff).await {
                 tracing::warn!(upstream = ?upstream, %error, "link: cannot connect");
             }
             self.went_down();
-            if *shutdown.borrow() {
+            if self.stopping(&phase) {
                 break;
             }
             let delay = backoff.next_delay();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => break,
+                _ = phase.changed() => {}
+            }
+            if self.stopping(&phase) {
+                break;
             }
         }
         self.inner.state.send_replace(LinkState::Stopped);
+    }
+
+    fn stopping(&self, phase: &PhaseWatch) -> bool {
+        matches!(*phase.borrow(), RunPhase::Closing { .. }) || self.is_stopped()
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.inner.retired.borrow() && self.session_count() == 0
     }
 
     /// Opens one stream and routes its frames until it ends.
@@ -234,19 +271,38 @@ impl Link {
         }
         *lock(&self.inner.uplink) = Some(uplink);
         self.inner.state.send_replace(LinkState::Up);
+        self.inner.metrics.link_up.set(1);
+        if self
+            .inner
+            .was_up_once
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.inner.metrics.link_reconnects.inc();
+        }
         backoff.reset();
         tracing::info!(upstream = ?upstream, "link: up");
-        while let Some(frame) = downstream.next().await {
-            match frame {
-                Ok(frame) => self.route(frame),
-                Err(status) => {
-                    tracing::warn!(%status, "link: stream failed");
-                    return Ok(());
+        let mut retired = self.inner.retired.subscribe();
+        loop {
+            tokio::select! {
+                frame = downstream.next() => match frame {
+                    Some(Ok(frame)) => self.route(frame),
+                    Some(Err(status)) => {
+                        tracing::warn!(%status, "link: stream failed");
+                        return Ok(());
+                    }
+                    None => {
+                        tracing::warn!("link: stream ended by upstream");
+                        return Ok(());
+                    }
+                },
+                _ = retired.changed() => {
+                    if self.is_stopped() {
+                        tracing::info!(upstream = ?upstream, "link: retired");
+                        return Ok(());
+                    }
                 }
             }
         }
-        tracing::warn!("link: stream ended by upstream");
-        Ok(())
     }
 
     /// Applies one downstream frame.
@@ -287,6 +343,9 @@ impl Link {
     /// Marks the Link down and ends every session of the lost stream.
     fn went_down(&self) {
         let was_up = lock(&self.inner.uplink).take().is_some();
+        if was_up && !*self.inner.retired.borrow() {
+            self.inner.metrics.link_up.set(0);
+        }
         let ended = lock(&self.inner.registry).end_all(&Disconnect::UPSTREAM_UNAVAILABLE);
         if was_up {
             tracing::warn!(sessions = ended, "link: down");

@@ -40,3 +40,26 @@ impl Encoding {
         }
     }
 }
+
+/// Name of a command's type for logs and metrics (`pong` for an empty command).
+pub fn command_kind(command: &client::Command) -> &'static str {
+    let kinds: [(bool, &'static str); 13] = [
+        (command.connect.is_some(), "connect"),
+        (command.subscribe.is_some(), "subscribe"),
+        (command.unsubscribe.is_some(), "unsubscribe"),
+        (command.publish.is_some(), "publish"),
+        (command.presence.is_some(), "presence"),
+        (command.presence_stats.is_some(), "presence_stats"),
+        (command.history.is_some(), "history"),
+        (command.ping.is_some(), "ping"),
+        (command.send.is_some(), "send"),
+        (command.rpc.is_some(), "rpc"),
+        (command.refresh.is_some(), "refresh"),
+        (command.sub_refresh.is_some(), "sub_refresh"),
+        (command.id == 0, "pong"),
+    ];
+    kinds
+        .iter()
+        .find(|(present, _)| *present)
+        .map_or("unknown", |(_, kind)| kind)
+}

@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng;
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::handle::{ConnectFields, Phase, SessionHandle};
 use super::outbox::Drain;
+use crate::admin::metrics::{CommandLabels, Metrics, TransportLabels};
+use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::{Link, LinkSession, OpenRequest};
 use crate::protocol::client::{Command, Reply};
-use crate::protocol::{Disconnect, Encoding, decode_commands, encode_reply};
+use crate::protocol::{Disconnect, Encoding, command_kind, decode_commands, encode_reply};
 
 /// Most outbox batches written per wake-up before the loop reads from the client again.
 const MAX_BATCHES_PER_FLUSH: usize = 4;
@@ -79,6 +80,8 @@ pub struct SessionParams {
     pub emulation: Option<(Box<str>, Arc<str>)>,
     /// Timers and limits.
     pub settings: SessionSettings,
+    /// Where counters go.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Timer state of the loop; only the earliest armed deadline matters.
@@ -87,14 +90,21 @@ struct Timers {
     stale_at: Option<Instant>,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
+    /// When a draining process disconnects this session (3001).
+    close_at: Option<Instant>,
 }
 
 impl Timers {
     fn next(&self) -> Option<Instant> {
-        [self.stale_at, self.next_ping, self.pong_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.stale_at,
+            self.next_ping,
+            self.pong_deadline,
+            self.close_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -103,7 +113,7 @@ pub async fn run<T: Transport>(
     mut transport: T,
     link: Link,
     params: SessionParams,
-    mut shutdown: watch::Receiver<bool>,
+    mut phase: PhaseWatch,
 ) {
     let settings = params.settings.clone();
     let handle = Arc::new(SessionHandle::new(
@@ -128,24 +138,35 @@ pub async fn run<T: Transport>(
             ..Timers::default()
         },
     };
-    if *shutdown.borrow() {
-        handle.outbox.end(Disconnect::SHUTDOWN);
-    }
+    let labels = TransportLabels {
+        transport: session.params.transport,
+        encoding: session.params.encoding.as_str(),
+    };
+    let metrics = session.params.metrics.clone();
+    metrics.connections.get_or_create(&labels).inc();
+    metrics.sessions_live.inc();
+    metrics.sessions_opened.get_or_create(&labels).inc();
+    phase.mark_changed();
 
     let end = loop {
         let deadline = session.timers.next();
         tokio::select! {
             biased;
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    handle.outbox.end(Disconnect::SHUTDOWN);
-                    // The sender is gone or fired: stop watching it.
-                    shutdown = watch::channel(true).1;
+            changed = phase.changed() => {
+                let current = *phase.borrow_and_update();
+                if let (true, RunPhase::Closing { window }) = (changed.is_ok(), current) {
+                    // Spread the disconnects of a draining process over the window.
+                    let delay = rand::rng().random_range(Duration::ZERO..=window);
+                    session.timers.close_at = Some(Instant::now() + delay);
+                }
+                if changed.is_err() || matches!(current, RunPhase::Closing { .. }) {
+                    // Nothing more to learn from the phase: stop watching it.
+                    phase = crate::lifecycle::channel().1;
                 }
             }
             _ = handle.outbox.changed() => {
                 session.on_outbox_activity();
-                match flush(&mut transport, &handle, settings.write_timeout).await {
+                match flush(&mut transport, &handle, settings.write_timeout, &metrics).await {
                     Flushed::More => handle.outbox.wake(),
                     Flushed::Idle => {}
                     Flushed::Closed(end) => break end,
@@ -153,6 +174,7 @@ pub async fn run<T: Transport>(
             }
             inbound = transport.recv() => match inbound {
                 Inbound::Frame(frame) => {
+                    metrics.bytes_in.inc_by(frame.len() as u64);
                     if let Err(disconnect) = session.on_frame(&frame).await {
                         handle.outbox.end(disconnect);
                     }
@@ -173,6 +195,9 @@ pub async fn run<T: Transport>(
     if let Some(link_session) = session.link_session.take() {
         link_session.close(&end).await;
     }
+    metrics.connections.get_or_create(&labels).dec();
+    metrics.sessions_live.dec();
+    metrics.session_closed(end.code);
     tracing::debug!(session = handle.id, code = end.code, reason = %end.reason, "session ended");
 }
 
@@ -191,18 +216,24 @@ async fn flush<T: Transport>(
     transport: &mut T,
     handle: &SessionHandle,
     write_timeout: Duration,
+    metrics: &Metrics,
 ) -> Flushed {
     for _ in 0..MAX_BATCHES_PER_FLUSH {
         match handle.outbox.drain() {
             Drain::Idle => return Flushed::Idle,
-            Drain::Messages(batch) => match timeout(write_timeout, transport.send(batch)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
-                    handle.outbox.end(Disconnect::WRITE_ERROR);
-                    transport.close(Disconnect::WRITE_ERROR).await;
-                    return Flushed::Closed(Disconnect::WRITE_ERROR);
+            Drain::Messages(batch) => {
+                metrics
+                    .bytes_out
+                    .inc_by(batch.iter().map(|m| m.len() as u64).sum());
+                match timeout(write_timeout, transport.send(batch)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => {
+                        handle.outbox.end(Disconnect::WRITE_ERROR);
+                        transport.close(Disconnect::WRITE_ERROR).await;
+                        return Flushed::Closed(Disconnect::WRITE_ERROR);
+                    }
                 }
-            },
+            }
             Drain::End(disconnect) => {
                 transport.close(disconnect.clone()).await;
                 return Flushed::Closed(disconnect);
@@ -242,6 +273,9 @@ impl Session {
 
     fn on_timer(&mut self) -> Result<(), Disconnect> {
         let now = Instant::now();
+        if self.timers.close_at.is_some_and(|at| at <= now) {
+            return Err(Disconnect::SHUTDOWN);
+        }
         if self.timers.stale_at.is_some_and(|at| at <= now) {
             if self.handle.phase() != Phase::Connected {
                 return Err(Disconnect::STALE);
@@ -277,6 +311,13 @@ impl Session {
     }
 
     async fn on_command(&mut self, command: Command) -> Result<(), Disconnect> {
+        self.params
+            .metrics
+            .commands
+            .get_or_create(&CommandLabels {
+                command: command_kind(&command),
+            })
+            .inc();
         if command.id == 0 && command.send.is_none() {
             // An empty command is a pong; one nobody asked for is a protocol violation.
             return match self.timers.pong_deadline.take() {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Real-SDK smoke tests against the sidewire binary:
-#   - npm `centrifuge` (JSON and Protobuf builds) under Node 20, with node's built-in test runner
+#   - npm `centrifuge` (JSON and Protobuf builds) under Node 20, with node's built-in test runner:
+#     the same flow over websocket (json, protobuf), http_stream (json, protobuf) and sse (json),
+#     one file each (run in parallel), plus transport fallback
 #   - PyPI `centrifuge-python` (JSON and Protobuf) with pytest
 #
 # Usage (from anywhere):  tests/sdk/run.sh

@@ -1,17 +1,21 @@
 // Shared harness for the real-SDK smoke tests: starts the sidewire binary on
-// ephemeral ports, parses its "listening" line, and offers small helpers
-// (timeouts, event waiting, publication collection, server-API publish).
+// ephemeral ports (WebSocket, HTTP-streaming and SSE enabled), parses its
+// "listening" line, and offers small helpers (timeouts, event queues, publication
+// collection, connection tokens, server API calls).
 //
 // Binary: $SIDEWIRE_BIN if set, else <repo>/target/debug/sidewire.
-// Set SIDEWIRE_TEST_LOG=1 to copy the server's stderr to this process' stderr.
+// Set SIDEWIRE_TEST_LOG=1 to copy the server's stderr (at sidewire=debug) to this
+// process' stderr. `node --test` does not show a test file's stderr, so run one
+// file directly to read it: SIDEWIRE_TEST_LOG=1 node tests/sdk/js/sse-json.test.mjs
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import WebSocket from 'ws';
+import { EventSource } from 'eventsource';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = resolve(here, '..', '..', '..');
@@ -76,6 +80,21 @@ export function uniqueChannel(prefix) {
   return `${prefix}-${randomBytes(6).toString('hex')}`;
 }
 
+/** Unique user id, so that a server API disconnect by user reaches exactly one client. */
+export function uniqueUser(prefix = 'user') {
+  return `${prefix}-${randomBytes(5).toString('hex')}`;
+}
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+
+/** HS256 JWT (header {alg:HS256,typ:JWT}) with `sub` = user, for `hub.token_hmac_secret`. */
+export function makeToken(secret, user, extraClaims = {}) {
+  const header = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const payload = b64url(JSON.stringify({ sub: user, ...extraClaims }));
+  const signature = createHmac('sha256', secret).update(`${header}.${payload}`).digest('base64url');
+  return `${header}.${payload}.${signature}`;
+}
+
 /** Number from a JS number, bigint, string or protobufjs Long. */
 export function toNumber(v) {
   if (v === undefined || v === null) return v;
@@ -84,10 +103,13 @@ export function toNumber(v) {
 }
 
 /**
- * Starts `sidewire --config <tmp yaml>` and waits for its listening line.
- * Returns { clientAddr, adminAddr, wsUrl, adminUrl, stop(), alive(), stderrTail() }.
+ * Starts `sidewire --config <tmp yaml>` and waits for its listening line. WebSocket,
+ * HTTP-streaming and SSE are all enabled. With `tokenSecret`, the hub requires HS256
+ * connection tokens (connectClient then makes one per client, each with its own user).
+ * Returns { clientAddr, adminAddr, wsUrl, httpStreamUrl, sseUrl, emulationUrl, adminUrl,
+ * tokenSecret, stop(), alive(), watch(promise), exitInfo(), stderrTail() }.
  */
-export async function startServer({ extraConfig = '' } = {}) {
+export async function startServer({ extraConfig = '', tokenSecret = null } = {}) {
   if (!existsSync(SIDEWIRE_BIN)) {
     throw new Error(`sidewire binary not found at ${SIDEWIRE_BIN} (build it, or set SIDEWIRE_BIN)`);
   }
@@ -97,6 +119,11 @@ export async function startServer({ extraConfig = '' } = {}) {
     'listen: "127.0.0.1:0"',
     'admin_listen: "127.0.0.1:0"',
     'allowed_origins: ["*"]',
+    'websocket: true',
+    'http_stream: true',
+    'sse: true',
+    ...(tokenSecret ? ['hub:', `  token_hmac_secret: ${JSON.stringify(tokenSecret)}`] : []),
+    ...(process.env.SIDEWIRE_TEST_LOG ? ['log:', '  level: "sidewire=debug,info"'] : []),
     extraConfig,
     '',
   ].join('\n'));
@@ -175,7 +202,11 @@ export async function startServer({ extraConfig = '' } = {}) {
   return {
     ...addrs,
     wsUrl: `ws://${addrs.clientAddr}/connection/websocket`,
+    httpStreamUrl: `http://${addrs.clientAddr}/connection/http_stream`,
+    sseUrl: `http://${addrs.clientAddr}/connection/sse`,
+    emulationUrl: `http://${addrs.clientAddr}/emulation`,
     adminUrl: `http://${addrs.adminAddr}`,
+    tokenSecret,
     stop,
     alive: () => exited === null,
     watch,
@@ -184,18 +215,42 @@ export async function startServer({ extraConfig = '' } = {}) {
   };
 }
 
+/** Endpoint URL of `transport` ('websocket' | 'http_stream' | 'sse') on `server`. */
+export function endpointUrl(server, transport) {
+  switch (transport) {
+    case 'websocket': return server.wsUrl;
+    case 'http_stream': return server.httpStreamUrl;
+    case 'sse': return server.sseUrl;
+    default: throw new Error(`unknown transport ${transport}`);
+  }
+}
+
 /**
  * Creates a client (JSON or protobuf build, chosen by `Ctor`), records its
- * errors, connects and waits for `connected`. Returns { client, clientId, errors }.
+ * events, connects and waits for `connected`.
+ * Options (besides SDK options):
+ *  - transport: pin this transport with a one-element endpoint array (default: the
+ *    plain `ws://` string form, WebSocket without emulation mode);
+ *  - endpoints: a full `[{transport, endpoint}]` array (overrides `transport`);
+ *  - user: the `sub` of the connection token when the server has a token secret
+ *    (default: a fresh unique user).
+ * Returns { client, ctx, clientId, user, errors, disconnects, connectings, connecteds }.
  * `track` collects clients for the after hook.
  */
 export async function connectClient(Ctor, server, track, opts = {}) {
-  const client = new Ctor(server.wsUrl, {
+  const { transport, endpoints, user: wantedUser, ...sdkOpts } = opts;
+  const endpoint = endpoints
+    ?? (transport ? [{ transport, endpoint: endpointUrl(server, transport) }] : server.wsUrl);
+  const user = server.tokenSecret ? (wantedUser ?? uniqueUser()) : '';
+  const client = new Ctor(endpoint, {
     websocket: WebSocket,
+    eventsource: EventSource,
+    emulationEndpoint: server.emulationUrl,
     timeout: 3000,
     minReconnectDelay: 200,
     maxReconnectDelay: 1000,
-    ...opts,
+    ...(server.tokenSecret ? { token: makeToken(server.tokenSecret, user) } : {}),
+    ...sdkOpts,
   });
   track.push(client);
   const errors = [];
@@ -203,65 +258,99 @@ export async function connectClient(Ctor, server, track, opts = {}) {
   client.on('error', (ctx) => errors.push(ctx));
   const disconnects = [];
   client.on('disconnected', (ctx) => disconnects.push(ctx));
+  const connectings = [];
+  client.on('connecting', (ctx) => connectings.push(ctx));
+  const connecteds = [];
+  client.on('connected', (ctx) => connecteds.push(ctx));
   const connected = new Promise((res) => client.once('connected', res));
   client.connect();
   if (!server.alive()) {
     throw new Error(`sidewire is not running (${safeJson(server.exitInfo())}); stderr:\n${server.stderrTail()}`);
   }
-  const ctx = await withTimeout(server.watch(connected), 4000,
-    () => `client 'connected' event (errors: ${summarize(errors)}; disconnects: ${summarize(disconnects)}; server alive: ${server.alive()}; server stderr:\n${server.stderrTail()})`);
+  const ctx = await withTimeout(server.watch(connected), 6000,
+    () => `client 'connected' event over ${safeJson(endpoint)} (errors: ${summarize(errors)}; disconnects: ${summarize(disconnects)}; server alive: ${server.alive()}; server stderr:\n${server.stderrTail()})`);
   await withTimeout(server.watch(client.ready(3000)), 4000, 'client.ready()');
-  return { client, ctx, clientId: ctx.client, errors };
+  return { client, ctx, clientId: ctx.client, user, errors, disconnects, connectings, connecteds };
 }
 
 /**
- * Creates a subscription that queues its publications, subscribes and waits for
- * `subscribed`. Returns { sub, subscribedCtx, nextPublication(ms, what), errors }.
+ * Queues every `name` event of `emitter`; `next(ms, what, pred?)` resolves with the
+ * next queued or future event (matching `pred` if given; non-matching ones are
+ * dropped), bounded by `ms` and by the server's life.
+ */
+export function eventQueue(server, emitter, name) {
+  const queue = [];
+  const waiters = [];
+  const all = [];
+  emitter.on(name, (ctx) => {
+    all.push(ctx);
+    const i = waiters.findIndex((wt) => wt.pred(ctx));
+    if (i >= 0) waiters.splice(i, 1)[0].res(ctx); else queue.push(ctx);
+  });
+  const next = (ms, what, pred = () => true) => {
+    while (queue.length) {
+      const ctx = queue.shift();
+      if (pred(ctx)) return Promise.resolve(ctx);
+    }
+    let waiter;
+    const p = new Promise((res) => { waiter = { res, pred }; waiters.push(waiter); });
+    return withTimeout(server.watch(p), ms,
+      () => `${what} (all '${name}' events so far: ${summarize(all)})`).catch((err) => {
+      const i = waiters.indexOf(waiter);
+      if (i >= 0) waiters.splice(i, 1);
+      throw err;
+    });
+  };
+  return { next, all, pending: () => queue.length };
+}
+
+/**
+ * Creates a subscription that queues its events, subscribes and waits for `subscribed`.
+ * Returns { sub, subscribedCtx, nextPublication(ms, what), joins, leaves, subscribeds,
+ * log, errors }: joins/leaves/subscribeds are eventQueue()s, `log` lists
+ * ['subscribed' | 'publication' | 'subscribing' | 'unsubscribed', ctx] in arrival order.
  * `server` (from startServer) makes the waits fail at once if the server dies.
  */
 export async function subscribe(server, client, channel, opts = {}) {
   const sub = client.newSubscription(channel, opts);
   const errors = [];
   const unsubscribes = [];
+  const log = [];
   sub.on('error', (ctx) => errors.push(ctx));
   sub.on('unsubscribed', (ctx) => unsubscribes.push(ctx));
-  const queue = [];
-  const waiters = [];
-  sub.on('publication', (ctx) => {
-    const w = waiters.shift();
-    if (w) w(ctx); else queue.push(ctx);
-  });
-  const subscribed = new Promise((res) => sub.once('subscribed', res));
+  for (const name of ['subscribed', 'publication', 'subscribing', 'unsubscribed']) {
+    sub.on(name, (ctx) => log.push([name, ctx]));
+  }
+  const publications = eventQueue(server, sub, 'publication');
+  const subscribeds = eventQueue(server, sub, 'subscribed');
+  const joins = eventQueue(server, sub, 'join');
+  const leaves = eventQueue(server, sub, 'leave');
   sub.subscribe();
-  const subscribedCtx = await withTimeout(server.watch(subscribed), 5000,
-    () => `'subscribed' on ${channel} (errors: ${summarize(errors)}; unsubscribed: ${summarize(unsubscribes)})`);
-  const nextPublication = (ms = 5000, what = `publication on ${channel}`) => {
-    if (queue.length) return Promise.resolve(queue.shift());
-    let waiter;
-    const p = new Promise((res) => { waiter = res; waiters.push(res); });
-    return withTimeout(server.watch(p), ms, what).catch((err) => {
-      const i = waiters.indexOf(waiter);
-      if (i >= 0) waiters.splice(i, 1);
-      throw err;
-    });
-  };
-  return { sub, subscribedCtx, nextPublication, errors };
+  const subscribedCtx = await subscribeds.next(5000,
+    `'subscribed' on ${channel} (errors: ${summarize(errors)}; unsubscribed: ${summarize(unsubscribes)})`);
+  const nextPublication = (ms = 5000, what = `publication on ${channel}`) => publications.next(ms, what);
+  return { sub, subscribedCtx, nextPublication, publications, subscribeds, joins, leaves, log, errors };
 }
 
 /** POST <admin>/api/publish with a JSON body; returns the parsed JSON response. */
-export async function adminPublish(server, channel, data) {
-  const res = await fetch(`${server.adminUrl}/api/publish`, {
+export function adminPublish(server, channel, data) {
+  return adminCall(server, 'publish', { channel, data });
+}
+
+/** POST <admin>/api/<method> with a JSON body; returns the parsed JSON response. */
+export async function adminCall(server, method, body) {
+  const res = await fetch(`${server.adminUrl}/api/${method}`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ channel, data }),
+    body: JSON.stringify(body),
     signal: AbortSignal.timeout(5000),
   });
   const text = await res.text();
-  if (!res.ok) throw new Error(`server API publish: HTTP ${res.status}: ${text}`);
+  if (!res.ok) throw new Error(`server API ${method}: HTTP ${res.status}: ${text}`);
   try {
     return JSON.parse(text);
   } catch {
-    throw new Error(`server API publish: response is not JSON: ${text}`);
+    throw new Error(`server API ${method}: response is not JSON: ${text}`);
   }
 }
 

@@ -1,5 +1,5 @@
-// Real npm `centrifuge` SDK, JSON build, over WebSocket against the sidewire binary.
+// Real npm `centrifuge` SDK, json build, pinned to the websocket transport, against the sidewire binary.
 import { Centrifuge } from 'centrifuge';
-import { defineWebsocketSuite, jsonCodec } from './websocket-suite.mjs';
+import { defineTransportSuite, jsonCodec } from './suite.mjs';
 
-defineWebsocketSuite('centrifuge-js websocket json', Centrifuge, jsonCodec);
+defineTransportSuite('centrifuge-js websocket json', Centrifuge, jsonCodec, 'websocket');

@@ -1,6 +1,6 @@
-// Real npm `centrifuge` SDK, Protobuf build (subprotocol centrifuge-protobuf),
-// over WebSocket against the sidewire binary. Payloads are Uint8Array.
-import { Centrifuge as CentrifugePb } from 'centrifuge/build/protobuf';
-import { defineWebsocketSuite, protobufCodec } from './websocket-suite.mjs';
+// Real npm `centrifuge` SDK, protobuf build, pinned to the websocket transport, against the sidewire binary.
+// Subprotocol centrifuge-protobuf; payloads are Uint8Array.
+import { Centrifuge } from 'centrifuge/build/protobuf';
+import { defineTransportSuite, protobufCodec } from './suite.mjs';
 
-defineWebsocketSuite('centrifuge-js websocket protobuf', CentrifugePb, protobufCodec);
+defineTransportSuite('centrifuge-js websocket protobuf', Centrifuge, protobufCodec, 'websocket');

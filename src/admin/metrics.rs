@@ -1,0 +1,198 @@
+//! Prometheus metrics (OpenMetrics text at `/metrics` on the admin listener). One `Metrics`
+//! value is created at startup and passed by handle; there is no global registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Transport and encoding of a connection.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    /// `websocket`, `http_stream`, `sse`.
+    pub transport: &'static str,
+    /// `json`, `protobuf`.
+    pub encoding: &'static str,
+}
+
+/// Disconnect code of an ended session.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// Disconnect code (3000 when the client just left).
+    pub code: u32,
+}
+
+/// Client command type.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    /// `connect`, `subscribe`, `publish`, ...
+    pub command: &'static str,
+}
+
+/// Outcome of an emulation POST.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `delivered`, `unknown_session`, `unknown_node`, `bad_request`, `too_large`, `busy`.
+    pub outcome: &'static str,
+}
+
+/// HTTP status of a passthrough response.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// Status code.
+    pub status: u16,
+}
+
+/// Result of a config reload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `applied`, `rejected`, `unchanged`, `restart_required`.
+    pub result: &'static str,
+}
+
+/// Every metric sidewire exports. Counters are cheap atomics; clones share them.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Live client sessions, all transports (drain waits for it to reach 0).
+    pub sessions_live: Gauge,
+    /// Live client connections.
+    pub connections: Family<TransportLabels, Gauge>,
+    /// Sessions opened.
+    pub sessions_opened: Family<TransportLabels, Counter>,
+    /// Sessions closed, by disconnect code.
+    pub sessions_closed: Family<CodeLabels, Counter>,
+    /// Client commands, by type.
+    pub commands: Family<CommandLabels, Counter>,
+    /// Bytes received from clients (frames and emulation data).
+    pub bytes_in: Counter,
+    /// Bytes written to clients.
+    pub bytes_out: Counter,
+    /// Sessions disconnected because their outbound queue overflowed (3008).
+    pub queue_overflows: Counter,
+    /// 1 while the current Link is up.
+    pub link_up: Gauge,
+    /// Link streams opened after the first.
+    pub link_reconnects: Counter,
+    /// Emulation POSTs, by outcome.
+    pub emulation_requests: Family<OutcomeLabels, Counter>,
+    /// Requests refused because of their Origin.
+    pub origin_rejections: Counter,
+    /// Passthrough responses, by status.
+    pub passthrough_requests: Family<StatusLabels, Counter>,
+    /// Config reloads, by result.
+    pub config_reloads: Family<ResultLabels, Counter>,
+}
+
+impl Metrics {
+    /// Encodes every metric as OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut registry = Registry::with_prefix("sidewire");
+        registry.register(
+            "connections",
+            "Live client connections",
+            self.connections.clone(),
+        );
+        registry.register(
+            "sessions_opened",
+            "Client sessions opened",
+            self.sessions_opened.clone(),
+        );
+        registry.register(
+            "sessions_closed",
+            "Client sessions closed, by disconnect code",
+            self.sessions_closed.clone(),
+        );
+        registry.register(
+            "commands",
+            "Client commands, by type",
+            self.commands.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Bytes received from clients",
+            self.bytes_in.clone(),
+        );
+        registry.register(
+            "sent_bytes",
+            "Bytes written to clients",
+            self.bytes_out.clone(),
+        );
+        registry.register(
+            "queue_overflows",
+            "Sessions disconnected with 3008 slow (outbound queue full)",
+            self.queue_overflows.clone(),
+        );
+        registry.register(
+            "link_up",
+            "1 while the upstream Link is up",
+            self.link_up.clone(),
+        );
+        registry.register(
+            "link_reconnects",
+            "Link streams re-established",
+            self.link_reconnects.clone(),
+        );
+        registry.register(
+            "emulation_requests",
+            "Emulation POSTs, by outcome",
+            self.emulation_requests.clone(),
+        );
+        registry.register(
+            "origin_rejections",
+            "Requests refused by allowed_origins",
+            self.origin_rejections.clone(),
+        );
+        registry.register(
+            "passthrough_requests",
+            "Requests proxied to the backend, by response status",
+            self.passthrough_requests.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result",
+            self.config_reloads.clone(),
+        );
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &registry);
+        text
+    }
+
+    /// Counts a closed session.
+    pub fn session_closed(&self, code: u32) {
+        self.sessions_closed
+            .get_or_create(&CodeLabels { code })
+            .inc();
+        if code == 3008 {
+            self.queue_overflows.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_openmetrics_with_moved_counters() {
+        let metrics = Metrics::default();
+        metrics.session_closed(3008);
+        metrics
+            .commands
+            .get_or_create(&CommandLabels { command: "publish" })
+            .inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains("sidewire_sessions_closed_total{code=\"3008\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sidewire_queue_overflows_total 1"), "{text}");
+        assert!(
+            text.contains("sidewire_commands_total{command=\"publish\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

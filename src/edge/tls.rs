@@ -1,0 +1,142 @@
+//! TLS on the client listener (rustls, aws-lc-rs provider): HTTP/2 and HTTP/1.1 via ALPN, and a
+//! certificate that can be swapped while running (new handshakes get the new one; live
+//! connections keep theirs).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::Acceptor;
+use crate::config::TlsConfig;
+
+/// Time allowed for a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a certificate could not be loaded.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// The certificate file could not be read or holds no certificate.
+    #[error("tls.cert_file {path}: {reason}")]
+    Cert {
+        /// File.
+        path: String,
+        /// Problem.
+        reason: String,
+    },
+    /// The key file could not be read, or the key does not match the certificate.
+    #[error("tls.key_file {path}: {reason}")]
+    Key {
+        /// File.
+        path: String,
+        /// Problem.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The certificate currently served; swap it with [`CertResolver::reload`].
+pub struct CertResolver {
+    provider: Arc<CryptoProvider>,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CertResolver")
+    }
+}
+
+fn load(config: &TlsConfig, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert_file)
+        .and_then(|iter| iter.collect())
+        .map_err(|e| TlsError::Cert {
+            path: config.cert_file.clone(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: config.cert_file.clone(),
+            reason: "no certificate found".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&config.key_file).map_err(|e| TlsError::Key {
+        path: config.key_file.clone(),
+        reason: e.to_string(),
+    })?;
+    CertifiedKey::from_der(certs, key, provider).map_err(|e| TlsError::Key {
+        path: config.key_file.clone(),
+        reason: e.to_string(),
+    })
+}
+
+impl CertResolver {
+    /// Loads the configured certificate and key.
+    pub fn new(config: &TlsConfig) -> Result<Arc<CertResolver>, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = load(config, &provider)?;
+        Ok(Arc::new(CertResolver {
+            provider,
+            current: ArcSwap::from_pointee(key),
+        }))
+    }
+
+    /// Reads the files again; on error the current certificate stays.
+    pub fn reload(&self, config: &TlsConfig) -> Result<(), TlsError> {
+        let key = load(config, &self.provider)?;
+        self.current.store(Arc::new(key));
+        Ok(())
+    }
+
+    /// A rustls server config using this resolver, with ALPN `h2` and `http/1.1`.
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// TLS handshakes for the client listener.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    inner: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsAcceptor {
+    /// An acceptor serving the resolver's current certificate.
+    pub fn new(resolver: &Arc<CertResolver>) -> Result<TlsAcceptor, TlsError> {
+        Ok(TlsAcceptor {
+            inner: tokio_rustls::TlsAcceptor::from(Arc::new(resolver.server_config()?)),
+        })
+    }
+}
+
+impl Acceptor for TlsAcceptor {
+    type Stream = TlsStream<TcpStream>;
+
+    async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Stream> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(stream))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    }
+}

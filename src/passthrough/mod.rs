@@ -1,0 +1,190 @@
+//! Reverse proxy for every request that is not a sidewire endpoint: streamed both ways, hop-by-
+//! hop headers removed, forwarding headers added, protocol upgrades (e.g. a backend's own
+//! WebSocket) passed through, pooled connections (HTTP/1.1 or h2c) to the backend.
+//!
+//! Guarantees: bodies are never buffered whole; backend failures map to 502 (unreachable or
+//! broken) and 504 (no response headers within `response_timeout`) with one log line each; a
+//! request body over `max_request_body_size` gets 413.
+
+pub mod headers;
+
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use thiserror::Error;
+
+use crate::config::BackendConfig;
+use crate::http::{Body, BoxError, status};
+use headers::{add_forwarding, is_upgrade, strip_hop_by_hop};
+
+/// Why a backend could not be set up from config.
+#[derive(Debug, Error)]
+#[error("backend.url: {0}")]
+pub struct BackendError(String);
+
+/// A pooled client for one backend.
+#[derive(Clone)]
+pub struct Backend {
+    client: Client<HttpConnector, Body>,
+    /// `scheme://authority` plus an optional path prefix without trailing slash.
+    base: String,
+    http2: bool,
+    max_request_body_size: usize,
+    response_timeout: Duration,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("base", &self.base).finish()
+    }
+}
+
+impl Backend {
+    /// Builds the client from config (no connection is made yet).
+    pub fn new(config: &BackendConfig) -> Result<Backend, BackendError> {
+        let uri: Uri = config
+            .url
+            .parse()
+            .map_err(|e| BackendError(format!("invalid URL {:?}: {e}", config.url)))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(BackendError(format!(
+                "must be http://host:port[/prefix], got {:?}",
+                config.url
+            )));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .http2_only(config.http2);
+        let client = builder.build(connector);
+        let base = config.url.trim_end_matches('/').to_owned();
+        Ok(Backend {
+            client,
+            base,
+            http2: config.http2,
+            max_request_body_size: config.max_request_body_size,
+            response_timeout: config.response_timeout,
+        })
+    }
+
+    /// Proxies one request from `peer` (which reached us over `proto`, `http` or `https`).
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+        proto: &'static str,
+    ) -> Response<Body> {
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if self.max_request_body_size > 0
+            && declared.is_some_and(|length| length > self.max_request_body_size as u64)
+        {
+            return status(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let upgrade = is_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let Ok(uri) = format!("{}{}", self.base, path_and_query).parse::<Uri>() else {
+            return status(StatusCode::BAD_REQUEST);
+        };
+        let (mut parts, body) = request.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        add_forwarding(&mut parts.headers, peer.ip(), proto);
+        parts.uri = uri;
+        parts.version = if self.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let body: Body = if self.max_request_body_size > 0 {
+            Limited::new(body, self.max_request_body_size).boxed()
+        } else {
+            body.map_err(BoxError::from).boxed()
+        };
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
+        let outcome = tokio::time::timeout(
+            self.response_timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        let mut response = match outcome {
+            Err(_) => {
+                tracing::warn!(%method, %path, timeout = ?self.response_timeout, "passthrough: backend timed out");
+                return status(StatusCode::GATEWAY_TIMEOUT);
+            }
+            Ok(Err(error)) => {
+                if body_limit_exceeded(&error) {
+                    return status(StatusCode::PAYLOAD_TOO_LARGE);
+                }
+                tracing::warn!(%method, %path, error = %error_chain(&error), "passthrough: backend failed");
+                return status(StatusCode::BAD_GATEWAY);
+            }
+            Ok(Ok(response)) => response,
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return status(StatusCode::BAD_GATEWAY);
+            };
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, backend_upgrade) {
+                    Ok((client, backend)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut backend = TokioIo::new(backend);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+                    }
+                    Err(error) => tracing::debug!(%error, "passthrough: upgrade failed"),
+                }
+            });
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Response::from_parts(parts, crate::http::empty());
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+    }
+}
+
+fn body_limit_exceeded(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+fn error_chain(error: &hyper_util::client::legacy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(current) = source {
+        text.push_str(": ");
+        text.push_str(&current.to_string());
+        source = current.source();
+    }
+    text
+}

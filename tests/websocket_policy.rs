@@ -127,6 +127,55 @@ async fn subprotocol_and_query_select_the_encoding() {
     c.handshake().await;
 }
 
+/// Sends a raw upgrade request offering `protocols`; returns the status line and the
+/// `Sec-WebSocket-Protocol` response header, if any.
+async fn raw_upgrade(server: &Server, protocols: &str) -> (String, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(server.client_addr)
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /connection/websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: {protocols}\r\n\r\n",
+            server.client_addr
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                tcp.read(&mut byte).await.unwrap(),
+                1,
+                "connection closed in headers"
+            );
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    };
+    let head = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("upgrade response in time");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_owned();
+    let protocol = lines.find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("sec-websocket-protocol")
+            .then(|| value.trim().to_owned())
+    });
+    (status, protocol)
+}
+
+#[tokio::test]
+async fn only_offered_subprotocols_are_selected() {
+    let server = server("").await;
+    let (status, protocol) = raw_upgrade(&server, "foo").await;
+    assert!(status.contains(" 101 "), "{status}");
+    assert_eq!(protocol, None, "nothing we support was offered");
+    let (status, protocol) = raw_upgrade(&server, "foo, centrifuge-protobuf").await;
+    assert!(status.contains(" 101 "), "{status}");
+    assert_eq!(protocol.as_deref(), Some("centrifuge-protobuf"));
+}
+
 #[tokio::test]
 async fn custom_websocket_path() {
     let server = server("websocket_path: \"/rt/ws\"\n").await;
@@ -226,120 +275,82 @@ enum Frame {
 #[tokio::test]
 async fn protocol_violations_close_3501() {
     let server = server("").await;
-    let subscribe_first = {
-        let mut command = subscribe("early");
-        command.id = 1;
+    let with_id = |mut command: Command, id: u32| {
+        command.id = id;
         command
     };
-    let id_zero_command = {
-        // id 0 without `send` counts as a pong; none was asked for.
-        subscribe("zero")
+    let second_connect = Command {
+        id: 2,
+        connect: Some(Default::default()),
+        ..Default::default()
+    };
+    let ping_command = Command {
+        id: 2,
+        ping: Some(Default::default()),
+        ..Default::default()
     };
 
-    let json = Encoding::Json;
-    expect_bad_request(
-        &server,
-        json,
-        false,
-        "malformed JSON",
-        Frame::Text("not json".into()),
-    )
-    .await;
-    expect_bad_request(
-        &server,
-        json,
-        true,
-        "malformed JSON after connect",
-        Frame::Text("{\"id\":2,".into()),
-    )
-    .await;
-    expect_bad_request(
-        &server,
-        json,
-        true,
-        "empty line between commands",
-        Frame::Text(
-            "{\"id\":2,\"rpc\":{\"method\":\"echo\"}}\n\n{\"id\":3,\"rpc\":{\"method\":\"echo\"}}"
-                .into(),
+    // (encoding, connect first?, what, frame)
+    let cases = vec![
+        (Encoding::Json, false, "malformed JSON", Frame::Text("not json".into())),
+        (Encoding::Json, true, "malformed JSON after connect", Frame::Text("{\"id\":2,".into())),
+        (
+            Encoding::Json,
+            true,
+            "empty line between commands",
+            Frame::Text(
+                "{\"id\":2,\"rpc\":{\"method\":\"echo\"}}\n\n{\"id\":3,\"rpc\":{\"method\":\"echo\"}}"
+                    .into(),
+            ),
         ),
-    )
-    .await;
-    expect_bad_request(
-        &server,
-        json,
-        true,
-        "empty message",
-        Frame::Text(String::new()),
-    )
-    .await;
-    expect_bad_request(
-        &server,
-        json,
-        false,
-        "command before connect",
-        Frame::Commands(vec![subscribe_first.clone()]),
-    )
-    .await;
-    expect_bad_request(&server, json, true, "unexpected pong", Frame::Pong).await;
-    expect_bad_request(
-        &server,
-        json,
-        true,
-        "id 0 command without ping",
-        Frame::Commands(vec![id_zero_command.clone()]),
-    )
-    .await;
-
-    let pb = Encoding::Protobuf;
-    expect_bad_request(
-        &server,
-        pb,
-        false,
-        "truncated Protobuf",
-        Frame::Binary(vec![0x05, 0x08]),
-    )
-    .await;
-    expect_bad_request(
-        &server,
-        pb,
-        true,
-        "garbage Protobuf after connect",
-        Frame::Binary(vec![0x03, 0xff, 0xff, 0xff]),
-    )
-    .await;
-    expect_bad_request(
-        &server,
-        pb,
-        true,
-        "huge length prefix",
-        Frame::Binary(vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x08]),
-    )
-    .await;
-    expect_bad_request(
-        &server,
-        pb,
-        true,
-        "empty message",
-        Frame::Binary(Vec::new()),
-    )
-    .await;
-    expect_bad_request(
-        &server,
-        pb,
-        false,
-        "command before connect",
-        Frame::Commands(vec![subscribe_first]),
-    )
-    .await;
-    expect_bad_request(&server, pb, true, "unexpected pong", Frame::Pong).await;
-    expect_bad_request(
-        &server,
-        pb,
-        true,
-        "id 0 command without ping",
-        Frame::Commands(vec![id_zero_command]),
-    )
-    .await;
+        (Encoding::Json, true, "empty message", Frame::Text(String::new())),
+        (Encoding::Protobuf, false, "truncated Protobuf", Frame::Binary(vec![0x05, 0x08])),
+        (
+            Encoding::Protobuf,
+            true,
+            "garbage Protobuf after connect",
+            Frame::Binary(vec![0x03, 0xff, 0xff, 0xff]),
+        ),
+        (
+            Encoding::Protobuf,
+            true,
+            "length prefix far over the limit",
+            Frame::Binary(vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x08]),
+        ),
+        (Encoding::Protobuf, true, "empty message", Frame::Binary(Vec::new())),
+    ];
+    for (encoding, connected, what, frame) in cases {
+        expect_bad_request(&server, encoding, connected, what, frame).await;
+    }
+    for encoding in BOTH {
+        let cases = vec![
+            (
+                false,
+                "command before connect",
+                Frame::Commands(vec![with_id(subscribe("early"), 1)]),
+            ),
+            (true, "unexpected pong", Frame::Pong),
+            // id 0 without `send` counts as a pong; none was asked for.
+            (
+                true,
+                "id 0 command without a ping",
+                Frame::Commands(vec![subscribe("zero")]),
+            ),
+            (
+                true,
+                "second connect",
+                Frame::Commands(vec![second_connect.clone()]),
+            ),
+            (
+                true,
+                "ping command (field 11)",
+                Frame::Commands(vec![ping_command.clone()]),
+            ),
+        ];
+        for (connected, what, frame) in cases {
+            expect_bad_request(&server, encoding, connected, what, frame).await;
+        }
+    }
 }
 
 // === timers ===
@@ -447,11 +458,20 @@ async fn ping_interval_zero_disables_pings() {
 const SLOW_PAYLOAD_BYTES: usize = 48 * 1024;
 /// Upper bound of what is published before the slow client must be gone (~15 MB).
 const SLOW_MAX_PUBLICATIONS: u64 = 320;
+/// Queue bound of the slow-client test: ~20 publications of lag for the reading client.
+///
+/// Not the brief's 1024: a queued message counts against the bound, so with 1024 every
+/// 48 KiB publication overflows at once, also for a client that reads (see
+/// `message_larger_than_the_queue_bound_closes_3008`).
+const SLOW_QUEUE_BYTES: usize = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_closed_3008_and_others_get_everything() {
     // A long write_timeout so that the outcome is the queue bound (3008), not 3009.
-    let server = server("queue_max_size: 1024\nwrite_timeout: \"10s\"\n").await;
+    let server = server(&format!(
+        "queue_max_size: {SLOW_QUEUE_BYTES}\nwrite_timeout: \"10s\"\n"
+    ))
+    .await;
     let api_at = server.admin_addr;
     let chan = unique_channel("firehose");
 
@@ -472,9 +492,11 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
         let mut offsets = Vec::new();
         loop {
             let push = reader
-                .expect_push("publication", Duration::from_secs(30), |p| {
-                    p.channel == reader_chan && p.r#pub.is_some()
-                })
+                .expect_push(
+                    &format!("publication after {} received", offsets.len()),
+                    Duration::from_secs(30),
+                    |p| p.channel == reader_chan && p.r#pub.is_some(),
+                )
                 .await;
             let publication = push.r#pub.unwrap();
             let data = json_of(&publication.data);
@@ -490,11 +512,12 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
         }
     });
 
+    // Publish until the hub no longer lists the slow client (it was disconnected), bounded.
     let pad = "p".repeat(SLOW_PAYLOAD_BYTES);
     let started = Instant::now();
     let mut published = 0u64;
     let mut slow_gone = false;
-    while published < SLOW_MAX_PUBLICATIONS {
+    while published < SLOW_MAX_PUBLICATIONS && !reading.is_finished() {
         published += 1;
         let result = api_ok(
             api_at,
@@ -521,22 +544,101 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
         None,
     )
     .await;
-    assert!(
-        slow_gone,
-        "the non-reading client was still subscribed after {published} publications of {SLOW_PAYLOAD_BYTES} bytes"
-    );
 
-    let (code, reason) = slow.expect_close(Duration::from_secs(20)).await;
-    assert_eq!(code, 3008, "slow client ({reason:?})");
-
-    let offsets = tokio::time::timeout(Duration::from_secs(40), reading)
-        .await
-        .expect("reader did not get the end marker in time")
-        .expect("reader task failed");
+    let offsets = match tokio::time::timeout(Duration::from_secs(40), reading).await {
+        Err(_) => panic!("reader did not get the end marker in time"),
+        Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        Ok(Ok(offsets)) => offsets,
+    };
     let expected: Vec<u64> = (1..=published).collect();
     assert_eq!(offsets.len(), expected.len(), "reader missed publications");
     assert_eq!(offsets, expected, "reader got publications out of order");
     assert_eq!(end["offset"], json!(published + 1));
+
+    let (code, reason) = slow.expect_close(Duration::from_secs(20)).await;
+    assert_eq!(code, 3008, "slow client ({reason:?})");
+    if !slow_gone {
+        // The hub may learn about the close only once the close handshake is over.
+        eprintln!("note: the hub still listed the slow client after {published} publications");
+        eventually(
+            Duration::from_secs(10),
+            "slow client gone from presence",
+            || {
+                let (chan, slow_id) = (chan.clone(), slow_id.clone());
+                async move {
+                    let presence =
+                        api_ok(api_at, "presence", &json!({"channel": chan}), None).await;
+                    presence["presence"].get(&slow_id).is_none()
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// A client that never reads again must not keep its session (subscriptions, presence, Link
+/// session) alive: the sidecar has to let go within bounded time without the client's help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_client_is_released_without_its_cooperation() {
+    let server = server(&format!("queue_max_size: {SLOW_QUEUE_BYTES}\n")).await;
+    let api_at = server.admin_addr;
+    let chan = unique_channel("stuck");
+    let mut options = WsOptions::json();
+    options.recv_buffer = Some(16 * 1024);
+    let mut stuck = server.ws(options).await;
+    let stuck_id = stuck.handshake().await;
+    assert_eq!(stuck.request(subscribe(&chan)).await.error, None);
+    // `stuck` is never read again.
+
+    let pad = "p".repeat(SLOW_PAYLOAD_BYTES);
+    for n in 1..=SLOW_MAX_PUBLICATIONS {
+        api_ok(
+            api_at,
+            "publish",
+            &json!({"channel": chan, "data": {"n": n, "pad": pad}}),
+            None,
+        )
+        .await;
+    }
+    eventually(
+        Duration::from_secs(15),
+        "a stuck client's session is released (gone from presence) while it still does not read",
+        || {
+            let (chan, stuck_id) = (chan.clone(), stuck_id.clone());
+            async move {
+                let presence = api_ok(api_at, "presence", &json!({"channel": chan}), None).await;
+                presence["presence"].get(&stuck_id).is_none()
+            }
+        },
+    )
+    .await;
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn message_larger_than_the_queue_bound_closes_3008() {
+    let server = server("queue_max_size: 1024\n").await;
+    let chan = unique_channel("big");
+    let mut small = server.ws(WsOptions::json()).await;
+    small.handshake().await;
+    assert_eq!(small.request(subscribe(&chan)).await.error, None);
+    api_ok(
+        server.admin_addr,
+        "publish",
+        &json!({"channel": chan, "data": {"pad": "x".repeat(600)}}),
+        None,
+    )
+    .await;
+    small.expect_publication(&chan, 1).await;
+    api_ok(
+        server.admin_addr,
+        "publish",
+        &json!({"channel": chan, "data": {"pad": "x".repeat(2048)}}),
+        None,
+    )
+    .await;
+    let (code, reason) = small.expect_close(WAIT).await;
+    assert_eq!((code, reason.as_str()), (3008, "slow"));
 }
 
 // === isolation ===
@@ -697,4 +799,45 @@ fn check_rejects_invalid_configs_naming_the_field() {
             "stderr of check for {yaml:?} does not name {field}:\n{stderr}"
         );
     }
+}
+
+// === payloads a JSON client cannot take ===
+
+/// Binary (non-JSON) data published by a Protobuf client reaches Protobuf subscribers as is;
+/// a JSON subscriber cannot receive it and is closed with 3506 (Centrifugo behaviour), and
+/// nobody else is affected.
+#[tokio::test]
+async fn binary_payload_closes_json_subscribers_3506() {
+    let server = server("").await;
+    let chan = unique_channel("binary");
+    let mut publisher = server.ws(WsOptions::protobuf()).await;
+    let mut json_sub = server.ws(WsOptions::json()).await;
+    publisher.handshake().await;
+    json_sub.handshake().await;
+    assert_eq!(publisher.request(subscribe(&chan)).await.error, None);
+    assert_eq!(json_sub.request(subscribe(&chan)).await.error, None);
+
+    let binary = bytes::Bytes::from_static(&[0xff, 0x00, 0xfe, b'\n', 0x01]);
+    let reply = publisher
+        .request(Command {
+            publish: Some(sidewire::protocol::client::PublishRequest {
+                channel: chan.clone(),
+                data: binary.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reply.error, None, "{reply:?}");
+    let publication = publisher.expect_publication(&chan, 1).await;
+    assert_eq!(
+        publication.data, binary,
+        "Protobuf subscribers get the bytes unchanged"
+    );
+    let (code, reason) = json_sub.expect_close(WAIT).await;
+    assert_eq!(code, 3506, "JSON client given binary data ({reason:?})");
+
+    // The publisher's session is unaffected.
+    let reply = publisher.request(rpc("echo", &json!(1))).await;
+    assert_eq!(reply.error, None, "{reply:?}");
 }

@@ -219,7 +219,8 @@ impl Link {
             let delay = backoff.next_delay();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = phase.changed() => {}
+                // A dropped sender disables this branch instead of spinning.
+                Ok(()) = phase.changed() => {}
             }
             if self.stopping(&phase) {
                 break;

@@ -147,22 +147,21 @@ pub async fn run<T: Transport>(
     metrics.sessions_live.inc();
     metrics.sessions_opened.get_or_create(&labels).inc();
     phase.mark_changed();
+    let mut watching_phase = true;
 
     let end = loop {
         let deadline = session.timers.next();
         tokio::select! {
             biased;
-            changed = phase.changed() => {
+            changed = phase.changed(), if watching_phase => {
                 let current = *phase.borrow_and_update();
                 if let (true, RunPhase::Closing { window }) = (changed.is_ok(), current) {
                     // Spread the disconnects of a draining process over the window.
                     let delay = rand::rng().random_range(Duration::ZERO..=window);
                     session.timers.close_at = Some(Instant::now() + delay);
                 }
-                if changed.is_err() || matches!(current, RunPhase::Closing { .. }) {
-                    // Nothing more to learn from the phase: stop watching it.
-                    phase = crate::lifecycle::channel().1;
-                }
+                // Nothing more to learn once closing (or once the sender is gone).
+                watching_phase = changed.is_ok() && !matches!(current, RunPhase::Closing { .. });
             }
             _ = handle.outbox.changed() => {
                 session.on_outbox_activity();

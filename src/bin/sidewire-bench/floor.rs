@@ -130,7 +130,8 @@ async fn connection(floor: Arc<Floor>, id: u64, tcp: TcpStream) {
         .write_buffer_size(0)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let handshake = tokio_tungstenite::accept_async_with_config(tcp, Some(config));
+    // Boxed: the handshake state is freed once the connection is up instead of sizing the task.
+    let handshake = Box::pin(tokio_tungstenite::accept_async_with_config(tcp, Some(config)));
     let Ok(Ok(mut ws)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
         return;
     };

@@ -97,6 +97,7 @@ impl Backend {
         {
             return status(StatusCode::PAYLOAD_TOO_LARGE);
         }
+        let client_version = request.version();
         let upgrade = is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let path_and_query = request
@@ -159,10 +160,13 @@ impl Backend {
             });
             let (mut parts, _) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
+            parts.version = client_version;
             return Response::from_parts(parts, crate::http::empty());
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        // Answer in the client's HTTP version, whatever the backend spoke.
+        parts.version = client_version;
         Response::from_parts(parts, body.map_err(BoxError::from).boxed())
     }
 }

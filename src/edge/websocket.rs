@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -31,6 +32,8 @@ use crate::session::{self, Inbound, Transport};
 /// 128 KiB, i.e. ~134 KiB per idle connection); 4 KiB keeps an idle connection near 6 KiB.
 pub const READ_BUFFER_BYTES: usize = 4096;
 
+/// Time allowed to write the close frame.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long to wait for the client's close reply after sending a close frame.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 
@@ -173,13 +176,24 @@ pub fn handle(
 }
 
 /// A session's WebSocket: JSON batches are `\n`-joined text messages, Protobuf batches are
-/// concatenated varint-delimited binary messages.
-pub struct WsTransport {
-    ws: WebSocketStream<TokioIo<Upgraded>>,
+/// concatenated varint-delimited binary messages. Generic over the byte stream so tests can
+/// run it on in-memory pipes.
+pub struct WsTransport<S = TokioIo<Upgraded>> {
+    ws: WebSocketStream<S>,
     encoding: Encoding,
 }
 
-impl Transport for WsTransport {
+impl<S> WsTransport<S> {
+    /// Wraps an established server-side WebSocket.
+    pub fn new(ws: WebSocketStream<S>, encoding: Encoding) -> WsTransport<S> {
+        WsTransport { ws, encoding }
+    }
+}
+
+impl<S> Transport for WsTransport<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     async fn recv(&mut self) -> Inbound {
         loop {
             return match self.ws.next().await {
@@ -233,8 +247,11 @@ impl Transport for WsTransport {
             code: code.into(),
             reason: Utf8Bytes::from(disconnect.reason.to_string()),
         };
-        if self.ws.close(Some(frame)).await.is_err() {
-            return;
+        // A client that stopped reading cannot block the close: the frame gets
+        // CLOSE_WRITE_TIMEOUT, then the socket is dropped.
+        match tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.close(Some(frame))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
         }
         // Wait for the client's close reply so that our close frame is not lost to a reset
         // caused by unread input.

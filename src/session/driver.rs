@@ -191,9 +191,11 @@ pub async fn run<T: Transport>(
         }
     };
     handle.outbox.end(end.clone());
+    // The upstream learns first (presence, subscriptions), whatever the client does next.
     if let Some(link_session) = session.link_session.take() {
         link_session.close(&end).await;
     }
+    transport.close(end.clone()).await;
     metrics.connections.get_or_create(&labels).dec();
     metrics.sessions_live.dec();
     metrics.session_closed(end.code);
@@ -210,7 +212,8 @@ enum Flushed {
     Closed(Disconnect),
 }
 
-/// Writes queued batches; closes the transport once the outbox has ended and is empty.
+/// Writes queued batches; reports the end once the outbox has ended and is empty (the caller
+/// tells the upstream first, then closes the transport).
 async fn flush<T: Transport>(
     transport: &mut T,
     handle: &SessionHandle,
@@ -228,15 +231,11 @@ async fn flush<T: Transport>(
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => {
                         handle.outbox.end(Disconnect::WRITE_ERROR);
-                        transport.close(Disconnect::WRITE_ERROR).await;
                         return Flushed::Closed(Disconnect::WRITE_ERROR);
                     }
                 }
             }
-            Drain::End(disconnect) => {
-                transport.close(disconnect.clone()).await;
-                return Flushed::Closed(disconnect);
-            }
+            Drain::End(disconnect) => return Flushed::Closed(disconnect),
         }
     }
     Flushed::More
@@ -332,11 +331,12 @@ impl Session {
                 if command.connect.is_none() {
                     return Err(Disconnect::BAD_REQUEST);
                 }
+                // Only the upstream needs these, once: give their memory back.
                 let request = OpenRequest {
                     transport: self.params.transport,
-                    remote_addr: self.params.remote_addr.clone(),
-                    url: self.params.url.clone(),
-                    headers: self.params.headers.clone(),
+                    remote_addr: std::mem::take(&mut self.params.remote_addr),
+                    url: std::mem::take(&mut self.params.url),
+                    headers: std::mem::take(&mut self.params.headers),
                 };
                 let link_session = self
                     .link

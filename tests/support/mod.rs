@@ -59,6 +59,8 @@ struct Proc {
     label: String,
     child: Child,
     stderr_tail: Arc<Mutex<String>>,
+    /// The config file the process was started with.
+    config_path: std::path::PathBuf,
     /// Holds the config file for the life of the process.
     _dir: tempfile::TempDir,
 }
@@ -96,6 +98,18 @@ async fn spawn_until_line(
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let path = dir.path().join("sidewire.yaml");
     std::fs::write(&path, yaml).map_err(|e| format!("write config: {e}"))?;
+    spawn_with_config_until_line(label, args, dir, path, ready_prefix).await
+}
+
+/// Spawns `sidewire <args> --config <path>` (a file the caller wrote, kept alive by `dir`)
+/// and waits for a stdout line that starts with `ready_prefix`.
+async fn spawn_with_config_until_line(
+    label: &str,
+    args: &[&str],
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    ready_prefix: &'static str,
+) -> Result<(Proc, String), String> {
     let mut child = Process::new(bin())
         .args(args)
         .arg("--config")
@@ -137,11 +151,11 @@ async fn spawn_until_line(
             // Keep draining stdout for the whole life of the process.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if line.starts_with(ready_prefix) {
-                    if let Some(tx) = line_tx.take() {
-                        let _ = tx.send(line);
-                        continue;
-                    }
+                if line.starts_with(ready_prefix)
+                    && let Some(tx) = line_tx.take()
+                {
+                    let _ = tx.send(line);
+                    continue;
                 }
                 eprintln!("[{label} stdout] {line}");
             }
@@ -152,6 +166,7 @@ async fn spawn_until_line(
         label: label.to_owned(),
         child,
         stderr_tail,
+        config_path: path,
         _dir: dir,
     };
     match tokio::time::timeout(STARTUP_TIMEOUT, line_rx).await {
@@ -187,6 +202,23 @@ async fn wait_exit(child: &mut Child, timeout: Duration) -> String {
             }
             Ok(None) => return "still running".to_owned(),
             Err(e) => return format!("unknown ({e})"),
+        }
+    }
+}
+
+/// Waits (bounded) for a child to exit; `None` if it is still running at `timeout`.
+async fn wait_exit_status(
+    child: &mut Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Ok(None) | Err(_) => return None,
         }
     }
 }
@@ -274,6 +306,71 @@ impl Server {
     /// A WebSocket client of this server's client listener.
     pub async fn ws(&self, options: WsOptions) -> WsClient {
         WsClient::connect(self.client_addr, options).await
+    }
+}
+
+// === Server: config files, signals, exit ===
+
+impl Server {
+    /// The config text [`Server::start`] writes for `yaml`: ephemeral `listen` and
+    /// `admin_listen` lines, then `yaml`. Use it when rewriting the file for a reload, so the
+    /// listener lines stay the same.
+    pub fn config_text(yaml: &str) -> String {
+        format!("listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n{yaml}\n")
+    }
+
+    /// Starts a sidecar on a config file the caller already wrote at `path` (for example a
+    /// symlink into `dir`); `dir` is kept until the server is dropped. The file must contain
+    /// the listener lines (see [`Server::config_text`]).
+    pub async fn start_with_config_file(
+        dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+    ) -> Server {
+        let started =
+            spawn_with_config_until_line("sidewire", &[], dir, path, "sidewire listening ").await;
+        let (proc, line) = started.unwrap_or_else(|e| panic!("sidewire did not start: {e}"));
+        Server {
+            client_addr: addr_in_line(&line, "client").unwrap(),
+            admin_addr: addr_in_line(&line, "admin").unwrap(),
+            proc,
+        }
+    }
+
+    /// Path of the config file the process was started with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.proc.config_path
+    }
+
+    /// Replaces the config file's content with [`Server::config_text`]`(yaml)`, atomically
+    /// (write a sibling file, then rename it over the config).
+    pub fn rewrite_config(&self, yaml: &str) {
+        let path = self.config_path();
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, Server::config_text(yaml)).expect("write new config");
+        std::fs::rename(&tmp, path).expect("rename new config into place");
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, ...) with `kill -s`.
+    pub fn signal(&self, name: &str) {
+        let status = Process::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -s {name} {} failed: {status}",
+            self.pid()
+        );
+    }
+
+    /// Waits (bounded) for the process to exit on its own; `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        wait_exit_status(&mut self.proc.child, timeout).await
     }
 }
 

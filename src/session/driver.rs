@@ -174,7 +174,9 @@ pub async fn run<T: Transport>(
             inbound = transport.recv() => match inbound {
                 Inbound::Frame(frame) => {
                     metrics.bytes_in.inc_by(frame.len() as u64);
-                    if let Err(disconnect) = session.on_frame(&frame).await {
+                    // Boxed: decoding and forwarding hold whole Commands, which would otherwise
+                    // sit in every idle session's task (see MAX_SESSION_FUTURE_BYTES).
+                    if let Err(disconnect) = Box::pin(session.on_frame(&frame)).await {
                         handle.outbox.end(disconnect);
                     }
                 }
@@ -193,9 +195,9 @@ pub async fn run<T: Transport>(
     handle.outbox.end(end.clone());
     // The upstream learns first (presence, subscriptions), whatever the client does next.
     if let Some(link_session) = session.link_session.take() {
-        link_session.close(&end).await;
+        Box::pin(link_session.close(&end)).await;
     }
-    transport.close(end.clone()).await;
+    Box::pin(transport.close(end.clone())).await;
     metrics.connections.get_or_create(&labels).dec();
     metrics.sessions_live.dec();
     metrics.session_closed(end.code);

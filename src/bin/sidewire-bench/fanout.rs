@@ -160,6 +160,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
 
     // Publish.
     let cpu_before = read_cpu(&args.pids);
+    let client_cpu_before = read_cpu(&[std::process::id()]);
     let publish_start = Instant::now();
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut publishers = JoinSet::new();
@@ -194,6 +195,8 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         }
     }
     let cpu_after = read_cpu(&args.pids);
+    let client_cpu_after = read_cpu(&[std::process::id()]);
+    let publish_phase_s = publish_start.elapsed().as_secs_f64();
     let rss_after = if args.pids.is_empty() {
         None
     } else {
@@ -265,6 +268,8 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         "latency_p99_ms": round2(latency.p99_ms),
         "latency_max_ms": round2(latency.max_ms),
         "server_cpu_ms": cpu_before.zip(cpu_after).map(|(a, b)| b.saturating_sub(a)),
+        "server_cpu_pct": busy_pct(cpu_before, cpu_after, publish_phase_s),
+        "client_cpu_pct": busy_pct(client_cpu_before, client_cpu_after, publish_phase_s),
         "server_rss_kib": rss_after,
         "client_rss_kib": client_rss,
         "verified": verified,
@@ -274,7 +279,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         &format!(
             "fanout {} [{}]: {} subs / {} ch, {} publishes ({:.0}/s accepted, {} errors): \
              {}/{} delivered in {:.2}s = {:.0}/s, latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms; \
-             lost {lost}, gaps {gaps}, reordered {reordered}{}",
+             lost {lost}, gaps {gaps}, reordered {reordered}; cpu% server {} client {}{}",
             args.conn.label,
             target.dialect.name(),
             ok,
@@ -289,6 +294,10 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
             latency.p50_ms,
             latency.p99_ms,
             latency.max_ms,
+            busy_pct(cpu_before, cpu_after, publish_phase_s)
+                .map_or("?".into(), |v| format!("{v:.0}")),
+            busy_pct(client_cpu_before, client_cpu_after, publish_phase_s)
+                .map_or("?".into(), |v| format!("{v:.0}")),
             if verified {
                 "; verified"
             } else {
@@ -298,6 +307,12 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         &json,
     );
     Ok(())
+}
+
+/// CPU time between two readings as a percentage of one core over `seconds`.
+fn busy_pct(before: Option<u64>, after: Option<u64>, seconds: f64) -> Option<f64> {
+    let ms = after?.saturating_sub(before?);
+    Some(round2(ms as f64 / 10.0 / seconds.max(1e-9)))
 }
 
 fn read_cpu(pids: &[u32]) -> Option<u64> {

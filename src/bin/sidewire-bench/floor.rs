@@ -29,6 +29,9 @@ const READ_BUFFER_BYTES: usize = 4096;
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Messages written per flush.
 const WRITE_BATCH: usize = 16;
+/// Frames are buffered up to this size and written with one flush per batch (the buffer only
+/// grows when messages are queued, so idle connections do not pay for it).
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Bound on the WebSocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -127,11 +130,14 @@ async fn connection(floor: Arc<Floor>, id: u64, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     // Boxed: the handshake state is freed once the connection is up instead of sizing the task.
-    let handshake = Box::pin(tokio_tungstenite::accept_async_with_config(tcp, Some(config)));
+    let handshake = Box::pin(tokio_tungstenite::accept_async_with_config(
+        tcp,
+        Some(config),
+    ));
     let Ok(Ok(mut ws)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
         return;
     };

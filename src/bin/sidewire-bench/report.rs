@@ -114,8 +114,8 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
              publisher, one request in flight each); rate 0 = as fast as accepted. Latency is \
              from just before the publish request to the subscriber reading the message. \
              \"verified\" = every subscriber got its channel's sequence complete and in order.\n\n\
-             | server | dialect | subscribers | channels | publishes | rate /s | publishes /s | **deliveries /s** | × {base_label} | p50 ms | p99 ms | max ms | lost | verified |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+             | server | dialect | subscribers | channels | publishes | rate /s | publishes /s | **deliveries /s** | × {base_label} | p50 ms | p99 ms | max ms | lost | verified | server CPU % | client CPU % |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
         );
         for row in &fanout {
             let keys = [
@@ -129,7 +129,7 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
             let rate = num(row, "deliveries_per_s");
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} |",
                 text(row, "label"),
                 text(row, "dialect"),
                 text(row, "subscribers"),
@@ -151,6 +151,8 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
                 } else {
                     "**no**"
                 },
+                cell(num(row, "server_cpu_pct"), 0),
+                cell(num(row, "client_cpu_pct"), 0),
             );
         }
         out.push('\n');

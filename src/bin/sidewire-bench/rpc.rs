@@ -135,6 +135,7 @@ pub async fn run(args: RpcArgs) -> Result<()> {
         }
     }
     let cpu_before = read_cpu(&args.pids);
+    let client_cpu_before = read_cpu(&[std::process::id()]);
     let start = Instant::now();
     let _ = go_tx.send(Some(start));
     let mut results = Vec::new();
@@ -148,6 +149,7 @@ pub async fn run(args: RpcArgs) -> Result<()> {
     }
     let elapsed = start.elapsed().min(args.duration).as_secs_f64();
     let cpu_after = read_cpu(&args.pids);
+    let client_cpu_after = read_cpu(&[std::process::id()]);
     drop(go_tx);
     drain(&mut tasks, Duration::from_secs(5)).await;
 
@@ -178,6 +180,10 @@ pub async fn run(args: RpcArgs) -> Result<()> {
         "latency_p99_ms": round3(latency.p99_ms),
         "latency_max_ms": round3(latency.max_ms),
         "server_cpu_ms": cpu_before.zip(cpu_after).map(|(a, b)| b.saturating_sub(a)),
+        "server_cpu_pct": cpu_before.zip(cpu_after)
+            .map(|(a, b)| round2(b.saturating_sub(a) as f64 / 10.0 / elapsed.max(1e-9))),
+        "client_cpu_pct": client_cpu_before.zip(client_cpu_after)
+            .map(|(a, b)| round2(b.saturating_sub(a) as f64 / 10.0 / elapsed.max(1e-9))),
         "first_error": first_error,
     });
     emit(

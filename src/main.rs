@@ -88,8 +88,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let log_control = init_logging(&config.log);
     let (phase_tx, phase) = lifecycle::channel();
+    // Every handler is installed before the listening line is printed: a signal sent right
+    // after it must find them.
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     match command {
         Command::Run | Command::Check => {
             let sidecar = Sidecar::bind(config, phase.clone(), Some(log_control)).await?;
@@ -98,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
             println!("sidewire listening client={client} admin={admin}");
             tracing::info!(%client, %admin, "sidewire listening");
 
-            let (trigger_tx, trigger_rx) = mpsc::channel(1);
+            let (trigger_tx, trigger_rx) = mpsc::channel(8);
             if let Some(path) = cli.config.clone() {
                 tokio::spawn(reload::run(
                     path,
@@ -108,12 +111,14 @@ async fn main() -> anyhow::Result<()> {
                     phase.clone(),
                 ));
             }
-            let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
             let hup_trigger = trigger_tx.clone();
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading config");
-                    let _ = hup_trigger.try_send(Trigger::Signal);
+                    // Waits for room rather than dropping the request.
+                    if hup_trigger.send(Trigger::Signal).await.is_err() {
+                        break;
+                    }
                 }
             });
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::admin::metrics::ResultLabels;
@@ -47,7 +47,14 @@ fn watch_directories(
     triggers: mpsc::Sender<Trigger>,
 ) -> Option<RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Only changes count: our own reads of the file produce access events.
+        let changed = event.is_ok_and(|event| {
+            matches!(
+                event.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+            )
+        });
+        if changed {
             // A full queue already holds a pending trigger: nothing is lost.
             let _ = triggers.try_send(Trigger::FileEvent);
         }
@@ -79,7 +86,10 @@ pub async fn run(
     mut incoming: mpsc::Receiver<Trigger>,
     mut phase: PhaseWatch,
 ) {
-    let mut last_bytes = std::fs::read(&path).ok();
+    // Unknown at first: the file may have changed since it was loaded at startup, so the first
+    // pass (below) compares it with the config in force.
+    let mut last_bytes: Option<Vec<u8>> = None;
+    let mut pending = Some(Trigger::Poll);
     let tls_files = |runtime: &Runtime| -> Vec<PathBuf> {
         let settings = runtime.edge().settings();
         settings
@@ -97,18 +107,26 @@ pub async fn run(
     let closing = lifecycle::closing(&mut phase);
     tokio::pin!(closing);
     loop {
-        let trigger = tokio::select! {
-            trigger = incoming.recv() => match trigger {
-                Some(trigger) => trigger,
-                None => break,
+        let mut trigger = match pending.take() {
+            Some(trigger) => trigger,
+            None => tokio::select! {
+                trigger = incoming.recv() => match trigger {
+                    Some(trigger) => trigger,
+                    None => break,
+                },
+                _ = poll.tick() => Trigger::Poll,
+                _ = &mut closing => break,
             },
-            _ = poll.tick() => Trigger::Poll,
-            _ = &mut closing => break,
         };
         if trigger == Trigger::FileEvent {
-            // Let the writer finish, and fold the burst of events into one reload.
+            // Let the writer finish, and fold the burst of events into one reload; a SIGHUP
+            // among them keeps its meaning (reload even if unchanged).
             tokio::time::sleep(DEBOUNCE).await;
-            while incoming.try_recv().is_ok() {}
+            while let Ok(next) = incoming.try_recv() {
+                if next == Trigger::Signal {
+                    trigger = Trigger::Signal;
+                }
+            }
         }
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,

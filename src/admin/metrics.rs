@@ -95,6 +95,11 @@ impl Metrics {
             self.connections.clone(),
         );
         registry.register(
+            "sessions_live",
+            "Live client sessions, all transports",
+            self.sessions_live.clone(),
+        );
+        registry.register(
             "sessions_opened",
             "Client sessions opened",
             self.sessions_opened.clone(),

@@ -355,16 +355,24 @@ impl Server {
         self.proc.child.id()
     }
 
-    /// Sends a signal (`"TERM"`, `"HUP"`, ...) with `kill -s`.
+    /// Sends a signal (`"TERM"`, `"HUP"` or `"INT"`) with kill(2), without the delay of
+    /// spawning a `kill` process (tests of startup windows depend on it).
     pub fn signal(&self, name: &str) {
-        let status = Process::new("kill")
-            .args(["-s", name, &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(
-            status.success(),
-            "kill -s {name} {} failed: {status}",
-            self.pid()
+        let signal = match name {
+            "TERM" => libc::SIGTERM,
+            "HUP" => libc::SIGHUP,
+            "INT" => libc::SIGINT,
+            other => panic!("unsupported signal {other}"),
+        };
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is our
+        // own child, not yet reaped (the Child is reaped only on drop or after exit).
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            result,
+            0,
+            "kill({pid}, SIG{name}): {}",
+            std::io::Error::last_os_error()
         );
     }
 

@@ -1,0 +1,207 @@
+//! TLS on the client listener: wss sessions and HTTPS passthrough with a certificate made at
+//! test time, ALPN `h2`, and a certificate swap that new handshakes see while a live wss
+//! session stays connected.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::common::*;
+use crate::support::{Server, WAIT};
+
+/// A self-signed certificate for `localhost` / `127.0.0.1`.
+struct TestCert {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+fn make_cert(common_name: &str, serial: u64) -> TestCert {
+    let key = rcgen::KeyPair::generate().expect("generate key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("certificate params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    let cert = params.self_signed(&key).expect("self-sign");
+    TestCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
+/// Writes the pair the way a Secret update lands: each file replaced atomically (key first).
+fn install(cert: &TestCert, dir: &Path) {
+    for (name, text) in [("tls.key", &cert.key_pem), ("tls.crt", &cert.cert_pem)] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+}
+
+/// A TLS client trusting exactly `trusted`, offering `alpn`.
+fn connector(trusted: &[&TestCert], alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.der.clone()).expect("trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_connect(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
+
+fn peer_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("peer certificate")[0]
+        .clone()
+}
+
+#[tokio::test]
+async fn tls_serves_wss_and_https_with_h2_and_swaps_certificates() {
+    let mut backend = Backend::start().await;
+    let tls_dir = tempfile::tempdir().unwrap();
+    let first = make_cert("sidewire-test-one", 1);
+    let second = make_cert("sidewire-test-two", 2);
+    install(&first, tls_dir.path());
+    let server = Server::start(&format!(
+        "tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
+        tls_dir.path().join("tls.crt").display(),
+        tls_dir.path().join("tls.key").display(),
+        backend.yaml(&[])
+    ))
+    .await;
+    server.wait_ready(RELOAD_WAIT).await;
+    let addr = server.client_addr;
+    let http1 = connector(&[&first, &second], &[b"http/1.1"]);
+
+    // wss: a session over TLS.
+    let tls = tls_connect(&http1, addr).await.expect("TLS handshake");
+    assert_eq!(peer_cert(&tls), first.der, "served certificate");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut wss = JsonWs::connect("wss://localhost/connection/websocket", tls).await;
+    let reply = wss
+        .request(json!({"rpc": {"method": "echo", "data": {"n": 1}}}))
+        .await;
+    assert_eq!(reply["rpc"]["data"], json!({"n": 1}), "{reply}");
+
+    // HTTPS passthrough (HTTP/1.1).
+    let tls = tls_connect(&http1, addr).await.expect("TLS handshake");
+    let fetched = exchange(
+        tls,
+        http::Request::get("/over-tls?q=1")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(fetched.status, 200, "{fetched:?}");
+    assert_eq!(fetched.text(), BACKEND_HELLO);
+    let seen = backend.next_request().await;
+    assert_eq!(seen.path_and_query, "/over-tls?q=1");
+    assert_eq!(header_value(&seen.headers, "x-forwarded-proto"), "https");
+
+    // ALPN h2 when offered, and an HTTP/2 request through to the backend.
+    let h2 = connector(&[&first, &second], &[b"h2", b"http/1.1"]);
+    let tls = tls_connect(&h2, addr).await.expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    let driver = tokio::spawn(connection);
+    let response = tokio::time::timeout(
+        WAIT,
+        sender.send_request(
+            http::Request::get("https://localhost/over-h2")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("HTTP/2 response in time")
+    .expect("HTTP/2 response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], BACKEND_HELLO.as_bytes());
+    assert_eq!(backend.next_request().await.path_and_query, "/over-h2");
+    driver.abort();
+
+    // Swap the certificate files: new handshakes get the new certificate (bounded polling of
+    // handshakes: there is no event to await from outside the process).
+    install(&second, tls_dir.path());
+    let deadline = Instant::now() + RELOAD_WAIT;
+    loop {
+        let tls = tls_connect(&http1, addr)
+            .await
+            .expect("TLS handshake during the swap");
+        let served = peer_cert(&tls);
+        if served == second.der {
+            break;
+        }
+        assert_eq!(served, first.der, "neither certificate was served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not served within {RELOAD_WAIT:?}; stderr:\n{}",
+            server.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A client trusting only the new certificate connects and gets a session.
+    let only_second = connector(&[&second], &[b"http/1.1"]);
+    let tls = tls_connect(&only_second, addr)
+        .await
+        .expect("TLS with the new certificate");
+    let mut fresh = JsonWs::connect("wss://localhost/connection/websocket", tls).await;
+    let reply = fresh
+        .request(json!({"rpc": {"method": "echo", "data": "new"}}))
+        .await;
+    assert_eq!(reply["rpc"]["data"], json!("new"), "{reply}");
+    // And a client trusting only the old one no longer does.
+    let only_first = connector(&[&first], &[b"http/1.1"]);
+    assert!(
+        tls_connect(&only_first, addr).await.is_err(),
+        "a client trusting only the old certificate still completed a handshake"
+    );
+
+    // The wss session opened before the swap is still connected (and still on the old one).
+    assert_eq!(peer_cert(wss.stream()), first.der);
+    let reply = wss
+        .request(json!({"rpc": {"method": "echo", "data": {"n": 2}}}))
+        .await;
+    assert_eq!(reply["rpc"]["data"], json!({"n": 2}), "{reply}");
+}

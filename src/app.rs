@@ -387,6 +387,7 @@ pub fn load_for_reload(path: &std::path::Path) -> Result<Config, ConfigError> {
 /// The standalone hub: Link (gRPC) listener and server API listener.
 pub struct StandaloneHub {
     link: TcpListener,
+    tls: Option<TlsAcceptor>,
     api: TcpListener,
     hub: Hub,
     api_key: Option<String>,
@@ -399,9 +400,14 @@ impl StandaloneHub {
         let link = bind("hub.link_listen", config.hub.link_listen).await?;
         let api = bind("hub.api_listen", config.hub.api_listen).await?;
         let api_key = config.hub.api_key.clone();
+        let tls = match &config.hub.tls {
+            Some(tls) => Some(TlsAcceptor::new(&CertResolver::new(tls)?)?),
+            None => None,
+        };
         let hub = Hub::start(config.hub, phase.clone());
         Ok(StandaloneHub {
             link,
+            tls,
             api,
             hub,
             api_key,
@@ -432,7 +438,13 @@ impl StandaloneHub {
             },
             self.phase.clone(),
         );
-        let link = hub::grpc::serve(self.link, self.hub, self.phase.clone());
+        let phase = self.phase.clone();
+        let link = async move {
+            match self.tls {
+                Some(tls) => hub::grpc::serve(self.link, tls, self.hub, phase).await,
+                None => hub::grpc::serve(self.link, PlainAcceptor, self.hub, phase).await,
+            }
+        };
         tokio::join!(api, link);
     }
 }

@@ -216,8 +216,10 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
-    /// `http://host:port`, optionally with a path prefix.
+    /// `http://host:port` or `https://host:port`, optionally with a path prefix.
     pub url: String,
+    /// For an `https://` backend: PEM file of the CA to trust (default: the system roots).
+    pub tls_ca_file: Option<String>,
     /// Speak HTTP/2 cleartext (prior knowledge, h2c) to the backend instead of HTTP/1.1.
     pub http2: bool,
     /// Largest request body passed through, bytes (larger: 413); 0 = no limit.
@@ -239,6 +241,7 @@ impl Default for BackendConfig {
     fn default() -> BackendConfig {
         BackendConfig {
             url: String::new(),
+            tls_ca_file: None,
             http2: false,
             max_request_body_size: 10 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
@@ -264,6 +267,11 @@ pub struct UpstreamConfig {
     /// Cap of the reconnect delay.
     #[serde(deserialize_with = "duration::deserialize")]
     pub reconnect_backoff_max: Duration,
+    /// For an `https://` endpoint: PEM file of the CA to trust (default: the system roots).
+    pub tls_ca_file: Option<String>,
+    /// For an `https://` endpoint: name to verify in the upstream's certificate (default: the
+    /// endpoint's host).
+    pub tls_domain: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -273,6 +281,8 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
+            tls_ca_file: None,
+            tls_domain: None,
         }
     }
 }
@@ -294,6 +304,8 @@ pub struct HubConfig {
     pub link_listen: SocketAddr,
     /// Server API listener of `sidewire hub`.
     pub api_listen: SocketAddr,
+    /// TLS on the Link listener of `sidewire hub` (sidecars then use an `https://` endpoint).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HubConfig {
@@ -305,6 +317,7 @@ impl Default for HubConfig {
             history_ttl: DEFAULT_HISTORY_TTL,
             link_listen: "127.0.0.1:9200".parse().expect("constant address"),
             api_listen: "127.0.0.1:9201".parse().expect("constant address"),
+            tls: None,
         }
     }
 }
@@ -465,14 +478,13 @@ impl Config {
             "shutdown.timeout: must be at least shutdown.delay + shutdown.drain_window".to_owned(),
         );
         if let Some(backend) = &self.backend {
-            let valid =
-                backend.url.parse::<http::Uri>().ok().is_some_and(|uri| {
-                    uri.scheme_str() == Some("http") && uri.authority().is_some()
-                });
+            let valid = backend.url.parse::<http::Uri>().ok().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            });
             check(
                 valid,
                 format!(
-                    "backend.url: must be http://host:port[/prefix], got {:?}",
+                    "backend.url: must be http(s)://host:port[/prefix], got {:?}",
                     backend.url
                 ),
             );

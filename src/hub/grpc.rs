@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Hub;
+use crate::edge::Acceptor;
 use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::link_server::{Link, LinkServer};
 use crate::linkproto::{SidecarFrame, UpstreamFrame};
@@ -56,8 +57,14 @@ impl Link for LinkService {
     }
 }
 
-/// Accepts HTTP/2 connections on `listener` and serves the Link service until closing.
-pub async fn serve(listener: TcpListener, hub: Hub, mut phase: PhaseWatch) {
+/// Accepts HTTP/2 connections (through `acceptor`: plain or TLS) on `listener` and serves the
+/// Link service until closing.
+pub async fn serve<A: Acceptor>(
+    listener: TcpListener,
+    acceptor: A,
+    hub: Hub,
+    mut phase: PhaseWatch,
+) {
     let service = LinkServer::new(LinkService::new(hub))
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
@@ -77,7 +84,15 @@ pub async fn serve(listener: TcpListener, hub: Hub, mut phase: PhaseWatch) {
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(service.clone());
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let stream = match acceptor.accept(stream).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "hub: handshake failed");
+                    return;
+                }
+            };
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(error) = builder
                 .http2_only()

@@ -210,7 +210,14 @@ impl Link {
     async fn run(self, upstream: Upstream, mut backoff: Backoff, mut phase: PhaseWatch) {
         loop {
             if let Err(error) = self.connect_and_route(&upstream, &mut backoff).await {
-                tracing::warn!(upstream = ?upstream, %error, "link: cannot connect");
+                let mut text = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    text.push_str(": ");
+                    text.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                tracing::warn!(upstream = ?upstream, error = %text, "link: cannot connect");
             }
             self.went_down();
             if self.stopping(&phase) {

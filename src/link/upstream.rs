@@ -9,7 +9,7 @@ use futures_util::{Stream, StreamExt};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::config::UpstreamConfig;
 use crate::hub::Hub;
@@ -74,8 +74,12 @@ impl Upstream {
                 Ok(ReceiverStream::new(downstream).map(Ok).boxed())
             }
             Upstream::Grpc(config) => {
-                let endpoint = Endpoint::from_shared(config.endpoint.clone())
-                    .map_err(|e| ConnectError::Endpoint(e.to_string()))?
+                let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+                    .map_err(|e| ConnectError::Endpoint(e.to_string()))?;
+                if config.endpoint.starts_with("https://") {
+                    endpoint = endpoint.tls_config(tls_config(config)?)?;
+                }
+                let endpoint = endpoint
                     .connect_timeout(config.connect_timeout)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
@@ -90,4 +94,21 @@ impl Upstream {
             }
         }
     }
+}
+
+/// TLS for an `https://` upstream: `tls_ca_file` or the system roots, `tls_domain` if set.
+fn tls_config(config: &UpstreamConfig) -> Result<ClientTlsConfig, ConnectError> {
+    let mut tls = ClientTlsConfig::new();
+    match &config.tls_ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| ConnectError::Endpoint(format!("upstream.tls_ca_file {path}: {e}")))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        None => tls = tls.with_native_roots(),
+    }
+    if let Some(domain) = &config.tls_domain {
+        tls = tls.domain_name(domain.clone());
+    }
+    Ok(tls)
 }

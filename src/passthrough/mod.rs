@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,7 +33,7 @@ pub struct BackendError(String);
 /// A pooled client for one backend.
 #[derive(Clone)]
 pub struct Backend {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     /// `scheme://authority` plus an optional path prefix without trailing slash.
     base: String,
     http2: bool,
@@ -53,16 +54,25 @@ impl Backend {
             .url
             .parse()
             .map_err(|e| BackendError(format!("invalid URL {:?}: {e}", config.url)))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
             return Err(BackendError(format!(
-                "must be http://host:port[/prefix], got {:?}",
+                "must be http(s)://host:port[/prefix], got {:?}",
                 config.url
             )));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        // `https://` backends are verified against `tls_ca_file`, or the system roots.
+        http.enforce_http(false);
+        let tls = tls_client_config(config.tls_ca_file.as_deref())?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
@@ -169,6 +179,38 @@ impl Backend {
         parts.version = client_version;
         Response::from_parts(parts, body.map_err(BoxError::from).boxed())
     }
+}
+
+/// Client TLS settings: the CA in `ca_file` (PEM) or the system roots.
+fn tls_client_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, BackendError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| BackendError(format!("tls_ca_file {path}: {e}")))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| BackendError(format!("tls_ca_file {path}: {e}")))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // Unusable system certificates are skipped, as every TLS client does.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BackendError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
 }
 
 fn body_limit_exceeded(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -1,6 +1,12 @@
 //! `fanout`: N subscribers over C channels; publishes go through the server's HTTP API, each
-//! payload carrying `{"ts": <unix nanos>, "seq": n}`. Reports deliveries per second, delivery
-//! latency, and verifies that every subscriber got its channel's sequence complete and in order.
+//! payload carrying `{"ts": <unix nanos>, "seq": n, "p": publisher}`. Reports deliveries per
+//! second, delivery latency, and verifies that every subscriber got each publisher's sequence
+//! on its channel complete and in order.
+//!
+//! Publication i goes to channel `i % C`; the k-th publication of a channel (`k = i / C`) is
+//! sent by publisher `k % publishers` with `seq = k / publishers`. A publisher waits for each
+//! response before the next request, so its stream per channel has a defined order the server
+//! must keep; several publishers give several requests in flight.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,8 +64,8 @@ pub struct FanoutArgs {
     /// Body format of the publish requests.
     #[arg(long, value_enum, default_value = "auto")]
     publish_format: PublishFormat,
-    /// Publisher connections (each owns the channels c with c % publishers == its index, so
-    /// per-channel order is kept).
+    /// Publisher connections, one request in flight each (publications of a channel are dealt
+    /// round-robin to them; order is checked per publisher).
     #[arg(long, default_value_t = 1)]
     publishers: usize,
     /// Channel name prefix (`<prefix>-<c>`).
@@ -105,6 +111,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     // Check the URL before opening thousands of connections.
     Poster::new(&args.publish_url)?;
     let target = Arc::new(args.conn.target()?);
+    let publishers = args.publishers;
     let per_channel =
         |c: usize| args.publishes / args.channels + usize::from(c < args.publishes % args.channels);
 
@@ -122,6 +129,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
             Arc::clone(&target),
             format!("{}-{c}", args.channel_prefix),
             per_channel(c),
+            publishers,
             Arc::clone(&gate),
             ready_tx.clone(),
             done_tx.clone(),
@@ -163,11 +171,11 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     let client_cpu_before = read_cpu(&[std::process::id()]);
     let publish_start = Instant::now();
     let deadline = tokio::time::Instant::now() + args.timeout;
-    let mut publishers = JoinSet::new();
-    for index in 0..args.publishers.min(args.channels) {
-        publishers.spawn(publisher(PublisherPlan {
+    let mut publisher_tasks = JoinSet::new();
+    for index in 0..args.publishers {
+        publisher_tasks.spawn(publisher(PublisherPlan {
             index,
-            publishers: args.publishers.min(args.channels),
+            publishers: args.publishers,
             channels: args.channels,
             publishes: args.publishes,
             rate: args.rate,
@@ -189,7 +197,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         }
     }
     let mut published = PublishStats::default();
-    while let Some(joined) = publishers.join_next().await {
+    while let Some(joined) = publisher_tasks.join_next().await {
         if let Ok(stats) = joined {
             published.merge(stats);
         }
@@ -244,7 +252,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         "publishes": args.publishes,
         "rate": args.rate,
         "payload_bytes": args.payload_bytes,
-        "publishers": args.publishers.min(args.channels),
+        "publishers": args.publishers,
         "subscribed": ok,
         "failed": failed,
         "setup_s": round2(setup_s),
@@ -330,6 +338,7 @@ async fn subscriber(
     target: Arc<Target>,
     channel: String,
     expected: usize,
+    publishers: usize,
     gate: Arc<Semaphore>,
     ready: mpsc::Sender<Result<(), String>>,
     done: mpsc::Sender<SubResult>,
@@ -359,7 +368,8 @@ async fn subscriber(
         latencies_us: Vec::with_capacity(expected),
         ..SubResult::default()
     };
-    let mut next_seq = 0u64;
+    // Next expected seq per publisher stream.
+    let mut next_seq = vec![0u64; publishers];
     let mut reported = false;
     if expected == 0 {
         let _ = done.send(std::mem::take(&mut result)).await;
@@ -398,7 +408,11 @@ async fn subscriber(
                 extra.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let Some((ts, seq)) = parse_payload(&payload) else {
+            let parsed = parse_payload(&payload);
+            let Some((ts, seq, next)) = parsed.and_then(|(ts, seq, stream)| {
+                let next = next_seq.get_mut(usize::try_from(stream).ok()?)?;
+                Some((ts, seq, next))
+            }) else {
                 result.bad += 1;
                 continue;
             };
@@ -407,11 +421,11 @@ async fn subscriber(
             result
                 .latencies_us
                 .push(u32::try_from(now_nanos.saturating_sub(ts) / 1000).unwrap_or(u32::MAX));
-            if seq == next_seq {
-                next_seq += 1;
-            } else if seq > next_seq {
-                result.gaps += usize::try_from(seq - next_seq).unwrap_or(usize::MAX);
-                next_seq = seq + 1;
+            if seq == *next {
+                *next += 1;
+            } else if seq > *next {
+                result.gaps += usize::try_from(seq - *next).unwrap_or(usize::MAX);
+                *next = seq + 1;
             } else {
                 result.reordered += 1;
             }
@@ -427,9 +441,9 @@ async fn subscriber(
     client.close(Duration::from_secs(2)).await;
 }
 
-/// Payload `{"ts":T,"seq":S,"pad":"..."}` as built by [`make_payload`].
-fn make_payload(ts: u64, seq: u64, size: usize) -> String {
-    let head = format!("{{\"ts\":{ts},\"seq\":{seq},\"pad\":\"");
+/// Payload `{"ts":T,"seq":S,"p":P,"pad":"..."}` padded to `size` bytes.
+fn make_payload(ts: u64, seq: u64, stream: usize, size: usize) -> String {
+    let head = format!("{{\"ts\":{ts},\"seq\":{seq},\"p\":{stream},\"pad\":\"");
     let pad = size.saturating_sub(head.len() + 2);
     let mut text = String::with_capacity(head.len() + pad + 2);
     text.push_str(&head);
@@ -438,8 +452,9 @@ fn make_payload(ts: u64, seq: u64, size: usize) -> String {
     text
 }
 
-/// `(ts, seq)` of a payload: a fast path for [`make_payload`]'s layout, else any JSON object.
-fn parse_payload(payload: &[u8]) -> Option<(u64, u64)> {
+/// `(ts, seq, publisher)` of a payload: a fast path for [`make_payload`]'s layout, else any
+/// JSON object (`p` defaults to 0).
+fn parse_payload(payload: &[u8]) -> Option<(u64, u64, u64)> {
     fn number(text: &[u8]) -> Option<(u64, &[u8])> {
         let end = text.iter().position(|b| !b.is_ascii_digit())?;
         let value = std::str::from_utf8(&text[..end]).ok()?.parse().ok()?;
@@ -449,12 +464,19 @@ fn parse_payload(payload: &[u8]) -> Option<(u64, u64)> {
         let rest = payload.strip_prefix(b"{\"ts\":")?;
         let (ts, rest) = number(rest)?;
         let rest = rest.strip_prefix(b",\"seq\":")?;
-        let (seq, _) = number(rest)?;
-        Some((ts, seq))
+        let (seq, rest) = number(rest)?;
+        let rest = rest.strip_prefix(b",\"p\":")?;
+        let (stream, _) = number(rest)?;
+        Some((ts, seq, stream))
     };
     fast().or_else(|| {
         let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-        Some((value.get("ts")?.as_u64()?, value.get("seq")?.as_u64()?))
+        let stream = value.get("p").map_or(Some(0), serde_json::Value::as_u64)?;
+        Some((
+            value.get("ts")?.as_u64()?,
+            value.get("seq")?.as_u64()?,
+            stream,
+        ))
     })
 }
 
@@ -505,7 +527,8 @@ async fn publisher(plan: PublisherPlan) -> PublishStats {
     };
     for i in 0..plan.publishes {
         let c = i % plan.channels;
-        if c % plan.publishers != plan.index {
+        let k = i / plan.channels;
+        if k % plan.publishers != plan.index {
             continue;
         }
         if tokio::time::Instant::now() >= plan.deadline {
@@ -518,9 +541,9 @@ async fn publisher(plan: PublisherPlan) -> PublishStats {
             let at = plan.start + Duration::from_secs_f64(i as f64 / plan.rate);
             tokio::time::sleep_until(at.into()).await;
         }
-        let seq = (i / plan.channels) as u64;
+        let seq = (k / plan.publishers) as u64;
         let channel = format!("{}-{c}", plan.prefix);
-        let payload = make_payload(unix_nanos(), seq, plan.payload_bytes);
+        let payload = make_payload(unix_nanos(), seq, plan.index, plan.payload_bytes);
         let (path, body) = match plan.format {
             PublishFormat::Floor => (
                 format!("{}?channel={channel}", poster.path()),
@@ -576,15 +599,19 @@ mod tests {
 
     #[test]
     fn payload_has_the_size_and_parses() {
-        let payload = make_payload(1_700_000_000_123_456_789, 42, 200);
+        let payload = make_payload(1_700_000_000_123_456_789, 42, 3, 200);
         assert_eq!(payload.len(), 200);
         assert_eq!(
             parse_payload(payload.as_bytes()),
-            Some((1_700_000_000_123_456_789, 42))
+            Some((1_700_000_000_123_456_789, 42, 3))
         );
-        let small = make_payload(5, 6, 0);
-        assert_eq!(parse_payload(small.as_bytes()), Some((5, 6)));
-        assert_eq!(parse_payload(br#"{"seq":2, "ts":1}"#), Some((1, 2)));
+        let small = make_payload(5, 6, 0, 0);
+        assert_eq!(parse_payload(small.as_bytes()), Some((5, 6, 0)));
+        assert_eq!(parse_payload(br#"{"seq":2, "ts":1}"#), Some((1, 2, 0)));
+        assert_eq!(
+            parse_payload(br#"{"p":1,"seq":2, "ts":1}"#),
+            Some((1, 2, 1))
+        );
         assert_eq!(parse_payload(b"nope"), None);
     }
 }

@@ -2,6 +2,11 @@
 //! context. tokio-tungstenite with a 4 KiB read buffer and no protocol: a text message
 //! `sub [channel]` remembers the connection (answered with `ok`); `POST /publish?channel=C`
 //! on the HTTP port sends the body to every connection remembered for C.
+//!
+//! The HTTP port also serves `POST /grip`, a Pushpin WebSocket-over-HTTP backend with the same
+//! behaviour: `OPEN` is accepted, a text `sub <channel>` is answered with a GRIP subscribe
+//! control message and `ok`, so Pushpin holds the subscription and publishes fan out inside
+//! Pushpin (the sidecar-like mode to compare sidewire with).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -215,6 +220,9 @@ async fn publish(floor: &Floor, request: Request<HyperBody>) -> Response<Full<By
         *response.status_mut() = status;
         response
     };
+    if request.method() == Method::POST && request.uri().path() == "/grip" {
+        return grip(request).await;
+    }
     if request.method() != Method::POST || request.uri().path() != "/publish" {
         return reply(StatusCode::NOT_FOUND, "not found\n".into());
     }
@@ -245,4 +253,111 @@ async fn publish(floor: &Floor, request: Request<HyperBody>) -> Response<Full<By
             .count()
     });
     reply(StatusCode::OK, format!("{{\"delivered\":{delivered}}}\n"))
+}
+
+/// One WebSocket-over-HTTP event: type and optional payload.
+type Event = (String, Option<Bytes>);
+
+/// Parses `TYPE[ <hex length>]\r\n[payload\r\n]` events; `None` if malformed.
+fn parse_events(mut body: &[u8]) -> Option<Vec<Event>> {
+    let mut events = Vec::new();
+    // Bounded: every iteration consumes at least the `\r\n` of a header line.
+    while !body.is_empty() {
+        let end = body.windows(2).position(|w| w == b"\r\n")?;
+        let header = std::str::from_utf8(&body[..end]).ok()?;
+        body = &body[end + 2..];
+        let (kind, length) = match header.split_once(' ') {
+            Some((kind, hex)) => (kind, Some(usize::from_str_radix(hex, 16).ok()?)),
+            None => (header, None),
+        };
+        let payload = match length {
+            Some(length) => {
+                let payload = body.get(..length)?;
+                body = body.get(length..)?.strip_prefix(b"\r\n")?;
+                Some(Bytes::copy_from_slice(payload))
+            }
+            None => None,
+        };
+        events.push((kind.to_owned(), payload));
+    }
+    Some(events)
+}
+
+fn push_event(out: &mut Vec<u8>, kind: &str, payload: Option<&[u8]>) {
+    out.extend_from_slice(kind.as_bytes());
+    if let Some(payload) = payload {
+        out.extend_from_slice(format!(" {:x}\r\n", payload.len()).as_bytes());
+        out.extend_from_slice(payload);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `POST /grip`: Pushpin WebSocket-over-HTTP backend (see the module doc).
+async fn grip(request: Request<HyperBody>) -> Response<Full<Bytes>> {
+    let body = match Limited::new(request.into_body(), MAX_MESSAGE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return grip_error(),
+    };
+    let Some(events) = parse_events(&body) else {
+        return grip_error();
+    };
+    let mut out = Vec::new();
+    for (kind, payload) in events {
+        match kind.as_str() {
+            "OPEN" => push_event(&mut out, "OPEN", None),
+            "TEXT" => {
+                let text = payload.unwrap_or_default();
+                let Some(channel) = text.strip_prefix(b"sub") else {
+                    continue;
+                };
+                let channel = String::from_utf8_lossy(channel).trim().to_owned();
+                let control = format!(
+                    "c:{}",
+                    serde_json::json!({"type": "subscribe", "channel": channel})
+                );
+                push_event(&mut out, "TEXT", Some(control.as_bytes()));
+                push_event(&mut out, "TEXT", Some(b"ok"));
+            }
+            "CLOSE" => push_event(&mut out, "CLOSE", payload.as_deref()),
+            _ => {}
+        }
+    }
+    let mut response = Response::new(Full::new(Bytes::from(out)));
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/websocket-events"),
+    );
+    headers.insert(
+        "sec-websocket-extensions",
+        hyper::header::HeaderValue::from_static("grip"),
+    );
+    response
+}
+
+fn grip_error() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"bad events\n")));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_events_round_trip() {
+        let mut body = Vec::new();
+        push_event(&mut body, "OPEN", None);
+        push_event(&mut body, "TEXT", Some(b"sub fan-1"));
+        let events = parse_events(&body).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0], ("OPEN".to_owned(), None));
+        assert_eq!(events[1].1.as_deref(), Some(&b"sub fan-1"[..]));
+        assert_eq!(parse_events(b"TEXT 5\r\nab"), None);
+        assert_eq!(parse_events(b"TEXT zz\r\n"), None);
+    }
 }

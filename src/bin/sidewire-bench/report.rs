@@ -1,5 +1,7 @@
-//! `report`: turns the JSON result lines of a run into Markdown tables (with the ratio of each
-//! server to the floor server measured under the same parameters).
+//! `report`: turns the JSON result lines of a run into Markdown tables. Repeated runs with the
+//! same parameters are collapsed into their median (by the table's main metric) with the
+//! range, and each server is compared with the baseline (floor) server under the same
+//! parameters.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -31,9 +33,45 @@ pub fn run(args: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-fn of<'a>(rows: &'a [Value], scenario: &str) -> Vec<&'a Value> {
-    rows.iter()
-        .filter(|row| row["scenario"] == scenario)
+/// Runs with identical parameters, represented by the median run.
+struct Group<'a> {
+    /// The median run by the metric (lower middle for an even count).
+    row: &'a Value,
+    /// Number of runs.
+    runs: usize,
+    /// Smallest and largest metric value over the runs.
+    range: Option<(f64, f64)>,
+}
+
+/// Groups the scenario's rows by `keys` (first appearance order), median by `metric`.
+fn groups<'a>(rows: &'a [Value], scenario: &str, keys: &[&str], metric: &str) -> Vec<Group<'a>> {
+    let mut buckets: Vec<Vec<&'a Value>> = Vec::new();
+    for row in rows.iter().filter(|row| row["scenario"] == scenario) {
+        let same = |other: &&Value| keys.iter().all(|key| other.get(*key) == row.get(*key));
+        match buckets
+            .iter_mut()
+            .find(|bucket| bucket.first().is_some_and(same))
+        {
+            Some(bucket) => bucket.push(row),
+            None => buckets.push(vec![row]),
+        }
+    }
+    buckets
+        .into_iter()
+        .filter_map(|mut bucket| {
+            bucket.sort_by(|a, b| {
+                let (a, b) = (num(a, metric), num(b, metric));
+                a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+            });
+            let values: Vec<f64> = bucket.iter().filter_map(|row| num(row, metric)).collect();
+            let range = values.first().copied().zip(values.last().copied());
+            let row = *bucket.get((bucket.len().saturating_sub(1)) / 2)?;
+            Some(Group {
+                row,
+                runs: bucket.len(),
+                range,
+            })
+        })
         .collect()
 }
 
@@ -53,9 +91,24 @@ fn text(row: &Value, key: &str) -> String {
     }
 }
 
-/// The baseline row with the same values for `keys`.
-fn baseline<'a>(rows: &[&'a Value], row: &Value, keys: &[&str], label: &str) -> Option<&'a Value> {
-    rows.iter().copied().find(|other| {
+/// `runs: min–max` of a group's metric.
+fn spread(group: &Group<'_>, decimals: usize) -> String {
+    match group.range {
+        Some((low, high)) if group.runs > 1 => {
+            format!("{}: {low:.decimals$}–{high:.decimals$}", group.runs)
+        }
+        _ => group.runs.to_string(),
+    }
+}
+
+/// The baseline group with the same values for `keys`.
+fn baseline<'a>(
+    groups: &[Group<'a>],
+    row: &Value,
+    keys: &[&str],
+    label: &str,
+) -> Option<&'a Value> {
+    groups.iter().map(|group| group.row).find(|other| {
         other["label"] == label && keys.iter().all(|key| other.get(*key) == row.get(*key))
     })
 }
@@ -70,19 +123,23 @@ fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
 /// Markdown for all scenarios present in `rows`.
 pub fn tables(rows: &[Value], base_label: &str) -> String {
     let mut out = String::new();
-    let idle = of(rows, "idle");
+    let idle_keys = ["label", "dialect", "connections", "hold_s"];
+    let idle = groups(rows, "idle", &idle_keys, "kib_per_conn");
     if !idle.is_empty() {
         let _ = writeln!(
             out,
             "### Idle connections\n\n\
              Memory is the server's `VmRSS` delta (summed over its processes) from after a \
              2-connection warm-up to after the hold, divided by the connections opened. \
-             Connect rate counts sessions fully connected and subscribed per second.\n\n\
-             | server | dialect | connections | ok | connect rate /s | RSS before MiB | RSS after MiB | **KiB / conn** | × {base_label} | server CPU µs / connect |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+             Connect rate counts sessions fully connected and subscribed per second. With \
+             several runs the median run (by KiB / conn) is shown; \"runs\" gives the range.\n\n\
+             | server | dialect | connections | ok | connect rate /s | RSS before MiB | RSS after MiB | **KiB / conn** | runs: KiB range | × {base_label} | server CPU µs / connect |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
-        for row in &idle {
-            let base = baseline(&idle, row, &["connections"], base_label);
+        for group in &idle {
+            let row = group.row;
+            let base = baseline(&idle, row, &["dialect", "connections"], base_label)
+                .or_else(|| baseline(&idle, row, &["connections"], base_label));
             let kib = num(row, "kib_per_conn");
             let cpu_per_conn = num(row, "server_cpu_ms_connect")
                 .zip(num(row, "ok"))
@@ -90,7 +147,7 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
                 .map(|(ms, ok)| ms * 1000.0 / ok);
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | **{}** | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} |",
                 text(row, "label"),
                 text(row, "dialect"),
                 text(row, "connections"),
@@ -99,13 +156,26 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
                 cell(num(row, "rss_before_kib").map(|k| k / 1024.0), 1),
                 cell(num(row, "rss_after_kib").map(|k| k / 1024.0), 1),
                 cell(kib, 2),
+                spread(group, 2),
                 cell(ratio(kib, base.and_then(|b| num(b, "kib_per_conn"))), 2),
                 cell(cpu_per_conn, 0),
             );
         }
         out.push('\n');
     }
-    let fanout = of(rows, "fanout");
+    let fanout_params = [
+        "subscribers",
+        "channels",
+        "publishes",
+        "rate",
+        "payload_bytes",
+        "publishers",
+    ];
+    let fanout_keys: Vec<&str> = ["label", "dialect"]
+        .into_iter()
+        .chain(fanout_params)
+        .collect();
+    let fanout = groups(rows, "fanout", &fanout_keys, "deliveries_per_s");
     if !fanout.is_empty() {
         let _ = writeln!(
             out,
@@ -113,31 +183,38 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
              Publications go through the server's HTTP API (one keep-alive connection per \
              publisher, one request in flight each); rate 0 = as fast as accepted. Latency is \
              from just before the publish request to the subscriber reading the message. \
-             \"verified\" = every subscriber got its channel's sequence complete and in order.\n\n\
-             | server | dialect | subscribers | channels | publishes | rate /s | publishes /s | **deliveries /s** | × {base_label} | p50 ms | p99 ms | max ms | lost | verified | server CPU % | client CPU % |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+             \"verified\" = every subscriber got every publisher's sequence on its channel \
+             complete and in order. With several runs the median run (by deliveries/s) is \
+             shown; \"runs\" gives the range.\n\n\
+             | server | dialect | subscribers | channels | publishes | publishers | rate /s | publishes /s | **deliveries /s** | runs: range | × {base_label} | p50 ms | p99 ms | max ms | lost | verified | server CPU % | client CPU % |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
         );
-        for row in &fanout {
-            let keys = [
-                "subscribers",
-                "channels",
-                "publishes",
-                "rate",
-                "payload_bytes",
-            ];
-            let base = baseline(&fanout, row, &keys, base_label);
+        for group in &fanout {
+            let row = group.row;
+            let base = baseline(&fanout, row, &fanout_params, base_label);
             let rate = num(row, "deliveries_per_s");
+            let all_verified = rows
+                .iter()
+                .filter(|other| {
+                    other["scenario"] == "fanout"
+                        && fanout_keys
+                            .iter()
+                            .all(|key| other.get(*key) == row.get(*key))
+                })
+                .all(|other| other["verified"] == true);
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 text(row, "label"),
                 text(row, "dialect"),
                 text(row, "subscribers"),
                 text(row, "channels"),
                 text(row, "publishes"),
+                text(row, "publishers"),
                 cell(num(row, "rate"), 0),
                 cell(num(row, "publish_rate"), 0),
                 cell(rate, 0),
+                spread(group, 0),
                 cell(
                     ratio(rate, base.and_then(|b| num(b, "deliveries_per_s"))),
                     2
@@ -146,38 +223,38 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
                 cell(num(row, "latency_p99_ms"), 2),
                 cell(num(row, "latency_max_ms"), 2),
                 text(row, "lost"),
-                if row["verified"] == true {
-                    "yes"
-                } else {
-                    "**no**"
-                },
+                if all_verified { "yes" } else { "**no**" },
                 cell(num(row, "server_cpu_pct"), 0),
                 cell(num(row, "client_cpu_pct"), 0),
             );
         }
         out.push('\n');
     }
-    let rpc = of(rows, "rpc");
+    let rpc = groups(rows, "rpc", &["label", "dialect", "clients"], "calls_per_s");
     if !rpc.is_empty() {
         let _ = writeln!(
             out,
             "### RPC (`echo`, closed loop)\n\n\
-             | server | dialect | clients | duration s | **calls /s** | p50 ms | p99 ms | max ms | errors |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|"
+             | server | dialect | clients | duration s | **calls /s** | runs: range | p50 ms | p99 ms | max ms | errors | server CPU % | client CPU % |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
-        for row in &rpc {
+        for group in &rpc {
+            let row = group.row;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | **{}** | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {} |",
                 text(row, "label"),
                 text(row, "dialect"),
                 text(row, "clients"),
                 cell(num(row, "duration_s"), 1),
                 cell(num(row, "calls_per_s"), 0),
+                spread(group, 0),
                 cell(num(row, "latency_p50_ms"), 3),
                 cell(num(row, "latency_p99_ms"), 3),
                 cell(num(row, "latency_max_ms"), 3),
                 text(row, "errors"),
+                cell(num(row, "server_cpu_pct"), 0),
+                cell(num(row, "client_cpu_pct"), 0),
             );
         }
         out.push('\n');
@@ -191,15 +268,26 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn ratios_against_the_floor() {
+    fn medians_and_ratios_against_the_floor() {
+        let idle = |label: &str, dialect: &str, kib: f64| {
+            json!({"scenario":"idle","label":label,"dialect":dialect,"connections":10,"ok":10,
+                   "hold_s":5.0,"kib_per_conn":kib})
+        };
         let rows = vec![
-            json!({"scenario":"idle","label":"floor","dialect":"raw","connections":10,"ok":10,
-                   "kib_per_conn":5.0}),
-            json!({"scenario":"idle","label":"sidewire","dialect":"json","connections":10,"ok":10,
-                   "kib_per_conn":15.0}),
+            idle("floor", "raw", 5.0),
+            idle("sidewire", "json", 16.0),
+            idle("sidewire", "json", 14.0),
+            idle("sidewire", "json", 15.0),
         ];
         let markdown = tables(&rows, "floor");
-        assert!(markdown.contains("| sidewire | json | 10 | 10 |"));
-        assert!(markdown.contains("**15.00** | 3.00 |"));
+        assert!(
+            markdown.contains("| sidewire | json | 10 | 10 |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("**15.00** | 3: 14.00–16.00 | 3.00 |"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("**5.00** | 1 | 1.00 |"), "{markdown}");
     }
 }

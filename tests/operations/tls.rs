@@ -205,3 +205,84 @@ async fn tls_serves_wss_and_https_with_h2_and_swaps_certificates() {
         .await;
     assert_eq!(reply["rpc"]["data"], json!({"n": 2}), "{reply}");
 }
+
+/// A one-route HTTPS backend on an ephemeral port, serving `cert`.
+async fn https_backend(cert: &TestCert) -> SocketAddr {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let key = <rustls_pki_types::PrivateKeyDer<'static> as rustls_pki_types::pem::PemObject>::from_pem_slice(
+        cert.key_pem.as_bytes(),
+    )
+    .expect("key pem");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der.clone()], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        let body = format!("secure backend saw {}", request.uri().path());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn link_to_an_https_hub_and_passthrough_to_an_https_backend() {
+    let cert = make_cert("sidewire-upstream", 7);
+    let dir = tempfile::tempdir().unwrap();
+    install(&cert, dir.path());
+    let cert_file = dir.path().join("tls.crt");
+    let key_file = dir.path().join("tls.key");
+    let hub = crate::support::Hub::start(&format!(
+        "tls: {{cert_file: \"{}\", key_file: \"{}\"}}",
+        cert_file.display(),
+        key_file.display()
+    ))
+    .await;
+    let backend = https_backend(&cert).await;
+    let server = Server::start(&format!(
+        "upstream:\n  endpoint: \"https://localhost:{}\"\n  tls_ca_file: \"{ca}\"\n  reconnect_backoff_min: \"50ms\"\n  reconnect_backoff_max: \"500ms\"\nbackend:\n  url: \"https://localhost:{}\"\n  tls_ca_file: \"{ca}\"\n",
+        hub.link_addr.port(),
+        backend.port(),
+        ca = cert_file.display(),
+    ))
+    .await;
+    // Ready means the Link to the TLS hub is up.
+    server.wait_ready(RELOAD_WAIT).await;
+    let tcp = TcpStream::connect(server.client_addr).await.unwrap();
+    let mut ws = JsonWs::connect("ws://localhost/connection/websocket", tcp).await;
+    let reply = ws
+        .request(json!({"rpc": {"method": "echo", "data": {"over": "tls"}}}))
+        .await;
+    assert_eq!(reply["rpc"]["data"], json!({"over": "tls"}), "{reply}");
+
+    let fetched = fetch(
+        server.client_addr,
+        request_to(server.client_addr, "GET", "/secure/path")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(fetched.status, 200, "{}", fetched.text());
+    assert_eq!(fetched.text(), "secure backend saw /secure/path");
+}

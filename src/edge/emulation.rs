@@ -15,7 +15,6 @@ use prost::Message;
 use serde::Deserialize;
 
 use super::body::{is_protobuf, read_limited};
-use super::cors::{self, Cors};
 use super::{Edge, Settings};
 use crate::admin::metrics::OutcomeLabels;
 use crate::http::{Body, empty, status};
@@ -46,16 +45,6 @@ pub async fn handle(
     settings: &Settings,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let origin = match cors::check(
-        edge,
-        &settings.origins,
-        request.method(),
-        request.headers(),
-        "POST, OPTIONS",
-    ) {
-        Cors::Respond(response) => return response,
-        Cors::Allowed(origin) => origin,
-    };
     if request.method() != Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
@@ -101,7 +90,6 @@ pub async fn handle(
     };
     let mut response = Response::new(empty());
     *response.status_mut() = code;
-    cors::apply(response.headers_mut(), origin.as_ref());
     response
 }
 

@@ -8,7 +8,6 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::{is_protobuf, read_limited};
-use super::cors::{self, Cors};
 use super::stream::{self, Framing, StreamStart};
 use super::{Edge, Settings};
 use crate::http::{Body, status};
@@ -21,16 +20,6 @@ pub async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let origin = match cors::check(
-        edge,
-        &settings.origins,
-        request.method(),
-        request.headers(),
-        "POST, OPTIONS",
-    ) {
-        Cors::Respond(response) => return response,
-        Cors::Allowed(origin) => origin,
-    };
     if request.method() != Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
@@ -52,7 +41,6 @@ pub async fn handle(
             framing: Framing::HttpStream,
             encoding,
             initial,
-            origin,
             command_size_limit: limit,
         },
         &parts,

@@ -124,13 +124,25 @@ impl Edge {
             return websocket::handle(&self, &settings, request, peer);
         }
         if config.http_stream && path == config.http_stream_path {
-            return http_stream::handle(&self, &settings, request, peer).await;
+            return self
+                .with_cors(&settings, request, "POST, OPTIONS", |request| {
+                    http_stream::handle(&self, &settings, request, peer)
+                })
+                .await;
         }
         if config.sse && path == config.sse_path {
-            return sse::handle(&self, &settings, request, peer).await;
+            return self
+                .with_cors(&settings, request, "GET, POST, OPTIONS", |request| {
+                    sse::handle(&self, &settings, request, peer)
+                })
+                .await;
         }
         if config.emulation_enabled() && path == config.emulation_path {
-            return emulation::handle(&self, &settings, request).await;
+            return self
+                .with_cors(&settings, request, "POST, OPTIONS", |request| {
+                    emulation::handle(&self, &settings, request)
+                })
+                .await;
         }
         match &settings.backend {
             Some(backend) => {
@@ -145,6 +157,35 @@ impl Edge {
             }
             None => status(StatusCode::NOT_FOUND),
         }
+    }
+
+    /// Applies the CORS policy around an HTTP transport handler: a disallowed Origin gets 403,
+    /// a preflight is answered here, and every other response (errors included) carries the
+    /// CORS headers of an allowed Origin.
+    async fn with_cors<F, Fut>(
+        &self,
+        settings: &Settings,
+        request: Request<Incoming>,
+        methods: &'static str,
+        handler: F,
+    ) -> Response<Body>
+    where
+        F: FnOnce(Request<Incoming>) -> Fut,
+        Fut: Future<Output = Response<Body>>,
+    {
+        let origin = match cors::check(
+            self,
+            &settings.origins,
+            request.method(),
+            request.headers(),
+            methods,
+        ) {
+            cors::Cors::Respond(response) => return response,
+            cors::Cors::Allowed(origin) => origin,
+        };
+        let mut response = handler(request).await;
+        cors::apply(response.headers_mut(), origin.as_ref());
+        response
     }
 
     /// Counts and answers a request refused for its Origin.

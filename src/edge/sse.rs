@@ -9,7 +9,6 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::read_limited;
-use super::cors::{self, Cors};
 use super::stream::{self, Framing, StreamStart};
 use super::{Edge, Settings};
 use crate::http::{Body, status};
@@ -32,16 +31,6 @@ pub async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let origin = match cors::check(
-        edge,
-        &settings.origins,
-        request.method(),
-        request.headers(),
-        "GET, POST, OPTIONS",
-    ) {
-        Cors::Respond(response) => return response,
-        Cors::Allowed(origin) => origin,
-    };
     let limit = settings.config.sse_max_request_body_size;
     let (parts, body) = request.into_parts();
     let initial = match parts.method {
@@ -62,7 +51,6 @@ pub async fn handle(
             framing: Framing::Sse,
             encoding: Encoding::Json,
             initial,
-            origin,
             command_size_limit: limit,
         },
         &parts,

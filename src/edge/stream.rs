@@ -17,7 +17,7 @@ use hyper::body::Frame;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Edge, Settings, cors};
+use super::{Edge, Settings};
 use crate::http::{Body, BoxError};
 use crate::protocol::client::Reply;
 use crate::protocol::frame::encode_message;
@@ -136,8 +136,6 @@ pub struct StreamStart {
     pub encoding: Encoding,
     /// The connect command frame (request body or `cf_connect`).
     pub initial: Bytes,
-    /// Allowed Origin to echo in CORS headers.
-    pub origin: Option<HeaderValue>,
     /// Largest single command, bytes.
     pub command_size_limit: usize,
 }
@@ -155,7 +153,6 @@ pub fn start(
         framing,
         encoding,
         initial,
-        origin,
         command_size_limit,
     } = start;
     let session_id: Box<str> = uuid::Uuid::new_v4().to_string().into_boxed_str();
@@ -211,7 +208,6 @@ pub fn start(
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     headers.insert("expire", HeaderValue::from_static("0"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    cors::apply(headers, origin.as_ref());
     response
 }
 

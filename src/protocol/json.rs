@@ -1,6 +1,7 @@
 //! Centrifugo's JSON dialect of the client protocol: field names are the proto names, zero
 //! values are omitted, 64-bit integers are JSON numbers and `bytes` fields are raw embedded
-//! JSON (never base64). Encoding strips `\n` from embedded payloads so newline framing holds.
+//! JSON (never base64). Encoding strips `\n` and `\r` from embedded payloads so newline and SSE
+//! framing hold.
 
 /// `skip_serializing_if` helper: true for a field holding its type's default value.
 pub fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -23,8 +24,10 @@ pub mod raw {
     /// Writes the bytes as raw JSON; fails for bytes that are not a JSON document.
     pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
         let text = std::str::from_utf8(bytes).map_err(|_| S::Error::custom(NOT_JSON))?;
-        let text: Cow<'_, str> = if text.contains('\n') {
-            Cow::Owned(text.replace('\n', ""))
+        // Line breaks would split newline framing (and SSE events, where a lone CR ends a
+        // line too); in valid JSON they can only be whitespace, so dropping them is safe.
+        let text: Cow<'_, str> = if text.contains(['\n', '\r']) {
+            Cow::Owned(text.replace(['\n', '\r'], ""))
         } else {
             Cow::Borrowed(text)
         };
@@ -94,7 +97,7 @@ mod tests {
     fn newlines_in_payload_are_stripped() {
         let request = PublishRequest {
             channel: "c".into(),
-            data: Bytes::from_static(b"{\n\"a\": [1,\n2]\n}"),
+            data: Bytes::from_static(b"{\n\"a\": [1,\r\n2]\r}"),
             ..Default::default()
         };
         let text = serde_json::to_string(&request).unwrap();

@@ -4,7 +4,7 @@
 //! Guarantees: JSON unless the client offers `centrifuge-protobuf` (echoed back) or asks with
 //! `?cf_protocol=protobuf`; a subprotocol is never sent unless offered; messages over
 //! `message_size_limit` close with 1009; per-connection buffers stay small
-//! ([`READ_BUFFER_BYTES`]).
+//! (`websocket_read_buffer_size`, allocated eagerly by tungstenite, is the largest).
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,10 +27,6 @@ use super::{Edge, Settings};
 use crate::http::{Body, empty, status};
 use crate::protocol::{Disconnect, Encoding};
 use crate::session::{self, Inbound, Transport};
-
-/// Read buffer of one WebSocket, bytes. tungstenite allocates it eagerly (its default is
-/// 128 KiB, i.e. ~134 KiB per idle connection); 4 KiB keeps an idle connection near 6 KiB.
-pub const READ_BUFFER_BYTES: usize = 4096;
 
 /// Time allowed to write the close frame.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -127,15 +123,16 @@ pub fn handle(
         request.headers(),
         settings.config.message_size_limit,
     );
+    let read_buffer = settings.config.websocket_read_buffer_size;
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(
             settings
                 .config
                 .queue_max_size
                 .saturating_mul(2)
-                .max(READ_BUFFER_BYTES),
+                .max(read_buffer),
         )
         .max_message_size(Some(settings.config.message_size_limit))
         .max_frame_size(Some(settings.config.message_size_limit));
@@ -333,7 +330,10 @@ mod memory_tests {
         let ws = WebSocketStream::from_raw_socket(
             server,
             Role::Server,
-            Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)),
+            Some(
+                WebSocketConfig::default()
+                    .read_buffer_size(crate::config::DEFAULT_WEBSOCKET_READ_BUFFER_SIZE),
+            ),
         )
         .await;
         let (_phase_tx, phase) = lifecycle::channel();

@@ -5,7 +5,7 @@
 //!
 //! The HTTP port also serves `POST /grip`, a Pushpin WebSocket-over-HTTP backend with the same
 //! behaviour: `OPEN` is accepted, a text `sub <channel>` is answered with a GRIP subscribe
-//! control message and `ok`, so Pushpin holds the subscription and publishes fan out inside
+//! control message and `ok` (sent as `m:ok`), so Pushpin holds the subscription and publishes fan out inside
 //! Pushpin (the sidecar-like mode to compare sidewire with).
 
 use std::collections::HashMap;
@@ -319,7 +319,8 @@ async fn grip(request: Request<HyperBody>) -> Response<Full<Bytes>> {
                     serde_json::json!({"type": "subscribe", "channel": channel})
                 );
                 push_event(&mut out, "TEXT", Some(control.as_bytes()));
-                push_event(&mut out, "TEXT", Some(b"ok"));
+                // With the grip extension, plain messages carry an `m:` prefix.
+                push_event(&mut out, "TEXT", Some(b"m:ok"));
             }
             "CLOSE" => push_event(&mut out, "CLOSE", payload.as_deref()),
             _ => {}

@@ -69,6 +69,7 @@ pub async fn run(args: IdleArgs) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = read_rss(&args.pids)?;
+    let split_before = per_pid_rss(&args.pids)?;
     let cpu_before = read_cpu(&args.pids)?;
 
     let opened = open_all(
@@ -88,6 +89,7 @@ pub async fn run(args: IdleArgs) -> Result<()> {
     let cpu_hold_start = read_cpu(&args.pids)?;
     tokio::time::sleep(args.hold).await;
     let rss_after = read_rss(&args.pids)?;
+    let split_after = per_pid_rss(&args.pids)?;
     let cpu_after = read_cpu(&args.pids)?;
     let client_rss = self_rss_kib();
     let dropped_during = dropped.load(Ordering::Relaxed);
@@ -113,6 +115,17 @@ pub async fn run(args: IdleArgs) -> Result<()> {
         "connect_s": round2(opened.elapsed.as_secs_f64()),
         "connect_rate": round2(connect_rate),
         "rss_before_kib": rss_before,
+        "per_process": split_before
+            .iter()
+            .zip(&split_after)
+            .map(|((pid, name, before), (_, _, after))| json!({
+                "pid": pid,
+                "name": name,
+                "rss_before_kib": before,
+                "rss_after_kib": after,
+                "kib_per_conn": round2((*after as f64 - *before as f64) / ok),
+            }))
+            .collect::<Vec<_>>(),
         "rss_connected_kib": rss_connected,
         "rss_after_kib": rss_after,
         "kib_per_conn": per_conn(rss_after),
@@ -144,6 +157,18 @@ pub async fn run(args: IdleArgs) -> Result<()> {
         &json,
     );
     Ok(())
+}
+
+/// `(pid, command name, VmRSS KiB)` of each pid.
+fn per_pid_rss(pids: &[u32]) -> Result<Vec<(u32, String, u64)>> {
+    pids.iter()
+        .map(|pid| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_default();
+            Ok((*pid, name, sum_rss_kib(&[*pid])?))
+        })
+        .collect()
 }
 
 fn read_rss(pids: &[u32]) -> Result<Option<u64>> {

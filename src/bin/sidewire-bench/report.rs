@@ -136,8 +136,30 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
              | server | dialect | connections | ok | connect rate /s | RSS before MiB | RSS after MiB | **KiB / conn** | runs: KiB range | × {base_label} | server CPU µs / connect |\n\
              |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
+        let mut splits = Vec::new();
         for group in &idle {
             let row = group.row;
+            if let Some(parts) = row["per_process"]
+                .as_array()
+                .filter(|parts| parts.len() > 1)
+            {
+                let parts: Vec<String> = parts
+                    .iter()
+                    .map(|part| {
+                        format!(
+                            "{} {}",
+                            text(part, "name"),
+                            cell(num(part, "kib_per_conn"), 2)
+                        )
+                    })
+                    .collect();
+                splits.push(format!(
+                    "- {} at {} connections: {} (KiB / conn)",
+                    text(row, "label"),
+                    text(row, "connections"),
+                    parts.join(", ")
+                ));
+            }
             let base = baseline(&idle, row, &["dialect", "connections"], base_label)
                 .or_else(|| baseline(&idle, row, &["connections"], base_label));
             let kib = num(row, "kib_per_conn");
@@ -161,6 +183,12 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
                 cell(cpu_per_conn, 0),
             );
         }
+        if !splits.is_empty() {
+            let _ = writeln!(out, "\nPer-process split of the median runs:\n");
+            for split in splits {
+                let _ = writeln!(out, "{split}");
+            }
+        }
         out.push('\n');
     }
     let fanout_params = [
@@ -175,6 +203,11 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
         .into_iter()
         .chain(fanout_params)
         .collect();
+    let comparable: Vec<&str> = fanout_params
+        .iter()
+        .copied()
+        .filter(|key| *key != "publishes")
+        .collect();
     let fanout = groups(rows, "fanout", &fanout_keys, "deliveries_per_s");
     if !fanout.is_empty() {
         let _ = writeln!(
@@ -183,16 +216,28 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
              Publications go through the server's HTTP API (one keep-alive connection per \
              publisher, one request in flight each); rate 0 = as fast as accepted. Latency is \
              from just before the publish request to the subscriber reading the message. \
-             \"verified\" = every subscriber got every publisher's sequence on its channel \
-             complete and in order. With several runs the median run (by deliveries/s) is \
-             shown; \"runs\" gives the range.\n\n\
-             | server | dialect | subscribers | channels | publishes | publishers | rate /s | publishes /s | **deliveries /s** | runs: range | × {base_label} | p50 ms | p99 ms | max ms | lost | verified | server CPU % | client CPU % |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+             \"verified\" = every subscribed client got every publisher's sequence on its \
+             channel complete and in order (\"subscribed\" < \"subscribers\" = handshakes that \
+             failed). With several runs the median run (by deliveries/s) is \
+             shown; \"runs\" gives the range. \"per CPU-s\" = deliveries per second of server CPU \
+             time (user + system, all its processes): efficiency, robust to CPU stolen by other \
+             work on the machine.\n\n\
+             | server | dialect | subscribers | subscribed | channels | publishes | publishers | rate /s | publishes /s | **deliveries /s** | runs: range | × {base_label} | p50 ms | p99 ms | max ms | lost | verified | server CPU % | client CPU % | per CPU-s | × {base_label} per CPU-s |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
         );
         for group in &fanout {
             let row = group.row;
-            let base = baseline(&fanout, row, &fanout_params, base_label);
+            // Saturated throughput does not depend on the publication count, so peers may run
+            // fewer publications and still be compared.
+            let base = baseline(&fanout, row, &fanout_params[..], base_label)
+                .or_else(|| baseline(&fanout, row, &comparable, base_label));
             let rate = num(row, "deliveries_per_s");
+            let efficiency = |row: &Value| {
+                num(row, "received")
+                    .zip(num(row, "server_cpu_ms"))
+                    .filter(|(_, ms)| *ms > 0.0)
+                    .map(|(received, ms)| received / (ms / 1000.0))
+            };
             let all_verified = rows
                 .iter()
                 .filter(|other| {
@@ -201,13 +246,24 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
                             .iter()
                             .all(|key| other.get(*key) == row.get(*key))
                 })
-                .all(|other| other["verified"] == true);
+                .all(|other| {
+                    // Older result lines also counted failed subscriptions in `verified`.
+                    [
+                        "incomplete_subscribers",
+                        "gaps",
+                        "reordered",
+                        "bad_payloads",
+                    ]
+                    .iter()
+                    .all(|key| num(other, key) == Some(0.0))
+                });
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 text(row, "label"),
                 text(row, "dialect"),
                 text(row, "subscribers"),
+                text(row, "subscribed"),
                 text(row, "channels"),
                 text(row, "publishes"),
                 text(row, "publishers"),
@@ -226,6 +282,8 @@ pub fn tables(rows: &[Value], base_label: &str) -> String {
                 if all_verified { "yes" } else { "**no**" },
                 cell(num(row, "server_cpu_pct"), 0),
                 cell(num(row, "client_cpu_pct"), 0),
+                cell(efficiency(row), 0),
+                cell(ratio(efficiency(row), base.and_then(efficiency)), 2),
             );
         }
         out.push('\n');

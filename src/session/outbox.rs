@@ -15,6 +15,9 @@ use crate::protocol::Disconnect;
 /// Most messages written to the client in one transport frame (as Centrifugo does).
 pub const MAX_MESSAGES_PER_FRAME: usize = 16;
 
+/// Queue slots an emptied outbox keeps (16 × 32 bytes at most); bigger ones are released.
+const KEPT_QUEUE_CAPACITY: usize = 16;
+
 /// Result of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -111,8 +114,9 @@ impl Outbox {
     pub fn drain(&self) -> Drain {
         let mut state = self.lock();
         if state.queue.is_empty() {
-            if state.queue.capacity() > 0 {
-                // Give the memory of a burst back: idle sessions hold no buffer.
+            if state.queue.capacity() > KEPT_QUEUE_CAPACITY {
+                // Give the memory of a burst back; a small queue is kept so that steady
+                // traffic does not allocate per message.
                 state.queue = VecDeque::new();
             }
             return match &state.end {
@@ -184,5 +188,9 @@ mod tests {
         while let Drain::Messages(_) = outbox.drain() {}
         assert!(matches!(outbox.drain(), Drain::Idle));
         assert_eq!(outbox.lock().queue.capacity(), 0);
+        outbox.push(Bytes::from_static(b"x"));
+        while let Drain::Messages(_) = outbox.drain() {}
+        assert!(matches!(outbox.drain(), Drain::Idle));
+        assert!(outbox.lock().queue.capacity() <= KEPT_QUEUE_CAPACITY);
     }
 }

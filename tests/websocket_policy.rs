@@ -464,6 +464,8 @@ const SLOW_MAX_PUBLICATIONS: u64 = 320;
 /// 48 KiB publication overflows at once, also for a client that reads (see
 /// `message_larger_than_the_queue_bound_closes_3008`).
 const SLOW_QUEUE_BYTES: usize = 1 << 20;
+/// Most publications the reading client may be behind (8 × 48 KiB, under the queue bound).
+const READER_MAX_LAG: u64 = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_closed_3008_and_others_get_everything() {
@@ -487,6 +489,10 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
     assert_eq!(slow.request(subscribe(&chan)).await.error, None);
     // From here on `slow` is not read until the publishing is over.
 
+    // The reader reports how many publications it has, so the publisher never lets it fall
+    // more than READER_MAX_LAG behind (well under the queue bound): the test stays
+    // deterministic however the machine schedules the reader.
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
     let reader_chan = chan.clone();
     let reading = tokio::spawn(async move {
         let mut offsets = Vec::new();
@@ -509,6 +515,7 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
                 "payload does not match its offset"
             );
             offsets.push(publication.offset);
+            let _ = progress_tx.send(offsets.len() as u64);
         }
     });
 
@@ -517,7 +524,16 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
     let started = Instant::now();
     let mut published = 0u64;
     let mut slow_gone = false;
-    while published < SLOW_MAX_PUBLICATIONS && !reading.is_finished() {
+    'publishing: while published < SLOW_MAX_PUBLICATIONS && !reading.is_finished() {
+        while *progress.borrow_and_update() + READER_MAX_LAG < published {
+            let changed = tokio::time::timeout(Duration::from_secs(30), progress.changed())
+                .await
+                .expect("reader stalled");
+            if changed.is_err() {
+                // The reader ended (its own assertion failed): its join below says why.
+                break 'publishing;
+            }
+        }
         published += 1;
         let result = api_ok(
             api_at,

@@ -4,9 +4,11 @@
 //! Guarantee: every transport runs this one loop; a transport only frames bytes ([`Transport`]).
 //! Bad input from the client ends only this session, with a protocol close code.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -148,9 +150,17 @@ pub async fn run<T: Transport>(
     metrics.sessions_opened.get_or_create(&labels).inc();
     phase.mark_changed();
     let mut watching_phase = true;
+    let mut timer = pin!(sleep_until(far_future()));
+    let mut armed: Option<Instant> = None;
 
     let end = loop {
+        // One timer per session, re-armed only when the earliest deadline moves: a delivery
+        // must not cost a timer registration.
         let deadline = session.timers.next();
+        if deadline != armed {
+            armed = deadline;
+            timer.as_mut().reset(deadline.unwrap_or_else(far_future));
+        }
         tokio::select! {
             biased;
             changed = phase.changed(), if watching_phase => {
@@ -185,7 +195,8 @@ pub async fn run<T: Transport>(
                     handle.outbox.end(disconnect);
                 }
             },
-            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+            _ = &mut timer, if deadline.is_some() => {
+                armed = None;
                 if let Err(disconnect) = session.on_timer() {
                     handle.outbox.end(disconnect);
                 }
@@ -202,6 +213,19 @@ pub async fn run<T: Transport>(
     metrics.sessions_live.dec();
     metrics.session_closed(end.code);
     tracing::debug!(session = handle.id, code = end.code, reason = %end.reason, "session ended");
+}
+
+/// Runs `future` with a deadline, arming a timer only if it does not complete at once (most
+/// writes to a healthy client do).
+async fn within<F: Future>(
+    limit: Duration,
+    future: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut future = pin!(future);
+    if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+        return Ok(output);
+    }
+    timeout(limit, future).await
 }
 
 fn far_future() -> Instant {
@@ -229,7 +253,7 @@ async fn flush<T: Transport>(
                 metrics
                     .bytes_out
                     .inc_by(batch.iter().map(|m| m.len() as u64).sum());
-                match timeout(write_timeout, transport.send(batch)).await {
+                match within(write_timeout, transport.send(batch)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => {
                         handle.outbox.end(Disconnect::WRITE_ERROR);

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::admin::metrics::{Metrics, ResultLabels};
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::edge::origin::OriginPolicy;
 use crate::edge::tls::{CertResolver, TlsAcceptor, TlsError};
 use crate::edge::{self, Edge, PlainAcceptor, Settings};
@@ -358,8 +358,9 @@ impl Sidecar {
     }
 }
 
-/// Drives the shutdown sequence on `signal`: readiness false at once, `delay` later the
-/// listener closes and sessions drain over `drain_window`; returns the hard deadline.
+/// Drives the shutdown sequence after a signal: publishes the hard deadline (`timeout` from
+/// now), turns readiness false at once, and `delay` later moves the phase to `Closing`, which
+/// closes the listener and spreads the sessions' 3001 disconnects over `drain_window`.
 pub async fn shutdown_sequence(
     runtime: Arc<Runtime>,
     phase: watch::Sender<RunPhase>,
@@ -377,11 +378,6 @@ pub async fn shutdown_sequence(
     phase.send_replace(RunPhase::Closing {
         window: shutdown.drain_window,
     });
-}
-
-/// Loads a config file for a reload (parse + validate), naming the problem on failure.
-pub fn load_for_reload(path: &std::path::Path) -> Result<Config, ConfigError> {
-    Config::load(path)
 }
 
 /// The standalone hub: Link (gRPC) listener and server API listener.

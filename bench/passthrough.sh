@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Passthrough benchmark: wrk against (a) the backend directly, (b) sidewire proxying to it,
+# (c) nginx (one worker) proxying to it. The backend is an nginx instance answering a fixed
+# 2-byte body. Loopback only, bounded durations. Prints one JSON line per target on stdout.
+#
+# Usage: bench/passthrough.sh [seconds=10] [connections=64]
+# Needs: target/release/sidewire, nginx and wrk (apt-get install nginx-light wrk).
+# Pinning: the proxy under test on CPU 0; wrk and the backend on CPU 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+CONNS="${2:-64}"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "port $1 did not open" >&2
+    return 1
+}
+
+nginx_conf() { # name listen body
+    mkdir -p "$WORK/$1/logs"
+    cat >"$WORK/$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/$1/body;
+    proxy_temp_path $WORK/$1/proxy;
+    fastcgi_temp_path $WORK/$1/fastcgi;
+    uwsgi_temp_path $WORK/$1/uwsgi;
+    scgi_temp_path $WORK/$1/scgi;
+    $3
+    server {
+        listen 127.0.0.1:$2 reuseport;
+        $4
+    }
+}
+CONF
+}
+
+BACKEND_PORT="$(free_port)"
+nginx_conf backend "$BACKEND_PORT" "" 'location / { return 200 "ok"; }'
+taskset -c 1 nginx -c "$WORK/backend/nginx.conf" -e "$WORK/backend/logs/error.log" &
+PIDS+=($!)
+wait_port "$BACKEND_PORT"
+
+PROXY_PORT="$(free_port)"
+nginx_conf proxy "$PROXY_PORT" \
+    "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }" \
+    'location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }'
+taskset -c 0 nginx -c "$WORK/proxy/nginx.conf" -e "$WORK/proxy/logs/error.log" &
+PIDS+=($!)
+wait_port "$PROXY_PORT"
+
+cat >"$WORK/sidewire.yaml" <<YAML
+listen: "127.0.0.1:0"
+admin_listen: "127.0.0.1:0"
+backend: {url: "http://127.0.0.1:$BACKEND_PORT"}
+log: {level: "warn"}
+YAML
+# One worker thread on one pinned CPU, like nginx's single worker.
+TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/sidewire --config "$WORK/sidewire.yaml" >"$WORK/sidewire.out" 2>"$WORK/sidewire.err" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q listening "$WORK/sidewire.out" && break; sleep 0.05; done
+SIDEWIRE="$(sed -n 's/.*client=\([^ ]*\).*/\1/p' "$WORK/sidewire.out")"
+
+run_wrk() { # label url
+    local out
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$2" >"$WORK/wrk.$1" 2>&1 || true
+    out="$WORK/wrk.$1"
+    python3 - "$1" "$out" "$CONNS" "$DURATION" <<'PY'
+import json, re, sys
+label, path, conns, duration = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+text = open(path).read()
+def ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+lat = {p: re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", text, re.M) for p in ("50", "99")}
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+sock = re.search(r"Socket errors: (.*)", text)
+print(json.dumps({
+    "scenario": "passthrough", "label": label, "connections": conns, "duration_s": duration,
+    "rps": float(rps.group(1)) if rps else 0.0,
+    "p50_ms": ms(*lat["50"].groups()) if lat["50"] else None,
+    "p99_ms": ms(*lat["99"].groups()) if lat["99"] else None,
+    "non_2xx": int(errors.group(1)) if errors else 0,
+    "socket_errors": sock.group(1) if sock else "",
+}))
+PY
+}
+
+run_wrk direct "http://127.0.0.1:$BACKEND_PORT/"
+run_wrk sidewire "http://$SIDEWIRE/"
+run_wrk nginx "http://127.0.0.1:$PROXY_PORT/"

@@ -1,5 +1,5 @@
 //! `floor-server`: the cheapest comparable WebSocket server, to put sidewire's numbers in
-//! context. tokio-tungstenite with a 4 KiB read buffer and no protocol: a text message
+//! context. tokio-tungstenite with a 4 KiB read buffer (by default) and no protocol: a text message
 //! `sub [channel]` remembers the connection (answered with `ok`); `POST /publish?channel=C`
 //! on the HTTP port sends the body to every connection remembered for C.
 //!
@@ -28,8 +28,6 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::stats::parse_duration;
 
-/// Read buffer per connection, as in sidewire.
-const READ_BUFFER_BYTES: usize = 4096;
 /// Largest client message and publish body.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Messages written per flush.
@@ -49,6 +47,9 @@ pub struct FloorArgs {
     /// HTTP publish listen address (loopback).
     #[arg(long, default_value = "127.0.0.1:0")]
     http_listen: SocketAddr,
+    /// WebSocket read buffer per connection, bytes (tungstenite allocates it eagerly).
+    #[arg(long, default_value_t = 4096)]
+    read_buffer_bytes: usize,
     /// Exit after this long (a bound for forgotten processes).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     max_lifetime: Duration,
@@ -57,6 +58,7 @@ pub struct FloorArgs {
 /// Channel name -> connection id -> outbound queue.
 type Members = HashMap<String, HashMap<u64, mpsc::UnboundedSender<Message>>>;
 
+/// Shared server state: who subscribed to which channel.
 #[derive(Default)]
 struct Floor {
     members: Mutex<Members>,
@@ -89,6 +91,7 @@ pub async fn run(args: FloorArgs) -> Result<()> {
     );
     let floor = Arc::new(Floor::default());
     let ws_floor = Arc::clone(&floor);
+    let read_buffer = args.read_buffer_bytes.max(256);
     let accept_ws = async move {
         let mut next_id = 0u64;
         loop {
@@ -97,7 +100,7 @@ pub async fn run(args: FloorArgs) -> Result<()> {
                 continue;
             };
             next_id += 1;
-            tokio::spawn(connection(Arc::clone(&ws_floor), next_id, tcp));
+            tokio::spawn(connection(Arc::clone(&ws_floor), next_id, tcp, read_buffer));
         }
     };
     let accept_http = async move {
@@ -131,10 +134,10 @@ pub async fn run(args: FloorArgs) -> Result<()> {
 }
 
 /// One WebSocket connection: handshake, then read `sub` messages and write queued payloads.
-async fn connection(floor: Arc<Floor>, id: u64, tcp: TcpStream) {
+async fn connection(floor: Arc<Floor>, id: u64, tcp: TcpStream, read_buffer: usize) {
     let _ = tcp.set_nodelay(true);
     let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));

@@ -159,16 +159,30 @@ pub async fn run(args: IdleArgs) -> Result<()> {
     Ok(())
 }
 
-/// `(pid, command name, VmRSS KiB)` of each pid.
+/// `(pid, process name, VmRSS KiB)` of each pid.
 fn per_pid_rss(pids: &[u32]) -> Result<Vec<(u32, String, u64)>> {
     pids.iter()
-        .map(|pid| {
-            let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|name| name.trim().to_owned())
-                .unwrap_or_default();
-            Ok((*pid, name, sum_rss_kib(&[*pid])?))
-        })
+        .map(|pid| Ok((*pid, process_name(*pid), sum_rss_kib(&[*pid])?)))
         .collect()
+}
+
+/// Program file name plus its subcommand, if any (`sidewire hub`, `condure`), from
+/// `/proc/<pid>/cmdline`.
+fn process_name(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args = cmdline
+        .split(|b| *b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned());
+    let program = args.next().unwrap_or_default();
+    let mut name = program.rsplit('/').next().unwrap_or_default().to_owned();
+    if let Some(sub) = args
+        .next()
+        .filter(|arg| !arg.is_empty() && !arg.starts_with('-'))
+    {
+        name.push(' ');
+        name.push_str(&sub);
+    }
+    name
 }
 
 fn read_rss(pids: &[u32]) -> Result<Option<u64>> {
@@ -306,5 +320,17 @@ pub async fn drain<T: 'static>(tasks: &mut JoinSet<T>, timeout: Duration) {
             while tasks.join_next().await.is_some() {}
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_this_process() {
+        let name = process_name(std::process::id());
+        assert!(name.starts_with("sidewire_bench"), "{name}");
+        assert_eq!(per_pid_rss(&[std::process::id()]).unwrap().len(), 1);
     }
 }

@@ -8,7 +8,7 @@
 #   QUICK=1 bash bench/run.sh    # smaller counts, for checking the script itself
 #   REPEAT=3 bash bench/run.sh   # runs per configuration (default 3; tables show the median)
 #   PIN=0 bash bench/run.sh      # do not pin server / load generator to separate CPUs
-#   FLOOR_READ_BUFFER=2048 ...   # floor server's WebSocket read buffer (default 4096)
+#   FLOOR_READ_BUFFER=4096 ...   # floor server's WebSocket read buffer (default 2048, as sidewire)
 #   BENCH_COMMIT="..."           # how RESULTS.md names the tree (default: git HEAD + dirty flag)
 #
 # With PIN=1 (default, needs >= 2 CPUs) every server runs on CPU 0 and the load generator on
@@ -20,7 +20,7 @@ BENCH_DIR="$ROOT/bench"
 QUICK=${QUICK:-0}
 PIN=${PIN:-1}
 REPEAT=${REPEAT:-3}
-FLOOR_READ_BUFFER=${FLOOR_READ_BUFFER:-4096}
+FLOOR_READ_BUFFER=${FLOOR_READ_BUFFER:-2048}
 
 # --- file descriptors: 10k client sockets here, 10k server sockets in the server -------------
 HARD_NOFILE=$(ulimit -Hn)
@@ -264,6 +264,60 @@ EOF
     FANOUT_ARGS=(--publish-format pushpin)
 }
 
+# nginx (one worker) as a plain WebSocket reverse proxy in front of the floor server: what a
+# user gets from "nginx in front of my own WebSocket server". Measured RSS / CPU: nginx master +
+# worker + the floor server behind it. Publications go straight to the floor server.
+start_nginx() {
+    local dir="$WORK/nginx" line ws http port
+    "${SERVER_PIN[@]}" "$BENCH" floor-server --read-buffer-bytes "$FLOOR_READ_BUFFER" \
+        >"$WORK/backend.out" 2>"$WORK/backend.err" &
+    SERVER_PIDS=($!)
+    line=$(wait_line "$WORK/backend.out" '^floor listening ' "${SERVER_PIDS[0]}")
+    ws=$(sed -n 's/.*ws=\([^ ]*\).*/\1/p' <<<"$line")
+    http=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' <<<"$line")
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    rm -rf "$dir"
+    mkdir -p "$dir/logs"
+    cat >"$dir/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 30000; }
+http {
+    access_log off;
+    tcp_nodelay on;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://$ws;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 3600s;
+        }
+    }
+}
+NGINX
+    "${SERVER_PIN[@]}" nginx -c "$dir/nginx.conf" -e "$dir/logs/error.log" &
+    SERVER_PIDS=($! "${SERVER_PIDS[@]}")
+    for _ in $(seq 1 100); do
+        (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.05
+    done
+    MEASURE_PIDS=("${SERVER_PIDS[@]}" $(pgrep -P "${SERVER_PIDS[0]}" || true))
+    WS_URL="ws://127.0.0.1:$port/"
+    PUBLISH_URL="http://$http/publish"
+    TARGET_ARGS=(--label nginx --raw)
+    FANOUT_ARGS=()
+}
+
 # bench SCENARIO ARGS...: one load-generator run against the current server.
 bench() {
     local cmd=("${CLIENT_PIN[@]}" "$BENCH" "${CLIENT_THREADS[@]}" "$@")
@@ -365,9 +419,24 @@ if [[ "${PEERS:-1}" == 1 ]] && command -v pushpin >/dev/null && command -v condu
 else
     PEER_NOTES="Pushpin was not measured (not installed: \`apt-get install pushpin\`, or PEERS=0)."
 fi
-# PLACEHOLDER (not implemented): nginx as a plain WebSocket reverse proxy in front of the floor
-# server (apt-get install nginx; `proxy_pass` with Upgrade / Connection headers), idle RSS of
-# master + workers and fan-out through it with publications posted to the floor server.
+if [[ "${PEERS:-1}" == 1 ]] && command -v nginx >/dev/null && command -v wrk >/dev/null; then
+    echo "== peers: nginx (WebSocket proxy in front of the floor server)"
+    for n in "$N_SMALL" "$N_LARGE"; do
+        with nginx idle --connections "$n" --hold "$HOLD"
+    done
+    for row in "${fanout_matrix[@]}"; do
+        read -r subs channels publishes publishers rate <<<"$row"
+        with nginx fanout --subscribers "$subs" --channels "$channels" \
+            --publishes "$publishes" --publishers "$publishers" --rate "$rate" \
+            --payload-bytes 128 --publish-url @PUBLISH_URL@
+    done
+    PEER_NOTES="$PEER_NOTES nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (one worker) proxies WebSocket to the floor server (rows labelled \`nginx\`: RSS of nginx and the floor server together), run once per configuration."
+    echo "== passthrough (wrk)"
+    echo "bash bench/passthrough.sh $([[ "$QUICK" == 1 ]] && echo 3 || echo 10) 64" >>"$COMMANDS"
+    bash "$BENCH_DIR/passthrough.sh" "$([[ "$QUICK" == 1 ]] && echo 3 || echo 10)" 64 | tee -a "$RESULTS"
+else
+    PEER_NOTES="$PEER_NOTES nginx was not measured (not installed: \`apt-get install nginx-light wrk\`, or PEERS=0)."
+fi
 
 END=$(date +%s)
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -431,8 +500,29 @@ fi
     echo "$PEER_NOTES Pushpin rows appear in the tables above (label \`pushpin\`); its"
     echo "handshakes ran 100 in flight instead of 200 (at 200, 10-15 % got 502 from Pushpin). The"
     echo "pushpin backend (the floor server's \`/grip\`) is stateless and not counted in its RSS."
-    echo "nginx is **not measured yet** (placeholder in \`bench/run.sh\`). Published figures for"
-    echo "context (reference notes): Centrifugo OSS ~27 KB/conn idle (Go), AnyCable OSS ~33-41 KB/conn."
+    echo "Published figures for context (reference notes): Centrifugo OSS ~27 KB/conn idle (Go),"
+    echo "AnyCable OSS ~33-41 KB/conn."
+    echo
+    echo "## Passthrough (HTTP reverse proxy)"
+    echo
+    echo "\`bench/passthrough.sh\`: wrk (1 thread, 64 connections, keep-alive) against an nginx"
+    echo "backend answering a 2-byte body, directly and through each proxy; the proxy on CPU 0"
+    echo "(sidewire with \`TOKIO_WORKER_THREADS=1\`, nginx with one worker), wrk and the backend on CPU 1."
+    echo
+    echo "| target | requests/s | × nginx | p50 ms | p99 ms | non-2xx |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    python3 - "$RESULTS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"passthrough"' in l]
+nginx = next((r["rps"] for r in rows if r["label"] == "nginx"), None)
+for r in rows:
+    ratio = f'{r["rps"] / nginx:.2f}' if nginx else "-"
+    print(f'| {r["label"]} | {r["rps"]:.0f} | {ratio} | {r["p50_ms"]} | {r["p99_ms"]} | {r["non_2xx"]} |')
+PY
+    echo
+    echo "## Chart"
+    echo
+    echo "![idle memory and fan-out latency](chart.svg)"
     if [[ -s "$FAILURES" ]]; then
         echo
         echo "## Failed runs"
@@ -460,6 +550,7 @@ fi
     echo '```'
 } >"$BENCH_DIR/RESULTS.md"
 cp "$RESULTS" "$BENCH_DIR/results.jsonl"
+python3 "$BENCH_DIR/chart.py" "$BENCH_DIR/results.jsonl" "$BENCH_DIR/chart.svg"
 echo "== wrote bench/RESULTS.md and bench/results.jsonl ($((END - START)) s)"
 if [[ -s "$FAILURES" ]]; then
     echo "some runs failed:" >&2

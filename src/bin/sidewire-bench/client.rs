@@ -168,6 +168,34 @@ pub enum Incoming {
     Closed,
 }
 
+/// Opens one subscribed client under the handshake gate, reporting success or the error on
+/// `ready`; `None` when it failed or the run is shutting down.
+pub async fn open_gated(
+    target: &Target,
+    channel: &str,
+    gate: &tokio::sync::Semaphore,
+    ready: tokio::sync::mpsc::Sender<Result<(), String>>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Client> {
+    let setup = async {
+        let _permit = gate.acquire().await?;
+        Client::open_subscribed(target, channel).await
+    };
+    tokio::select! {
+        result = setup => match result {
+            Ok(client) => {
+                let _ = ready.send(Ok(())).await;
+                Some(client)
+            }
+            Err(error) => {
+                let _ = ready.send(Err(format!("{error:#}"))).await;
+                None
+            }
+        },
+        _ = shutdown.changed() => None,
+    }
+}
+
 impl Client {
     /// TCP connect + WebSocket handshake (no protocol commands yet).
     pub async fn open(target: &Target) -> Result<Client> {

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{Client, ConnArgs, Incoming, Target};
+use crate::client::{ConnArgs, Incoming, Target, open_gated};
 use crate::http::Poster;
 use crate::idle::drain;
 use crate::stats::{
@@ -346,24 +346,9 @@ async fn subscriber(
     mut shutdown: watch::Receiver<bool>,
     extra: Arc<AtomicUsize>,
 ) {
-    let setup = async {
-        let _permit = gate.acquire().await?;
-        Client::open_subscribed(&target, &channel).await
+    let Some(mut client) = open_gated(&target, &channel, &gate, ready, &mut shutdown).await else {
+        return;
     };
-    let mut client = tokio::select! {
-        result = setup => match result {
-            Ok(client) => {
-                let _ = ready.send(Ok(())).await;
-                client
-            }
-            Err(error) => {
-                let _ = ready.send(Err(format!("{error:#}"))).await;
-                return;
-            }
-        },
-        _ = shutdown.changed() => return,
-    };
-    drop(ready);
     let mut result = SubResult {
         expected,
         latencies_us: Vec::with_capacity(expected),

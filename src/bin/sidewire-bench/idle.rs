@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{Client, ConnArgs, Incoming, Target};
+use crate::client::{ConnArgs, Incoming, Target, open_gated};
 use crate::stats::{emit, parse_duration, round2, self_rss_kib, sum_cpu_ms, sum_rss_kib};
 
 /// Connections opened before the baseline reading (warms allocator arenas and the server's
@@ -275,24 +275,9 @@ async fn hold(
     mut shutdown: watch::Receiver<bool>,
     dropped: Arc<AtomicUsize>,
 ) {
-    let setup = async {
-        let _permit = gate.acquire().await?;
-        Client::open_subscribed(&target, &channel).await
+    let Some(mut client) = open_gated(&target, &channel, &gate, ready, &mut shutdown).await else {
+        return;
     };
-    let mut client = tokio::select! {
-        result = setup => match result {
-            Ok(client) => {
-                let _ = ready.send(Ok(())).await;
-                client
-            }
-            Err(error) => {
-                let _ = ready.send(Err(format!("{error:#}"))).await;
-                return;
-            }
-        },
-        _ = shutdown.changed() => return,
-    };
-    drop(ready);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,

@@ -370,7 +370,6 @@ pub async fn shutdown_sequence(
     let shutdown = settings.config.shutdown.clone();
     let started = tokio::time::Instant::now();
     deadline.send_replace(Some(started + shutdown.timeout));
-    runtime.edge.set_draining();
     phase.send_replace(RunPhase::Draining);
     tracing::info!(delay = ?shutdown.delay, window = ?shutdown.drain_window, "draining: readiness false");
     tokio::time::sleep(shutdown.delay).await;

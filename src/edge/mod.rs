@@ -18,7 +18,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -68,7 +67,6 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// Scheme clients reached us with (`http` or `https`), for forwarding headers.
     pub scheme: &'static str,
-    draining: AtomicBool,
 }
 
 impl Edge {
@@ -87,7 +85,6 @@ impl Edge {
             phase,
             metrics,
             scheme,
-            draining: AtomicBool::new(false),
         }
     }
 
@@ -103,12 +100,7 @@ impl Edge {
 
     /// Whether shutdown was requested (readiness false).
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire) || self.phase.borrow().is_shutting_down()
-    }
-
-    /// Marks the edge as draining.
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.phase.borrow().is_shutting_down()
     }
 
     /// Routes one request.

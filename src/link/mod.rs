@@ -316,7 +316,7 @@ impl Link {
     /// Applies one downstream frame.
     fn route(&self, frame: UpstreamFrame) {
         let Some(frame) = frame.frame else { return };
-        let registry = lock(&self.inner.registry);
+        let mut registry = lock(&self.inner.registry);
         match frame {
             upstream_frame::Frame::Reply(reply) => {
                 if let (Some(handle), Some(reply)) = (registry.get(reply.session), reply.reply) {
@@ -331,8 +331,7 @@ impl Link {
                 }
             }
             upstream_frame::Frame::Membership(membership) => {
-                drop(registry);
-                lock(&self.inner.registry).set_membership(
+                registry.set_membership(
                     membership.session,
                     &membership.channel,
                     membership.subscribed,

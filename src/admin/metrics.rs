@@ -52,6 +52,14 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Why a Link frame or part of it was not delivered.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `unknown_session`, `unsolicited_reply`, `channel_mismatch`, `not_json`,
+    /// `unexpected_welcome`.
+    pub reason: &'static str,
+}
+
 /// Every metric sidewire exports. Counters are cheap atomics; clones share them.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -83,6 +91,10 @@ pub struct Metrics {
     pub passthrough_requests: Family<StatusLabels, Counter>,
     /// Config reloads, by result.
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// Downstream Link frames (or deliveries) dropped by the sidecar, by reason.
+    pub link_frames_dropped: Family<ReasonLabels, Counter>,
+    /// Session sends that found the uplink full past its deadline (the session ended, 3004).
+    pub uplink_send_timeouts: Counter,
 }
 
 impl Metrics {
@@ -158,6 +170,16 @@ impl Metrics {
             "config_reloads",
             "Config reloads, by result",
             self.config_reloads.clone(),
+        );
+        registry.register(
+            "link_frames_dropped",
+            "Downstream Link frames or deliveries dropped by the sidecar, by reason",
+            self.link_frames_dropped.clone(),
+        );
+        registry.register(
+            "uplink_send_timeouts",
+            "Session sends that found the uplink full past its deadline",
+            self.uplink_send_timeouts.clone(),
         );
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -4,7 +4,12 @@
 //!
 //! Guarantees:
 //! - one owner task per Link reads the downstream in order, so per-session order is kept;
+//! - that task owns the session registry outright: sessions register and unregister through a
+//!   control queue it serves before each downstream frame, so fan-out encodes and delivers
+//!   under no lock and opening or closing a session never waits on a fan-out;
 //! - a slow client never blocks the Link: the router only pushes into bounded outboxes;
+//! - every uplink send has a deadline ([`UPLINK_SEND_TIMEOUT`]): a stalled upstream ends the
+//!   sessions that wait on it (3004), it never freezes them;
 //! - while the stream is down, readiness is false and new sessions are refused; sessions of a
 //!   lost stream end with 3004 (clients reconnect); reconnects use capped, jittered backoff.
 
@@ -12,15 +17,17 @@ pub mod backoff;
 pub mod registry;
 pub mod upstream;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::timeout;
 
-use crate::admin::metrics::Metrics;
+use crate::admin::metrics::{Metrics, ReasonLabels};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::linkproto::{
     Hello, SessionClose, SessionCommand, SessionOpen, SidecarFrame, UpstreamFrame, sidecar_frame,
@@ -35,6 +42,9 @@ pub use upstream::{ConnectError, Upstream};
 
 /// Frames queued from sessions towards the upstream before senders wait (backpressure).
 pub const UPLINK_QUEUE_FRAMES: usize = 4096;
+/// Longest a session waits for room in the uplink queue before it gives up (3004): a stalled
+/// upstream must not freeze the sessions that talk to it.
+pub const UPLINK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// State of the Link, published on a watch channel (readiness reads it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,16 +75,42 @@ pub struct OpenRequest {
     pub headers: Vec<(String, String)>,
 }
 
+/// A registration change, served by the owner task before the next downstream frame.
+enum Control {
+    /// A session opened on the stream of generation `stream`.
+    Insert {
+        handle: Arc<SessionHandle>,
+        stream: u64,
+    },
+    /// A session ended.
+    Remove(u64),
+}
+
+/// The live stream's uplink and generation.
+#[derive(Clone)]
+struct LiveStream {
+    generation: u64,
+    sender: mpsc::Sender<SidecarFrame>,
+}
+
 struct Inner {
     node: Arc<str>,
     metrics: Arc<Metrics>,
     /// Set once this Link is replaced by a reload: it ends when its last session does.
     retired: watch::Sender<bool>,
     /// Whether a stream was ever up (later ones count as reconnects).
-    was_up_once: std::sync::atomic::AtomicBool,
-    registry: Mutex<Registry>,
-    /// Uplink of the live stream; `None` while down. Lock order: `uplink`, then `registry`.
-    uplink: Mutex<Option<mpsc::Sender<SidecarFrame>>>,
+    was_up_once: AtomicBool,
+    /// Registrations for the owner task. Unbounded on purpose: each session sends at most one
+    /// insert and one remove, so its length is bounded by the number of sessions.
+    control: mpsc::UnboundedSender<Control>,
+    /// Uplink of the live stream; `None` while down. Held only to clone or swap it.
+    uplink: Mutex<Option<LiveStream>>,
+    /// Generation of the live stream; 0 while down.
+    generation: AtomicU64,
+    /// Sessions registered and not yet dropped (retirement waits for 0).
+    live_sessions: AtomicUsize,
+    /// Signalled when `live_sessions` drops to 0.
+    emptied: Notify,
     state: watch::Sender<LinkState>,
     next_session: AtomicU64,
 }
@@ -109,19 +145,30 @@ impl Link {
     ) -> Link {
         let (state, _) = watch::channel(LinkState::Down);
         let (retired, _) = watch::channel(false);
+        let (control, control_rx) = mpsc::unbounded_channel();
         let link = Link {
             inner: Arc::new(Inner {
                 node,
                 metrics,
                 retired,
-                was_up_once: std::sync::atomic::AtomicBool::new(false),
-                registry: Mutex::new(Registry::default()),
+                was_up_once: AtomicBool::new(false),
+                control,
                 uplink: Mutex::new(None),
+                generation: AtomicU64::new(0),
+                live_sessions: AtomicUsize::new(0),
+                emptied: Notify::new(),
                 state,
                 next_session: AtomicU64::new(1),
             }),
         };
-        tokio::spawn(link.clone().run(upstream, backoff, phase));
+        let router = Router {
+            registry: Registry::default(),
+            control: control_rx,
+            generation: 0,
+            next_generation: 1,
+            welcome_version: String::new(),
+        };
+        tokio::spawn(link.clone().run(upstream, backoff, phase, router));
         link
     }
 
@@ -131,8 +178,14 @@ impl Link {
         self.inner.retired.send_replace(true);
         let link = self.clone();
         tokio::spawn(async move {
-            while link.session_count() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            loop {
+                let emptied = link.inner.emptied.notified();
+                tokio::pin!(emptied);
+                emptied.as_mut().enable();
+                if link.session_count() == 0 {
+                    break;
+                }
+                emptied.await;
             }
             link.inner.state.send_replace(LinkState::Stopped);
             // Wakes the owner task, which sees the Stopped state and ends.
@@ -157,7 +210,7 @@ impl Link {
 
     /// Number of sessions live on the Link.
     pub fn session_count(&self) -> usize {
-        lock(&self.inner.registry).len()
+        self.inner.live_sessions.load(Ordering::Acquire)
     }
 
     /// A fresh session id.
@@ -175,16 +228,19 @@ impl Link {
         if *self.inner.retired.borrow() {
             return Err(Unavailable);
         }
-        let uplink = {
-            let uplink = lock(&self.inner.uplink);
-            let sender = uplink.as_ref().ok_or(Unavailable)?.clone();
-            lock(&self.inner.registry).insert(handle.clone());
-            sender
-        };
+        let live = lock(&self.inner.uplink).clone().ok_or(Unavailable)?;
+        self.inner.live_sessions.fetch_add(1, Ordering::AcqRel);
+        // Queued before the open frame is sent, so the owner task knows the session before
+        // any reply to it can arrive.
+        let _ = self.inner.control.send(Control::Insert {
+            handle: handle.clone(),
+            stream: live.generation,
+        });
         let session = LinkSession {
             link: self.clone(),
             id: handle.id,
-            uplink,
+            stream: live.generation,
+            uplink: live.sender,
         };
         handle.mark_connecting(connect.id);
         let open = SessionOpen {
@@ -207,9 +263,18 @@ impl Link {
     /// Owner loop: connect, route until the stream ends, back off, repeat. Shutdown stops
     /// reconnecting but leaves a live stream up, so sessions can still say goodbye upstream
     /// while they drain.
-    async fn run(self, upstream: Upstream, mut backoff: Backoff, mut phase: PhaseWatch) {
+    async fn run(
+        self,
+        upstream: Upstream,
+        mut backoff: Backoff,
+        mut phase: PhaseWatch,
+        mut router: Router,
+    ) {
         loop {
-            if let Err(error) = self.connect_and_route(&upstream, &mut backoff).await {
+            if let Err(error) = self
+                .connect_and_route(&upstream, &mut backoff, &mut router)
+                .await
+            {
                 let mut text = error.to_string();
                 let mut source = std::error::Error::source(&error);
                 while let Some(cause) = source {
@@ -219,15 +284,20 @@ impl Link {
                 }
                 tracing::warn!(upstream = ?upstream, error = %text, "link: cannot connect");
             }
-            self.went_down();
+            self.went_down(&mut router);
             if self.stopping(&phase) {
                 break;
             }
-            let delay = backoff.next_delay();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                // A dropped sender disables this branch instead of spinning.
-                Ok(()) = phase.changed() => {}
+            let delay = tokio::time::sleep(backoff.next_delay());
+            tokio::pin!(delay);
+            loop {
+                tokio::select! {
+                    _ = &mut delay => break,
+                    // A dropped sender disables this branch instead of spinning.
+                    Ok(()) = phase.changed() => break,
+                    // Sessions of the lost stream still unregister while we wait.
+                    Some(control) = router.control.recv() => router.apply(control),
+                }
             }
             if self.stopping(&phase) {
                 break;
@@ -249,6 +319,7 @@ impl Link {
         &self,
         upstream: &Upstream,
         backoff: &mut Backoff,
+        router: &mut Router,
     ) -> Result<(), ConnectError> {
         let (uplink, uplink_rx) = mpsc::channel(UPLINK_QUEUE_FRAMES);
         let hello = SidecarFrame {
@@ -262,10 +333,10 @@ impl Link {
         let mut downstream = timeout(connect_timeout, upstream.open(uplink_rx))
             .await
             .map_err(|_| ConnectError::Timeout(connect_timeout))??;
-        match timeout(connect_timeout, downstream.next()).await {
+        let welcome = match timeout(connect_timeout, downstream.next()).await {
             Ok(Some(Ok(UpstreamFrame {
-                frame: Some(upstream_frame::Frame::Welcome(_)),
-            }))) => {}
+                frame: Some(upstream_frame::Frame::Welcome(welcome)),
+            }))) => welcome,
             Ok(Some(Ok(_))) => {
                 return Err(ConnectError::Status(tonic::Status::failed_precondition(
                     "first frame is not welcome",
@@ -276,15 +347,16 @@ impl Link {
                 return Err(tonic::Status::unavailable("stream ended before welcome").into());
             }
             Err(_) => return Err(ConnectError::Timeout(connect_timeout)),
-        }
-        *lock(&self.inner.uplink) = Some(uplink);
+        };
+        let generation = router.stream_up(welcome.version);
+        self.inner.generation.store(generation, Ordering::Release);
+        *lock(&self.inner.uplink) = Some(LiveStream {
+            generation,
+            sender: uplink,
+        });
         self.inner.state.send_replace(LinkState::Up);
         self.inner.metrics.link_up.set(1);
-        if self
-            .inner
-            .was_up_once
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.inner.was_up_once.swap(true, Ordering::Relaxed) {
             self.inner.metrics.link_reconnects.inc();
         }
         backoff.reset();
@@ -292,8 +364,11 @@ impl Link {
         let mut retired = self.inner.retired.subscribe();
         loop {
             tokio::select! {
+                biased;
+                // Registrations first: a session is known before any reply to it is routed.
+                Some(control) = router.control.recv() => router.apply(control),
                 frame = downstream.next() => match frame {
-                    Some(Ok(frame)) => self.route(frame),
+                    Some(Ok(frame)) => router.route(frame, &self.inner.metrics),
                     Some(Err(status)) => {
                         tracing::warn!(%status, "link: stream failed");
                         return Ok(());
@@ -313,47 +388,14 @@ impl Link {
         }
     }
 
-    /// Applies one downstream frame.
-    fn route(&self, frame: UpstreamFrame) {
-        let Some(frame) = frame.frame else { return };
-        let mut registry = lock(&self.inner.registry);
-        match frame {
-            upstream_frame::Frame::Reply(reply) => {
-                if let (Some(handle), Some(reply)) = (registry.get(reply.session), reply.reply) {
-                    handle.deliver_reply(reply);
-                }
-            }
-            upstream_frame::Frame::Disconnect(disconnect) => {
-                if let Some(handle) = registry.get(disconnect.session) {
-                    handle
-                        .outbox
-                        .end(Disconnect::new(disconnect.code, disconnect.reason));
-                }
-            }
-            upstream_frame::Frame::Membership(membership) => {
-                registry.set_membership(
-                    membership.session,
-                    &membership.channel,
-                    membership.subscribed,
-                    membership.join_leave,
-                );
-            }
-            upstream_frame::Frame::Push(push) => {
-                if let Some(inner) = push.push {
-                    registry.fan_out(&push.channel, inner);
-                }
-            }
-            upstream_frame::Frame::Welcome(_) => {}
-        }
-    }
-
     /// Marks the Link down and ends every session of the lost stream.
-    fn went_down(&self) {
+    fn went_down(&self, router: &mut Router) {
         let was_up = lock(&self.inner.uplink).take().is_some();
+        self.inner.generation.store(0, Ordering::Release);
         if was_up && !*self.inner.retired.borrow() {
             self.inner.metrics.link_up.set(0);
         }
-        let ended = lock(&self.inner.registry).end_all(&Disconnect::UPSTREAM_UNAVAILABLE);
+        let ended = router.stream_down();
         if was_up {
             tracing::warn!(sessions = ended, "link: down");
         }
@@ -367,20 +409,150 @@ impl Link {
     }
 }
 
+/// What the owner task keeps: the registry and the live stream's facts. Owned by that task
+/// alone, so nothing here is locked.
+struct Router {
+    registry: Registry,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// Generation of the live stream; 0 while down.
+    generation: u64,
+    next_generation: u64,
+    /// `Welcome.version` of the live stream: the connect result's version when the upstream
+    /// leaves it empty.
+    welcome_version: String,
+}
+
+impl Router {
+    /// A stream was welcomed; returns its generation.
+    fn stream_up(&mut self, welcome_version: String) -> u64 {
+        self.generation = self.next_generation;
+        self.next_generation += 1;
+        self.welcome_version = welcome_version;
+        self.generation
+    }
+
+    /// The stream was lost: ends its sessions (3004); returns how many.
+    fn stream_down(&mut self) -> usize {
+        self.generation = 0;
+        self.registry.end_all(&Disconnect::UPSTREAM_UNAVAILABLE)
+    }
+
+    fn apply(&mut self, control: Control) {
+        match control {
+            Control::Insert { handle, stream } => {
+                if stream == self.generation && stream != 0 {
+                    self.registry.insert(handle);
+                } else {
+                    // Opened on a stream that has since been lost: it is gone upstream too.
+                    handle.outbox.end(Disconnect::UPSTREAM_UNAVAILABLE);
+                }
+            }
+            Control::Remove(session) => self.registry.remove(session),
+        }
+    }
+
+    /// Applies one downstream frame.
+    fn route(&mut self, frame: UpstreamFrame, metrics: &Metrics) {
+        let Some(frame) = frame.frame else { return };
+        let dropped = |reason: &'static str| {
+            metrics
+                .link_frames_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        };
+        match frame {
+            upstream_frame::Frame::Reply(reply) => {
+                let (Some(handle), Some(mut inner)) =
+                    (self.registry.get(reply.session), reply.reply)
+                else {
+                    return dropped("unknown_session");
+                };
+                if let Some(connect) = inner.connect.as_mut()
+                    && connect.version.is_empty()
+                {
+                    connect.version.clone_from(&self.welcome_version);
+                }
+                if handle.deliver_reply(inner).is_none() {
+                    tracing::debug!(
+                        session = reply.session,
+                        "link: reply to no pending command dropped"
+                    );
+                    dropped("unsolicited_reply");
+                }
+            }
+            upstream_frame::Frame::Disconnect(disconnect) => {
+                match self.registry.get(disconnect.session) {
+                    Some(handle) => {
+                        handle
+                            .outbox
+                            .end(Disconnect::new(disconnect.code, disconnect.reason));
+                    }
+                    None => dropped("unknown_session"),
+                }
+            }
+            upstream_frame::Frame::Membership(membership) => {
+                if !self.registry.set_membership(
+                    membership.session,
+                    &membership.channel,
+                    membership.subscribed,
+                    membership.join_leave,
+                ) {
+                    dropped("unknown_session");
+                }
+            }
+            upstream_frame::Frame::Push(push) => {
+                if let Some(mut inner) = push.push {
+                    if inner.channel.is_empty() {
+                        // Clients route pushes by their own channel field.
+                        inner.channel.clone_from(&push.channel);
+                    } else if inner.channel != push.channel {
+                        tracing::warn!(outer = %push.channel, inner = %inner.channel, "link: push channel mismatch, dropped");
+                        return dropped("channel_mismatch");
+                    }
+                    let counts = self.registry.fan_out(&push.channel, inner);
+                    if counts.skipped_not_json > 0 {
+                        metrics
+                            .link_frames_dropped
+                            .get_or_create(&ReasonLabels { reason: "not_json" })
+                            .inc_by(counts.skipped_not_json as u64);
+                    }
+                }
+            }
+            upstream_frame::Frame::Welcome(_) => dropped("unexpected_welcome"),
+        }
+    }
+}
+
 /// A session's registration on the Link; dropping it unregisters the session.
 #[derive(Debug)]
 pub struct LinkSession {
     link: Link,
     id: u64,
+    /// Generation of the stream the session was opened on.
+    stream: u64,
     uplink: mpsc::Sender<SidecarFrame>,
 }
 
 impl LinkSession {
+    /// Sends one frame up: at once when the queue has room (no timer), else waits at most
+    /// [`UPLINK_SEND_TIMEOUT`].
     async fn send(&self, frame: sidecar_frame::Frame) -> Result<(), Unavailable> {
-        self.uplink
-            .send(SidecarFrame { frame: Some(frame) })
-            .await
-            .map_err(|_| Unavailable)
+        let frame = SidecarFrame { frame: Some(frame) };
+        match self.uplink.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(Unavailable),
+            Err(TrySendError::Full(frame)) => {
+                match timeout(UPLINK_SEND_TIMEOUT, self.uplink.send(frame)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(Unavailable),
+                    Err(_) => {
+                        self.link.inner.metrics.uplink_send_timeouts.inc();
+                        tracing::warn!(session = self.id, "link: uplink full past its deadline");
+                        Err(Unavailable)
+                    }
+                }
+            }
+        }
     }
 
     /// Forwards a command of the session.
@@ -392,9 +564,10 @@ impl LinkSession {
         .await
     }
 
-    /// Tells the upstream the session ended, then unregisters it.
+    /// Tells the upstream the session ended (if its stream is still the live one); dropping
+    /// the `LinkSession` then unregisters it.
     pub async fn close(self, disconnect: &Disconnect) {
-        let still_live = lock(&self.link.inner.registry).contains(self.id);
+        let still_live = self.link.inner.generation.load(Ordering::Acquire) == self.stream;
         if still_live {
             // Best effort: if the stream is gone, so is the session upstream.
             let _ = self
@@ -410,6 +583,9 @@ impl LinkSession {
 
 impl Drop for LinkSession {
     fn drop(&mut self) {
-        lock(&self.link.inner.registry).remove(self.id);
+        let _ = self.link.inner.control.send(Control::Remove(self.id));
+        if self.link.inner.live_sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.link.inner.emptied.notify_waiters();
+        }
     }
 }

@@ -2,10 +2,11 @@
 //! members belong to. Fan-out encodes a push once per encoding and hands the same bytes to
 //! every member.
 //!
-//! Guarantee: no await happens under the registry lock; a member whose outbox overflows is
-//! ended (3008) without affecting the others.
+//! Guarantee: owned by the Link's owner task (no lock); membership changes are O(1); a member
+//! whose outbox overflows is ended (3008) without affecting the others, and nobody is ended
+//! because of someone else's payload.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ struct Member {
 struct Entry {
     handle: Arc<SessionHandle>,
     /// Channels this session is a member of (for cleanup when it ends).
-    channels: Vec<Arc<str>>,
+    channels: HashSet<Arc<str>>,
 }
 
 /// Counters of one fan-out, for metrics and benches.
@@ -34,6 +35,9 @@ pub struct FanOut {
     pub delivered: usize,
     /// Members disconnected because their queue overflowed.
     pub overflowed: usize,
+    /// JSON members skipped because the payload is not valid JSON (an upstream that breaks
+    /// the contract); they stay connected.
+    pub skipped_not_json: usize,
 }
 
 /// Sessions and channel membership of one Link.
@@ -50,14 +54,9 @@ impl Registry {
             handle.id,
             Entry {
                 handle,
-                channels: Vec::new(),
+                channels: HashSet::new(),
             },
         );
-    }
-
-    /// Whether the session is live on this Link.
-    pub fn contains(&self, session: u64) -> bool {
-        self.sessions.contains_key(&session)
     }
 
     /// The handle of a live session.
@@ -84,25 +83,24 @@ impl Registry {
         }
     }
 
-    /// Applies a membership change from the upstream; unknown sessions are ignored.
+    /// Applies a membership change from the upstream; returns false (and changes nothing)
+    /// for an unknown session.
     pub fn set_membership(
         &mut self,
         session: u64,
         channel: &str,
         subscribed: bool,
         join_leave: bool,
-    ) {
+    ) -> bool {
         let Some(entry) = self.sessions.get_mut(&session) else {
-            return;
+            return false;
         };
         if subscribed {
             let key: Arc<str> = match self.channels.get_key_value(channel) {
                 Some((key, _)) => key.clone(),
                 None => Arc::from(channel),
             };
-            if !entry.channels.iter().any(|c| **c == *channel) {
-                entry.channels.push(key.clone());
-            }
+            entry.channels.insert(key.clone());
             self.channels.entry(key).or_default().insert(
                 session,
                 Member {
@@ -111,12 +109,14 @@ impl Registry {
                 },
             );
         } else {
-            entry.channels.retain(|c| **c != *channel);
+            entry.channels.remove(channel);
             if entry.channels.is_empty() {
-                entry.channels = Vec::new();
+                // Give the set's memory back: idle sessions hold nothing.
+                entry.channels = HashSet::new();
             }
             self.leave(channel, session);
         }
+        true
     }
 
     /// Delivers one push to every member of `channel`, encoded once per encoding. Join and
@@ -146,9 +146,9 @@ impl Registry {
                     PushOutcome::Overflow => counts.overflowed += 1,
                     PushOutcome::Ended => {}
                 },
-                Err(()) => {
-                    member.handle.outbox.end(Disconnect::INAPPROPRIATE_PROTOCOL);
-                }
+                // Not representable in this member's encoding (non-JSON bytes for a JSON
+                // client): skipped, counted; the member is not punished for it.
+                Err(()) => counts.skipped_not_json += 1,
             }
         }
         counts
@@ -265,7 +265,7 @@ mod tests {
     }
 
     #[test]
-    fn binary_payload_ends_json_members_only() {
+    fn binary_payload_skips_json_members_without_ending_them() {
         let mut registry = Registry::default();
         let json = session(1, Encoding::Json, 1024);
         let proto = session(2, Encoding::Protobuf, 1024);
@@ -273,10 +273,11 @@ mod tests {
             registry.insert(handle.clone());
             registry.set_membership(handle.id, "c", true, false);
         }
-        registry.fan_out("c", publication(&[0xff, 0xfe]));
-        assert!(
-            matches!(json.outbox.drain(), Drain::End(d) if d == Disconnect::INAPPROPRIATE_PROTOCOL)
-        );
+        let counts = registry.fan_out("c", publication(&[0xff, 0xfe]));
+        assert_eq!(counts.skipped_not_json, 1);
+        assert_eq!(counts.delivered, 1);
+        assert!(matches!(json.outbox.drain(), Drain::Idle));
+        assert!(!json.outbox.is_ended());
         assert!(matches!(proto.outbox.drain(), Drain::Messages(_)));
     }
 
@@ -287,6 +288,10 @@ mod tests {
         registry.set_membership(1, "a", true, false);
         registry.set_membership(1, "b", true, false);
         registry.set_membership(1, "b", false, false);
+        assert!(
+            !registry.set_membership(9, "a", true, false),
+            "unknown session"
+        );
         registry.remove(1);
         assert!(registry.channels.is_empty());
         assert!(registry.is_empty());

@@ -1,8 +1,12 @@
 //! The transport-independent session loop: connect-first, pong checks, ping and stale timers,
 //! forwarding commands to the Link and writing the outbox to the client.
 //!
-//! Guarantee: every transport runs this one loop; a transport only frames bytes ([`Transport`]).
-//! Bad input from the client ends only this session, with a protocol close code.
+//! Guarantees: every transport runs this one loop; a transport only frames bytes
+//! ([`Transport`]). Bad input from the client ends only this session, with a protocol close
+//! code. The loop is fair: it picks among ready events at random, so under sustained fan-out
+//! the client's reads (pongs, commands, close) and the timers still progress. A session has at
+//! most [`MAX_IN_FLIGHT`] commands awaiting replies (plus one frame's worth): past that it stops
+//! reading from its client until replies come back, so one client cannot flood the upstream.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -25,6 +29,10 @@ use crate::protocol::{Disconnect, Encoding, command_kind, decode_commands, encod
 
 /// Most outbox batches written per wake-up before the loop reads from the client again.
 const MAX_BATCHES_PER_FLUSH: usize = 4;
+/// Commands of one session awaiting their replies before the loop stops reading from the
+/// client (the frame being handled is always finished, so the true bound is this plus one
+/// frame's commands, itself bounded by the message size limit).
+pub const MAX_IN_FLIGHT: usize = 128;
 
 /// What a transport read produced.
 #[derive(Debug)]
@@ -161,8 +169,12 @@ pub async fn run<T: Transport>(
             armed = deadline;
             timer.as_mut().reset(deadline.unwrap_or_else(far_future));
         }
+        // Reading stops once the session is ending (the outbox branch finishes it) and while
+        // too many commands await replies; a reply wakes the outbox branch, and the condition
+        // is checked again on the next turn.
+        let reading = handle.in_flight() < MAX_IN_FLIGHT && !handle.outbox.is_ended();
+        // Unbiased on purpose: a ready outbox must not starve reads and timers.
         tokio::select! {
-            biased;
             changed = phase.changed(), if watching_phase => {
                 let current = *phase.borrow_and_update();
                 if let (true, RunPhase::Closing { window }) = (changed.is_ok(), current) {
@@ -181,7 +193,7 @@ pub async fn run<T: Transport>(
                     Flushed::Closed(end) => break end,
                 }
             }
-            inbound = transport.recv() => match inbound {
+            inbound = transport.recv(), if reading => match inbound {
                 Inbound::Frame(frame) => {
                     metrics.bytes_in.inc_by(frame.len() as u64);
                     // Boxed: decoding and forwarding hold whole Commands, which would otherwise
@@ -379,6 +391,7 @@ impl Session {
                 let Some(link_session) = &self.link_session else {
                     return Err(Disconnect::INTERNAL);
                 };
+                self.handle.command_sent(command.id);
                 link_session
                     .command(command)
                     .await

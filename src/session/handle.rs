@@ -1,16 +1,18 @@
 //! The part of a session shared with the Link router: identity, encoding, phase and outbox.
 //!
-//! Guarantee: the router only ever pushes already-encoded bytes into the outbox and flips the
-//! phase on the connect reply; it never waits on the session or its client.
+//! Guarantees: the router only ever pushes already-encoded bytes into the outbox and flips the
+//! phase on the connect reply; it never waits on the session or its client. At most one reply
+//! per command id reaches the client: a reply to a command that is not pending is dropped.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use super::outbox::{Outbox, PushOutcome};
 use crate::protocol::client::Reply;
-use crate::protocol::{Disconnect, EncodeError, Encoding, encode_reply};
+use crate::protocol::{Disconnect, EncodeError, Encoding, ErrorCode, encode_reply};
 
 /// Version reported in `ConnectResult.version` when the upstream leaves it empty.
 pub const SERVER_VERSION: &str = concat!("sidewire ", env!("CARGO_PKG_VERSION"));
@@ -66,6 +68,9 @@ pub struct SessionHandle {
     pub outbox: Outbox,
     phase: AtomicU8,
     connect_id: AtomicU32,
+    /// Ids of commands sent upstream and not yet answered, oldest first (answers usually come
+    /// in order, so removal looks at the front first). Empty, it allocates nothing.
+    pending: Mutex<VecDeque<u32>>,
     fields: ConnectFields,
 }
 
@@ -78,8 +83,39 @@ impl SessionHandle {
             outbox: Outbox::new(queue_max_size),
             phase: AtomicU8::new(Phase::AwaitingConnect as u8),
             connect_id: AtomicU32::new(0),
+            pending: Mutex::new(VecDeque::new()),
             fields,
         }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<u32>> {
+        // Each mutation is a single push or remove: a poisoned lock is still consistent.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that command `id` went upstream and awaits its reply.
+    pub fn command_sent(&self, id: u32) {
+        if id != 0 {
+            self.pending().push_back(id);
+        }
+    }
+
+    /// Number of commands sent upstream and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending().len()
+    }
+
+    /// Takes `id` off the pending list; false when it was not pending.
+    fn answered(&self, id: u32) -> bool {
+        let mut pending = self.pending();
+        let Some(position) = pending.iter().position(|pending| *pending == id) else {
+            return false;
+        };
+        pending.remove(position);
+        if pending.is_empty() && pending.capacity() > 16 {
+            *pending = VecDeque::new();
+        }
+        true
     }
 
     /// Current phase.
@@ -95,12 +131,17 @@ impl SessionHandle {
     /// Records that the connect command `id` went upstream.
     pub fn mark_connecting(&self, connect_id: u32) {
         self.connect_id.store(connect_id, Ordering::Release);
+        self.command_sent(connect_id);
         self.phase.store(Phase::Connecting as u8, Ordering::Release);
     }
 
     /// Encodes a reply from the upstream and queues it. The reply to the connect command
-    /// moves the phase and gets the sidecar's transport fields.
-    pub fn deliver_reply(&self, mut reply: Reply) -> PushOutcome {
+    /// moves the phase and gets the sidecar's transport fields. A reply with an id that is
+    /// not pending (a second reply, or one nobody asked for) is dropped: `None`.
+    pub fn deliver_reply(&self, mut reply: Reply) -> Option<PushOutcome> {
+        if reply.id != 0 && !self.answered(reply.id) {
+            return None;
+        }
         if reply.id != 0
             && reply.id == self.connect_id.load(Ordering::Acquire)
             && self.phase() == Phase::Connecting
@@ -125,13 +166,27 @@ impl SessionHandle {
             };
             self.phase.store(next as u8, Ordering::Release);
         }
-        match encode_reply(self.encoding, &reply) {
-            Ok(bytes) => self.deliver_encoded(bytes),
+        let bytes = match encode_reply(self.encoding, &reply) {
+            Ok(bytes) => bytes,
+            Err(EncodeError::NotJson) if reply.id != 0 => {
+                // The answer is not representable in JSON: the command fails, the session
+                // goes on.
+                let failed = Reply {
+                    id: reply.id,
+                    error: Some(ErrorCode::Internal.to_error()),
+                    ..Default::default()
+                };
+                match encode_reply(self.encoding, &failed) {
+                    Ok(bytes) => bytes,
+                    Err(_) => return Some(PushOutcome::Ended),
+                }
+            }
             Err(EncodeError::NotJson) => {
                 self.outbox.end(Disconnect::INAPPROPRIATE_PROTOCOL);
-                PushOutcome::Ended
+                return Some(PushOutcome::Ended);
             }
-        }
+        };
+        Some(self.deliver_encoded(bytes))
     }
 
     /// Queues bytes already encoded in this session's encoding.
@@ -197,10 +252,62 @@ mod tests {
     fn other_replies_do_not_move_phase() {
         let handle = handle();
         handle.mark_connecting(1);
+        handle.command_sent(2);
         handle.deliver_reply(Reply {
             id: 2,
             ..Default::default()
         });
         assert_eq!(handle.phase(), Phase::Connecting);
+    }
+
+    #[test]
+    fn one_reply_per_command_reaches_the_client() {
+        let handle = handle();
+        handle.mark_connecting(1);
+        handle.command_sent(2);
+        handle.command_sent(3);
+        assert_eq!(handle.in_flight(), 3);
+        let reply = |id| Reply {
+            id,
+            ..Default::default()
+        };
+        assert!(
+            handle.deliver_reply(reply(3)).is_some(),
+            "out of order is fine"
+        );
+        assert!(
+            handle.deliver_reply(reply(3)).is_none(),
+            "second reply dropped"
+        );
+        assert!(
+            handle.deliver_reply(reply(9)).is_none(),
+            "unsolicited dropped"
+        );
+        assert!(
+            handle.deliver_reply(reply(0)).is_some(),
+            "pushes always pass"
+        );
+        assert_eq!(handle.in_flight(), 2);
+    }
+
+    #[test]
+    fn reply_not_representable_in_json_fails_only_that_command() {
+        let handle = handle();
+        handle.mark_connecting(1);
+        handle.command_sent(5);
+        let reply = Reply {
+            id: 5,
+            rpc: Some(crate::protocol::client::RpcResult {
+                data: bytes::Bytes::from_static(&[0xff, 0x00]),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(handle.deliver_reply(reply), Some(PushOutcome::Queued));
+        assert!(!handle.outbox.is_ended());
+        let Drain::Messages(batch) = handle.outbox.drain() else {
+            panic!("no message")
+        };
+        let text = std::str::from_utf8(&batch[0]).unwrap();
+        assert!(text.contains(r#""error":{"code":100"#), "{text}");
     }
 }

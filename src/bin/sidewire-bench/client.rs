@@ -336,6 +336,28 @@ impl Client {
         Ok(found)
     }
 
+    /// Sends several commands as one WebSocket message (a batch: JSON lines, or Protobuf
+    /// length-delimited messages back to back). Ids are left as given.
+    pub async fn send_batch(&mut self, commands: &[Command]) -> Result<()> {
+        let Dialect::Centrifugo(encoding) = self.dialect else {
+            bail!("commands need the centrifugo dialect");
+        };
+        let mut bytes = Vec::new();
+        for command in commands {
+            if encoding == Encoding::Json && !bytes.is_empty() {
+                bytes.push(b'\n');
+            }
+            let encoded = encode_message(encoding, command).map_err(|e| anyhow!("encode: {e}"))?;
+            bytes.extend_from_slice(&encoded);
+        }
+        let message = match encoding {
+            Encoding::Json => Message::Text(Utf8Bytes::try_from(Bytes::from(bytes))?),
+            Encoding::Protobuf => Message::Binary(Bytes::from(bytes)),
+        };
+        self.ws.send(message).await?;
+        Ok(())
+    }
+
     /// Sends one command as its own WebSocket message.
     pub async fn send_command(&mut self, command: &Command) -> Result<()> {
         let Dialect::Centrifugo(encoding) = self.dialect else {

@@ -2,13 +2,14 @@
 //!
 //! Scenarios (one per module): `idle` (connect rate, server memory per idle connection),
 //! `fanout` (deliveries per second, delivery latency, loss / order check), `rpc` (closed-loop
-//! rpc `echo`), plus `floor-server` (a minimal raw WebSocket server to compare against) and
+//! rpc `echo`), `flood` (victims' latency and server memory while one client attacks), plus `floor-server` (a minimal raw WebSocket server to compare against) and
 //! `report` (Markdown tables from result lines). Every scenario prints one human line and one
 //! JSON line (`{"scenario": ..., ...}`). Only loopback addresses are accepted.
 #![forbid(unsafe_code)]
 
 mod client;
 mod fanout;
+mod flood;
 mod floor;
 mod http;
 mod idle;
@@ -44,6 +45,8 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// K clients calling rpc `echo` in a closed loop.
     Rpc(rpc::RpcArgs),
+    /// One hostile client floods (subscribe or publish) while victims call rpc `echo`.
+    Flood(flood::FloodArgs),
     /// Minimal raw WebSocket server with an HTTP publish endpoint (the comparison floor).
     FloorServer(floor::FloorArgs),
     /// Markdown tables from a file of result lines.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             Scenario::Idle(args) => idle::run(args).await,
             Scenario::Fanout(args) => fanout::run(args).await,
             Scenario::Rpc(args) => rpc::run(args).await,
+            Scenario::Flood(args) => flood::run(args).await,
             Scenario::FloorServer(args) => floor::run(args).await,
             Scenario::Report(_) => Ok(()),
         }

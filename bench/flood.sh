@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Flood benchmark (loopback only): one hostile client attacks a fresh sidewire (default
+# settings, embedded hub) while 5 victims call rpc `echo` every 10 ms. Reports the victims'
+# latency and disconnects and the server's RSS before / at the peak / after, for:
+#   - subscribe: 70 000 subscribe commands to distinct channels, 500 per message;
+#   - publish:   3 000 publications of 60 KB into distinct channels, 50 per message.
+# Writes bench/FLOOD.md (with the exact commands) and appends the JSON lines to
+# bench/flood.jsonl.
+#
+#   bash bench/flood.sh                       # the tree's release build
+#   SIDEWIRE_BIN=/path/to/sidewire LABEL=old bash bench/flood.sh   # another build, same runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+LABEL=${LABEL:-sidewire}
+if [[ -z "${SIDEWIRE_BIN:-}" ]]; then
+    cargo build --release --bins
+    SIDEWIRE_BIN="$ROOT/target/release/sidewire"
+fi
+BENCH="${BENCH_BIN:-$ROOT/target/release/sidewire-bench}"
+[[ -x "$BENCH" ]] || cargo build --release --bin sidewire-bench
+WORK=$(mktemp -d)
+SERVER=""
+cleanup() {
+    [[ -n "$SERVER" ]] && kill -KILL "$SERVER" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cat >"$WORK/sidewire.yaml" <<'EOF'
+# Defaults everywhere except ephemeral loopback ports and quiet logs.
+listen: "127.0.0.1:0"
+admin_listen: "127.0.0.1:0"
+log:
+  level: "error"
+EOF
+
+run_attack() {
+    local attack=$1; shift
+    "$SIDEWIRE_BIN" --config "$WORK/sidewire.yaml" >"$WORK/server.out" 2>"$WORK/server.err" &
+    SERVER=$!
+    local line=""
+    for _ in $(seq 1 200); do
+        line=$(grep -m1 '^sidewire listening ' "$WORK/server.out" 2>/dev/null || true)
+        [[ -n "$line" ]] && break
+        sleep 0.1
+    done
+    [[ -n "$line" ]] || { cat "$WORK/server.err" >&2; exit 1; }
+    local client
+    client=$(sed -n 's/.*client=\([^ ]*\).*/\1/p' <<<"$line")
+    local cmd=("$BENCH" flood --url "ws://$client/connection/websocket" --label "$LABEL"
+               --attack "$attack" --pid "$SERVER" "$@")
+    echo "\$ ${cmd[*]/$client/127.0.0.1:PORT}" >>"$WORK/commands"
+    "${cmd[@]}" | tee -a "$WORK/out"
+    kill -KILL "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+    SERVER=""
+}
+
+run_attack subscribe --count 70000 --batch 500 --duration 10s
+run_attack publish --count 3000 --batch 50 --payload-bytes 60000 --duration 10s
+
+grep '^{' "$WORK/out" >>bench/flood.jsonl
+{
+    echo "# Flood benchmark ($LABEL)"
+    echo
+    echo "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs, $(git rev-parse --short HEAD 2>/dev/null || echo '?'), by \`bash bench/flood.sh\`."
+    echo "A fresh sidewire with default settings per attack (embedded hub); 5 victims call rpc"
+    echo "\`echo\` every 10 ms for 10 s while one client attacks; the attacker never reads."
+    echo
+    echo '| attack | attacker sent | attacker outcome | victims disconnected | victim calls | p50 ms | p99 ms | max ms | RSS before → peak → after (MiB) |'
+    echo '|---|---|---|---|---|---|---|---|---|'
+    grep '^{' "$WORK/out" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print(f"| {r[\"attack\"]} | {r[\"attacker_sent\"]}/{r[\"count\"]} | {r[\"attacker_outcome\"]} | {r[\"victims_disconnected\"]}/{r[\"victims\"]} | {r[\"victim_calls\"]} | {r[\"victim_p50_ms\"]} | {r[\"victim_p99_ms\"]} | {r[\"victim_max_ms\"]} | {r[\"server_rss_before_mib\"]} → {r[\"server_rss_peak_mib\"]} → {r[\"server_rss_after_mib\"]} |")
+'
+    echo
+    echo "Commands:"
+    echo
+    echo '```'
+    cat "$WORK/commands"
+    echo '```'
+} >"bench/FLOOD-$LABEL.md"
+echo "wrote bench/FLOOD-$LABEL.md"

@@ -15,6 +15,7 @@
 
 pub mod backoff;
 pub mod registry;
+pub mod uplink;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,7 +24,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use thiserror::Error;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::timeout;
 
@@ -38,10 +38,14 @@ use crate::protocol::{Disconnect, Encoding};
 use crate::session::SessionHandle;
 use backoff::Backoff;
 use registry::Registry;
+use uplink::{UplinkError, UplinkSender};
 pub use upstream::{ConnectError, Upstream};
 
 /// Frames queued from sessions towards the upstream before senders wait (backpressure).
 pub const UPLINK_QUEUE_FRAMES: usize = 4096;
+/// Encoded bytes queued from sessions towards the upstream before senders wait: commands can
+/// be as large as a client message, so the frame bound alone would allow 4096 × 64 KiB.
+pub const UPLINK_QUEUE_BYTES: u32 = 16 * 1024 * 1024;
 /// Longest a session waits for room in the uplink queue before it gives up (3004): a stalled
 /// upstream must not freeze the sessions that talk to it.
 pub const UPLINK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,7 +94,7 @@ enum Control {
 #[derive(Clone)]
 struct LiveStream {
     generation: u64,
-    sender: mpsc::Sender<SidecarFrame>,
+    sender: UplinkSender,
 }
 
 struct Inner {
@@ -288,17 +292,7 @@ impl Link {
             if self.stopping(&phase) {
                 break;
             }
-            let delay = tokio::time::sleep(backoff.next_delay());
-            tokio::pin!(delay);
-            loop {
-                tokio::select! {
-                    _ = &mut delay => break,
-                    // A dropped sender disables this branch instead of spinning.
-                    Ok(()) = phase.changed() => break,
-                    // Sessions of the lost stream still unregister while we wait.
-                    Some(control) = router.control.recv() => router.apply(control),
-                }
-            }
+            router.wait(backoff.next_delay(), &mut phase).await;
             if self.stopping(&phase) {
                 break;
             }
@@ -321,14 +315,16 @@ impl Link {
         backoff: &mut Backoff,
         router: &mut Router,
     ) -> Result<(), ConnectError> {
-        let (uplink, uplink_rx) = mpsc::channel(UPLINK_QUEUE_FRAMES);
+        let (uplink, uplink_rx) = uplink::channel(UPLINK_QUEUE_FRAMES, UPLINK_QUEUE_BYTES);
         let hello = SidecarFrame {
             frame: Some(sidecar_frame::Frame::Hello(Hello {
                 node: self.inner.node.to_string(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
         };
-        uplink.try_send(hello).expect("a new channel has room");
+        if uplink.try_send(hello).is_err() {
+            return Err(tonic::Status::internal("a new uplink has no room for hello").into());
+        }
         let connect_timeout = upstream.connect_timeout();
         let mut downstream = timeout(connect_timeout, upstream.open(uplink_rx))
             .await
@@ -437,6 +433,20 @@ impl Router {
         self.registry.end_all(&Disconnect::UPSTREAM_UNAVAILABLE)
     }
 
+    /// Waits out a reconnect delay (or a change of run phase), still serving registrations:
+    /// sessions of the lost stream unregister meanwhile.
+    async fn wait(&mut self, delay: Duration, phase: &mut PhaseWatch) {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                // A dropped sender disables this branch instead of spinning.
+                Ok(()) = phase.changed() => return,
+                Some(control) = self.control.recv() => self.apply(control),
+            }
+        }
+    }
+
     fn apply(&mut self, control: Control) {
         match control {
             Control::Insert { handle, stream } => {
@@ -530,7 +540,7 @@ pub struct LinkSession {
     id: u64,
     /// Generation of the stream the session was opened on.
     stream: u64,
-    uplink: mpsc::Sender<SidecarFrame>,
+    uplink: UplinkSender,
 }
 
 impl LinkSession {
@@ -538,19 +548,13 @@ impl LinkSession {
     /// [`UPLINK_SEND_TIMEOUT`].
     async fn send(&self, frame: sidecar_frame::Frame) -> Result<(), Unavailable> {
         let frame = SidecarFrame { frame: Some(frame) };
-        match self.uplink.try_send(frame) {
+        match self.uplink.send(frame, UPLINK_SEND_TIMEOUT).await {
             Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(Unavailable),
-            Err(TrySendError::Full(frame)) => {
-                match timeout(UPLINK_SEND_TIMEOUT, self.uplink.send(frame)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(Unavailable),
-                    Err(_) => {
-                        self.link.inner.metrics.uplink_send_timeouts.inc();
-                        tracing::warn!(session = self.id, "link: uplink full past its deadline");
-                        Err(Unavailable)
-                    }
-                }
+            Err(UplinkError::Closed) => Err(Unavailable),
+            Err(UplinkError::Timeout) => {
+                self.link.inner.metrics.uplink_send_timeouts.inc();
+                tracing::warn!(session = self.id, "link: uplink full past its deadline");
+                Err(Unavailable)
             }
         }
     }

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use thiserror::Error;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+use super::uplink::UplinkFrames;
 use crate::config::UpstreamConfig;
 use crate::hub::Hub;
+use crate::linkproto::UpstreamFrame;
 use crate::linkproto::link_client::LinkClient;
-use crate::linkproto::{SidecarFrame, UpstreamFrame};
 
 /// Frames from the upstream; an error or the end of the stream ends the Link stream.
 pub type Downstream = Pin<Box<dyn Stream<Item = Result<UpstreamFrame, tonic::Status>> + Send>>;
@@ -64,13 +64,10 @@ impl Upstream {
     }
 
     /// Opens one stream whose request side is fed by `uplink`.
-    pub async fn open(
-        &self,
-        uplink: mpsc::Receiver<SidecarFrame>,
-    ) -> Result<Downstream, ConnectError> {
+    pub async fn open(&self, uplink: UplinkFrames) -> Result<Downstream, ConnectError> {
         match self {
             Upstream::Embedded(hub) => {
-                let downstream = hub.attach(ReceiverStream::new(uplink));
+                let downstream = hub.attach(uplink);
                 Ok(ReceiverStream::new(downstream).map(Ok).boxed())
             }
             Upstream::Grpc(config) => {
@@ -89,7 +86,7 @@ impl Upstream {
                 let mut client = LinkClient::new(channel)
                     .max_decoding_message_size(64 * 1024 * 1024)
                     .max_encoding_message_size(64 * 1024 * 1024);
-                let response = client.multiplex(ReceiverStream::new(uplink)).await?;
+                let response = client.multiplex(uplink).await?;
                 Ok(response.into_inner().boxed())
             }
         }

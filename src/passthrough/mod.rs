@@ -35,7 +35,7 @@ use host::HostError;
 use path::PathError;
 use trust::Cidr;
 
-/// Why a backend could not be set up from config.
+/// Why a backend could not be set up from config; the message starts with the dotted field.
 #[derive(Debug, Error)]
 #[error("backend.{0}")]
 pub struct BackendError(String);
@@ -260,11 +260,11 @@ fn tls_client_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, Back
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| BackendError(format!("tls_ca_file {path}: {e}")))?;
+                .map_err(|e| BackendError(format!("tls_ca_file: {path}: {e}")))?;
             for cert in certs {
                 roots
                     .add(cert)
-                    .map_err(|e| BackendError(format!("tls_ca_file {path}: {e}")))?;
+                    .map_err(|e| BackendError(format!("tls_ca_file: {path}: {e}")))?;
             }
         }
         None => {
@@ -277,7 +277,7 @@ fn tls_client_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, Back
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| BackendError(e.to_string()))?
+        .map_err(|e| BackendError(format!("url: TLS setup: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)

@@ -244,6 +244,9 @@ pub struct BackendConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per backend.
     pub pool_max_idle_per_host: usize,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-Host` / `X-Forwarded-Proto` are kept;
+    /// from any other peer they are overwritten. `X-Forwarded-For` is always appended to.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for BackendConfig {
@@ -257,6 +260,7 @@ impl Default for BackendConfig {
             response_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -512,6 +516,11 @@ impl Config {
                 !backend.response_timeout.is_zero(),
                 "backend.response_timeout: must be greater than 0s".to_owned(),
             );
+            for (index, entry) in backend.trusted_proxies.iter().enumerate() {
+                if let Err(error) = entry.parse::<crate::passthrough::trust::Cidr>() {
+                    check(false, format!("backend.trusted_proxies[{index}]: {error}"));
+                }
+            }
         }
         if let Some(upstream) = &self.upstream {
             check(

@@ -136,6 +136,10 @@ impl Edge {
                 })
                 .await;
         }
+        // CONNECT and `OPTIONS *` are answered here, never forwarded.
+        if let Some(response) = crate::passthrough::local::answer(request.method(), request.uri()) {
+            return response;
+        }
         match &settings.backend {
             Some(backend) => {
                 let response = backend.forward(request, peer, self.scheme).await;

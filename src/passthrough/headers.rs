@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
 
 /// Hop-by-hop headers, always removed when crossing the proxy.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -17,15 +18,33 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Whether the request asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+/// Whether the request is a WebSocket handshake we may pass through: HTTP/1.1 `GET` with
+/// `Upgrade: websocket` (case-insensitive, the only protocol offered) and `Connection`
+/// naming `upgrade`. Any other `Upgrade` is not a protocol switch for the proxy.
+pub fn is_websocket_upgrade(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let websocket = upgrades.next().is_some_and(|value| {
+        value
+            .to_str()
+            .is_ok_and(|text| text.trim().eq_ignore_ascii_case("websocket"))
+    }) && upgrades.next().is_none();
+    websocket
+        && method == Method::GET
+        && version == Version::HTTP_11
         && headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether a response switches to WebSocket (`Upgrade: websocket`).
+pub fn upgrades_to_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|text| text.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
@@ -50,37 +69,146 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and `Forwarded`, sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (from the original Host).
-pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
-    let client_text = client.to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client_text}"),
-        _ => client_text.clone(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+/// What the proxy knows about the hop it is forwarding.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// How the peer reached us: `http` or `https`.
+    pub proto: &'static str,
+    /// The validated host the client addressed (see [`super::host`]).
+    pub host: Option<&'a str>,
+    /// Whether the peer is in `backend.trusted_proxies`.
+    pub trusted: bool,
+}
+
+/// Sets the forwarding headers. Policy:
+/// - `X-Forwarded-For`: the client's values (all lines, joined) with the peer appended;
+/// - `Forwarded`: the client's value, if well-formed (RFC 7239), with an element for this hop
+///   appended (`for`, `proto`, and `host` as an escaped quoted-string); a malformed value is
+///   dropped, so it cannot swallow the appended element;
+/// - `X-Forwarded-Host` / `X-Forwarded-Proto`: kept from a trusted peer that sent them,
+///   otherwise overwritten with this hop's host and proto (`X-Forwarded-Host` removed when the
+///   request names no host).
+pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
+    let peer = hop.peer.to_canonical();
+    let peer_text = peer.to_string();
+    let mut xff = joined(headers, "x-forwarded-for");
+    xff.push(peer_text.clone());
+    if let Ok(value) = HeaderValue::from_str(&xff.join(", ")) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    let host = headers.get(header::HOST).cloned();
-    if let Some(host) = &host {
-        headers.insert("x-forwarded-host", host.clone());
+
+    let keep = |headers: &HeaderMap, name: &str| hop.trusted && headers.contains_key(name);
+    if !keep(headers, "x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(hop.proto));
     }
-    let node = match client {
-        IpAddr::V4(_) => client_text,
-        IpAddr::V6(_) => format!("\"[{client_text}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        element.push_str(&format!(";host=\"{host}\""));
+    if !keep(headers, "x-forwarded-host") {
+        match hop.host.and_then(|host| HeaderValue::from_str(host).ok()) {
+            Some(host) => {
+                headers.insert("x-forwarded-host", host);
+            }
+            None => {
+                headers.remove("x-forwarded-host");
+            }
+        }
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {element}"),
-        _ => element,
+
+    let node = match peer {
+        IpAddr::V4(_) => peer_text,
+        IpAddr::V6(_) => format!("\"[{peer_text}]\""),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    let mut element = format!("for={node};proto={}", hop.proto);
+    if let Some(host) = hop.host {
+        element.push_str(";host=");
+        element.push_str(&quoted_string(host));
+    }
+    let mut forwarded: Vec<String> = joined(headers, header::FORWARDED.as_str())
+        .into_iter()
+        .filter(|prior| well_formed_forwarded(prior))
+        .collect();
+    forwarded.push(element);
+    if let Ok(value) = HeaderValue::from_str(&forwarded.join(", ")) {
         headers.insert(header::FORWARDED, value);
     }
+}
+
+/// Every non-empty, visible-ASCII value of `name`, in order.
+fn joined(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `text` as an RFC 7230 quoted-string (`"` and `\` escaped).
+fn quoted_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// RFC 7239: `1#forwarded-element`, each `[pair] *( ";" [pair] )`, a pair being
+/// `token "=" ( token / quoted-string )`.
+fn well_formed_forwarded(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let mut index = 0;
+    let skip_ows = |index: &mut usize| {
+        while bytes.get(*index).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            *index += 1;
+        }
+    };
+    let token = |index: &mut usize| {
+        let start = *index;
+        while bytes.get(*index).is_some_and(|b| is_tchar(*b)) {
+            *index += 1;
+        }
+        *index > start
+    };
+    loop {
+        skip_ows(&mut index);
+        if token(&mut index) {
+            if bytes.get(index) != Some(&b'=') {
+                return false;
+            }
+            index += 1;
+            if bytes.get(index) == Some(&b'"') {
+                index += 1;
+                loop {
+                    match bytes.get(index) {
+                        None => return false,
+                        Some(b'"') => break,
+                        Some(b'\\') => index += 2,
+                        Some(_) => index += 1,
+                    }
+                }
+                index += 1;
+            } else if !token(&mut index) {
+                return false;
+            }
+        }
+        skip_ows(&mut index);
+        match bytes.get(index) {
+            None => return true,
+            Some(b';' | b',') => index += 1,
+            Some(_) => return false,
+        }
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -105,7 +233,6 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONNECTION, "Upgrade".parse().unwrap());
         headers.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert!(is_upgrade(&headers));
         strip_hop_by_hop(&mut headers, true);
         assert_eq!(headers[header::UPGRADE], "websocket");
         assert_eq!(headers[header::CONNECTION], "upgrade");
@@ -113,18 +240,124 @@ mod tests {
         assert!(!headers.contains_key(header::UPGRADE));
     }
 
+    fn upgrade_headers(upgrade: &str, connection: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, connection.parse().unwrap());
+        headers.insert(header::UPGRADE, upgrade.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let get = Method::GET;
+        let v11 = Version::HTTP_11;
+        assert!(is_websocket_upgrade(
+            &get,
+            v11,
+            &upgrade_headers("WebSocket", "keep-alive, Upgrade")
+        ));
+        for (upgrade, connection) in [
+            ("h2c", "upgrade"),
+            ("TLS/1.2", "upgrade"),
+            ("websocket, h2c", "upgrade"),
+            ("websocket", "keep-alive"),
+        ] {
+            assert!(
+                !is_websocket_upgrade(&get, v11, &upgrade_headers(upgrade, connection)),
+                "{upgrade} / {connection}"
+            );
+        }
+        let ws = upgrade_headers("websocket", "upgrade");
+        assert!(!is_websocket_upgrade(&Method::POST, v11, &ws));
+        assert!(!is_websocket_upgrade(&get, Version::HTTP_10, &ws));
+    }
+
+    fn hop(host: Option<&str>, trusted: bool) -> Hop<'_> {
+        Hop {
+            peer: "::1".parse().unwrap(),
+            proto: "https",
+            host,
+            trusted,
+        }
+    }
+
     #[test]
     fn forwarding_headers_append() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, "app.example".parse().unwrap());
         headers.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        add_forwarding(&mut headers, "::1".parse().unwrap(), "https");
-        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, ::1");
+        headers.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
+        add_forwarding(&mut headers, &hop(Some("app.example"), false));
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, ::1");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "app.example");
         assert_eq!(
             headers[header::FORWARDED],
             "for=\"[::1]\";proto=https;host=\"app.example\""
+        );
+        let mut headers = HeaderMap::new();
+        add_forwarding(
+            &mut headers,
+            &Hop {
+                peer: "::ffff:192.0.2.1".parse().unwrap(),
+                ..hop(None, false)
+            },
+        );
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(headers[header::FORWARDED], "for=192.0.2.1;proto=https");
+    }
+
+    #[test]
+    fn client_forwarded_host_and_proto_are_believed_from_trusted_peers_only() {
+        let sent = || {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-host", "evil.example".parse().unwrap());
+            headers.insert("x-forwarded-proto", "https".parse().unwrap());
+            headers
+        };
+        let mut headers = sent();
+        add_forwarding(
+            &mut headers,
+            &Hop {
+                proto: "http",
+                ..hop(None, false)
+            },
+        );
+        assert!(!headers.contains_key("x-forwarded-host"));
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        let mut headers = sent();
+        add_forwarding(
+            &mut headers,
+            &Hop {
+                proto: "http",
+                ..hop(Some("real"), true)
+            },
+        );
+        assert_eq!(headers["x-forwarded-host"], "evil.example");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn forwarded_keeps_only_well_formed_prior_values_and_escapes_host() {
+        assert!(well_formed_forwarded(
+            "for=1.2.3.4;proto=http, for=\"[::1]\";host=\"a\\\"b\""
+        ));
+        assert!(well_formed_forwarded("for=a;;by=b"));
+        assert!(!well_formed_forwarded("for=\"unterminated"));
+        assert!(!well_formed_forwarded("for=a b"));
+        assert!(!well_formed_forwarded("for"));
+        assert_eq!(quoted_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::FORWARDED, "for=\"x".parse().unwrap());
+        add_forwarding(
+            &mut headers,
+            &Hop {
+                peer: "192.0.2.1".parse().unwrap(),
+                ..hop(Some("h"), false)
+            },
+        );
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=192.0.2.1;proto=https;host=\"h\""
         );
     }
 }

@@ -1,12 +1,19 @@
 //! Reverse proxy for every request that is not a sidewire endpoint: streamed both ways, hop-by-
-//! hop headers removed, forwarding headers added, protocol upgrades (e.g. a backend's own
+//! hop headers removed, forwarding headers added, WebSocket upgrades (a backend's own
 //! WebSocket) passed through, pooled connections (HTTP/1.1 or h2c) to the backend.
 //!
 //! Guarantees: bodies are never buffered whole; backend failures map to 502 (unreachable or
 //! broken) and 504 (no response headers within `response_timeout`) with one log line each; a
-//! request body over `max_request_body_size` gets 413.
+//! request body over `max_request_body_size` gets 413; a client's own faults (several or an
+//! invalid Host, a path hiding an encoded dot segment, a broken request body) get 400 and are
+//! logged at debug only; the path sent to the backend never leaves its prefix; only WebSocket
+//! upgrades are tunnelled.
 
 pub mod headers;
+pub mod host;
+pub mod local;
+pub mod path;
+pub mod trust;
 
 use std::error::Error as _;
 use std::net::SocketAddr;
@@ -23,12 +30,34 @@ use thiserror::Error;
 
 use crate::config::BackendConfig;
 use crate::http::{Body, BoxError, status};
-use headers::{add_forwarding, is_upgrade, strip_hop_by_hop};
+use headers::{Hop, add_forwarding, is_websocket_upgrade, strip_hop_by_hop, upgrades_to_websocket};
+use host::HostError;
+use path::PathError;
+use trust::Cidr;
 
-/// Why a backend could not be set up from config.
+/// Why a backend could not be set up from config; the message starts with the dotted field.
 #[derive(Debug, Error)]
-#[error("backend.url: {0}")]
+#[error("backend.{0}")]
 pub struct BackendError(String);
+
+/// A request refused as the client's fault (answered 400, logged at debug).
+#[derive(Debug, Error)]
+pub enum RequestError {
+    /// Several or an invalid Host / authority.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// A path that cannot be normalised safely.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The backend URL joined with the path is not a URI.
+    #[error("request target does not form a backend URI")]
+    Target,
+}
+
+/// The client's request body failed (bad chunk, reset): the client's fault, not the backend's.
+#[derive(Debug, Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] hyper::Error);
 
 /// A pooled client for one backend.
 #[derive(Clone)]
@@ -39,6 +68,7 @@ pub struct Backend {
     http2: bool,
     max_request_body_size: usize,
     response_timeout: Duration,
+    trusted_proxies: Vec<Cidr>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -53,13 +83,15 @@ impl Backend {
         let uri: Uri = config
             .url
             .parse()
-            .map_err(|e| BackendError(format!("invalid URL {:?}: {e}", config.url)))?;
+            .map_err(|e| BackendError(format!("url: invalid URL {:?}: {e}", config.url)))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
             return Err(BackendError(format!(
-                "must be http(s)://host:port[/prefix], got {:?}",
+                "url: must be http(s)://host:port[/prefix], got {:?}",
                 config.url
             )));
         }
+        let trusted_proxies = trust::parse_all(&config.trusted_proxies)
+            .map_err(|(index, error)| BackendError(format!("trusted_proxies[{index}]: {error}")))?;
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -87,6 +119,7 @@ impl Backend {
             http2: config.http2,
             max_request_body_size: config.max_request_body_size,
             response_timeout: config.response_timeout,
+            trusted_proxies,
         })
     }
 
@@ -108,25 +141,39 @@ impl Backend {
             return status(StatusCode::PAYLOAD_TOO_LARGE);
         }
         let client_version = request.version();
-        let upgrade = is_upgrade(request.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        let Ok(uri) = format!("{}{}", self.base, path_and_query).parse::<Uri>() else {
-            return status(StatusCode::BAD_REQUEST);
+        let (uri, host) = match self.target(&request) {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "passthrough: bad request from client");
+                return status(StatusCode::BAD_REQUEST);
+            }
         };
+        let upgrade = is_websocket_upgrade(request.method(), client_version, request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        add_forwarding(&mut parts.headers, peer.ip(), proto);
+        parts.headers.remove(http::header::HOST);
+        if let Some(host) = host
+            .as_deref()
+            .and_then(|h| http::HeaderValue::from_str(h).ok())
+        {
+            // The client's host, also for HTTP/2 clients (whose `:authority` has no header).
+            parts.headers.insert(http::header::HOST, host);
+        }
+        let hop = Hop {
+            peer: peer.ip(),
+            proto,
+            host: host.as_deref(),
+            trusted: self.trusted_proxies.iter().any(|c| c.contains(peer.ip())),
+        };
+        add_forwarding(&mut parts.headers, &hop);
         parts.uri = uri;
         parts.version = if self.http2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
         };
+        let body = body.map_err(ClientBodyError);
         let body: Body = if self.max_request_body_size > 0 {
             Limited::new(body, self.max_request_body_size).boxed()
         } else {
@@ -145,8 +192,12 @@ impl Backend {
                 return status(StatusCode::GATEWAY_TIMEOUT);
             }
             Ok(Err(error)) => {
-                if body_limit_exceeded(&error) {
+                if error_in_chain::<http_body_util::LengthLimitError>(&error) {
                     return status(StatusCode::PAYLOAD_TOO_LARGE);
+                }
+                if error_in_chain::<ClientBodyError>(&error) {
+                    tracing::debug!(%peer, %method, %path, error = %error_chain(&error), "passthrough: client request body failed");
+                    return status(StatusCode::BAD_REQUEST);
                 }
                 tracing::warn!(%method, %path, error = %error_chain(&error), "passthrough: backend failed");
                 return status(StatusCode::BAD_GATEWAY);
@@ -154,7 +205,11 @@ impl Backend {
             Ok(Ok(response)) => response,
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
+            // Only the WebSocket handshake we forwarded may switch protocols.
+            let Some(client_upgrade) =
+                client_upgrade.filter(|_| upgrades_to_websocket(response.headers()))
+            else {
+                tracing::warn!(%method, %path, "passthrough: backend switched protocols unasked");
                 return status(StatusCode::BAD_GATEWAY);
             };
             let backend_upgrade = hyper::upgrade::on(&mut response);
@@ -181,6 +236,21 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The backend URI for `request` (normalised path joined to the prefix, query kept) and the
+    /// validated host the client addressed.
+    fn target(&self, request: &Request<Incoming>) -> Result<(Uri, Option<String>), RequestError> {
+        let host = host::client_host(request.uri(), request.headers())?;
+        let path = path::normalize(request.uri().path())?;
+        let target = match request.uri().query() {
+            Some(query) => format!("{}{path}?{query}", self.base),
+            None => format!("{}{path}", self.base),
+        };
+        let uri = target.parse::<Uri>().map_err(|_| RequestError::Target)?;
+        Ok((uri, host))
+    }
+}
+
 /// Client TLS settings: the CA in `ca_file` (PEM) or the system roots.
 fn tls_client_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, BackendError> {
     use rustls_pki_types::CertificateDer;
@@ -190,11 +260,11 @@ fn tls_client_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, Back
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| BackendError(format!("tls_ca_file {path}: {e}")))?;
+                .map_err(|e| BackendError(format!("tls_ca_file: {path}: {e}")))?;
             for cert in certs {
                 roots
                     .add(cert)
-                    .map_err(|e| BackendError(format!("tls_ca_file {path}: {e}")))?;
+                    .map_err(|e| BackendError(format!("tls_ca_file: {path}: {e}")))?;
             }
         }
         None => {
@@ -207,16 +277,18 @@ fn tls_client_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, Back
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| BackendError(e.to_string()))?
+        .map_err(|e| BackendError(format!("url: TLS setup: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
 }
 
-fn body_limit_exceeded(error: &(dyn std::error::Error + 'static)) -> bool {
+fn error_in_chain<E: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
     let mut source = Some(error);
     while let Some(current) = source {
-        if current.is::<http_body_util::LengthLimitError>() {
+        if current.is::<E>() {
             return true;
         }
         source = current.source();

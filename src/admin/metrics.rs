@@ -52,6 +52,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Why a connection was refused or closed by the edge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `max_connections`, `max_connections_per_ip` (refusals); `handshake`, `idle` (timeouts).
+    pub reason: &'static str,
+}
+
 /// Every metric sidewire exports. Counters are cheap atomics; clones share them.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -83,6 +90,16 @@ pub struct Metrics {
     pub passthrough_requests: Family<StatusLabels, Counter>,
     /// Config reloads, by result.
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// Open client TCP connections (what `max_connections` counts).
+    pub tcp_connections: Gauge,
+    /// Client connections closed at once after accept, by cap.
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Failed accepts on the client listener (e.g. out of file descriptors).
+    pub accept_errors: Counter,
+    /// Client connections closed by the edge's timers, by reason.
+    pub connection_timeouts: Family<ReasonLabels, Counter>,
+    /// Request bodies abandoned because they made no progress (408).
+    pub request_body_timeouts: Counter,
 }
 
 impl Metrics {
@@ -158,6 +175,31 @@ impl Metrics {
             "config_reloads",
             "Config reloads, by result",
             self.config_reloads.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "Open client TCP connections (counted against max_connections)",
+            self.tcp_connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once after accept, by cap",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts on the client listener",
+            self.accept_errors.clone(),
+        );
+        registry.register(
+            "connection_timeouts",
+            "Client connections closed by the handshake or idle timeout",
+            self.connection_timeouts.clone(),
+        );
+        registry.register(
+            "request_body_timeouts",
+            "Request bodies abandoned after request_body_timeout without progress",
+            self.request_body_timeouts.clone(),
         );
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -3,31 +3,69 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::{Stream, StreamExt, stream};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use futures_util::{Stream, StreamExt, future, stream};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Hub;
+use super::drain::{self, LinkSessions};
+use crate::config::HubConfig;
 use crate::edge::Acceptor;
 use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::link_server::{Link, LinkServer};
-use crate::linkproto::{SidecarFrame, UpstreamFrame};
+use crate::linkproto::{SidecarFrame, UpstreamFrame, sidecar_frame, upstream_frame};
+
+/// Frames of the drain (3001 disconnects) queued per Link beside the hub's own queue.
+const DRAIN_QUEUE_FRAMES: usize = 1024;
+
+/// HTTP/2 keepalive of the Link server: a sidecar that stops answering PINGs (dead host,
+/// blackholed network) has its connection closed, so its Link ends and the hub forgets its
+/// sessions and presence instead of keeping ghosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkKeepalive {
+    /// PING period (`None`: off).
+    pub interval: Option<Duration>,
+    /// Time allowed for the acknowledgement.
+    pub timeout: Duration,
+}
+
+impl LinkKeepalive {
+    /// From `hub.link_keepalive_interval` / `hub.link_keepalive_timeout`.
+    pub fn from_config(config: &HubConfig) -> LinkKeepalive {
+        LinkKeepalive {
+            interval: (!config.link_keepalive_interval.is_zero())
+                .then_some(config.link_keepalive_interval),
+            timeout: config.link_keepalive_timeout,
+        }
+    }
+}
 
 /// The tonic service: each `Multiplex` call attaches one Link to the hub.
 #[derive(Clone)]
 pub struct LinkService {
     hub: Hub,
+    phase: PhaseWatch,
 }
 
 impl LinkService {
-    /// Serves `hub`.
-    pub fn new(hub: Hub) -> LinkService {
-        LinkService { hub }
+    /// Serves `hub`; when `phase` reaches `Closing`, each Link's sessions are drained
+    /// ([`drain::drain_link`]).
+    pub fn new(hub: Hub, phase: PhaseWatch) -> LinkService {
+        LinkService { hub, phase }
     }
+}
+
+/// What the merged outbound stream of a Link carries.
+enum Outbound {
+    Frame(UpstreamFrame),
+    /// The hub ended the Link.
+    End,
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<UpstreamFrame, Status>> + Send>>;
@@ -40,20 +78,55 @@ impl Link for LinkService {
         &self,
         request: Request<Streaming<SidecarFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        let inbound = stream::unfold(request.into_inner(), |mut frames| async move {
-            match frames.message().await {
-                Ok(Some(frame)) => Some((frame, frames)),
-                Ok(None) => None,
-                Err(status) => {
-                    tracing::warn!(%status, "hub: link stream failed");
-                    None
+        let sessions = Arc::new(LinkSessions::default());
+        let seen_up = sessions.clone();
+        let inbound = stream::unfold(request.into_inner(), move |mut frames| {
+            let seen_up = seen_up.clone();
+            async move {
+                match frames.message().await {
+                    Ok(Some(frame)) => {
+                        match &frame.frame {
+                            Some(sidecar_frame::Frame::Open(open)) => seen_up.opened(open.session),
+                            Some(sidecar_frame::Frame::Close(close)) => {
+                                seen_up.closed(close.session)
+                            }
+                            _ => {}
+                        }
+                        Some((frame, frames))
+                    }
+                    Ok(None) => None,
+                    Err(status) => {
+                        tracing::warn!(%status, "hub: link stream failed");
+                        None
+                    }
                 }
             }
         });
         let downstream = self.hub.attach(Box::pin(inbound));
-        Ok(Response::new(
-            ReceiverStream::new(downstream).map(Ok).boxed(),
-        ))
+        let (drain_tx, drain_rx) = tokio::sync::mpsc::channel(DRAIN_QUEUE_FRAMES);
+        tokio::spawn(drain::drain_link(
+            sessions.clone(),
+            drain_tx,
+            self.phase.clone(),
+        ));
+        let hub_frames = ReceiverStream::new(downstream)
+            .map(move |frame| {
+                if let Some(upstream_frame::Frame::Disconnect(disconnect)) = &frame.frame {
+                    sessions.closed(disconnect.session);
+                }
+                Outbound::Frame(frame)
+            })
+            .chain(stream::once(future::ready(Outbound::End)));
+        let drain_frames = ReceiverStream::new(drain_rx).map(Outbound::Frame);
+        let merged = stream::select(hub_frames, drain_frames)
+            .take_while(|out| future::ready(matches!(out, Outbound::Frame(_))))
+            .filter_map(|out| {
+                future::ready(match out {
+                    Outbound::Frame(frame) => Some(Ok(frame)),
+                    Outbound::End => None,
+                })
+            });
+        Ok(Response::new(merged.boxed()))
     }
 }
 
@@ -63,9 +136,10 @@ pub async fn serve<A: Acceptor>(
     listener: TcpListener,
     acceptor: A,
     hub: Hub,
+    keepalive: LinkKeepalive,
     mut phase: PhaseWatch,
 ) {
-    let service = LinkServer::new(LinkService::new(hub))
+    let service = LinkServer::new(LinkService::new(hub, phase.clone()))
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     let closing = lifecycle::closing(&mut phase);
@@ -93,7 +167,12 @@ pub async fn serve<A: Acceptor>(
                     return;
                 }
             };
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(keepalive.interval)
+                .keep_alive_timeout(keepalive.timeout);
             if let Err(error) = builder
                 .http2_only()
                 .serve_connection(TokioIo::new(stream), service)

@@ -184,10 +184,8 @@ async fn partial_h2_preface_is_closed() {
 #[tokio::test]
 async fn idle_h2c_connection_is_closed() {
     // The handshake timeout is long: only the idle timeout can close it in time.
-    let server = Server::start(
-        "client_handshake_timeout: \"30s\"\nclient_idle_timeout: \"1s\"\n",
-    )
-    .await;
+    let server =
+        Server::start("client_handshake_timeout: \"30s\"\nclient_idle_timeout: \"1s\"\n").await;
     let tcp = TcpStream::connect(server.client_addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -253,7 +251,11 @@ async fn connection_cap_refuses_extra_and_metric_counts() {
     let mut extra = TcpStream::connect(server.client_addr).await.unwrap();
     let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let answered = closed_within(&mut extra, Duration::from_secs(3)).await;
-    assert_eq!(answered, Some(Vec::new()), "the extra connection was served");
+    assert_eq!(
+        answered,
+        Some(Vec::new()),
+        "the extra connection was served"
+    );
     let scraped = wait_metric(
         server.admin_addr,
         "sidewire_connections_refused_total",
@@ -270,19 +272,25 @@ async fn connection_cap_refuses_extra_and_metric_counts() {
     );
     // Connected clients keep working; a freed slot admits a new client.
     let channel = unique_channel("cap");
-    let reply = clients[0].request(publish(&channel, &json!({"x": 1}))).await;
+    let reply = clients[0]
+        .request(publish(&channel, &json!({"x": 1})))
+        .await;
     assert!(reply.error.is_none(), "{reply:?}");
     drop(clients.pop());
     let addr = server.client_addr;
-    eventually(WAIT, "a new client is admitted once a slot is free", || async move {
-        match WsClient::try_connect(addr, WsOptions::json()).await {
-            Ok(mut client) => {
-                client.handshake().await;
-                true
+    eventually(
+        WAIT,
+        "a new client is admitted once a slot is free",
+        || async move {
+            match WsClient::try_connect(addr, WsOptions::json()).await {
+                Ok(mut client) => {
+                    client.handshake().await;
+                    true
+                }
+                Err(_) => false,
             }
-            Err(_) => false,
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -326,7 +334,8 @@ async fn per_ip_cap() {
 async fn fd_exhaustion_backs_off_and_existing_clients_keep_working() {
     let yaml = "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n\
                 client_handshake_timeout: \"2s\"\nmax_connections: 0\n";
-    let (mut child, line) = ShellChild::start("ulimit -n 256;", "", yaml, "sidewire listening ").await;
+    let (mut child, line) =
+        ShellChild::start("ulimit -n 256;", "", yaml, "sidewire listening ").await;
     let client_addr = addr_of(&line, "client");
     let admin_addr = addr_of(&line, "admin");
     let mut victim = WsClient::connect(client_addr, WsOptions::json()).await;
@@ -352,19 +361,23 @@ async fn fd_exhaustion_backs_off_and_existing_clients_keep_working() {
     assert!(child.alive(), "sidewire died when out of descriptors");
 
     // Once the silent sockets are timed out, a real client gets in again.
-    eventually(Duration::from_secs(30), "a new client connects", || async move {
-        let attempt = async {
-            let mut client = WsClient::try_connect(client_addr, WsOptions::json())
-                .await
-                .ok()?;
-            client.handshake().await;
-            Some(())
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), attempt).await,
-            Ok(Some(()))
-        )
-    })
+    eventually(
+        Duration::from_secs(30),
+        "a new client connects",
+        || async move {
+            let attempt = async {
+                let mut client = WsClient::try_connect(client_addr, WsOptions::json())
+                    .await
+                    .ok()?;
+                client.handshake().await;
+                Some(())
+            };
+            matches!(
+                tokio::time::timeout(Duration::from_secs(5), attempt).await,
+                Ok(Some(()))
+            )
+        },
+    )
     .await;
     let scraped = scrape(admin_addr).await;
     assert!(
@@ -372,7 +385,9 @@ async fn fd_exhaustion_backs_off_and_existing_clients_keep_working() {
         "the flood never exhausted descriptors, so this test proved nothing:\n{}",
         scraped.text
     );
-    let reply = victim.request(publish(&channel, &json!({"n": "after"}))).await;
+    let reply = victim
+        .request(publish(&channel, &json!({"n": "after"})))
+        .await;
     assert!(reply.error.is_none(), "{reply:?}");
     drop(silent);
 }

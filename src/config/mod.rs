@@ -77,6 +77,9 @@ pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// Default cap of open client connections per remote IP (0 = no per-IP cap).
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 0;
+/// Environment variable that, when set and non-empty, replaces `hub.api_key` of a loaded
+/// config file.
+pub const API_KEY_ENV: &str = "SIDEWIRE_HUB_API_KEY";
 /// Default HTTP/2 PING period of the standalone hub's Link server.
 pub const DEFAULT_LINK_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default time the standalone hub waits for a PING acknowledgement before it drops the Link
@@ -437,13 +440,20 @@ impl Config {
         Config::from_yaml(&text)
     }
 
-    /// Parses and validates YAML text; an empty document gives the defaults.
+    /// Parses and validates YAML text; an empty document gives the defaults. A non-empty
+    /// [`API_KEY_ENV`] replaces `hub.api_key` (so the key can come from a Kubernetes Secret
+    /// while the file is a ConfigMap; reloads keep it).
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = if text.trim().is_empty() {
+        let mut config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
             serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
         };
+        if let Ok(key) = std::env::var(API_KEY_ENV)
+            && !key.is_empty()
+        {
+            config.hub.api_key = Some(key);
+        }
         config.validate()?;
         Ok(config)
     }

@@ -28,6 +28,9 @@ use crate::admin::metrics::{Metrics, ReasonLabels};
 use crate::config::{self, Config};
 use crate::http::{Body, BoxError};
 
+/// Open connections per remote address (only addresses with at least one).
+type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// Connections allowed on a listener that is not the client listener (admin, hub API).
 pub const INTERNAL_MAX_CONNECTIONS: usize = 1024;
 
@@ -90,7 +93,7 @@ impl Refusal {
 pub struct ConnectionGate {
     total: Option<Arc<Semaphore>>,
     per_ip: usize,
-    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    by_ip: IpCounts,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -153,7 +156,7 @@ impl ConnectionGate {
 /// One admitted connection's share of the cap; released on drop.
 pub struct ConnectionPermit {
     _total: Option<OwnedSemaphorePermit>,
-    ip: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    ip: Option<(IpAddr, IpCounts)>,
     metrics: Option<Arc<Metrics>>,
 }
 

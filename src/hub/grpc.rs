@@ -61,13 +61,6 @@ impl LinkService {
     }
 }
 
-/// What the merged outbound stream of a Link carries.
-enum Outbound {
-    Frame(UpstreamFrame),
-    /// The hub ended the Link.
-    End,
-}
-
 type FrameStream = Pin<Box<dyn Stream<Item = Result<UpstreamFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -114,18 +107,14 @@ impl Link for LinkService {
                 if let Some(upstream_frame::Frame::Disconnect(disconnect)) = &frame.frame {
                     sessions.closed(disconnect.session);
                 }
-                Outbound::Frame(frame)
+                Some(frame)
             })
-            .chain(stream::once(future::ready(Outbound::End)));
-        let drain_frames = ReceiverStream::new(drain_rx).map(Outbound::Frame);
+            // `None` marks the end of the hub's side: the Link ends there, drain or not.
+            .chain(stream::once(future::ready(None)));
+        let drain_frames = ReceiverStream::new(drain_rx).map(Some);
         let merged = stream::select(hub_frames, drain_frames)
-            .take_while(|out| future::ready(matches!(out, Outbound::Frame(_))))
-            .filter_map(|out| {
-                future::ready(match out {
-                    Outbound::Frame(frame) => Some(Ok(frame)),
-                    Outbound::End => None,
-                })
-            });
+            .take_while(|frame| future::ready(frame.is_some()))
+            .filter_map(|frame| future::ready(frame.map(Ok)));
         Ok(Response::new(merged.boxed()))
     }
 }

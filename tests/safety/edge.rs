@@ -391,3 +391,28 @@ async fn fd_exhaustion_backs_off_and_existing_clients_keep_working() {
     assert!(reply.error.is_none(), "{reply:?}");
     drop(silent);
 }
+
+#[tokio::test]
+async fn live_sessions_outlive_the_idle_timeout() {
+    // A WebSocket (upgraded) and an HTTP-stream (response in flight) are not idle connections.
+    let server = crate::stream_client::start_server(
+        "client_idle_timeout: \"1s\"\nclient_handshake_timeout: \"1s\"\n",
+    )
+    .await;
+    let mut ws = server.ws(WsOptions::json()).await;
+    ws.handshake().await;
+    let mut stream = crate::stream_client::StreamClient::http_stream(
+        server.client_addr,
+        sidewire::protocol::Encoding::Json,
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let channel = unique_channel("live");
+    let reply = ws.request(publish(&channel, &json!({"x": 1}))).await;
+    assert!(reply.error.is_none(), "{reply:?}");
+    let reply = stream
+        .request(publish(&channel, &json!({"x": 2})), 7)
+        .await;
+    assert!(reply.error.is_none(), "{reply:?}");
+}

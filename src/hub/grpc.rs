@@ -21,6 +21,12 @@ use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::link_server::{Link, LinkServer};
 use crate::linkproto::{SidecarFrame, UpstreamFrame, sidecar_frame, upstream_frame};
 
+/// Time a new Link connection has for its TLS handshake.
+const LINK_HANDSHAKE_TIMEOUT: Duration = crate::config::DEFAULT_CLIENT_HANDSHAKE_TIMEOUT;
+/// First pause after a failed accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Frames of the drain (3001 disconnects) queued per Link beside the hub's own queue.
 const DRAIN_QUEUE_FRAMES: usize = 1024;
 
@@ -133,13 +139,26 @@ pub async fn serve<A: Acceptor>(
         .max_encoding_message_size(64 * 1024 * 1024);
     let closing = lifecycle::closing(&mut phase);
     tokio::pin!(closing);
+    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
+    let mut accept_failures: u64 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    if accept_failures > 0 {
+                        tracing::info!(failures = accept_failures, "hub: accept recovered");
+                        accept_failures = 0;
+                        accept_backoff = ACCEPT_BACKOFF_MIN;
+                    }
+                    accepted
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "hub: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if accept_failures == 0 {
+                        tracing::warn!(%error, "hub: accept failed; backing off");
+                    }
+                    accept_failures += 1;
+                    tokio::time::sleep(accept_backoff).await;
+                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
@@ -149,10 +168,15 @@ pub async fn serve<A: Acceptor>(
         let service = TowerToHyperService::new(service.clone());
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(stream) => stream,
-                Err(error) => {
+            let accepted = tokio::time::timeout(LINK_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let stream = match accepted.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "hub: handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "hub: handshake timed out");
                     return;
                 }
             };

@@ -411,8 +411,6 @@ async fn live_sessions_outlive_the_idle_timeout() {
     let channel = unique_channel("live");
     let reply = ws.request(publish(&channel, &json!({"x": 1}))).await;
     assert!(reply.error.is_none(), "{reply:?}");
-    let reply = stream
-        .request(publish(&channel, &json!({"x": 2})), 7)
-        .await;
+    let reply = stream.request(publish(&channel, &json!({"x": 2})), 7).await;
     assert!(reply.error.is_none(), "{reply:?}");
 }

@@ -688,6 +688,23 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_are_validated_by_name() {
+        let yaml = "client_handshake_timeout: 0s\nrequest_body_timeout: 0s\nmax_connections: 10\nmax_connections_per_ip: 11\nhub:\n  link_keepalive_timeout: 0s\n";
+        let text = Config::from_yaml(yaml).unwrap_err().to_string();
+        for field in [
+            "client_handshake_timeout:",
+            "request_body_timeout:",
+            "max_connections_per_ip:",
+            "hub.link_keepalive_timeout:",
+        ] {
+            assert!(text.contains(field), "{field} missing in {text}");
+        }
+        let config = Config::default();
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert!(!config.hub.api_insecure);
+    }
+
+    #[test]
     fn every_invalid_field_is_reported() {
         let yaml = "websocket_path: ws\nping_interval: 5s\npong_timeout: 10s\nupstream:\n  endpoint: grpc://x\nqueue_max_size: 10\n";
         let text = Config::from_yaml(yaml).unwrap_err().to_string();

@@ -111,6 +111,8 @@ impl ConnectionGate {
 
     /// Takes a permit for a connection from `ip`, or says why not (and counts the refusal).
     pub fn admit(&self, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        // One client is one key whether it arrives over IPv4 or IPv4-mapped IPv6.
+        let ip = ip.to_canonical();
         let total = match &self.total {
             Some(semaphore) => match semaphore.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),

@@ -13,12 +13,12 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::Admin;
 use crate::admin::metrics::{Metrics, ResultLabels};
+use crate::admin::{Admin, ApiAccess};
 use crate::config::Config;
 use crate::edge::origin::OriginPolicy;
 use crate::edge::tls::{CertResolver, TlsAcceptor, TlsError};
-use crate::edge::{self, Edge, PlainAcceptor, Settings};
+use crate::edge::{self, ConnectionPolicy, Edge, PlainAcceptor, Settings};
 use crate::hub::{self, Hub};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::backoff::Backoff;
@@ -163,6 +163,12 @@ impl Runtime {
         if config.log.format != old.config.log.format {
             restart_required.push("log.format");
         }
+        if config.max_connections != old.config.max_connections {
+            restart_required.push("max_connections");
+        }
+        if config.max_connections_per_ip != old.config.max_connections_per_ip {
+            restart_required.push("max_connections_per_ip");
+        }
         let backend = if config.backend == old.config.backend {
             old.backend.clone()
         } else {
@@ -284,9 +290,15 @@ impl Sidecar {
             metrics.clone(),
             scheme,
         ));
+        let admin_listen = local_addr(&admin, edge.settings().config.admin_listen);
+        if edge.settings().config.upstream.is_none() {
+            ApiAccess::decide(admin_listen, &edge.settings().config.hub)
+                .log_startup("admin_listen", admin_listen);
+        }
         let admin_state = Arc::new(Admin {
             edge: edge.clone(),
             hub: Some(hub.clone()),
+            listen: admin_listen,
         });
         let runtime = Arc::new(Runtime {
             edge,
@@ -329,10 +341,13 @@ impl Sidecar {
         let admin = self.admin_state;
         let handler_edge = edge.clone();
         let handler = move |request, peer| handler_edge.clone().handle(request, peer);
+        let policy = ConnectionPolicy::client(&edge, &edge.settings().config);
         let client = async {
             match self.tls {
-                Some(tls) => edge::serve(self.client, tls, handler, phase.clone()).await,
-                None => edge::serve(self.client, PlainAcceptor, handler, phase.clone()).await,
+                Some(tls) => edge::serve(self.client, tls, handler, phase.clone(), policy).await,
+                None => {
+                    edge::serve(self.client, PlainAcceptor, handler, phase.clone(), policy).await
+                }
             }
         };
         // The admin listener keeps serving /readyz and /metrics while sessions drain: its
@@ -343,6 +358,7 @@ impl Sidecar {
             PlainAcceptor,
             move |request, _peer| admin.clone().handle(request),
             admin_phase,
+            ConnectionPolicy::internal(),
         );
         let admin_task = tokio::spawn(admin_server);
         client.await;
@@ -385,7 +401,9 @@ pub struct StandaloneHub {
     tls: Option<TlsAcceptor>,
     api: TcpListener,
     hub: Hub,
-    api_key: Option<String>,
+    access: ApiAccess,
+    body_timeout: Duration,
+    keepalive: hub::grpc::LinkKeepalive,
     phase: PhaseWatch,
 }
 
@@ -394,18 +412,24 @@ impl StandaloneHub {
     pub async fn bind(config: Config, phase: PhaseWatch) -> Result<StandaloneHub, AppError> {
         let link = bind("hub.link_listen", config.hub.link_listen).await?;
         let api = bind("hub.api_listen", config.hub.api_listen).await?;
-        let api_key = config.hub.api_key.clone();
+        let api_listen = local_addr(&api, config.hub.api_listen);
+        let access = ApiAccess::decide(api_listen, &config.hub);
+        access.log_startup("hub.api_listen", api_listen);
         let tls = match &config.hub.tls {
             Some(tls) => Some(TlsAcceptor::new(&CertResolver::new(tls)?)?),
             None => None,
         };
+        let keepalive = hub::grpc::LinkKeepalive::from_config(&config.hub);
+        let body_timeout = config.request_body_timeout;
         let hub = Hub::start(config.hub, phase.clone());
         Ok(StandaloneHub {
             link,
             tls,
             api,
             hub,
-            api_key,
+            access,
+            body_timeout,
+            keepalive,
             phase,
         })
     }
@@ -419,27 +443,70 @@ impl StandaloneHub {
         )
     }
 
-    /// Serves until closing.
+    /// Serves until closing. The API listener also answers `GET /readyz` (503 once draining).
     pub async fn serve(self) {
         let hub = self.hub.clone();
-        let api_key = self.api_key.clone();
+        let access = Arc::new(self.access);
+        let body_timeout = self.body_timeout;
+        let ready_phase = self.phase.clone();
         let api = edge::serve(
             self.api,
             PlainAcceptor,
-            move |request, _peer| {
+            move |request: http::Request<hyper::body::Incoming>, _peer| {
                 let hub = hub.clone();
-                let api_key = api_key.clone();
-                async move { crate::admin::api_call(&hub, api_key.as_deref(), request).await }
+                let access = access.clone();
+                let draining = ready_phase.borrow().is_shutting_down();
+                async move {
+                    if request.uri().path() == "/readyz" {
+                        return if draining {
+                            crate::http::json(
+                                http::StatusCode::SERVICE_UNAVAILABLE,
+                                r#"{"ready":false,"draining":true}"#,
+                            )
+                        } else {
+                            crate::http::json(http::StatusCode::OK, r#"{"ready":true}"#)
+                        };
+                    }
+                    crate::admin::api_call(&hub, &access, body_timeout, request).await
+                }
             },
             self.phase.clone(),
+            ConnectionPolicy::internal(),
         );
         let phase = self.phase.clone();
+        let keepalive = self.keepalive;
         let link = async move {
             match self.tls {
-                Some(tls) => hub::grpc::serve(self.link, tls, self.hub, phase).await,
-                None => hub::grpc::serve(self.link, PlainAcceptor, self.hub, phase).await,
+                Some(tls) => hub::grpc::serve(self.link, tls, self.hub, keepalive, phase).await,
+                None => {
+                    hub::grpc::serve(self.link, PlainAcceptor, self.hub, keepalive, phase).await
+                }
             }
         };
         tokio::join!(api, link);
     }
 }
+
+/// The standalone hub's shutdown after a signal: readiness false at once, `shutdown.delay`
+/// later the listeners close and every Link's sessions get 3001 at random moments within
+/// `shutdown.drain_window` ([`hub::drain`]); returns (the process exits) once the window and
+/// a short flush have passed, never later than `shutdown.timeout` after the signal.
+pub async fn hub_shutdown_sequence(
+    shutdown: crate::config::ShutdownConfig,
+    phase: watch::Sender<RunPhase>,
+) {
+    let started = tokio::time::Instant::now();
+    phase.send_replace(RunPhase::Draining);
+    tracing::info!(delay = ?shutdown.delay, window = ?shutdown.drain_window, "hub draining: readiness false");
+    tokio::time::sleep(shutdown.delay).await;
+    tracing::info!("hub draining: listeners closed, sessions get 3001 spread over the window");
+    phase.send_replace(RunPhase::Closing {
+        window: shutdown.drain_window,
+    });
+    let done = tokio::time::Instant::now() + shutdown.drain_window + HUB_DRAIN_FLUSH;
+    tokio::time::sleep_until(done.min(started + shutdown.timeout)).await;
+    tracing::info!("hub drained");
+}
+
+/// Time the last 3001 frames get to reach the sidecars before the standalone hub exits.
+const HUB_DRAIN_FLUSH: Duration = Duration::from_millis(500);

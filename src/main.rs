@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sidewire::app::{LogControl, Sidecar, StandaloneHub, shutdown_sequence};
+use sidewire::app::{LogControl, Sidecar, StandaloneHub, hub_shutdown_sequence, shutdown_sequence};
 use sidewire::config::{Config, LogConfig, LogFormat};
-use sidewire::lifecycle::{self, RunPhase};
+use sidewire::lifecycle;
 use sidewire::reload::{self, Trigger};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -137,20 +137,20 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("sidewire stopped");
         }
         Command::Hub => {
+            let shutdown = config.shutdown.clone();
             let hub = StandaloneHub::bind(config, phase).await?;
             let (link, api) = hub.addresses();
             println!("sidewire hub listening link={link} api={api}");
             tracing::info!(%link, %api, "sidewire hub listening");
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = interrupt.recv() => {}
-                }
-                phase_tx.send_replace(RunPhase::Closing {
-                    window: std::time::Duration::ZERO,
-                });
-            });
-            hub.serve().await;
+            let serving = tokio::spawn(hub.serve());
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::info!("shutdown signal received");
+            hub_shutdown_sequence(shutdown, phase_tx).await;
+            serving.abort();
+            tracing::info!("sidewire hub stopped");
         }
     }
     Ok(())

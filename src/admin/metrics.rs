@@ -52,11 +52,12 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
-/// Why a Link frame or part of it was not delivered.
+/// Why something was dropped, refused or closed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// `unknown_session`, `unsolicited_reply`, `channel_mismatch`, `not_json`,
-    /// `unexpected_welcome`.
+    /// Link frames: `unknown_session`, `unsolicited_reply`, `channel_mismatch`, `not_json`,
+    /// `unexpected_welcome`. Connections: `max_connections`, `max_connections_per_ip`
+    /// (refusals); `handshake`, `idle` (timeouts).
     pub reason: &'static str,
 }
 
@@ -95,6 +96,16 @@ pub struct Metrics {
     pub link_frames_dropped: Family<ReasonLabels, Counter>,
     /// Session sends that found the uplink full past its deadline (the session ended, 3004).
     pub uplink_send_timeouts: Counter,
+    /// Open client TCP connections (what `max_connections` counts).
+    pub tcp_connections: Gauge,
+    /// Client connections closed at once after accept, by cap.
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Failed accepts on the client listener (e.g. out of file descriptors).
+    pub accept_errors: Counter,
+    /// Client connections closed by the edge's timers, by reason.
+    pub connection_timeouts: Family<ReasonLabels, Counter>,
+    /// Request bodies abandoned because they made no progress (408).
+    pub request_body_timeouts: Counter,
 }
 
 impl Metrics {
@@ -180,6 +191,31 @@ impl Metrics {
             "uplink_send_timeouts",
             "Session sends that found the uplink full past its deadline",
             self.uplink_send_timeouts.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "Open client TCP connections (counted against max_connections)",
+            self.tcp_connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once after accept, by cap",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts on the client listener",
+            self.accept_errors.clone(),
+        );
+        registry.register(
+            "connection_timeouts",
+            "Client connections closed by the handshake or idle timeout",
+            self.connection_timeouts.clone(),
+        );
+        registry.register(
+            "request_body_timeouts",
+            "Request bodies abandoned after request_body_timeout without progress",
+            self.request_body_timeouts.clone(),
         );
         let mut text = String::new();
         // Writing into a String cannot fail.

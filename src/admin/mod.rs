@@ -4,14 +4,16 @@
 
 pub mod metrics;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::config::HubConfig;
 use crate::edge::Edge;
+use crate::edge::body::read_limited;
 use crate::http::{Body, full, json, status};
 use crate::hub::{Hub, api};
 use crate::link::LinkState;
@@ -22,6 +24,43 @@ pub struct Admin {
     pub edge: Arc<Edge>,
     /// The embedded hub, when there is one (serves `/api/`).
     pub hub: Option<Hub>,
+    /// The admin listener's bound address (decides [`ApiAccess`]).
+    pub listen: SocketAddr,
+}
+
+/// Who may call the server API on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAccess {
+    /// Callers must present this key.
+    Key(String),
+    /// No key: allowed because the listener is loopback-only or `hub.api_insecure` is set.
+    Open,
+    /// No key on a non-loopback listener: every call gets 403.
+    Refused,
+}
+
+impl ApiAccess {
+    /// The secure default: a key when one is set; without one, open only on a loopback
+    /// listener or with `hub.api_insecure: true`.
+    pub fn decide(listen: SocketAddr, hub: &HubConfig) -> ApiAccess {
+        match &hub.api_key {
+            Some(key) => ApiAccess::Key(key.clone()),
+            None if listen.ip().is_loopback() || hub.api_insecure => ApiAccess::Open,
+            None => ApiAccess::Refused,
+        }
+    }
+
+    /// Logs at startup why the API is refused, if it is.
+    pub fn log_startup(&self, listener: &'static str, listen: SocketAddr) {
+        if *self == ApiAccess::Refused {
+            tracing::warn!(
+                listener,
+                %listen,
+                "server API refused (403): the listener is not loopback-only and hub.api_key \
+                 is unset; set hub.api_key, bind it to 127.0.0.1, or set hub.api_insecure: true"
+            );
+        }
+    }
 }
 
 impl Admin {
@@ -59,8 +98,9 @@ impl Admin {
                 // The embedded hub's API is served only while the hub is the upstream.
                 match (&self.hub, &settings.config.upstream) {
                     (Some(hub), None) => {
-                        let api_key = settings.config.hub.api_key.clone();
-                        api_call(hub, api_key.as_deref(), request).await
+                        let access = ApiAccess::decide(self.listen, &settings.config.hub);
+                        let timeout = settings.config.request_body_timeout;
+                        api_call(hub, &access, timeout, request).await
                     }
                     _ => status(StatusCode::NOT_FOUND),
                 }
@@ -70,16 +110,36 @@ impl Admin {
     }
 }
 
-/// Reads a bounded body and answers a server API call.
+/// Answers a server API call: access and key are checked from the headers before any body
+/// byte is read (401 / 403 without reading it); the body is then read under
+/// [`api::MAX_API_BODY_BYTES`], counted while streaming, and `body_timeout` (408 on a stall).
 pub async fn api_call(
     hub: &Hub,
-    api_key: Option<&str>,
+    access: &ApiAccess,
+    body_timeout: Duration,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let api_key = match access {
+        ApiAccess::Refused => {
+            return json(
+                StatusCode::FORBIDDEN,
+                r#"{"error":{"code":101,"message":"server API disabled: public listener without hub.api_key"}}"#,
+            );
+        }
+        ApiAccess::Open => None,
+        ApiAccess::Key(key) => Some(key.as_str()),
+    };
+    if !api::authorized(request.headers(), api_key) {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"code":101,"message":"unauthorized"}}"#,
+        );
+    }
     let (parts, body) = request.into_parts();
-    let body: Bytes = match Limited::new(body, api::MAX_API_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return status(StatusCode::PAYLOAD_TOO_LARGE),
+    let body = match read_limited(body, &parts.headers, api::MAX_API_BODY_BYTES, body_timeout).await
+    {
+        Ok(body) => body,
+        Err(code) => return status(code),
     };
     api::respond(
         hub,
@@ -89,4 +149,24 @@ pub async fn api_call(
         &parts.headers,
         &body,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_access_secure_default() {
+        let mut hub = HubConfig::default();
+        let public: SocketAddr = "0.0.0.0:9100".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:9100".parse().unwrap();
+        let loopback6: SocketAddr = "[::1]:9100".parse().unwrap();
+        assert_eq!(ApiAccess::decide(public, &hub), ApiAccess::Refused);
+        assert_eq!(ApiAccess::decide(loopback, &hub), ApiAccess::Open);
+        assert_eq!(ApiAccess::decide(loopback6, &hub), ApiAccess::Open);
+        hub.api_insecure = true;
+        assert_eq!(ApiAccess::decide(public, &hub), ApiAccess::Open);
+        hub.api_key = Some("k".into());
+        assert_eq!(ApiAccess::decide(public, &hub), ApiAccess::Key("k".into()));
+    }
 }

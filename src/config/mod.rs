@@ -60,6 +60,31 @@ pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[
 ];
 /// Longest channel name accepted.
 pub const MAX_CHANNEL_LENGTH: usize = 255;
+/// Default time a new client connection has to finish TLS and send its first request headers
+/// (also the HTTP/1 header read timeout, and the wait for a partial HTTP/2 preface).
+pub const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client connection may stay open with no request in flight (HTTP/1
+/// keep-alive, HTTP/2 with no streams) before it is closed.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time a request body may make no progress before it is abandoned (408).
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default HTTP/2 PING period on client connections.
+pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// Default time allowed for the HTTP/2 PING acknowledgement before the connection is closed.
+pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap of open client connections (every transport and passthrough together). At
+/// ~7 KiB per idle WebSocket this is ~140 MiB; raise it (and the descriptor limit) on purpose.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default cap of open client connections per remote IP (0 = no per-IP cap).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 0;
+/// Environment variable that, when set and non-empty, replaces `hub.api_key` of a loaded
+/// config file.
+pub const API_KEY_ENV: &str = "SIDEWIRE_HUB_API_KEY";
+/// Default HTTP/2 PING period of the standalone hub's Link server.
+pub const DEFAULT_LINK_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Default time the standalone hub waits for a PING acknowledgement before it drops the Link
+/// (and forgets its sessions).
+pub const DEFAULT_LINK_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A configuration error: one or more fields are invalid, or the file cannot be read or parsed.
 #[derive(Debug, Error)]
@@ -145,6 +170,27 @@ pub struct Config {
     pub hub: HubConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Time a new client connection has to finish TLS and send its first request headers.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub client_handshake_timeout: Duration,
+    /// Time a client connection may stay open with no request in flight.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub client_idle_timeout: Duration,
+    /// Time a request body (emulation, HTTP-stream, SSE, server API, passthrough) may make no
+    /// progress before it is abandoned with 408.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub request_body_timeout: Duration,
+    /// HTTP/2 PING period on client connections; `0s` turns pings off.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub http2_keepalive_interval: Duration,
+    /// Time allowed for an HTTP/2 PING acknowledgement.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub http2_keepalive_timeout: Duration,
+    /// Cap of open client connections; further ones are closed at once after accept.
+    /// 0 = no cap.
+    pub max_connections: usize,
+    /// Cap of open client connections per remote IP; 0 = no cap.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Config {
@@ -180,6 +226,13 @@ impl Default for Config {
             upstream: None,
             hub: HubConfig::default(),
             log: LogConfig::default(),
+            client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+            client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
+            request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
+            http2_keepalive_interval: DEFAULT_HTTP2_KEEPALIVE_INTERVAL,
+            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
         }
     }
 }
@@ -319,6 +372,15 @@ pub struct HubConfig {
     pub api_listen: SocketAddr,
     /// TLS on the Link listener of `sidewire hub` (sidecars then use an `https://` endpoint).
     pub tls: Option<TlsConfig>,
+    /// Serve the server API without a key on a non-loopback listener (Centrifugo's
+    /// `http_api.insecure`). Off: such a listener answers `/api/*` with 403.
+    pub api_insecure: bool,
+    /// HTTP/2 PING period of the standalone hub's Link server; `0s` turns pings off.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub link_keepalive_interval: Duration,
+    /// Time the standalone hub waits for a PING acknowledgement before dropping the Link.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub link_keepalive_timeout: Duration,
 }
 
 impl Default for HubConfig {
@@ -331,6 +393,9 @@ impl Default for HubConfig {
             link_listen: "127.0.0.1:9200".parse().expect("constant address"),
             api_listen: "127.0.0.1:9201".parse().expect("constant address"),
             tls: None,
+            api_insecure: false,
+            link_keepalive_interval: DEFAULT_LINK_KEEPALIVE_INTERVAL,
+            link_keepalive_timeout: DEFAULT_LINK_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -379,13 +444,20 @@ impl Config {
         Config::from_yaml(&text)
     }
 
-    /// Parses and validates YAML text; an empty document gives the defaults.
+    /// Parses and validates YAML text; an empty document gives the defaults. A non-empty
+    /// [`API_KEY_ENV`] replaces `hub.api_key` (so the key can come from a Kubernetes Secret
+    /// while the file is a ConfigMap; reloads keep it).
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = if text.trim().is_empty() {
+        let mut config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
             serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
         };
+        if let Ok(key) = std::env::var(API_KEY_ENV)
+            && !key.is_empty()
+        {
+            config.hub.api_key = Some(key);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -564,6 +636,25 @@ impl Config {
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             format!("log.level: not a valid filter: {:?}", self.log.level),
         );
+        for (name, value) in [
+            ("client_handshake_timeout", self.client_handshake_timeout),
+            ("client_idle_timeout", self.client_idle_timeout),
+            ("request_body_timeout", self.request_body_timeout),
+            ("http2_keepalive_timeout", self.http2_keepalive_timeout),
+            (
+                "hub.link_keepalive_timeout",
+                self.hub.link_keepalive_timeout,
+            ),
+        ] {
+            check(!value.is_zero(), format!("{name}: must be greater than 0s"));
+        }
+        check(
+            self.max_connections == 0 || self.max_connections_per_ip <= self.max_connections,
+            format!(
+                "max_connections_per_ip: must not exceed max_connections ({}), got {}",
+                self.max_connections, self.max_connections_per_ip
+            ),
+        );
         if problems.is_empty() {
             Ok(())
         } else {
@@ -603,6 +694,23 @@ mod tests {
             text.contains("ping_interval") || text.contains("no unit"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn connection_limits_are_validated_by_name() {
+        let yaml = "client_handshake_timeout: 0s\nrequest_body_timeout: 0s\nmax_connections: 10\nmax_connections_per_ip: 11\nhub:\n  link_keepalive_timeout: 0s\n";
+        let text = Config::from_yaml(yaml).unwrap_err().to_string();
+        for field in [
+            "client_handshake_timeout:",
+            "request_body_timeout:",
+            "max_connections_per_ip:",
+            "hub.link_keepalive_timeout:",
+        ] {
+            assert!(text.contains(field), "{field} missing in {text}");
+        }
+        let config = Config::default();
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert!(!config.hub.api_insecure);
     }
 
     #[test]

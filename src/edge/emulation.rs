@@ -54,11 +54,12 @@ pub async fn handle(
         body,
         &parts.headers,
         settings.config.emulation_max_request_body_size,
+        settings.config.request_body_timeout,
     )
     .await
     {
         Ok(body) => body,
-        Err(code) => return status(code),
+        Err(code) => return edge.body_refused(code),
     };
     let count = |outcome: &'static str| {
         edge.metrics

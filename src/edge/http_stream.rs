@@ -30,9 +30,10 @@ pub async fn handle(
     };
     let limit = settings.config.http_stream_max_request_body_size;
     let (parts, body) = request.into_parts();
-    let initial = match read_limited(body, &parts.headers, limit).await {
+    let timeout = settings.config.request_body_timeout;
+    let initial = match read_limited(body, &parts.headers, limit, timeout).await {
         Ok(initial) => initial,
-        Err(code) => return status(code),
+        Err(code) => return edge.body_refused(code),
     };
     stream::start(
         edge,

@@ -5,6 +5,7 @@
 //! request sees one consistent settings snapshot ([`Settings`]), replaced whole on reload.
 
 pub mod body;
+pub mod conn;
 pub mod cors;
 pub mod emulation;
 pub mod http_stream;
@@ -27,8 +28,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
-use crate::admin::metrics::{Metrics, StatusLabels};
+use crate::admin::metrics::{Metrics, ReasonLabels, StatusLabels};
 use crate::config::Config;
 use crate::http::{Body, status};
 use crate::lifecycle::{self, PhaseWatch};
@@ -37,10 +39,15 @@ use crate::passthrough::Backend;
 use crate::protocol::Encoding;
 use crate::session::emulation::EmulationRegistry;
 use crate::session::{SessionParams, SessionSettings};
+use conn::{Activity, ConnectionGate, ConnectionPermit, ConnectionTimeouts, PermittedIo};
 use origin::OriginPolicy;
 
-/// Time allowed for a client to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// First pause after a failed accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Time an idle connection gets to finish its graceful close (GOAWAY) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything one config generation decides for the client listener.
 pub struct Settings {
@@ -142,7 +149,14 @@ impl Edge {
         }
         match &settings.backend {
             Some(backend) => {
-                let response = backend.forward(request, peer, self.scheme).await;
+                let response = backend
+                    .forward(
+                        request,
+                        peer,
+                        self.scheme,
+                        settings.config.request_body_timeout,
+                    )
+                    .await;
                 self.metrics
                     .passthrough_requests
                     .get_or_create(&StatusLabels {
@@ -182,6 +196,15 @@ impl Edge {
         let mut response = handler(request).await;
         cors::apply(response.headers_mut(), origin.as_ref());
         response
+    }
+
+    /// Answers a request whose body could not be read (`code` from
+    /// [`body::read_limited`]); counts 408s.
+    pub fn body_refused(&self, code: StatusCode) -> Response<Body> {
+        if code == StatusCode::REQUEST_TIMEOUT {
+            self.metrics.request_body_timeouts.inc();
+        }
+        status(code)
     }
 
     /// Counts and answers a request refused for its Origin.
@@ -260,60 +283,227 @@ impl Acceptor for PlainAcceptor {
     }
 }
 
+/// How a listener treats its connections: the cap and the timeouts (read at each accept, so
+/// a reload applies the new timeouts to new connections).
+#[derive(Clone)]
+pub struct ConnectionPolicy {
+    /// The cap on open connections.
+    pub gate: Arc<ConnectionGate>,
+    /// The timeouts for the next connection.
+    pub timeouts: Arc<dyn Fn() -> ConnectionTimeouts + Send + Sync>,
+    /// Counters (client listener only).
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl ConnectionPolicy {
+    /// The policy of the client listener: `max_connections`, `max_connections_per_ip` from
+    /// `config`, timeouts from the edge's current settings.
+    pub fn client(edge: &Arc<Edge>, config: &Config) -> ConnectionPolicy {
+        let settings_edge = edge.clone();
+        ConnectionPolicy {
+            gate: Arc::new(ConnectionGate::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+                Some(edge.metrics.clone()),
+            )),
+            timeouts: Arc::new(move || {
+                ConnectionTimeouts::from_config(&settings_edge.settings().config)
+            }),
+            metrics: Some(edge.metrics.clone()),
+        }
+    }
+
+    /// The policy of an internal listener (admin, hub API): default timeouts and
+    /// [`conn::INTERNAL_MAX_CONNECTIONS`].
+    pub fn internal() -> ConnectionPolicy {
+        ConnectionPolicy {
+            gate: Arc::new(ConnectionGate::new(conn::INTERNAL_MAX_CONNECTIONS, 0, None)),
+            timeouts: Arc::new(ConnectionTimeouts::defaults),
+            metrics: None,
+        }
+    }
+}
+
 /// Accepts connections on `listener` and serves each with `handler` until the process phase
 /// reaches `Closing`. Live connections are not cut here; their sessions end on their own.
-pub async fn serve<A, H, F>(listener: TcpListener, acceptor: A, handler: H, mut phase: PhaseWatch)
-where
+///
+/// A connection over the cap is closed at once after accept, before any byte is read: it
+/// costs no TLS handshake or parsing, and clients see a reset they retry with backoff (a 503
+/// would need the request read first, which is what a flood wants us to spend). Accept
+/// failures (EMFILE, ENFILE, ENOBUFS...) back off from 10 ms doubling to 1 s and are logged
+/// once per burst; connections already open are not affected.
+pub async fn serve<A, H, F>(
+    listener: TcpListener,
+    acceptor: A,
+    handler: H,
+    mut phase: PhaseWatch,
+    policy: ConnectionPolicy,
+) where
     A: Acceptor,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut accept_backoff = Duration::from_millis(5);
+    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
+    let mut accept_failures: u64 = 0;
+    let mut refusing = false;
     let closing = lifecycle::closing(&mut phase);
     tokio::pin!(closing);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
-                    accept_backoff = Duration::from_millis(5);
+                    if accept_failures > 0 {
+                        tracing::info!(failures = accept_failures, "accept recovered");
+                        accept_failures = 0;
+                        accept_backoff = ACCEPT_BACKOFF_MIN;
+                    }
                     accepted
                 }
                 Err(error) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(accept_backoff).await;
-                    accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                    if accept_failures == 0 {
+                        tracing::warn!(
+                            %error,
+                            "accept failed (out of file descriptors?): backing off; open \
+                             connections are served as before, further failures of this \
+                             burst are not logged"
+                        );
+                    }
+                    accept_failures += 1;
+                    if let Some(metrics) = &policy.metrics {
+                        metrics.accept_errors.inc();
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(accept_backoff) => {}
+                        _ = &mut closing => break,
+                    }
+                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
             _ = &mut closing => break,
         };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "handshake failed");
-                    return;
-                }
-            };
-            let service = service_fn(move |request| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(request, peer).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            if let Err(error) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, %error, "connection ended with error");
+        let permit = match policy.gate.admit(peer.ip()) {
+            Ok(permit) => {
+                refusing = false;
+                permit
             }
-        });
+            Err(refusal) => {
+                if !refusing {
+                    tracing::warn!(
+                        %peer,
+                        cap = refusal.label(),
+                        "connection cap reached: closing new connections at once"
+                    );
+                    refusing = true;
+                }
+                drop(stream);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let timeouts = (policy.timeouts)();
+        tokio::spawn(serve_connection(
+            stream,
+            permit,
+            peer,
+            acceptor.clone(),
+            handler.clone(),
+            timeouts,
+            policy.metrics.clone(),
+        ));
     }
+}
+
+/// Serves one admitted connection: TLS (if any) and the first request head within
+/// `timeouts.handshake`, HTTP/2 keepalive, and closing once idle for `timeouts.idle`.
+async fn serve_connection<A, H, F>(
+    stream: TcpStream,
+    permit: ConnectionPermit,
+    peer: SocketAddr,
+    acceptor: A,
+    handler: H,
+    timeouts: ConnectionTimeouts,
+    metrics: Option<Arc<Metrics>>,
+) where
+    A: Acceptor,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let count_timeout = |reason: &'static str| {
+        if let Some(metrics) = &metrics {
+            metrics
+                .connection_timeouts
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
+    };
+    let first_deadline = Instant::now() + timeouts.handshake;
+    let stream = match tokio::time::timeout_at(first_deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            count_timeout("handshake");
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let io = PermittedIo::new(stream, permit);
+    let activity = Arc::new(Activity::default());
+    let service_activity = activity.clone();
+    let service = service_fn(move |request| {
+        let in_flight = service_activity.begin();
+        let handler = handler.clone();
+        async move {
+            let response = handler(request, peer).await;
+            Ok::<_, Infallible>(response.map(|body| conn::track(body, in_flight)))
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.handshake);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(timeouts.keepalive_interval)
+        .keep_alive_timeout(timeouts.keepalive_timeout);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let reason = loop {
+        let deadline = if !activity.is_idle() {
+            None
+        } else if activity.served() {
+            Some(Instant::now() + timeouts.idle)
+        } else {
+            Some(first_deadline)
+        };
+        let expired = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "connection ended with error");
+                }
+                return;
+            }
+            _ = activity.changed() => continue,
+            _ = expired => break if activity.served() { "idle" } else { "handshake" },
+        }
+    };
+    count_timeout(reason);
+    tracing::debug!(%peer, reason, "closing connection: no request in time");
+    if reason == "handshake" {
+        // Nothing was ever served: drop it without ceremony.
+        return;
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
 }

@@ -38,10 +38,13 @@ pub async fn handle(
             Some(initial) => initial,
             None => return status(StatusCode::BAD_REQUEST),
         },
-        Method::POST => match read_limited(body, &parts.headers, limit).await {
-            Ok(initial) => initial,
-            Err(code) => return status(code),
-        },
+        Method::POST => {
+            let timeout = settings.config.request_body_timeout;
+            match read_limited(body, &parts.headers, limit, timeout).await {
+                Ok(initial) => initial,
+                Err(code) => return edge.body_refused(code),
+            }
+        }
         _ => return status(StatusCode::METHOD_NOT_ALLOWED),
     };
     stream::start(

@@ -57,16 +57,28 @@ fn error_body(code: ErrorCode) -> String {
 }
 
 /// Whether the request carries the API key (`X-API-Key: KEY` or `Authorization: apikey KEY`).
+/// Reads headers only; the comparison takes the same time wherever the keys differ.
 pub fn authorized(headers: &HeaderMap, api_key: Option<&str>) -> bool {
     let Some(key) = api_key else { return true };
-    if headers.get("x-api-key").and_then(|v| v.to_str().ok()) == Some(key) {
-        return true;
-    }
-    headers
+    let key = key.as_bytes();
+    let by_header = headers
+        .get("x-api-key")
+        .is_some_and(|v| constant_time_eq(v.as_bytes(), key));
+    let by_authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("apikey "))
-        .is_some_and(|v| v.trim() == key)
+        .and_then(|v| v.as_bytes().strip_prefix(b"apikey "))
+        .is_some_and(|v| constant_time_eq(v.trim_ascii(), key));
+    by_header | by_authorization
+}
+
+/// Compares two byte strings in time that depends only on their lengths, not on where they
+/// differ (the length of a key is not a secret worth the complexity of hiding it).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = u8::from(a.len() != b.len());
+    for (x, y) in a.iter().zip(b) {
+        difference |= x ^ y;
+    }
+    std::hint::black_box(difference) == 0
 }
 
 /// Answers one API call; `path` is the request path (`/api/publish`, ...).
@@ -160,5 +172,16 @@ mod tests {
         headers.insert(header::AUTHORIZATION, "apikey k".parse().unwrap());
         assert!(authorized(&headers, Some("k")));
         assert!(!authorized(&headers, Some("other")));
+        assert!(!authorized(&headers, Some("kk")));
+        assert!(!authorized(&headers, Some("")));
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -3,30 +3,67 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::{Stream, StreamExt, stream};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use futures_util::{Stream, StreamExt, future, stream};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Hub;
+use super::drain::{self, LinkSessions};
+use crate::config::HubConfig;
 use crate::edge::Acceptor;
 use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::link_server::{Link, LinkServer};
-use crate::linkproto::{SidecarFrame, UpstreamFrame};
+use crate::linkproto::{SidecarFrame, UpstreamFrame, sidecar_frame, upstream_frame};
+
+/// Time a new Link connection has for its TLS handshake.
+const LINK_HANDSHAKE_TIMEOUT: Duration = crate::config::DEFAULT_CLIENT_HANDSHAKE_TIMEOUT;
+/// First pause after a failed accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Frames of the drain (3001 disconnects) queued per Link beside the hub's own queue.
+const DRAIN_QUEUE_FRAMES: usize = 1024;
+
+/// HTTP/2 keepalive of the Link server: a sidecar that stops answering PINGs (dead host,
+/// blackholed network) has its connection closed, so its Link ends and the hub forgets its
+/// sessions and presence instead of keeping ghosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkKeepalive {
+    /// PING period (`None`: off).
+    pub interval: Option<Duration>,
+    /// Time allowed for the acknowledgement.
+    pub timeout: Duration,
+}
+
+impl LinkKeepalive {
+    /// From `hub.link_keepalive_interval` / `hub.link_keepalive_timeout`.
+    pub fn from_config(config: &HubConfig) -> LinkKeepalive {
+        LinkKeepalive {
+            interval: (!config.link_keepalive_interval.is_zero())
+                .then_some(config.link_keepalive_interval),
+            timeout: config.link_keepalive_timeout,
+        }
+    }
+}
 
 /// The tonic service: each `Multiplex` call attaches one Link to the hub.
 #[derive(Clone)]
 pub struct LinkService {
     hub: Hub,
+    phase: PhaseWatch,
 }
 
 impl LinkService {
-    /// Serves `hub`.
-    pub fn new(hub: Hub) -> LinkService {
-        LinkService { hub }
+    /// Serves `hub`; when `phase` reaches `Closing`, each Link's sessions are drained
+    /// ([`drain::drain_link`]).
+    pub fn new(hub: Hub, phase: PhaseWatch) -> LinkService {
+        LinkService { hub, phase }
     }
 }
 
@@ -40,20 +77,51 @@ impl Link for LinkService {
         &self,
         request: Request<Streaming<SidecarFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        let inbound = stream::unfold(request.into_inner(), |mut frames| async move {
-            match frames.message().await {
-                Ok(Some(frame)) => Some((frame, frames)),
-                Ok(None) => None,
-                Err(status) => {
-                    tracing::warn!(%status, "hub: link stream failed");
-                    None
+        let sessions = Arc::new(LinkSessions::default());
+        let seen_up = sessions.clone();
+        let inbound = stream::unfold(request.into_inner(), move |mut frames| {
+            let seen_up = seen_up.clone();
+            async move {
+                match frames.message().await {
+                    Ok(Some(frame)) => {
+                        match &frame.frame {
+                            Some(sidecar_frame::Frame::Open(open)) => seen_up.opened(open.session),
+                            Some(sidecar_frame::Frame::Close(close)) => {
+                                seen_up.closed(close.session)
+                            }
+                            _ => {}
+                        }
+                        Some((frame, frames))
+                    }
+                    Ok(None) => None,
+                    Err(status) => {
+                        tracing::warn!(%status, "hub: link stream failed");
+                        None
+                    }
                 }
             }
         });
         let downstream = self.hub.attach(Box::pin(inbound));
-        Ok(Response::new(
-            ReceiverStream::new(downstream).map(Ok).boxed(),
-        ))
+        let (drain_tx, drain_rx) = tokio::sync::mpsc::channel(DRAIN_QUEUE_FRAMES);
+        tokio::spawn(drain::drain_link(
+            sessions.clone(),
+            drain_tx,
+            self.phase.clone(),
+        ));
+        let hub_frames = ReceiverStream::new(downstream)
+            .map(move |frame| {
+                if let Some(upstream_frame::Frame::Disconnect(disconnect)) = &frame.frame {
+                    sessions.closed(disconnect.session);
+                }
+                Some(frame)
+            })
+            // `None` marks the end of the hub's side: the Link ends there, drain or not.
+            .chain(stream::once(future::ready(None)));
+        let drain_frames = ReceiverStream::new(drain_rx).map(Some);
+        let merged = stream::select(hub_frames, drain_frames)
+            .take_while(|frame| future::ready(frame.is_some()))
+            .filter_map(|frame| future::ready(frame.map(Ok)));
+        Ok(Response::new(merged.boxed()))
     }
 }
 
@@ -63,20 +131,34 @@ pub async fn serve<A: Acceptor>(
     listener: TcpListener,
     acceptor: A,
     hub: Hub,
+    keepalive: LinkKeepalive,
     mut phase: PhaseWatch,
 ) {
-    let service = LinkServer::new(LinkService::new(hub))
+    let service = LinkServer::new(LinkService::new(hub, phase.clone()))
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     let closing = lifecycle::closing(&mut phase);
     tokio::pin!(closing);
+    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
+    let mut accept_failures: u64 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    if accept_failures > 0 {
+                        tracing::info!(failures = accept_failures, "hub: accept recovered");
+                        accept_failures = 0;
+                        accept_backoff = ACCEPT_BACKOFF_MIN;
+                    }
+                    accepted
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "hub: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if accept_failures == 0 {
+                        tracing::warn!(%error, "hub: accept failed; backing off");
+                    }
+                    accept_failures += 1;
+                    tokio::time::sleep(accept_backoff).await;
+                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
@@ -86,14 +168,24 @@ pub async fn serve<A: Acceptor>(
         let service = TowerToHyperService::new(service.clone());
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(stream) => stream,
-                Err(error) => {
+            let accepted = tokio::time::timeout(LINK_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let stream = match accepted.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "hub: handshake failed");
                     return;
                 }
+                Err(_) => {
+                    tracing::debug!(%peer, "hub: handshake timed out");
+                    return;
+                }
             };
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(keepalive.interval)
+                .keep_alive_timeout(keepalive.timeout);
             if let Err(error) = builder
                 .http2_only()
                 .serve_connection(TokioIo::new(stream), service)

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod drain;
 pub mod grpc;
 pub mod state;
 

@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use thiserror::Error;
 
 use crate::config::BackendConfig;
+use crate::edge::body::{TimedBody, is_body_timeout};
 use crate::http::{Body, BoxError, status};
 use headers::{Hop, add_forwarding, is_websocket_upgrade, strip_hop_by_hop, upgrades_to_websocket};
 use host::HostError;
@@ -124,11 +125,13 @@ impl Backend {
     }
 
     /// Proxies one request from `peer` (which reached us over `proto`, `http` or `https`).
+    /// A request body that makes no progress for `body_timeout` is abandoned: 408.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         proto: &'static str,
+        body_timeout: Duration,
     ) -> Response<Body> {
         let declared = request
             .headers()
@@ -173,11 +176,11 @@ impl Backend {
         } else {
             Version::HTTP_11
         };
-        let body = body.map_err(ClientBodyError);
+        let body = TimedBody::new(body.map_err(ClientBodyError), body_timeout);
         let body: Body = if self.max_request_body_size > 0 {
             Limited::new(body, self.max_request_body_size).boxed()
         } else {
-            body.map_err(BoxError::from).boxed()
+            body.boxed()
         };
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
@@ -194,6 +197,10 @@ impl Backend {
             Ok(Err(error)) => {
                 if error_in_chain::<http_body_util::LengthLimitError>(&error) {
                     return status(StatusCode::PAYLOAD_TOO_LARGE);
+                }
+                if is_body_timeout(&error) {
+                    tracing::debug!(%peer, %method, %path, "passthrough: client request body stalled");
+                    return status(StatusCode::REQUEST_TIMEOUT);
                 }
                 if error_in_chain::<ClientBodyError>(&error) {
                     tracing::debug!(%peer, %method, %path, error = %error_chain(&error), "passthrough: client request body failed");

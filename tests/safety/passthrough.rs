@@ -468,3 +468,23 @@ async fn good_upload_still_passes() {
     assert_eq!(fetched.status, 201, "{fetched:?}");
     assert_eq!(backend.next_request().await.body, "payload");
 }
+
+#[tokio::test]
+async fn stalled_passthrough_body_gets_408_not_a_backend_error() {
+    let backend = Backend::start().await;
+    let yaml = format!("{}request_body_timeout: \"1s\"\n", backend.yaml(&[]));
+    let server = Server::start(&yaml).await;
+    // Declares 100 bytes, sends 5, then stalls (the connection stays open).
+    let response = raw_request(
+        server.client_addr,
+        "POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(response.status, 408, "{response:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = server.stderr_tail();
+    assert!(
+        !log.contains("backend failed") && !log.contains("backend timed out"),
+        "a stalled client body was blamed on the backend:\n{log}"
+    );
+}

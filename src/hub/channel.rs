@@ -372,7 +372,9 @@ mod tests {
         channel.pop_front(&mut ledger);
         assert!(channel.since(&epoch, 0).is_none());
         assert_eq!(
-            channel.history(-1, None, true).map(|h| h.publications[0].offset),
+            channel
+                .history(-1, None, true)
+                .map(|h| h.publications[0].offset),
             Ok(3)
         );
         assert_eq!(

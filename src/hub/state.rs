@@ -25,13 +25,11 @@ use super::auth::TokenCheck;
 use super::channel::{Channel, Ledger, Oldest, Subscriber};
 use super::counters::HubCounters;
 use super::link_queue::{LinkQueue, Queued, Repairs};
-use super::policy::{
-    BinaryChannels, check_data, client_may_access, validate_channel,
-};
+use super::policy::{BinaryChannels, check_data, client_may_access, validate_channel};
 use crate::config::HubConfig;
 use crate::linkproto::{
-    ChannelPush, Encoding, Membership, SessionDisconnect, SessionOpen, SessionReply,
-    UpstreamFrame, upstream_frame,
+    ChannelPush, Encoding, Membership, SessionDisconnect, SessionOpen, SessionReply, UpstreamFrame,
+    upstream_frame,
 };
 use crate::protocol::client::{
     ClientInfo, Command, ConnectResult, HistoryRequest, HistoryResult, Join, Leave, Message,
@@ -217,7 +215,11 @@ impl HubState {
         let frame = UpstreamFrame { frame: Some(frame) };
         if queue.push_session(key.1, frame) == Queued::Overflowed {
             HubCounters::bump(&self.counters.link_session_overflows);
-            tracing::debug!(link = key.0, session = key.1, "hub: link queue full, session stalled");
+            tracing::debug!(
+                link = key.0,
+                session = key.1,
+                "hub: link queue full, session stalled"
+            );
         }
     }
 
@@ -352,7 +354,11 @@ impl HubState {
     }
 
     fn insert_session(&mut self, key: SessionKey, session: HubSession) {
-        let previous = self.sessions.entry(key.0).or_default().insert(key.1, session);
+        let previous = self
+            .sessions
+            .entry(key.0)
+            .or_default()
+            .insert(key.1, session);
         if let Some(previous) = previous {
             // A reused session id: forget the old one's subscriptions first.
             self.release_session(key, previous);
@@ -368,9 +374,9 @@ impl HubState {
                 .sessions
                 .iter()
                 .flat_map(|(link, sessions)| {
-                    sessions
-                        .iter()
-                        .filter_map(move |(id, s)| s.expires_at.map(|at| Reverse((at, (*link, *id)))))
+                    sessions.iter().filter_map(move |(id, s)| {
+                        s.expires_at.map(|at| Reverse((at, (*link, *id))))
+                    })
                 })
                 .collect();
             self.expiries = BinaryHeap::from(live);
@@ -597,8 +603,7 @@ impl HubState {
 
     /// Room for one more channel named `channel` (106 at `hub.max_channels`).
     fn channel_room(&self, channel: &str) -> Result<(), ErrorCode> {
-        if !self.channels.contains_key(channel) && self.channels.len() >= self.config.max_channels
-        {
+        if !self.channels.contains_key(channel) && self.channels.len() >= self.config.max_channels {
             return Err(ErrorCode::LimitExceeded);
         }
         Ok(())
@@ -809,10 +814,7 @@ impl HubState {
     pub fn history(&mut self, request: &HistoryRequest) -> Result<HistoryResult, ErrorCode> {
         validate_channel(&request.channel, self.config.channel_max_length)?;
         self.enforce_history();
-        let since = request
-            .since
-            .as_ref()
-            .map(|p| (p.epoch.as_str(), p.offset));
+        let since = request.since.as_ref().map(|p| (p.epoch.as_str(), p.offset));
         let result = match self.channels.get(request.channel.as_str()) {
             Some(channel) => channel.history(request.limit, since, request.reverse),
             None => Channel::new().history(request.limit, since, request.reverse),
@@ -956,4 +958,213 @@ fn ttl_of(expires_at: Option<u64>) -> u32 {
     expires_at
         .map(|at| u32::try_from(at.saturating_sub(unix_now())).unwrap_or(u32::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::client::{PublishRequest, SubscribeRequest};
+
+    fn state(link_queue_max_bytes: usize) -> (HubState, Arc<LinkQueue>) {
+        let config = HubConfig {
+            link_queue_max_bytes,
+            ..HubConfig::default()
+        };
+        let mut state = HubState::new(config, Arc::new(HubCounters::default()));
+        let queue = Arc::new(LinkQueue::new(link_queue_max_bytes));
+        state.add_link(1, queue.clone());
+        (state, queue)
+    }
+
+    fn open(state: &mut HubState, session: u64) {
+        let open = SessionOpen {
+            session,
+            client: format!("c{session}"),
+            ..Default::default()
+        };
+        state.open(
+            1,
+            open,
+            TokenCheck::Valid {
+                user: String::new(),
+                expires_at: None,
+            },
+        );
+    }
+
+    fn command(state: &mut HubState, session: u64, command: Command) {
+        state.command((1, session), command, None);
+    }
+
+    fn subscribe(channel: &str) -> Command {
+        Command {
+            id: 1,
+            subscribe: Some(SubscribeRequest {
+                channel: channel.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn drain(queue: &LinkQueue) -> Vec<upstream_frame::Frame> {
+        let mut frames = Vec::new();
+        while queue.queued_bytes() > 0 {
+            if let Some(frame) = queue.pop().await.and_then(|f| f.frame) {
+                frames.push(frame);
+            }
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn overflowing_channel_is_unsubscribed_with_2500_once_room_returns() {
+        let (mut state, queue) = state(20_000);
+        open(&mut state, 1);
+        open(&mut state, 2);
+        command(&mut state, 1, subscribe("busy"));
+        command(&mut state, 2, subscribe("quiet"));
+        drain(&queue).await;
+        let data = Bytes::from(format!("\"{}\"", "x".repeat(6_000)));
+        for _ in 0..5 {
+            state.publish("busy", data.clone(), None).unwrap();
+        }
+        assert!(queue.is_lagging("busy"));
+        assert_eq!(
+            HubCounters::read(&state.counters().link_channel_overflows),
+            1
+        );
+        // The other channel and the sessions still flow: the Link was not dropped.
+        assert!(state.has_link(1));
+        let frames = drain(&queue).await;
+        assert_eq!(frames.len(), 3, "three pushes fitted");
+        let repairs = queue.take_repairs();
+        assert_eq!(repairs.channels, vec!["busy".to_owned()]);
+        state.repair(1, repairs);
+        let frames = drain(&queue).await;
+        assert!(frames.iter().any(|f| matches!(f,
+            upstream_frame::Frame::Membership(m) if m.session == 1 && m.channel == "busy" && !m.subscribed)));
+        assert!(frames.iter().any(|f| matches!(f,
+            upstream_frame::Frame::Reply(r) if r.session == 1 && r.reply.as_ref()
+                .and_then(|r| r.push.as_ref())
+                .and_then(|p| p.unsubscribe.as_ref())
+                .is_some_and(|u| u.code == UNSUBSCRIBE_INSUFFICIENT_STATE))));
+        assert!(state.presence("busy").presence.is_empty());
+        assert_eq!(state.presence("quiet").presence.len(), 1);
+        // The session resubscribes: accepted (not 105), and pushes flow again.
+        command(&mut state, 1, subscribe("busy"));
+        let frames = drain(&queue).await;
+        assert!(frames.iter().any(|f| matches!(f,
+            upstream_frame::Frame::Reply(r) if r.reply.as_ref().is_some_and(|r| r.subscribe.is_some()))));
+        state
+            .publish("busy", Bytes::from_static(b"1"), None)
+            .unwrap();
+        assert_eq!(drain(&queue).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_lost_a_reply_is_disconnected_with_3010() {
+        let (mut state, queue) = state(20_000);
+        open(&mut state, 1);
+        open(&mut state, 2);
+        command(&mut state, 1, subscribe("room"));
+        drain(&queue).await;
+        // A push that leaves 2 bytes of room: no reply fits after it.
+        let push_len = |n: usize| {
+            UpstreamFrame {
+                frame: Some(upstream_frame::Frame::Push(ChannelPush {
+                    channel: "room".to_owned(),
+                    push: Some(Push {
+                        channel: "room".to_owned(),
+                        r#pub: Some(Publication {
+                            data: Bytes::from(vec![b'x'; n]),
+                            offset: 1,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                })),
+            }
+            .encoded_len()
+        };
+        let n = (1..20_000).rev().find(|n| push_len(*n) <= 19_998).unwrap();
+        let data = Bytes::from(format!("\"{}\"", "x".repeat(n - 2)));
+        state.publish("room", data, None).unwrap();
+        assert_eq!(queue.queued_bytes(), push_len(n));
+        let rpc = Command {
+            id: 9,
+            publish: Some(PublishRequest {
+                channel: "other".to_owned(),
+                data: Bytes::from(format!("\"{}\"", "y".repeat(2_000))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Session 2's publish reply does not fit after the big push.
+        command(&mut state, 2, rpc);
+        assert_eq!(
+            HubCounters::read(&state.counters().link_session_overflows),
+            1
+        );
+        drain(&queue).await;
+        let repairs = queue.take_repairs();
+        assert_eq!(repairs.sessions, vec![2]);
+        state.repair(1, repairs);
+        let frames = drain(&queue).await;
+        assert!(frames.iter().any(|f| matches!(f,
+            upstream_frame::Frame::Disconnect(d) if d.session == 2 && d.code == 3010)));
+        assert_eq!(state.session_count(), 1);
+    }
+
+    #[test]
+    fn channel_limit_and_channel_cap_answer_106() {
+        let (mut state, _queue) = state(1 << 20);
+        state.set_config(HubConfig {
+            client_channel_limit: 2,
+            max_channels: 3,
+            ..HubConfig::default()
+        });
+        open(&mut state, 1);
+        open(&mut state, 2);
+        for channel in ["a", "b"] {
+            assert_eq!(state.subscribe((1, 1), 1, request(channel)), Ok(()));
+        }
+        assert_eq!(
+            state.subscribe((1, 1), 1, request("c")),
+            Err(ErrorCode::LimitExceeded)
+        );
+        assert_eq!(state.subscribe((1, 2), 1, request("c")), Ok(()));
+        assert_eq!(
+            state.subscribe((1, 2), 1, request("d")),
+            Err(ErrorCode::LimitExceeded),
+            "max_channels"
+        );
+        assert_eq!(
+            state.publish("e", Bytes::from_static(b"1"), None),
+            Err(ErrorCode::LimitExceeded)
+        );
+        assert!(state.publish("a", Bytes::from_static(b"1"), None).is_ok());
+    }
+
+    fn request(channel: &str) -> SubscribeRequest {
+        SubscribeRequest {
+            channel: channel.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn removing_a_link_forgets_its_sessions_and_subscriptions() {
+        let (mut state, queue) = state(1 << 20);
+        open(&mut state, 1);
+        command(&mut state, 1, subscribe("a"));
+        let leftovers = state.take_link(1);
+        assert!(queue.is_dead());
+        assert_eq!(state.session_count(), 0);
+        state.drop_link_subscriptions(1, leftovers.channels);
+        assert_eq!(state.channel_count(), 0);
+        // Frames of the removed Link are not applied.
+        open(&mut state, 2);
+        assert_eq!(state.session_count(), 0);
+    }
 }

@@ -237,7 +237,10 @@ async fn private_channel_history_presence_publish_need_subscribe_right() {
         let what = format!("{command:?}");
         let reply = client.request(command).await;
         assert_eq!(error_code(&reply), Some(103), "{what}: {reply:?}");
-        assert!(reply.history.is_none() && reply.presence.is_none(), "{reply:?}");
+        assert!(
+            reply.history.is_none() && reply.presence.is_none(),
+            "{reply:?}"
+        );
     }
     // The client's publish was not stored: only the server's publication is there.
     let result = api_ok(
@@ -263,13 +266,17 @@ async fn non_json_publish_is_refused_with_107_and_json_subscribers_stay() {
     );
     let mut binary = server.ws(WsOptions::protobuf()).await;
     binary.handshake().await;
-    let reply = binary.request(raw_publish(&channel, &[0xff, 0x00, 0x01])).await;
+    let reply = binary
+        .request(raw_publish(&channel, &[0xff, 0x00, 0x01]))
+        .await;
     assert_eq!(error_code(&reply), Some(107), "{reply:?}");
     let reply = binary.request(raw_publish(&channel, b"")).await;
     assert_eq!(error_code(&reply), Some(107), "empty data: {reply:?}");
     // The JSON subscriber was not kicked and still receives the channel.
     assert_served(&mut subscriber, "JSON subscriber").await;
-    let reply = binary.request(raw_publish(&channel, b"{\"ok\":true}")).await;
+    let reply = binary
+        .request(raw_publish(&channel, b"{\"ok\":true}"))
+        .await;
     assert_eq!(error_code(&reply), None, "{reply:?}");
     subscriber.expect_publication(&channel, 1).await;
 
@@ -286,11 +293,19 @@ async fn non_json_publish_is_refused_with_107_and_json_subscribers_stay() {
     let publication = binary.expect_publication(&binary_channel, 1).await;
     assert_eq!(&publication.data[..], &[0xff, 0x00]);
     let reply = subscriber.request(subscribe(&binary_channel)).await;
-    assert_eq!(error_code(&reply), Some(107), "JSON client on a binary channel");
+    assert_eq!(
+        error_code(&reply),
+        Some(107),
+        "JSON client on a binary channel"
+    );
     let reply = subscriber
         .request(history(&binary_channel, -1, None, false))
         .await;
-    assert_eq!(error_code(&reply), Some(107), "JSON history of a binary channel");
+    assert_eq!(
+        error_code(&reply),
+        Some(107),
+        "JSON history of a binary channel"
+    );
     assert_served(&mut subscriber, "JSON subscriber after binary refusals").await;
 }
 

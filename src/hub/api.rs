@@ -2,7 +2,7 @@
 //! publish, broadcast, presence, history, disconnect. Errors come back as
 //! `{"error":{"code","message"}}` with Centrifugo's codes. Publications go through the same
 //! checks as client publishes ([`super::state::HubState::publish`]); disconnect refuses an
-//! empty user and any code outside 3000-4999 with 400 + 107.
+//! empty user (unless one `client` is named) and any code outside 3000-4999 with 400 + 107.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
@@ -43,6 +43,9 @@ struct ChannelBody {
 #[derive(Deserialize)]
 struct DisconnectBody {
     user: String,
+    /// Only this connection of `user` (Centrifugo's `client`); required when `user` is empty.
+    #[serde(default)]
+    client: Option<String>,
     #[serde(default)]
     disconnect: Option<DisconnectSpec>,
 }
@@ -119,7 +122,8 @@ pub fn respond(
             }
         }),
         "/api/disconnect" => parse(body).and_then(|b: DisconnectBody| {
-            if b.user.is_empty() {
+            let client = b.client.as_deref().filter(|c| !c.is_empty());
+            if b.user.is_empty() && client.is_none() {
                 return Err(());
             }
             let disconnect = match b.disconnect {
@@ -129,7 +133,7 @@ pub fn respond(
                 }
                 None => Disconnect::FORCE_DISCONNECT,
             };
-            hub.with_state(|state| state.disconnect_user(&b.user, &disconnect));
+            hub.with_state(|state| state.disconnect_user(&b.user, client, &disconnect));
             Ok(json!({"result": {}}))
         }),
         _ => return json_response(StatusCode::NOT_FOUND, error_body(ErrorCode::MethodNotFound)),

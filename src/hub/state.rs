@@ -866,12 +866,25 @@ impl HubState {
         }
     }
 
-    /// Disconnects every session of `user`; returns how many.
-    pub fn disconnect_user(&mut self, user: &str, disconnect: &Disconnect) -> usize {
+    /// Disconnects every session of `user`, or only its connection `client` when given;
+    /// returns how many.
+    pub fn disconnect_user(
+        &mut self,
+        user: &str,
+        client: Option<&str>,
+        disconnect: &Disconnect,
+    ) -> usize {
         let keys: Vec<SessionKey> = self
             .users
             .get(user)
-            .map(|keys| keys.iter().copied().collect())
+            .map(|keys| {
+                keys.iter()
+                    .copied()
+                    .filter(|key| {
+                        client.is_none_or(|c| self.session(*key).is_some_and(|s| s.client == c))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         for key in &keys {
             self.disconnect(*key, disconnect);

@@ -393,10 +393,18 @@ async fn api_disconnect_with_empty_user_is_refused() {
     let server = Server::start("").await;
     let mut anonymous = server.ws(WsOptions::json()).await;
     anonymous.handshake().await;
+    let mut targeted = server.ws(WsOptions::json()).await;
+    let client = targeted.handshake().await;
     let (status, body) = api(server.admin_addr, "disconnect", &json!({"user": ""}), None).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], 107, "{body}");
     assert_served(&mut anonymous, "anonymous client").await;
+    // One anonymous connection can still be named by its client id.
+    let body = json!({"user": "", "client": client});
+    api_ok(server.admin_addr, "disconnect", &body, None).await;
+    let (code, _) = targeted.expect_close(WAIT).await;
+    assert_eq!(code, 3503);
+    assert_served(&mut anonymous, "the other anonymous client").await;
 }
 
 #[tokio::test]

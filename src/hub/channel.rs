@@ -2,8 +2,9 @@
 //! global history ledger that bounds history across channels in bytes and in time.
 //!
 //! Guarantee: the ledger's `held_bytes` is the sum of the encoded sizes of the publications
-//! kept in every channel's history (every removal goes through [`Channel::pop_front`]); the
-//! ledger's order holds at most `2 × held + LEDGER_SLACK` entries.
+//! kept in every channel's history (every removal goes through [`Channel::pop_front`] or
+//! [`Channel::pop_evicted`]); the ledger's order holds at most `2 × held + LEDGER_SLACK`
+//! entries (stale entries are remembered by sequence and compacted away in bulk).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -104,10 +105,19 @@ impl Channel {
         self.subscribers.is_empty() && self.history.is_empty()
     }
 
-    /// Removes the oldest kept publication, keeping the ledger's accounting.
+    /// Removes the oldest kept publication (a trim by `history_size`), keeping the ledger's
+    /// accounting; its ledger entry becomes stale.
     pub fn pop_front(&mut self, ledger: &mut Ledger) -> Option<Stored> {
         let stored = self.history.pop_front()?;
-        ledger.forget(stored.size);
+        ledger.forget(stored.size, Some(stored.seq));
+        Some(stored)
+    }
+
+    /// Removes the oldest kept publication whose ledger entry the ledger already handed out
+    /// ([`Ledger::next_to_drop`]).
+    pub fn pop_evicted(&mut self, ledger: &mut Ledger) -> Option<Stored> {
+        let stored = self.history.pop_front()?;
+        ledger.forget(stored.size, None);
         Some(stored)
     }
 
@@ -182,6 +192,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Ledger {
     order: VecDeque<Entry>,
+    /// Sequences of entries still in `order` whose publication is gone.
+    stale: HashSet<u64>,
     next_seq: u64,
     held: usize,
     held_bytes: usize,
@@ -232,49 +244,48 @@ impl Ledger {
         size
     }
 
-    fn forget(&mut self, size: usize) {
+    fn forget(&mut self, size: usize, stale: Option<u64>) {
         self.held = self.held.saturating_sub(1);
         self.held_bytes = self.held_bytes.saturating_sub(size);
+        if let Some(seq) = stale {
+            self.stale.insert(seq);
+            if self.stale.len() > self.held + LEDGER_SLACK {
+                let stale = std::mem::take(&mut self.stale);
+                self.order.retain(|entry| !stale.contains(&entry.seq));
+            }
+        }
     }
 
-    /// Pops the oldest entry if it is over the byte cap or the TTL.
+    /// Pops the oldest live entry if it is over the byte cap or the TTL (stale entries on the
+    /// way are discarded).
     pub fn next_to_drop(&mut self, max_bytes: usize, ttl: Duration, now: Instant) -> Oldest {
-        let Some(front) = self.order.front() else {
-            return Oldest::Keep;
-        };
-        let expired = now.saturating_duration_since(front.at) > ttl;
-        let over = self.held_bytes > max_bytes;
-        if !expired && !over {
-            return Oldest::Keep;
-        }
-        match self.order.pop_front() {
-            Some(entry) => Oldest::Drop {
-                channel: entry.channel,
-                seq: entry.seq,
-                evicted: !expired,
-            },
-            None => Oldest::Keep,
+        loop {
+            let Some(front) = self.order.front() else {
+                return Oldest::Keep;
+            };
+            if self.stale.remove(&front.seq) {
+                self.order.pop_front();
+                continue;
+            }
+            let expired = now.saturating_duration_since(front.at) > ttl;
+            let over = self.held_bytes > max_bytes;
+            if !expired && !over {
+                return Oldest::Keep;
+            }
+            return match self.order.pop_front() {
+                Some(entry) => Oldest::Drop {
+                    channel: entry.channel,
+                    seq: entry.seq,
+                    evicted: !expired,
+                },
+                None => Oldest::Keep,
+            };
         }
     }
 
     /// Counts one eviction for the byte cap.
     pub fn count_eviction(&mut self) {
         self.evictions += 1;
-    }
-
-    /// Whether the order holds so many stale entries that it should be compacted.
-    pub fn needs_compaction(&self) -> bool {
-        self.order.len() > 2 * self.held + LEDGER_SLACK
-    }
-
-    /// Keeps only the entries still present in their channel's history.
-    pub fn compact(&mut self, channels: &HashMap<Arc<str>, Channel>) {
-        self.order.retain(|entry| {
-            channels
-                .get(&entry.channel)
-                .and_then(|c| c.history.front())
-                .is_some_and(|front| front.seq <= entry.seq)
-        });
     }
 
     /// Bytes of history held across channels.
@@ -308,7 +319,7 @@ mod tests {
             if let Some(state) = channels.get_mut(&channel)
                 && state.history.front().is_some_and(|s| s.seq == seq)
             {
-                state.pop_front(ledger);
+                state.pop_evicted(ledger);
             }
         }
     }
@@ -347,12 +358,14 @@ mod tests {
             while channel.history.len() > 3 {
                 channel.pop_front(&mut ledger);
             }
-            if ledger.needs_compaction() {
-                ledger.compact(&channels);
-            }
         }
         assert_eq!(ledger.held, 3);
         assert!(ledger.order.len() <= 2 * 3 + LEDGER_SLACK + 1);
+        // Stale entries are skipped: the byte cap evicts the live ones, oldest first.
+        drain(&mut ledger, &mut channels, 0);
+        assert_eq!(ledger.held, 0);
+        assert_eq!(ledger.held_bytes(), 0);
+        assert!(channels["a"].history.is_empty());
         let sizes: usize = channels["a"].history.iter().map(|s| s.size).sum();
         assert_eq!(ledger.held_bytes(), sizes);
     }

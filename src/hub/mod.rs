@@ -13,8 +13,8 @@ pub mod link_queue;
 pub mod policy;
 pub mod state;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -39,8 +39,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const LINK_REMOVAL_BATCH: usize = 64;
 
 struct Inner {
-    state: Mutex<HubState>,
-    config: RwLock<Arc<HubConfig>>,
+    state: HubState,
     counters: Arc<HubCounters>,
     next_link: AtomicU64,
 }
@@ -57,8 +56,7 @@ impl Hub {
         let counters = Arc::new(HubCounters::default());
         let hub = Hub {
             inner: Arc::new(Inner {
-                state: Mutex::new(HubState::new(config.clone(), counters.clone())),
-                config: RwLock::new(Arc::new(config)),
+                state: HubState::new(config, counters.clone()),
                 counters,
                 next_link: AtomicU64::new(1),
             }),
@@ -78,17 +76,8 @@ impl Hub {
         hub
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
-        // Poison-safe by construction: HubState never mutates across a fallible step.
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn config(&self) -> Arc<HubConfig> {
-        self.inner
-            .config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn config(&self) -> HubConfig {
+        self.inner.state.config()
     }
 
     /// Counters and gauges of the hub (Link overflows, repairs, history bytes, evictions).
@@ -98,13 +87,12 @@ impl Hub {
 
     /// Applies a new hub config (token secret, API key, limits) to later operations.
     pub fn set_config(&self, config: HubConfig) {
-        *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.clone());
-        self.with_state(|state| state.set_config(config));
+        self.inner.state.set_config(config);
     }
 
-    /// Runs `operation` on the state under the hub's lock.
-    pub fn with_state<R>(&self, operation: impl FnOnce(&mut HubState) -> R) -> R {
-        operation(&mut self.lock())
+    /// Runs `operation` on the state (which locks only what each operation needs).
+    pub fn with_state<R>(&self, operation: impl FnOnce(&HubState) -> R) -> R {
+        operation(&self.inner.state)
     }
 
     /// Verifies a token outside any lock.
@@ -207,9 +195,7 @@ impl Hub {
                 if let Some(inner) = command.command {
                     let refresh = refresh_token(&inner).map(|token| self.verify(token));
                     self.with_state(|state| {
-                        if state.has_link(link) {
-                            state.command((link, command.session), inner, refresh);
-                        }
+                        state.command((link, command.session), inner, refresh);
                     });
                 }
             }

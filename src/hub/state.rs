@@ -1,20 +1,24 @@
-//! The hub's state: sessions (indexed by Link and by user), channels with subscribers and
-//! history, Link queues; and the frames each operation sends back over the Links.
+//! The hub's state, split so that no lock is held across work that grows with the number of
+//! sessions, channels or Links:
+//! - channels live in [`SHARDS`] shards (`Mutex<HashMap<channel, Channel>>` by hash); offset
+//!   assignment and the push of a publication happen under that channel's shard lock, which
+//!   keeps per-channel order;
+//! - sessions live in one table indexed by Link and by user, with a deadline heap for token
+//!   expiries; operations on it are bounded by one session's channels (`client_channel_limit`);
+//! - the history ledger (global order and bytes, for TTL and the byte cap) has its own lock;
+//! - Link queues sit in a read-mostly map.
 //!
-//! Guarantees:
-//! - every operation is bounded by its own inputs, never by the total number of sessions or
-//!   channels: sessions are indexed by Link, expiries sit in a deadline heap, history expiry
-//!   and eviction follow a global ledger, idle channels are forgotten as they become idle,
-//!   and Link removal is done channel by channel in small batches ([`HubState::take_link`]);
-//! - tokens are verified by the caller, outside the lock;
-//! - frames are only queued with the byte-bounded [`LinkQueue`], so no Link and no client can
-//!   stall the hub, and a full queue costs only the affected subscriptions or sessions;
-//! - poison safety: no operation mutates across a fallible step (no `?`/panic between paired
-//!   updates), so the state behind a poisoned lock is consistent and is used as is.
+//! Lock order (never the other way): sessions → shard → ledger; the Link map and the queues
+//! are leaves. Tokens are verified by the caller, outside every lock. Poison safety: no
+//! operation mutates across a fallible step, so state behind a poisoned lock is consistent and
+//! used as is.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -41,6 +45,8 @@ use crate::session::handle::SERVER_VERSION;
 
 pub use super::channel::SessionKey;
 
+/// Number of channel shards.
+pub const SHARDS: usize = 64;
 /// Unsubscribe code telling SDKs to resubscribe and recover ("insufficient state").
 pub const UNSUBSCRIBE_INSUFFICIENT_STATE: u32 = 2500;
 /// Disconnect of a session whose frames were lost: the client reconnects.
@@ -65,6 +71,16 @@ struct HubSession {
     expires_at: Option<u64>,
 }
 
+impl HubSession {
+    fn info(&self) -> ClientInfo {
+        ClientInfo {
+            user: self.user.clone(),
+            client: self.client.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -86,68 +102,166 @@ pub struct LinkLeftovers {
     pub channels: Vec<(Arc<str>, Vec<u64>)>,
 }
 
-/// All hub state.
 #[derive(Debug)]
-pub struct HubState {
-    config: Arc<HubConfig>,
+struct Settings {
+    config: HubConfig,
     binary: BinaryChannels,
-    links: HashMap<u64, Arc<LinkQueue>>,
-    /// Sessions by Link, then by session id.
-    sessions: HashMap<u64, HashMap<u64, HubSession>>,
-    channels: HashMap<Arc<str>, Channel>,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    by_link: HashMap<u64, HashMap<u64, HubSession>>,
     users: HashMap<String, HashSet<SessionKey>>,
-    ledger: Ledger,
     /// Connection expiries (unix seconds), checked lazily against the session.
     expiries: BinaryHeap<Reverse<(u64, SessionKey)>>,
-    session_count: usize,
+    count: usize,
+}
+
+impl Sessions {
+    fn get(&self, key: SessionKey) -> Option<&HubSession> {
+        self.by_link.get(&key.0)?.get(&key.1)
+    }
+
+    fn get_mut(&mut self, key: SessionKey) -> Option<&mut HubSession> {
+        self.by_link.get_mut(&key.0)?.get_mut(&key.1)
+    }
+
+    fn forget_user(&mut self, key: SessionKey, user: &str) {
+        if let Some(keys) = self.users.get_mut(user) {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    fn schedule_expiry(&mut self, at: u64, key: SessionKey) {
+        self.expiries.push(Reverse((at, key)));
+        if self.expiries.len() > 2 * self.count + EXPIRY_SLACK {
+            let live: Vec<Reverse<(u64, SessionKey)>> = self
+                .by_link
+                .iter()
+                .flat_map(|(link, sessions)| {
+                    sessions.iter().filter_map(move |(id, s)| {
+                        s.expires_at.map(|at| Reverse((at, (*link, *id))))
+                    })
+                })
+                .collect();
+            self.expiries = BinaryHeap::from(live);
+        }
+    }
+}
+
+type Shard = HashMap<Arc<str>, Channel>;
+
+/// All hub state; every method takes `&self` and locks only what it needs.
+#[derive(Debug)]
+pub struct HubState {
+    settings: RwLock<Arc<Settings>>,
+    links: RwLock<HashMap<u64, Arc<LinkQueue>>>,
+    sessions: Mutex<Sessions>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    ledger: Mutex<Ledger>,
+    channel_count: AtomicUsize,
     counters: Arc<HubCounters>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl HubState {
     /// Empty state.
     pub fn new(config: HubConfig, counters: Arc<HubCounters>) -> HubState {
         HubState {
-            binary: BinaryChannels::new(&config.binary_channels),
-            config: Arc::new(config),
-            links: HashMap::new(),
-            sessions: HashMap::new(),
-            channels: HashMap::new(),
-            users: HashMap::new(),
-            ledger: Ledger::default(),
-            expiries: BinaryHeap::new(),
-            session_count: 0,
+            settings: RwLock::new(Arc::new(Settings {
+                binary: BinaryChannels::new(&config.binary_channels),
+                config,
+            })),
+            links: RwLock::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            hasher: RandomState::new(),
+            ledger: Mutex::new(Ledger::default()),
+            channel_count: AtomicUsize::new(0),
             counters,
         }
     }
 
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> HubConfig {
+        self.settings().config.clone()
+    }
+
     /// Replaces the config used by later operations.
-    pub fn set_config(&mut self, config: HubConfig) {
-        self.binary = BinaryChannels::new(&config.binary_channels);
-        self.config = Arc::new(config);
+    pub fn set_config(&self, config: HubConfig) {
+        let settings = Arc::new(Settings {
+            binary: BinaryChannels::new(&config.binary_channels),
+            config,
+        });
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
         self.enforce_history();
     }
 
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        lock(&self.sessions)
+    }
+
+    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(channel) % SHARDS as u64) as usize;
+        lock(&self.shards[index])
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        lock(&self.ledger)
+    }
+
     /// Registers a Link's outbound queue.
-    pub fn add_link(&mut self, link: u64, queue: Arc<LinkQueue>) {
-        self.links.insert(link, queue);
+    pub fn add_link(&self, link: u64, queue: Arc<LinkQueue>) {
+        self.links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(link, queue);
+    }
+
+    fn queue(&self, link: u64) -> Option<Arc<LinkQueue>> {
+        self.links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&link)
+            .cloned()
     }
 
     /// Whether the Link is registered (a removed Link's frames are ignored).
     pub fn has_link(&self, link: u64) -> bool {
-        self.links.contains_key(&link)
+        self.queue(link).is_some()
     }
 
     /// Forgets a Link and its sessions (O(its sessions)); its queue is closed. The
     /// subscriptions it leaves are returned, to be dropped in batches outside this call.
-    pub fn take_link(&mut self, link: u64) -> LinkLeftovers {
-        if let Some(queue) = self.links.remove(&link) {
+    pub fn take_link(&self, link: u64) -> LinkLeftovers {
+        let queue = self
+            .links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&link);
+        if let Some(queue) = queue {
             queue.close();
         }
-        let sessions = self.sessions.remove(&link).unwrap_or_default();
-        self.session_count = self.session_count.saturating_sub(sessions.len());
+        let mut sessions = self.sessions();
+        let removed = sessions.by_link.remove(&link).unwrap_or_default();
+        sessions.count = sessions.count.saturating_sub(removed.len());
         let mut by_channel: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
-        for (id, session) in sessions {
-            self.forget_user((link, id), &session.user);
+        for (id, session) in removed {
+            sessions.forget_user((link, id), &session.user);
             for channel in session.channels {
                 by_channel.entry(channel).or_default().push(id);
             }
@@ -158,11 +272,12 @@ impl HubState {
         }
     }
 
-    /// Drops a removed Link's subscriptions of the given channels: one pass per channel, and
-    /// one leave push per removed subscriber to the Links still subscribed.
-    pub fn drop_link_subscriptions(&mut self, link: u64, channels: Vec<(Arc<str>, Vec<u64>)>) {
+    /// Drops a removed Link's subscriptions of the given channels: one pass per channel under
+    /// its shard lock, one leave push per removed subscriber to the Links still subscribed.
+    pub fn drop_link_subscriptions(&self, link: u64, channels: Vec<(Arc<str>, Vec<u64>)>) {
         for (name, sessions) in channels {
-            let Some(channel) = self.channels.get_mut(&name) else {
+            let mut shard = self.shard(&name);
+            let Some(channel) = shard.get_mut(&name) else {
                 continue;
             };
             let mut leaves = Vec::new();
@@ -173,10 +288,10 @@ impl HubState {
             }
             if channel.join_leave_subscribers > 0 {
                 for info in leaves {
-                    self.broadcast(&name, leave_push(&name, info));
+                    self.broadcast(channel, &name, leave_push(&name, info));
                 }
             }
-            self.forget_if_idle(&name);
+            self.forget_if_idle(&mut shard, &name);
         }
     }
 
@@ -187,29 +302,21 @@ impl HubState {
 
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
-        self.session_count
+        self.sessions().count
     }
 
     /// Number of channels known.
     pub fn channel_count(&self) -> usize {
-        self.channels.len()
+        self.channel_count.load(Ordering::Relaxed)
     }
 
     /// Bytes of history held across channels.
     pub fn history_bytes(&self) -> usize {
-        self.ledger.held_bytes()
-    }
-
-    fn session(&self, key: SessionKey) -> Option<&HubSession> {
-        self.sessions.get(&key.0)?.get(&key.1)
-    }
-
-    fn session_mut(&mut self, key: SessionKey) -> Option<&mut HubSession> {
-        self.sessions.get_mut(&key.0)?.get_mut(&key.1)
+        self.ledger().held_bytes()
     }
 
     fn emit_session(&self, key: SessionKey, frame: upstream_frame::Frame) {
-        let Some(queue) = self.links.get(&key.0) else {
+        let Some(queue) = self.queue(key.0) else {
             return;
         };
         let frame = UpstreamFrame { frame: Some(frame) };
@@ -223,20 +330,22 @@ impl HubState {
         }
     }
 
-    fn reply(&self, key: SessionKey, reply: Reply) {
-        let frame = upstream_frame::Frame::Reply(SessionReply {
-            session: key.1,
-            reply: Some(reply),
-        });
-        if frame.encoded_len() > self.config.max_frame_bytes {
-            let id = match &frame {
-                upstream_frame::Frame::Reply(r) => r.reply.as_ref().map_or(0, |r| r.id),
-                _ => 0,
-            };
+    fn reply_with(&self, settings: &Settings, key: SessionKey, reply: Reply) {
+        if reply.encoded_len() + 16 > settings.config.max_frame_bytes {
             HubCounters::bump(&self.counters.oversized_replies);
-            return self.reply_error(key, id, ErrorCode::LimitExceeded);
+            return self.reply_error(key, reply.id, ErrorCode::LimitExceeded);
         }
-        self.emit_session(key, frame);
+        self.emit_session(
+            key,
+            upstream_frame::Frame::Reply(SessionReply {
+                session: key.1,
+                reply: Some(reply),
+            }),
+        );
+    }
+
+    fn reply(&self, key: SessionKey, reply: Reply) {
+        self.reply_with(&self.settings(), key, reply);
     }
 
     fn reply_error(&self, key: SessionKey, id: u32, code: ErrorCode) {
@@ -276,19 +385,18 @@ impl HubState {
         );
     }
 
-    /// Sends `push` once to every Link with subscribers of `channel`.
-    fn broadcast(&self, channel: &str, push: Push) {
-        let Some(state) = self.channels.get(channel) else {
-            return;
-        };
+    /// Sends `push` once to every Link with subscribers of `channel` (called under its shard
+    /// lock, which orders the channel's pushes).
+    fn broadcast(&self, state: &Channel, channel: &str, push: Push) {
         let frame = UpstreamFrame {
             frame: Some(upstream_frame::Frame::Push(ChannelPush {
                 channel: channel.to_owned(),
                 push: Some(push),
             })),
         };
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
         for link in state.links.keys() {
-            let Some(queue) = self.links.get(link) else {
+            let Some(queue) = links.get(link) else {
                 continue;
             };
             if queue.push_channel(channel, frame.clone()) == Queued::Overflowed {
@@ -300,10 +408,7 @@ impl HubState {
 
     /// A session opened on a sidecar with its connect command; `check` is the outcome of
     /// verifying its token (done outside the lock).
-    pub fn open(&mut self, link: u64, open: SessionOpen, check: TokenCheck) {
-        if !self.has_link(link) {
-            return;
-        }
+    pub fn open(&self, link: u64, open: SessionOpen, check: TokenCheck) {
         let key = (link, open.session);
         let command = open.connect.unwrap_or_default();
         let mut session = HubSession {
@@ -325,15 +430,30 @@ impl HubState {
             session.expires_at = *expires_at;
         }
         let client = session.client.clone();
-        self.insert_session(key, session);
+        let mut sessions = self.sessions();
+        // Checked under the sessions lock: `take_link` removes the Link before it takes it.
+        if !self.has_link(link) {
+            return;
+        }
+        let previous = sessions
+            .by_link
+            .entry(link)
+            .or_default()
+            .insert(key.1, session);
+        match previous {
+            // A reused session id: forget the old one's subscriptions first.
+            Some(previous) => self.release_session(&mut sessions, key, previous),
+            None => sessions.count += 1,
+        }
         match valid {
             Err(None) => self.disconnect(key, &Disconnect::INVALID_TOKEN),
             Err(Some(code)) => self.reply_error(key, command.id, code),
             Ok((user, expires_at)) => {
-                self.users.entry(user).or_default().insert(key);
+                sessions.users.entry(user).or_default().insert(key);
                 if let Some(at) = expires_at {
-                    self.schedule_expiry(at, key);
+                    sessions.schedule_expiry(at, key);
                 }
+                drop(sessions);
                 let result = ConnectResult {
                     client,
                     version: SERVER_VERSION.to_owned(),
@@ -353,58 +473,31 @@ impl HubState {
         }
     }
 
-    fn insert_session(&mut self, key: SessionKey, session: HubSession) {
-        let previous = self
-            .sessions
-            .entry(key.0)
-            .or_default()
-            .insert(key.1, session);
-        if let Some(previous) = previous {
-            // A reused session id: forget the old one's subscriptions first.
-            self.release_session(key, previous);
-        } else {
-            self.session_count += 1;
-        }
-    }
-
-    fn schedule_expiry(&mut self, at: u64, key: SessionKey) {
-        self.expiries.push(Reverse((at, key)));
-        if self.expiries.len() > 2 * self.session_count + EXPIRY_SLACK {
-            let live: Vec<Reverse<(u64, SessionKey)>> = self
-                .sessions
-                .iter()
-                .flat_map(|(link, sessions)| {
-                    sessions.iter().filter_map(move |(id, s)| {
-                        s.expires_at.map(|at| Reverse((at, (*link, *id))))
-                    })
-                })
-                .collect();
-            self.expiries = BinaryHeap::from(live);
-        }
-    }
-
     /// A session ended on its sidecar.
-    pub fn close(&mut self, key: SessionKey) {
-        self.remove_session(key);
+    pub fn close(&self, key: SessionKey) {
+        let mut sessions = self.sessions();
+        self.remove_session(&mut sessions, key);
     }
 
-    fn remove_session(&mut self, key: SessionKey) {
-        let Some(sessions) = self.sessions.get_mut(&key.0) else {
+    fn remove_session(&self, sessions: &mut Sessions, key: SessionKey) {
+        let Some(by_id) = sessions.by_link.get_mut(&key.0) else {
             return;
         };
-        let Some(session) = sessions.remove(&key.1) else {
+        let Some(session) = by_id.remove(&key.1) else {
             return;
         };
-        if sessions.is_empty() && !self.links.contains_key(&key.0) {
-            self.sessions.remove(&key.0);
+        if by_id.is_empty() && !self.has_link(key.0) {
+            sessions.by_link.remove(&key.0);
         }
-        self.session_count = self.session_count.saturating_sub(1);
-        self.release_session(key, session);
+        sessions.count = sessions.count.saturating_sub(1);
+        self.release_session(sessions, key, session);
     }
 
-    fn release_session(&mut self, key: SessionKey, session: HubSession) {
-        self.forget_user(key, &session.user);
-        if let Some(queue) = self.links.get(&key.0) {
+    /// Forgets a removed session's user entry and subscriptions: O(its channels), bounded by
+    /// `client_channel_limit`.
+    fn release_session(&self, sessions: &mut Sessions, key: SessionKey, session: HubSession) {
+        sessions.forget_user(key, &session.user);
+        if let Some(queue) = self.queue(key.0) {
             queue.forget_session(key.1);
         }
         for channel in session.channels {
@@ -412,231 +505,171 @@ impl HubState {
         }
     }
 
-    fn forget_user(&mut self, key: SessionKey, user: &str) {
-        if let Some(keys) = self.users.get_mut(user) {
-            keys.remove(&key);
-            if keys.is_empty() {
-                self.users.remove(user);
-            }
-        }
-    }
-
     /// Removes a subscriber and tells the channel (leave push) if anyone listens for it.
-    fn remove_subscriber(&mut self, channel: &str, key: SessionKey) {
-        let Some(state) = self.channels.get_mut(channel) else {
+    fn remove_subscriber(&self, channel: &str, key: SessionKey) {
+        let mut shard = self.shard(channel);
+        let Some(state) = shard.get_mut(channel) else {
             return;
         };
         let Some(subscriber) = state.remove_subscriber(key) else {
             return;
         };
         if state.join_leave_subscribers > 0 {
-            self.broadcast(channel, leave_push(channel, subscriber.info));
+            self.broadcast(state, channel, leave_push(channel, subscriber.info));
         }
-        self.forget_if_idle(channel);
+        self.forget_if_idle(&mut shard, channel);
     }
 
-    fn forget_if_idle(&mut self, channel: &str) {
-        if self.channels.get(channel).is_some_and(Channel::is_idle) {
-            self.channels.remove(channel);
-            self.publish_gauges();
+    fn forget_if_idle(&self, shard: &mut Shard, channel: &str) {
+        if shard.get(channel).is_some_and(Channel::is_idle) {
+            shard.remove(channel);
+            self.channel_count.fetch_sub(1, Ordering::Relaxed);
         }
+        let count = u64::try_from(self.channel_count.load(Ordering::Relaxed)).unwrap_or(0);
+        self.counters
+            .channels
+            .store(count, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn publish_gauges(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let count = u64::try_from(self.channels.len()).unwrap_or(u64::MAX);
-        self.counters.channels.store(count, Relaxed);
-        let bytes = u64::try_from(self.ledger.held_bytes()).unwrap_or(u64::MAX);
-        self.counters.history_bytes.store(bytes, Relaxed);
+    /// Room for one more channel (106 at `hub.max_channels`); counts it when granted.
+    fn reserve_channel(&self, settings: &Settings) -> Result<(), ErrorCode> {
+        let max = settings.config.max_channels;
+        self.channel_count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| {
+                (count < max).then_some(count + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| ErrorCode::LimitExceeded)
     }
 
     /// A command of an open session; `refresh` is the verified token of a refresh command.
-    pub fn command(&mut self, key: SessionKey, command: Command, refresh: Option<TokenCheck>) {
-        let Some(session) = self.session(key) else {
-            return;
+    pub fn command(&self, key: SessionKey, command: Command, refresh: Option<TokenCheck>) {
+        let settings = self.settings();
+        let (info, protobuf) = {
+            let mut sessions = self.sessions();
+            let Some(session) = sessions.get(key) else {
+                return;
+            };
+            if !session.usable {
+                self.disconnect(key, &Disconnect::BAD_REQUEST);
+                self.remove_session(&mut sessions, key);
+                return;
+            }
+            (session.info(), session.protobuf)
         };
-        if !session.usable {
-            self.disconnect(key, &Disconnect::BAD_REQUEST);
-            self.remove_session(key);
-            return;
-        }
         let id = command.id;
         if let Some(request) = command.subscribe {
-            if let Err(code) = self.subscribe(key, id, request) {
+            // The reply goes out from `subscribe` itself, in order with the channel's pushes.
+            if let Err(code) = self.subscribe(&settings, key, id, request, info, protobuf) {
                 self.reply_error(key, id, code);
             }
-        } else if let Some(request) = command.unsubscribe {
-            let subscribed = self
-                .session_mut(key)
-                .is_some_and(|s| s.channels.remove(request.channel.as_str()));
-            if subscribed {
-                self.membership(key, &request.channel, false, false);
-                self.remove_subscriber(&request.channel, key);
-            }
-            self.reply(
-                key,
-                Reply {
-                    id,
-                    unsubscribe: Some(UnsubscribeResult {}),
-                    ..Default::default()
-                },
-            );
+            return;
+        }
+        let result = if let Some(request) = command.unsubscribe {
+            self.unsubscribe(key, &request.channel);
+            Ok(Reply {
+                id,
+                unsubscribe: Some(UnsubscribeResult {}),
+                ..Default::default()
+            })
         } else if let Some(request) = command.publish {
-            let info = self.client_info(key);
-            let result = self
-                .client_access(key, &request.channel)
-                .and_then(|()| self.publish(&request.channel, request.data, info));
-            match result {
-                Ok(_) => self.reply(
-                    key,
-                    Reply {
-                        id,
-                        publish: Some(PublishResult {}),
-                        ..Default::default()
-                    },
-                ),
-                Err(code) => self.reply_error(key, id, code),
-            }
+            client_access(&settings, &request.channel)
+                .and_then(|()| {
+                    self.publish_with(&settings, &request.channel, request.data, Some(info))
+                })
+                .map(|_| Reply {
+                    id,
+                    publish: Some(PublishResult {}),
+                    ..Default::default()
+                })
         } else if let Some(request) = command.presence {
-            match self.client_access(key, &request.channel) {
-                Ok(()) => {
-                    let presence = self.presence(&request.channel);
-                    self.reply(
-                        key,
-                        Reply {
-                            id,
-                            presence: Some(presence),
-                            ..Default::default()
-                        },
-                    );
-                }
-                Err(code) => self.reply_error(key, id, code),
-            }
+            client_access(&settings, &request.channel).map(|()| Reply {
+                id,
+                presence: Some(self.presence(&request.channel)),
+                ..Default::default()
+            })
         } else if let Some(request) = command.presence_stats {
-            match self.client_access(key, &request.channel) {
-                Ok(()) => {
-                    let stats = self.presence_stats(&request.channel);
-                    self.reply(
-                        key,
-                        Reply {
-                            id,
-                            presence_stats: Some(stats),
-                            ..Default::default()
-                        },
-                    );
-                }
-                Err(code) => self.reply_error(key, id, code),
-            }
+            client_access(&settings, &request.channel).map(|()| Reply {
+                id,
+                presence_stats: Some(self.presence_stats(&request.channel)),
+                ..Default::default()
+            })
         } else if let Some(request) = command.history {
-            let result = self
-                .client_access(key, &request.channel)
-                .and_then(|()| self.client_readable(key, &request.channel))
-                .and_then(|()| self.history(&request));
-            match result {
-                Ok(result) => self.reply(
-                    key,
-                    Reply {
-                        id,
-                        history: Some(result),
-                        ..Default::default()
-                    },
-                ),
-                Err(code) => self.reply_error(key, id, code),
-            }
+            client_access(&settings, &request.channel)
+                .and_then(|()| client_readable(&settings, protobuf, &request.channel))
+                .and_then(|()| self.history_with(&settings, &request))
+                .map(|result| Reply {
+                    id,
+                    history: Some(result),
+                    ..Default::default()
+                })
         } else if let Some(request) = command.rpc {
             if request.method == "echo" {
-                self.reply(
-                    key,
-                    Reply {
-                        id,
-                        rpc: Some(RpcResult { data: request.data }),
-                        ..Default::default()
-                    },
-                );
+                Ok(Reply {
+                    id,
+                    rpc: Some(RpcResult { data: request.data }),
+                    ..Default::default()
+                })
             } else {
-                self.reply_error(key, id, ErrorCode::MethodNotFound);
+                Err(ErrorCode::MethodNotFound)
             }
         } else if let Some(request) = command.send {
-            let push = Push {
-                message: Some(Message { data: request.data }),
-                ..Default::default()
-            };
-            self.reply(
-                key,
-                Reply {
-                    push: Some(push),
+            Ok(Reply {
+                push: Some(Push {
+                    message: Some(Message { data: request.data }),
                     ..Default::default()
-                },
-            );
+                }),
+                ..Default::default()
+            })
         } else if command.refresh.is_some() {
-            self.refresh(key, id, refresh.unwrap_or(TokenCheck::Invalid));
+            return self.refresh(&settings, key, id, refresh.unwrap_or(TokenCheck::Invalid));
         } else if command.sub_refresh.is_some() {
-            self.reply_error(key, id, ErrorCode::NotAvailable);
+            Err(ErrorCode::NotAvailable)
         } else {
             self.disconnect(key, &Disconnect::BAD_REQUEST);
-            self.remove_session(key);
+            let mut sessions = self.sessions();
+            return self.remove_session(&mut sessions, key);
+        };
+        match result {
+            Ok(reply) => self.reply_with(&settings, key, reply),
+            Err(code) => self.reply_error(key, id, code),
         }
     }
 
-    /// Channel name and private-channel rule for a client operation.
-    fn client_access(&self, _key: SessionKey, channel: &str) -> Result<(), ErrorCode> {
-        validate_channel(channel, self.config.channel_max_length)?;
-        client_may_access(channel)
-    }
-
-    /// JSON clients cannot receive a binary-only channel (107).
-    fn client_readable(&self, key: SessionKey, channel: &str) -> Result<(), ErrorCode> {
-        let protobuf = self.session(key).is_some_and(|s| s.protobuf);
-        if !protobuf && self.binary.matches(channel) {
-            return Err(ErrorCode::BadRequest);
-        }
-        Ok(())
-    }
-
-    fn client_info(&self, key: SessionKey) -> Option<ClientInfo> {
-        self.session(key).map(|s| ClientInfo {
-            user: s.user.clone(),
-            client: s.client.clone(),
-            ..Default::default()
-        })
-    }
-
-    /// Room for one more channel named `channel` (106 at `hub.max_channels`).
-    fn channel_room(&self, channel: &str) -> Result<(), ErrorCode> {
-        if !self.channels.contains_key(channel) && self.channels.len() >= self.config.max_channels {
-            return Err(ErrorCode::LimitExceeded);
-        }
-        Ok(())
-    }
-
+    /// Subscribes under the sessions lock then the channel's shard lock, so the session's
+    /// channel set and the channel's subscribers change together; the reply, membership and
+    /// join push go out under the shard lock, in order with the channel's publications.
     fn subscribe(
-        &mut self,
+        &self,
+        settings: &Settings,
         key: SessionKey,
         id: u32,
         request: SubscribeRequest,
+        info: ClientInfo,
+        protobuf: bool,
     ) -> Result<(), ErrorCode> {
-        self.client_access(key, &request.channel)?;
-        self.client_readable(key, &request.channel)?;
-        let info = self.client_info(key).ok_or(ErrorCode::Internal)?;
-        let limit = self.config.client_channel_limit;
-        let session = self.session(key).ok_or(ErrorCode::Internal)?;
+        client_access(settings, &request.channel)?;
+        client_readable(settings, protobuf, &request.channel)?;
+        self.enforce_history();
+        let mut sessions = self.sessions();
+        let session = sessions.get_mut(key).ok_or(ErrorCode::Internal)?;
         if session.channels.contains(request.channel.as_str()) {
             return Err(ErrorCode::AlreadySubscribed);
         }
-        if session.channels.len() >= limit {
+        if session.channels.len() >= settings.config.client_channel_limit {
             return Err(ErrorCode::LimitExceeded);
         }
-        self.channel_room(&request.channel)?;
-        self.enforce_history();
-        let name: Arc<str> = match self.channels.get_key_value(request.channel.as_str()) {
+        let mut shard = self.shard(&request.channel);
+        let name: Arc<str> = match shard.get_key_value(request.channel.as_str()) {
             Some((name, _)) => name.clone(),
-            None => Arc::from(request.channel.as_str()),
+            None => {
+                self.reserve_channel(settings)?;
+                Arc::from(request.channel.as_str())
+            }
         };
         // From here on nothing fails: the session and the channel are updated together.
-        if let Some(session) = self.session_mut(key) {
-            session.channels.insert(name.clone());
-        }
-        let channel = self.channels.entry(name.clone()).or_default();
+        session.channels.insert(name.clone());
+        let channel = shard.entry(name.clone()).or_default();
         let recoverable = request.recoverable || request.recover;
         let mut result = SubscribeResult {
             recoverable,
@@ -659,50 +692,66 @@ impl HubState {
                 join_leave: request.join_leave,
             },
         );
-        let announce = channel.join_leave_subscribers > 0;
-        self.publish_gauges();
-        let reply = Reply {
+        let mut reply = Reply {
             id,
             subscribe: Some(result),
             ..Default::default()
         };
-        if reply.encoded_len() > self.config.max_frame_bytes {
+        if reply.encoded_len() + 16 > settings.config.max_frame_bytes {
             // Recovery too large for one frame: subscribe without it; the client sees
             // recovered=false and reloads state.
             HubCounters::bump(&self.counters.oversized_replies);
-            let mut reply = reply;
             if let Some(result) = reply.subscribe.as_mut() {
                 result.publications.clear();
                 result.recovered = false;
             }
-            self.reply(key, reply);
-        } else {
-            self.reply(key, reply);
         }
+        self.reply_with(settings, key, reply);
         self.membership(key, &request.channel, true, request.join_leave);
-        if announce {
+        if channel.join_leave_subscribers > 0 {
             let push = Push {
                 channel: request.channel.clone(),
                 join: Some(Join { info: Some(info) }),
                 ..Default::default()
             };
-            self.broadcast(&request.channel, push);
+            self.broadcast(channel, &request.channel, push);
         }
         Ok(())
     }
 
-    /// Publishes to a channel after the shared checks (name, data, channel cap, frame size):
-    /// next offset, history, one push per Link with subscribers. Used by client publishes and
-    /// the server API alike.
+    fn unsubscribe(&self, key: SessionKey, channel: &str) {
+        let mut sessions = self.sessions();
+        let subscribed = sessions
+            .get_mut(key)
+            .is_some_and(|s| s.channels.remove(channel));
+        if subscribed {
+            self.membership(key, channel, false, false);
+            self.remove_subscriber(channel, key);
+        }
+    }
+
+    /// Publishes from the server API: the same checks as a client publish.
     pub fn publish(
-        &mut self,
+        &self,
         channel: &str,
         data: Bytes,
         info: Option<ClientInfo>,
     ) -> Result<(u64, String), ErrorCode> {
-        validate_channel(channel, self.config.channel_max_length)?;
-        check_data(&data, self.binary.matches(channel))?;
-        self.channel_room(channel)?;
+        self.publish_with(&self.settings(), channel, data, info)
+    }
+
+    /// Publishes after the shared checks (name, data, channel cap, frame size): next offset,
+    /// history, one push per Link with subscribers, all under the channel's shard lock.
+    fn publish_with(
+        &self,
+        settings: &Settings,
+        channel: &str,
+        data: Bytes,
+        info: Option<ClientInfo>,
+    ) -> Result<(u64, String), ErrorCode> {
+        let config = &settings.config;
+        validate_channel(channel, config.channel_max_length)?;
+        check_data(&data, settings.binary.matches(channel))?;
         let mut publication = Publication {
             data,
             info,
@@ -710,77 +759,82 @@ impl HubState {
         };
         // Offset not yet known: count its varint at the widest.
         let push_len = publication.encoded_len() + channel.len() * 2 + 32;
-        if push_len > self.config.max_frame_bytes {
+        if push_len > config.max_frame_bytes {
             return Err(ErrorCode::LimitExceeded);
         }
-        let history_size = self.config.history_size;
-        let name: Arc<str> = match self.channels.get_key_value(channel) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(channel),
-        };
-        let state = self.channels.entry(name.clone()).or_default();
-        state.top += 1;
-        publication.offset = state.top;
-        let position = (state.top, state.epoch.clone());
-        if history_size > 0 {
-            self.ledger
-                .store(&name, state, publication.clone(), Instant::now());
-            while state.history.len() > history_size {
-                state.pop_front(&mut self.ledger);
+        let position = {
+            let mut shard = self.shard(channel);
+            let name: Arc<str> = match shard.get_key_value(channel) {
+                Some((name, _)) => name.clone(),
+                None => {
+                    self.reserve_channel(settings)?;
+                    Arc::from(channel)
+                }
+            };
+            let state = shard.entry(name.clone()).or_default();
+            state.top += 1;
+            publication.offset = state.top;
+            let position = (state.top, state.epoch.clone());
+            if config.history_size > 0 {
+                let mut ledger = self.ledger();
+                ledger.store(&name, state, publication.clone(), Instant::now());
+                while state.history.len() > config.history_size {
+                    state.pop_front(&mut ledger);
+                }
             }
-        }
-        let push = Push {
-            channel: channel.to_owned(),
-            r#pub: Some(publication),
-            ..Default::default()
+            let push = Push {
+                channel: channel.to_owned(),
+                r#pub: Some(publication),
+                ..Default::default()
+            };
+            self.broadcast(state, channel, push);
+            self.forget_if_idle(&mut shard, channel);
+            position
         };
-        self.broadcast(channel, push);
         self.enforce_history();
-        self.forget_if_idle(channel);
-        self.publish_gauges();
         Ok(position)
     }
 
     /// Drops history past its TTL or beyond `hub.history_max_bytes`, oldest first across
-    /// channels; O(dropped) plus an amortised compaction of the ledger.
-    fn enforce_history(&mut self) {
-        let max_bytes = self.config.history_max_bytes;
-        let ttl = self.config.history_ttl;
+    /// channels; O(dropped). Takes the ledger and one shard at a time, never both the other
+    /// way round.
+    fn enforce_history(&self) {
+        let settings = self.settings();
+        let max_bytes = settings.config.history_max_bytes;
+        let ttl = settings.config.history_ttl;
         let now = Instant::now();
-        let mut emptied: Vec<Arc<str>> = Vec::new();
-        while let Oldest::Drop {
-            channel,
-            seq,
-            evicted,
-        } = self.ledger.next_to_drop(max_bytes, ttl, now)
-        {
-            let Some(state) = self.channels.get_mut(&channel) else {
+        loop {
+            let next = self.ledger().next_to_drop(max_bytes, ttl, now);
+            let Oldest::Drop {
+                channel,
+                seq,
+                evicted,
+            } = next
+            else {
+                break;
+            };
+            let mut shard = self.shard(&channel);
+            let Some(state) = shard.get_mut(&channel) else {
                 continue;
             };
             if state.history.front().is_some_and(|s| s.seq == seq) {
-                state.pop_front(&mut self.ledger);
+                state.pop_evicted(&mut self.ledger());
                 if evicted {
-                    self.ledger.count_eviction();
                     HubCounters::bump(&self.counters.history_evictions);
                 }
-                if state.is_idle() {
-                    emptied.push(channel);
-                }
+                self.forget_if_idle(&mut shard, &channel);
             }
         }
-        if self.ledger.needs_compaction() {
-            self.ledger.compact(&self.channels);
-        }
-        for channel in emptied {
-            self.forget_if_idle(&channel);
-        }
-        self.publish_gauges();
+        let bytes = u64::try_from(self.ledger().held_bytes()).unwrap_or(u64::MAX);
+        self.counters
+            .history_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Presence of a channel: client id → info.
     pub fn presence(&self, channel: &str) -> PresenceResult {
-        let presence = self
-            .channels
+        let shard = self.shard(channel);
+        let presence = shard
             .get(channel)
             .map(|state| {
                 state
@@ -794,7 +848,8 @@ impl HubState {
     }
 
     fn presence_stats(&self, channel: &str) -> PresenceStatsResult {
-        let Some(state) = self.channels.get(channel) else {
+        let shard = self.shard(channel);
+        let Some(state) = shard.get(channel) else {
             return PresenceStatsResult::default();
         };
         let users: HashSet<&str> = state
@@ -810,46 +865,59 @@ impl HubState {
 
     /// History of a channel: `limit` (> 0 at most that many, < 0 all, 0 none), `since` a
     /// position (error 112 when it is gone), `reverse` newest first. A channel the hub does
-    /// not know answers an empty history with a fresh epoch (nothing is created).
-    pub fn history(&mut self, request: &HistoryRequest) -> Result<HistoryResult, ErrorCode> {
-        validate_channel(&request.channel, self.config.channel_max_length)?;
+    /// not know answers an empty history with a fresh epoch (nothing is created). A reply
+    /// over `hub.max_frame_bytes` is error 106.
+    pub fn history(&self, request: &HistoryRequest) -> Result<HistoryResult, ErrorCode> {
+        self.history_with(&self.settings(), request)
+    }
+
+    fn history_with(
+        &self,
+        settings: &Settings,
+        request: &HistoryRequest,
+    ) -> Result<HistoryResult, ErrorCode> {
+        validate_channel(&request.channel, settings.config.channel_max_length)?;
         self.enforce_history();
         let since = request.since.as_ref().map(|p| (p.epoch.as_str(), p.offset));
-        let result = match self.channels.get(request.channel.as_str()) {
-            Some(channel) => channel.history(request.limit, since, request.reverse),
-            None => Channel::new().history(request.limit, since, request.reverse),
+        let result = {
+            let shard = self.shard(&request.channel);
+            match shard.get(request.channel.as_str()) {
+                Some(channel) => channel.history(request.limit, since, request.reverse),
+                None => Channel::new().history(request.limit, since, request.reverse),
+            }
         }?;
-        if result.encoded_len() + 64 > self.config.max_frame_bytes {
+        if result.encoded_len() + 64 > settings.config.max_frame_bytes {
             HubCounters::bump(&self.counters.oversized_replies);
             return Err(ErrorCode::LimitExceeded);
         }
         Ok(result)
     }
 
-    fn refresh(&mut self, key: SessionKey, id: u32, check: TokenCheck) {
-        let secret_set = self.config.token_hmac_secret.is_some();
-        let Some(session) = self.session(key) else {
+    fn refresh(&self, settings: &Settings, key: SessionKey, id: u32, check: TokenCheck) {
+        let secret_set = settings.config.token_hmac_secret.is_some();
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(key) else {
             return;
         };
         match check {
             TokenCheck::Valid { user, expires_at } if user == session.user => {
-                let client = session.client.clone();
                 if secret_set {
-                    if let Some(session) = self.session_mut(key) {
-                        session.expires_at = expires_at;
-                    }
-                    if let Some(at) = expires_at {
-                        self.schedule_expiry(at, key);
-                    }
+                    session.expires_at = expires_at;
                 }
-                let expires_at = self.session(key).and_then(|s| s.expires_at);
+                let client = session.client.clone();
+                let expires_at = session.expires_at;
+                if secret_set && let Some(at) = expires_at {
+                    sessions.schedule_expiry(at, key);
+                }
+                drop(sessions);
                 let result = RefreshResult {
                     client,
                     version: SERVER_VERSION.to_owned(),
                     expires: expires_at.is_some(),
                     ttl: ttl_of(expires_at),
                 };
-                self.reply(
+                self.reply_with(
+                    settings,
                     key,
                     Reply {
                         id,
@@ -861,7 +929,7 @@ impl HubState {
             TokenCheck::Expired => self.reply_error(key, id, ErrorCode::TokenExpired),
             TokenCheck::Valid { .. } | TokenCheck::Invalid => {
                 self.disconnect(key, &Disconnect::INVALID_TOKEN);
-                self.remove_session(key);
+                self.remove_session(&mut sessions, key);
             }
         }
     }
@@ -869,26 +937,27 @@ impl HubState {
     /// Disconnects every session of `user`, or only its connection `client` when given;
     /// returns how many.
     pub fn disconnect_user(
-        &mut self,
+        &self,
         user: &str,
         client: Option<&str>,
         disconnect: &Disconnect,
     ) -> usize {
-        let keys: Vec<SessionKey> = self
+        let mut sessions = self.sessions();
+        let keys: Vec<SessionKey> = sessions
             .users
             .get(user)
             .map(|keys| {
                 keys.iter()
                     .copied()
                     .filter(|key| {
-                        client.is_none_or(|c| self.session(*key).is_some_and(|s| s.client == c))
+                        client.is_none_or(|c| sessions.get(*key).is_some_and(|s| s.client == c))
                     })
                     .collect()
             })
             .unwrap_or_default();
         for key in &keys {
             self.disconnect(*key, disconnect);
-            self.remove_session(*key);
+            self.remove_session(&mut sessions, *key);
         }
         keys.len()
     }
@@ -896,36 +965,45 @@ impl HubState {
     /// Repairs a Link after its queue overflowed and drained: sessions of lagging channels are
     /// unsubscribed with 2500 (they resubscribe and recover), stalled sessions are
     /// disconnected with 3010.
-    pub fn repair(&mut self, link: u64, repairs: Repairs) {
+    pub fn repair(&self, link: u64, repairs: Repairs) {
         if !self.has_link(link) {
             return;
         }
         for name in repairs.channels {
-            let sessions: Vec<u64> = self
-                .channels
-                .get(name.as_str())
-                .and_then(|c| c.links.get(&link))
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
-            for id in sessions {
+            let members: Vec<u64> = {
+                let shard = self.shard(&name);
+                shard
+                    .get(name.as_str())
+                    .and_then(|c| c.links.get(&link))
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default()
+            };
+            for id in members {
                 let key = (link, id);
-                if let Some(session) = self.session_mut(key) {
-                    session.channels.remove(name.as_str());
+                let mut sessions = self.sessions();
+                let subscribed = sessions
+                    .get_mut(key)
+                    .is_some_and(|s| s.channels.remove(name.as_str()));
+                if !subscribed {
+                    continue;
                 }
                 self.membership(key, &name, false, false);
-                self.reply(
+                self.emit_session(
                     key,
-                    Reply {
-                        push: Some(Push {
-                            channel: name.clone(),
-                            unsubscribe: Some(Unsubscribe {
-                                code: UNSUBSCRIBE_INSUFFICIENT_STATE,
-                                reason: "insufficient state".to_owned(),
+                    upstream_frame::Frame::Reply(SessionReply {
+                        session: id,
+                        reply: Some(Reply {
+                            push: Some(Push {
+                                channel: name.clone(),
+                                unsubscribe: Some(Unsubscribe {
+                                    code: UNSUBSCRIBE_INSUFFICIENT_STATE,
+                                    reason: "insufficient state".to_owned(),
+                                }),
+                                ..Default::default()
                             }),
                             ..Default::default()
                         }),
-                        ..Default::default()
-                    },
+                    }),
                 );
                 self.remove_subscriber(&name, key);
                 HubCounters::bump(&self.counters.insufficient_state_unsubscribes);
@@ -933,9 +1011,10 @@ impl HubState {
         }
         for id in repairs.sessions {
             let key = (link, id);
-            if self.session(key).is_some() {
+            let mut sessions = self.sessions();
+            if sessions.get(key).is_some() {
                 self.disconnect(key, &INSUFFICIENT_STATE);
-                self.remove_session(key);
+                self.remove_session(&mut sessions, key);
                 HubCounters::bump(&self.counters.insufficient_state_disconnects);
             }
         }
@@ -943,20 +1022,38 @@ impl HubState {
 
     /// Periodic upkeep, O(expired): connections past their token `exp` get 3005, history past
     /// its TTL goes.
-    pub fn sweep(&mut self) {
+    pub fn sweep(&self) {
         let now = unix_now();
-        while let Some(Reverse((at, key))) = self.expiries.peek().copied() {
+        loop {
+            let mut sessions = self.sessions();
+            let Some(Reverse((at, key))) = sessions.expiries.peek().copied() else {
+                break;
+            };
             if at > now {
                 break;
             }
-            self.expiries.pop();
-            if self.session(key).is_some_and(|s| s.expires_at == Some(at)) {
+            sessions.expiries.pop();
+            if sessions.get(key).is_some_and(|s| s.expires_at == Some(at)) {
                 self.disconnect(key, &Disconnect::new(3005, "connection expired"));
-                self.remove_session(key);
+                self.remove_session(&mut sessions, key);
             }
         }
         self.enforce_history();
     }
+}
+
+/// Channel name and private-channel rule for a client operation.
+fn client_access(settings: &Settings, channel: &str) -> Result<(), ErrorCode> {
+    validate_channel(channel, settings.config.channel_max_length)?;
+    client_may_access(channel)
+}
+
+/// JSON clients cannot receive a binary-only channel (107).
+fn client_readable(settings: &Settings, protobuf: bool, channel: &str) -> Result<(), ErrorCode> {
+    if !protobuf && settings.binary.matches(channel) {
+        return Err(ErrorCode::BadRequest);
+    }
+    Ok(())
 }
 
 fn leave_push(channel: &str, info: ClientInfo) -> Push {
@@ -983,13 +1080,13 @@ mod tests {
             link_queue_max_bytes,
             ..HubConfig::default()
         };
-        let mut state = HubState::new(config, Arc::new(HubCounters::default()));
+        let state = HubState::new(config, Arc::new(HubCounters::default()));
         let queue = Arc::new(LinkQueue::new(link_queue_max_bytes));
         state.add_link(1, queue.clone());
         (state, queue)
     }
 
-    fn open(state: &mut HubState, session: u64) {
+    fn open(state: &HubState, session: u64) {
         let open = SessionOpen {
             session,
             client: format!("c{session}"),
@@ -1005,7 +1102,7 @@ mod tests {
         );
     }
 
-    fn command(state: &mut HubState, session: u64, command: Command) {
+    fn command(state: &HubState, session: u64, command: Command) {
         state.command((1, session), command, None);
     }
 
@@ -1032,11 +1129,11 @@ mod tests {
 
     #[tokio::test]
     async fn overflowing_channel_is_unsubscribed_with_2500_once_room_returns() {
-        let (mut state, queue) = state(20_000);
-        open(&mut state, 1);
-        open(&mut state, 2);
-        command(&mut state, 1, subscribe("busy"));
-        command(&mut state, 2, subscribe("quiet"));
+        let (state, queue) = state(20_000);
+        open(&state, 1);
+        open(&state, 2);
+        command(&state, 1, subscribe("busy"));
+        command(&state, 2, subscribe("quiet"));
         drain(&queue).await;
         let data = Bytes::from(format!("\"{}\"", "x".repeat(6_000)));
         for _ in 0..5 {
@@ -1065,7 +1162,7 @@ mod tests {
         assert!(state.presence("busy").presence.is_empty());
         assert_eq!(state.presence("quiet").presence.len(), 1);
         // The session resubscribes: accepted (not 105), and pushes flow again.
-        command(&mut state, 1, subscribe("busy"));
+        command(&state, 1, subscribe("busy"));
         let frames = drain(&queue).await;
         assert!(frames.iter().any(|f| matches!(f,
             upstream_frame::Frame::Reply(r) if r.reply.as_ref().is_some_and(|r| r.subscribe.is_some()))));
@@ -1077,10 +1174,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_that_lost_a_reply_is_disconnected_with_3010() {
-        let (mut state, queue) = state(20_000);
-        open(&mut state, 1);
-        open(&mut state, 2);
-        command(&mut state, 1, subscribe("room"));
+        let (state, queue) = state(20_000);
+        open(&state, 1);
+        open(&state, 2);
+        command(&state, 1, subscribe("room"));
         drain(&queue).await;
         // A push that leaves 2 bytes of room: no reply fits after it.
         let push_len = |n: usize| {
@@ -1114,7 +1211,7 @@ mod tests {
             ..Default::default()
         };
         // Session 2's publish reply does not fit after the big push.
-        command(&mut state, 2, rpc);
+        command(&state, 2, rpc);
         assert_eq!(
             HubCounters::read(&state.counters().link_session_overflows),
             1
@@ -1129,27 +1226,40 @@ mod tests {
         assert_eq!(state.session_count(), 1);
     }
 
-    #[test]
-    fn channel_limit_and_channel_cap_answer_106() {
-        let (mut state, _queue) = state(1 << 20);
+    /// Subscribes and returns the reply's error code, if any.
+    async fn subscribe_code(
+        state: &HubState,
+        queue: &LinkQueue,
+        session: u64,
+        channel: &str,
+    ) -> Option<u32> {
+        command(state, session, subscribe(channel));
+        drain(queue).await.into_iter().find_map(|f| match f {
+            upstream_frame::Frame::Reply(r) => r.reply.map(|r| r.error.map(|e| e.code)),
+            _ => None,
+        })?
+    }
+
+    #[tokio::test]
+    async fn channel_limit_and_channel_cap_answer_106() {
+        let (state, queue) = state(1 << 20);
         state.set_config(HubConfig {
             client_channel_limit: 2,
             max_channels: 3,
             ..HubConfig::default()
         });
-        open(&mut state, 1);
-        open(&mut state, 2);
+        open(&state, 1);
+        open(&state, 2);
+        drain(&queue).await;
         for channel in ["a", "b"] {
-            assert_eq!(state.subscribe((1, 1), 1, request(channel)), Ok(()));
+            assert_eq!(subscribe_code(&state, &queue, 1, channel).await, None);
         }
+        assert_eq!(subscribe_code(&state, &queue, 1, "a").await, Some(105));
+        assert_eq!(subscribe_code(&state, &queue, 1, "c").await, Some(106));
+        assert_eq!(subscribe_code(&state, &queue, 2, "c").await, None);
         assert_eq!(
-            state.subscribe((1, 1), 1, request("c")),
-            Err(ErrorCode::LimitExceeded)
-        );
-        assert_eq!(state.subscribe((1, 2), 1, request("c")), Ok(()));
-        assert_eq!(
-            state.subscribe((1, 2), 1, request("d")),
-            Err(ErrorCode::LimitExceeded),
+            subscribe_code(&state, &queue, 2, "d").await,
+            Some(106),
             "max_channels"
         );
         assert_eq!(
@@ -1157,27 +1267,21 @@ mod tests {
             Err(ErrorCode::LimitExceeded)
         );
         assert!(state.publish("a", Bytes::from_static(b"1"), None).is_ok());
-    }
-
-    fn request(channel: &str) -> SubscribeRequest {
-        SubscribeRequest {
-            channel: channel.to_owned(),
-            ..Default::default()
-        }
+        assert_eq!(state.channel_count(), 3);
     }
 
     #[test]
     fn removing_a_link_forgets_its_sessions_and_subscriptions() {
-        let (mut state, queue) = state(1 << 20);
-        open(&mut state, 1);
-        command(&mut state, 1, subscribe("a"));
+        let (state, queue) = state(1 << 20);
+        open(&state, 1);
+        command(&state, 1, subscribe("a"));
         let leftovers = state.take_link(1);
         assert!(queue.is_dead());
         assert_eq!(state.session_count(), 0);
         state.drop_link_subscriptions(1, leftovers.channels);
         assert_eq!(state.channel_count(), 0);
         // Frames of the removed Link are not applied.
-        open(&mut state, 2);
+        open(&state, 2);
         assert_eq!(state.session_count(), 0);
     }
 }

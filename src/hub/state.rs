@@ -1284,4 +1284,58 @@ mod tests {
         open(&state, 2);
         assert_eq!(state.session_count(), 0);
     }
+
+    #[test]
+    fn concurrent_operations_neither_deadlock_nor_leak() {
+        let (state, queue) = state(1 << 30);
+        let state = Arc::new(state);
+        let (done, finished) = std::sync::mpsc::channel();
+        let mut workers = Vec::new();
+        for worker in 0..4u64 {
+            let state = state.clone();
+            let done = done.clone();
+            workers.push(std::thread::spawn(move || {
+                for round in 0..300u64 {
+                    let session = worker * 1_000_000 + round;
+                    open(&state, session);
+                    for c in 0..5 {
+                        let channel = format!("c{}", (round + c) % 7);
+                        command(&state, session, subscribe(&channel));
+                        let _ = state.publish(&channel, Bytes::from_static(b"1"), None);
+                    }
+                    let history = HistoryRequest {
+                        channel: format!("c{}", round % 7),
+                        limit: -1,
+                        ..Default::default()
+                    };
+                    let _ = state.history(&history);
+                    if round % 3 == 0 {
+                        state.close((1, session));
+                    }
+                    if round % 50 == 0 {
+                        state.sweep();
+                    }
+                }
+                let _ = done.send(());
+            }));
+        }
+        for _ in 0..4 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("workers finish (no deadlock)");
+        }
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        assert_eq!(state.session_count(), 4 * 200);
+        let leftovers = state.take_link(1);
+        assert!(queue.is_dead());
+        state.drop_link_subscriptions(1, leftovers.channels);
+        assert_eq!(state.session_count(), 0);
+        // Only history keeps channels now; presence is empty everywhere.
+        for c in 0..7 {
+            assert!(state.presence(&format!("c{c}")).presence.is_empty());
+        }
+        assert_eq!(state.channel_count(), 7);
+    }
 }

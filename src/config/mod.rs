@@ -671,6 +671,28 @@ mod tests {
     }
 
     #[test]
+    fn hub_limits_are_validated_by_name() {
+        let error = Config::from_yaml(
+            "hub:\n  client_channel_limit: 0\n  channel_max_length: 300\n  max_frame_bytes: 10\n  max_channels: 0\n  binary_channels: [\"\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for field in [
+            "hub.client_channel_limit",
+            "hub.channel_max_length",
+            "hub.max_frame_bytes",
+            "hub.max_channels",
+            "hub.binary_channels",
+        ] {
+            assert!(error.contains(field), "{field} in {error}");
+        }
+        let error = Config::from_yaml("hub:\n  link_queue_max_bytes: 65536\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("hub.link_queue_max_bytes"), "{error}");
+    }
+
+    #[test]
     fn every_invalid_field_is_reported() {
         let yaml = "websocket_path: ws\nping_interval: 5s\npong_timeout: 10s\nupstream:\n  endpoint: grpc://x\nqueue_max_size: 10\n";
         let text = Config::from_yaml(yaml).unwrap_err().to_string();

@@ -31,8 +31,10 @@ use link_queue::LinkQueue;
 use state::HubState;
 
 /// Frames handed from a Link's byte-bounded queue to its transport at once (the queue itself
-/// holds the rest, bounded by `hub.link_queue_max_bytes`).
-pub const LINK_FORWARD_FRAMES: usize = 32;
+/// holds the rest, bounded by `hub.link_queue_max_bytes`): a Link holds at most
+/// `link_queue_max_bytes + LINK_FORWARD_FRAMES × max_frame_bytes`, in practice a few small
+/// frames over the queue's bound.
+pub const LINK_FORWARD_FRAMES: usize = 8;
 /// Period of the hub's upkeep (token expiry, history TTL).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Channels of a removed Link dropped per lock hold.

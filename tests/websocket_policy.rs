@@ -819,12 +819,12 @@ fn check_rejects_invalid_configs_naming_the_field() {
 
 // === payloads a JSON client cannot take ===
 
-/// Binary (non-JSON) data published by a Protobuf client reaches Protobuf subscribers as is;
-/// a JSON subscriber cannot receive it and is closed with 3506 (Centrifugo behaviour), and
-/// nobody else is affected.
+/// Binary (non-JSON) data published by a Protobuf client is refused with 107 (issue 8: one
+/// client's payload must never close another's session), and the JSON subscriber stays; on a
+/// channel declared binary-only (`hub.binary_channels`) it reaches Protobuf subscribers as is.
 #[tokio::test]
-async fn binary_payload_never_disconnects_json_subscribers() {
-    let server = server("").await;
+async fn binary_payload_is_refused_outside_binary_channels() {
+    let server = server("hub:\n  binary_channels: [\"bin:*\"]").await;
     let chan = unique_channel("binary");
     let mut publisher = server.ws(WsOptions::protobuf()).await;
     let mut json_sub = server.ws(WsOptions::json()).await;
@@ -834,20 +834,30 @@ async fn binary_payload_never_disconnects_json_subscribers() {
     assert_eq!(json_sub.request(subscribe(&chan)).await.error, None);
 
     let binary = bytes::Bytes::from_static(&[0xff, 0x00, 0xfe, b'\n', 0x01]);
-    let _ = publisher
-        .request(Command {
-            publish: Some(sidewire::protocol::client::PublishRequest {
-                channel: chan.clone(),
-                data: binary.clone(),
-                ..Default::default()
-            }),
+    let publish = |channel: &str| Command {
+        publish: Some(sidewire::protocol::client::PublishRequest {
+            channel: channel.to_owned(),
+            data: binary.clone(),
             ..Default::default()
-        })
-        .await;
-    // Whatever happened to the publication, someone else's payload never ends a JSON
-    // subscriber's session: it keeps working.
+        }),
+        ..Default::default()
+    };
+    let reply = publisher.request(publish(&chan)).await;
+    assert_eq!(reply.error.map(|e| e.code), Some(107));
     let reply = json_sub.request(rpc("echo", &json!(1))).await;
+    assert_eq!(reply.error, None, "the JSON subscriber stays: {reply:?}");
+
+    let bin = format!("bin:{chan}");
+    assert_eq!(publisher.request(subscribe(&bin)).await.error, None);
+    let reply = publisher.request(publish(&bin)).await;
     assert_eq!(reply.error, None, "{reply:?}");
+    let publication = publisher.expect_publication(&bin, 1).await;
+    assert_eq!(
+        publication.data, binary,
+        "Protobuf subscribers get the bytes unchanged"
+    );
+
+    // The publisher's session is unaffected.
     let reply = publisher.request(rpc("echo", &json!(1))).await;
     assert_eq!(reply.error, None, "{reply:?}");
 }

@@ -3,10 +3,12 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
+
+use crate::hub::counters::HubCounters;
 
 /// Transport and encoding of a connection.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,7 +113,15 @@ pub struct Metrics {
 impl Metrics {
     /// Encodes every metric as OpenMetrics text.
     pub fn encode(&self) -> String {
+        self.encode_with_hub(None)
+    }
+
+    /// Encodes every metric, plus the embedded hub's `sidewire_hub_*` counters when given.
+    pub fn encode_with_hub(&self, hub: Option<&HubCounters>) -> String {
         let mut registry = Registry::with_prefix("sidewire");
+        if let Some(hub) = hub {
+            register_hub(&mut registry, hub);
+        }
         registry.register(
             "connections",
             "Live client connections",
@@ -234,6 +244,71 @@ impl Metrics {
     }
 }
 
+/// Kind of a hub Link-queue overflow.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// Repair action after an overflow.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+/// Registers the hub's counters as constant samples read now.
+fn register_hub(registry: &mut Registry, hub: &HubCounters) {
+    let read = HubCounters::read;
+    let overflows = Family::<KindLabels, Counter>::default();
+    overflows
+        .get_or_create(&KindLabels { kind: "channel" })
+        .inc_by(read(&hub.link_channel_overflows));
+    overflows
+        .get_or_create(&KindLabels { kind: "session" })
+        .inc_by(read(&hub.link_session_overflows));
+    registry.register(
+        "hub_link_overflows",
+        "Hub frames that did not fit a Link queue, by what pays (channel: lagging subscription; session: stalled session)",
+        overflows,
+    );
+    let repairs = Family::<ActionLabels, Counter>::default();
+    repairs
+        .get_or_create(&ActionLabels {
+            action: "unsubscribe",
+        })
+        .inc_by(read(&hub.insufficient_state_unsubscribes));
+    repairs
+        .get_or_create(&ActionLabels {
+            action: "disconnect",
+        })
+        .inc_by(read(&hub.insufficient_state_disconnects));
+    registry.register(
+        "hub_insufficient_state",
+        "Subscriptions (2500) and sessions (3010) told to recover after a Link queue overflow",
+        repairs,
+    );
+    registry.register(
+        "hub_oversized_replies",
+        "Replies replaced by error 106 for exceeding hub.max_frame_bytes",
+        ConstCounter::new(read(&hub.oversized_replies)),
+    );
+    registry.register(
+        "hub_history_evictions",
+        "Publications evicted from history for hub.history_max_bytes",
+        ConstCounter::new(read(&hub.history_evictions)),
+    );
+    registry.register(
+        "hub_history_bytes",
+        "Bytes of history held across channels",
+        ConstGauge::new(i64::try_from(read(&hub.history_bytes)).unwrap_or(i64::MAX)),
+    );
+    registry.register(
+        "hub_channels",
+        "Channels the hub knows",
+        ConstGauge::new(i64::try_from(read(&hub.channels)).unwrap_or(i64::MAX)),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +332,24 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn hub_counters_are_exported_when_given() {
+        let metrics = Metrics::default();
+        let hub = HubCounters::default();
+        HubCounters::bump(&hub.history_evictions);
+        HubCounters::bump(&hub.link_channel_overflows);
+        let text = metrics.encode_with_hub(Some(&hub));
+        assert!(
+            text.contains("sidewire_hub_history_evictions_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sidewire_hub_link_overflows_total{kind=\"channel\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sidewire_hub_channels 0"), "{text}");
+        assert!(!metrics.encode().contains("sidewire_hub_"));
     }
 }

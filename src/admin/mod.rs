@@ -84,7 +84,9 @@ impl Admin {
                 json(code, body)
             }
             "/metrics" => {
-                let mut response = Response::new(full(self.edge.metrics.encode()));
+                let counters = self.hub.as_ref().map(Hub::counters);
+                let text = self.edge.metrics.encode_with_hub(counters.as_deref());
+                let mut response = Response::new(full(text));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(

@@ -85,6 +85,21 @@ pub const DEFAULT_LINK_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default time the standalone hub waits for a PING acknowledgement before it drops the Link
 /// (and forgets its sessions).
 pub const DEFAULT_LINK_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default number of channels one client may be subscribed to at once (Centrifugo's
+/// `client.channel_limit`).
+pub const DEFAULT_HUB_CLIENT_CHANNEL_LIMIT: usize = 128;
+/// Default longest channel name the hub accepts, bytes (Centrifugo's `channel.max_length`).
+pub const DEFAULT_HUB_CHANNEL_MAX_LENGTH: usize = MAX_CHANNEL_LENGTH;
+/// Default bound of the frames queued by the hub towards one sidecar, bytes.
+pub const DEFAULT_HUB_LINK_QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Default largest frame the hub sends over a Link, bytes (a larger reply fails its command).
+pub const DEFAULT_HUB_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Default bound of the history the hub holds across all channels, bytes.
+pub const DEFAULT_HUB_HISTORY_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Default bound of the number of channels the hub knows at once.
+pub const DEFAULT_HUB_MAX_CHANNELS: usize = 100_000;
+/// Largest frame tonic carries on a Link (its message size limit), bytes.
+pub const LINK_MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
 
 /// A configuration error: one or more fields are invalid, or the file cannot be read or parsed.
 #[derive(Debug, Error)]
@@ -381,6 +396,23 @@ pub struct HubConfig {
     /// Time the standalone hub waits for a PING acknowledgement before dropping the Link.
     #[serde(deserialize_with = "duration::deserialize")]
     pub link_keepalive_timeout: Duration,
+    /// Channels one client may be subscribed to at once; beyond it subscribe answers 106.
+    pub client_channel_limit: usize,
+    /// Longest channel name, bytes; longer names answer 106.
+    pub channel_max_length: usize,
+    /// Bound of the frames queued towards one sidecar, bytes (prost encoded length). On
+    /// overflow only the affected subscriptions (2500) or sessions (3010) pay, never the Link.
+    pub link_queue_max_bytes: usize,
+    /// Largest frame sent over a Link, bytes; a larger reply fails its command with 106.
+    pub max_frame_bytes: usize,
+    /// Bound of the history held across all channels, bytes; the oldest publications are
+    /// evicted first.
+    pub history_max_bytes: usize,
+    /// Bound of the number of channels; a publish or subscribe creating one more answers 106.
+    pub max_channels: usize,
+    /// Glob patterns (`*`, `?`) of binary-only channels: any bytes may be published there, and
+    /// JSON clients cannot subscribe (107). Elsewhere non-JSON data is refused with 107.
+    pub binary_channels: Vec<String>,
 }
 
 impl Default for HubConfig {
@@ -396,6 +428,13 @@ impl Default for HubConfig {
             api_insecure: false,
             link_keepalive_interval: DEFAULT_LINK_KEEPALIVE_INTERVAL,
             link_keepalive_timeout: DEFAULT_LINK_KEEPALIVE_TIMEOUT,
+            client_channel_limit: DEFAULT_HUB_CLIENT_CHANNEL_LIMIT,
+            channel_max_length: DEFAULT_HUB_CHANNEL_MAX_LENGTH,
+            link_queue_max_bytes: DEFAULT_HUB_LINK_QUEUE_MAX_BYTES,
+            max_frame_bytes: DEFAULT_HUB_MAX_FRAME_BYTES,
+            history_max_bytes: DEFAULT_HUB_HISTORY_MAX_BYTES,
+            max_channels: DEFAULT_HUB_MAX_CHANNELS,
+            binary_channels: Vec::new(),
         }
     }
 }
@@ -633,6 +672,41 @@ impl Config {
             );
         }
         check(
+            self.hub.client_channel_limit >= 1,
+            "hub.client_channel_limit: must be at least 1".to_owned(),
+        );
+        check(
+            (1..=MAX_CHANNEL_LENGTH).contains(&self.hub.channel_max_length),
+            format!(
+                "hub.channel_max_length: must be 1..={MAX_CHANNEL_LENGTH}, got {}",
+                self.hub.channel_max_length
+            ),
+        );
+        check(
+            (64 * 1024..=LINK_MESSAGE_LIMIT).contains(&self.hub.max_frame_bytes),
+            format!(
+                "hub.max_frame_bytes: must be 65536..={LINK_MESSAGE_LIMIT}, got {}",
+                self.hub.max_frame_bytes
+            ),
+        );
+        check(
+            self.hub.link_queue_max_bytes >= self.hub.max_frame_bytes,
+            format!(
+                "hub.link_queue_max_bytes: must be at least hub.max_frame_bytes ({}), got {}",
+                self.hub.max_frame_bytes, self.hub.link_queue_max_bytes
+            ),
+        );
+        check(
+            self.hub.max_channels >= 1,
+            "hub.max_channels: must be at least 1".to_owned(),
+        );
+        for pattern in &self.hub.binary_channels {
+            check(
+                !pattern.is_empty(),
+                "hub.binary_channels: patterns must not be empty".to_owned(),
+            );
+        }
+        check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             format!("log.level: not a valid filter: {:?}", self.log.level),
         );
@@ -711,6 +785,28 @@ mod tests {
         let config = Config::default();
         assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert!(!config.hub.api_insecure);
+    }
+
+    #[test]
+    fn hub_limits_are_validated_by_name() {
+        let error = Config::from_yaml(
+            "hub:\n  client_channel_limit: 0\n  channel_max_length: 300\n  max_frame_bytes: 10\n  max_channels: 0\n  binary_channels: [\"\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for field in [
+            "hub.client_channel_limit",
+            "hub.channel_max_length",
+            "hub.max_frame_bytes",
+            "hub.max_channels",
+            "hub.binary_channels",
+        ] {
+            assert!(error.contains(field), "{field} in {error}");
+        }
+        let error = Config::from_yaml("hub:\n  link_queue_max_bytes: 65536\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("hub.link_queue_max_bytes"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Centrifugo-compatible server API of the hub (`POST /api/<method>` with a JSON body):
 //! publish, broadcast, presence, history, disconnect. Errors come back as
-//! `{"error":{"code","message"}}` with Centrifugo's codes.
+//! `{"error":{"code","message"}}` with Centrifugo's codes. Publications go through the same
+//! checks as client publishes ([`super::state::HubState::publish`]); disconnect refuses an
+//! empty user (unless one `client` is named) and any code outside 3000-4999 with 400 + 107.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
@@ -9,7 +11,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::Hub;
-use super::state::validate_channel;
+use super::policy::validate_disconnect_code;
 use crate::http::{Body, json as json_response};
 use crate::protocol::client::HistoryRequest;
 use crate::protocol::{Disconnect, ErrorCode};
@@ -41,6 +43,9 @@ struct ChannelBody {
 #[derive(Deserialize)]
 struct DisconnectBody {
     user: String,
+    /// Only this connection of `user` (Centrifugo's `client`); required when `user` is empty.
+    #[serde(default)]
+    client: Option<String>,
     #[serde(default)]
     disconnect: Option<DisconnectSpec>,
 }
@@ -125,16 +130,23 @@ pub fn respond(
             };
             match hub.with_state(|state| state.history(&request)) {
                 Ok(result) => json!({"result": result}),
-                Err(code) => serde_json::from_str(&error_body(code)).unwrap_or_default(),
+                Err(code) => error_value(code),
             }
         }),
-        "/api/disconnect" => parse(body).map(|b: DisconnectBody| {
+        "/api/disconnect" => parse(body).and_then(|b: DisconnectBody| {
+            let client = b.client.as_deref().filter(|c| !c.is_empty());
+            if b.user.is_empty() && client.is_none() {
+                return Err(());
+            }
             let disconnect = match b.disconnect {
-                Some(spec) => Disconnect::new(spec.code, spec.reason),
+                Some(spec) => {
+                    validate_disconnect_code(spec.code).map_err(|_| ())?;
+                    Disconnect::new(spec.code, spec.reason)
+                }
                 None => Disconnect::FORCE_DISCONNECT,
             };
-            hub.with_state(|state| state.disconnect_user(&b.user, &disconnect));
-            json!({"result": {}})
+            hub.with_state(|state| state.disconnect_user(&b.user, client, &disconnect));
+            Ok(json!({"result": {}}))
         }),
         _ => return json_response(StatusCode::NOT_FOUND, error_body(ErrorCode::MethodNotFound)),
     };
@@ -148,13 +160,16 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ()> {
     serde_json::from_slice(body).map_err(|_| ())
 }
 
+fn error_value(code: ErrorCode) -> serde_json::Value {
+    json!({"error": {"code": code.code(), "message": code.message()}})
+}
+
 fn publish(hub: &Hub, channel: &str, data: &RawValue) -> serde_json::Value {
-    if let Err(code) = validate_channel(channel) {
-        return json!({"error": {"code": code.code(), "message": code.message()}});
-    }
     let data = Bytes::copy_from_slice(data.get().as_bytes());
-    let (offset, epoch) = hub.with_state(|state| state.publish(channel, data, None));
-    json!({"result": {"offset": offset, "epoch": epoch}})
+    match hub.with_state(|state| state.publish(channel, data, None)) {
+        Ok((offset, epoch)) => json!({"result": {"offset": offset, "epoch": epoch}}),
+        Err(code) => error_value(code),
+    }
 }
 
 #[cfg(test)]

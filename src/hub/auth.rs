@@ -1,5 +1,6 @@
 //! Connection tokens of the reference hub: HS256 JWTs whose `sub` is the user id and whose
-//! `exp` (optional) bounds the connection.
+//! `exp` (optional) bounds the connection. `nbf`, when present, is honoured with no leeway:
+//! a token not yet valid is invalid.
 
 use std::collections::HashSet;
 
@@ -40,6 +41,7 @@ pub fn check_token(token: &str, secret: &str) -> TokenCheck {
     validation.required_spec_claims = HashSet::new();
     validation.leeway = 0;
     validation.validate_exp = true;
+    validation.validate_nbf = true;
     match decode::<Claims>(
         token,
         &DecodingKey::from_secret(secret.as_bytes()),
@@ -108,5 +110,26 @@ mod tests {
         );
         assert_eq!(check_token("garbage", "s"), TokenCheck::Invalid);
         assert_eq!(check_token("", "s"), TokenCheck::Invalid);
+    }
+
+    #[test]
+    fn future_nbf_is_invalid_past_nbf_is_fine() {
+        assert_eq!(
+            check_token(
+                &token("s", serde_json::json!({"sub": "u1", "nbf": now() + 60})),
+                "s"
+            ),
+            TokenCheck::Invalid
+        );
+        assert_eq!(
+            check_token(
+                &token("s", serde_json::json!({"sub": "u1", "nbf": now() - 60})),
+                "s"
+            ),
+            TokenCheck::Valid {
+                user: "u1".into(),
+                expires_at: None
+            }
+        );
     }
 }

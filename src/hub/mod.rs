@@ -6,12 +6,16 @@
 
 pub mod api;
 pub mod auth;
+pub mod channel;
+pub mod counters;
 pub mod drain;
 pub mod grpc;
+pub mod link_queue;
+pub mod policy;
 pub mod state;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -20,16 +24,26 @@ use tokio::sync::mpsc;
 use crate::config::HubConfig;
 use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::{SidecarFrame, UpstreamFrame, Welcome, sidecar_frame, upstream_frame};
+use crate::protocol::client::Command;
 use crate::session::handle::SERVER_VERSION;
+use auth::{TokenCheck, check_token};
+use counters::HubCounters;
+use link_queue::LinkQueue;
 use state::HubState;
 
-/// Frames queued towards one sidecar before that Link counts as overloaded and is dropped.
-pub const LINK_QUEUE_FRAMES: usize = 65_536;
-/// Period of the hub's upkeep (token expiry, empty channels).
+/// Frames handed from a Link's byte-bounded queue to its transport at once (the queue itself
+/// holds the rest, bounded by `hub.link_queue_max_bytes`): a Link holds at most
+/// `link_queue_max_bytes + LINK_FORWARD_FRAMES × max_frame_bytes`, in practice a few small
+/// frames over the queue's bound.
+pub const LINK_FORWARD_FRAMES: usize = 8;
+/// Period of the hub's upkeep (token expiry, history TTL).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Channels of a removed Link dropped per lock hold.
+const LINK_REMOVAL_BATCH: usize = 64;
 
 struct Inner {
-    state: Mutex<HubState>,
+    state: HubState,
+    counters: Arc<HubCounters>,
     next_link: AtomicU64,
 }
 
@@ -42,9 +56,11 @@ pub struct Hub {
 impl Hub {
     /// A hub with its upkeep task, which stops when the process is closing.
     pub fn start(config: HubConfig, mut phase: PhaseWatch) -> Hub {
+        let counters = Arc::new(HubCounters::default());
         let hub = Hub {
             inner: Arc::new(Inner {
-                state: Mutex::new(HubState::new(config)),
+                state: HubState::new(config, counters.clone()),
+                counters,
                 next_link: AtomicU64::new(1),
             }),
         };
@@ -63,67 +79,136 @@ impl Hub {
         hub
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn config(&self) -> HubConfig {
+        self.inner.state.config()
     }
 
-    /// Applies a new hub config (token secret, API key, history limits) to later operations.
+    /// Counters and gauges of the hub (Link overflows, repairs, history bytes, evictions).
+    pub fn counters(&self) -> Arc<HubCounters> {
+        self.inner.counters.clone()
+    }
+
+    /// Applies a new hub config (token secret, API key, limits) to later operations.
     pub fn set_config(&self, config: HubConfig) {
-        self.with_state(|state| state.set_config(config));
+        self.inner.state.set_config(config);
     }
 
-    /// Runs `operation` on the state, then drops Links that overflowed meanwhile.
-    pub fn with_state<R>(&self, operation: impl FnOnce(&mut HubState) -> R) -> R {
-        let mut state = self.lock();
-        let result = operation(&mut state);
-        for link in state.take_overloaded() {
-            tracing::warn!(link, "hub: link queue full, dropping the link");
-            state.remove_link(link);
+    /// Runs `operation` on the state (which locks only what each operation needs).
+    pub fn with_state<R>(&self, operation: impl FnOnce(&HubState) -> R) -> R {
+        operation(&self.inner.state)
+    }
+
+    /// Verifies a token outside any lock.
+    fn verify(&self, token: &str) -> TokenCheck {
+        match &self.config().token_hmac_secret {
+            None => TokenCheck::Valid {
+                user: String::new(),
+                expires_at: None,
+            },
+            Some(secret) => check_token(token, secret),
         }
-        result
     }
 
     /// Attaches one Link stream: frames from `inbound` are applied in order; the returned
     /// receiver yields the frames for that sidecar, starting with `welcome`. The Link ends
-    /// when `inbound` ends (its sessions are forgotten) or when its queue overflows.
+    /// when `inbound` ends or the receiver is dropped (its sessions are forgotten, its queue
+    /// closed, and later inbound frames are not applied). A full queue never ends it.
     pub fn attach<S>(&self, inbound: S) -> mpsc::Receiver<UpstreamFrame>
     where
         S: Stream<Item = SidecarFrame> + Send + Unpin + 'static,
     {
-        let (sender, receiver) = mpsc::channel(LINK_QUEUE_FRAMES);
+        let (sender, receiver) = mpsc::channel(LINK_FORWARD_FRAMES);
         let link = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
-        let welcome = UpstreamFrame {
+        let queue = Arc::new(LinkQueue::new(self.config().link_queue_max_bytes));
+        queue.push_control(UpstreamFrame {
             frame: Some(upstream_frame::Frame::Welcome(Welcome {
                 version: SERVER_VERSION.to_owned(),
             })),
-        };
-        sender.try_send(welcome).expect("a new channel has room");
-        self.with_state(|state| state.add_link(link, sender));
+        });
+        self.with_state(|state| state.add_link(link, queue.clone()));
+        let forwarder = self.clone();
+        let outbound = queue.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = outbound.pop().await {
+                if sender.send(frame).await.is_err() {
+                    break;
+                }
+                let repairs = outbound.take_repairs();
+                if !repairs.channels.is_empty() || !repairs.sessions.is_empty() {
+                    tracing::info!(
+                        link,
+                        channels = repairs.channels.len(),
+                        sessions = repairs.sessions.len(),
+                        "hub: link queue drained, repairing lagging subscriptions"
+                    );
+                    forwarder.with_state(|state| state.repair(link, repairs));
+                }
+            }
+            forwarder.remove_link(link);
+        });
         let hub = self.clone();
         tokio::spawn(async move {
             let mut inbound = inbound;
-            while let Some(frame) = inbound.next().await {
+            loop {
+                let frame = tokio::select! {
+                    frame = inbound.next() => frame,
+                    () = queue.closed() => None,
+                };
+                let Some(frame) = frame else { break };
+                if queue.is_dead() {
+                    break;
+                }
                 hub.apply(link, frame);
             }
-            hub.with_state(|state| state.remove_link(link));
+            hub.remove_link(link);
             tracing::info!(link, "hub: link closed");
         });
         receiver
     }
 
+    /// Forgets a Link: its sessions at once, its subscriptions channel by channel in small
+    /// batches so no lock hold grows with the Link's size. Idempotent.
+    fn remove_link(&self, link: u64) {
+        let leftovers = self.with_state(|state| state.take_link(link));
+        let mut channels = leftovers.channels;
+        while !channels.is_empty() {
+            let rest = channels.split_off(channels.len().min(LINK_REMOVAL_BATCH));
+            self.with_state(|state| state.drop_link_subscriptions(link, channels));
+            channels = rest;
+        }
+    }
+
     fn apply(&self, link: u64, frame: SidecarFrame) {
         let Some(frame) = frame.frame else { return };
-        self.with_state(|state| match frame {
+        match frame {
             sidecar_frame::Frame::Hello(hello) => {
                 tracing::info!(link, node = %hello.node, version = %hello.version, "hub: sidecar linked");
             }
-            sidecar_frame::Frame::Open(open) => state.open(link, open),
+            sidecar_frame::Frame::Open(open) => {
+                let token = open
+                    .connect
+                    .as_ref()
+                    .and_then(|c| c.connect.as_ref())
+                    .map(|c| c.token.as_str())
+                    .unwrap_or_default();
+                let check = self.verify(token);
+                self.with_state(|state| state.open(link, open, check));
+            }
             sidecar_frame::Frame::Command(command) => {
                 if let Some(inner) = command.command {
-                    state.command((link, command.session), inner);
+                    let refresh = refresh_token(&inner).map(|token| self.verify(token));
+                    self.with_state(|state| {
+                        state.command((link, command.session), inner, refresh);
+                    });
                 }
             }
-            sidecar_frame::Frame::Close(close) => state.close((link, close.session)),
-        });
+            sidecar_frame::Frame::Close(close) => {
+                self.with_state(|state| state.close((link, close.session)));
+            }
+        }
     }
+}
+
+fn refresh_token(command: &Command) -> Option<&str> {
+    command.refresh.as_ref().map(|r| r.token.as_str())
 }

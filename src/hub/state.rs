@@ -1,33 +1,61 @@
-//! The hub's channel state: sessions, subscriptions, presence, history with offsets and epochs,
-//! and the frames each operation sends back over the Links.
+//! The hub's state, split so that no lock is held across work that grows with the number of
+//! sessions, channels or Links:
+//! - channels live in [`SHARDS`] shards (`Mutex<HashMap<channel, Channel>>` by hash); offset
+//!   assignment and the push of a publication happen under that channel's shard lock, which
+//!   keeps per-channel order;
+//! - sessions live in one table indexed by Link and by user, with a deadline heap for token
+//!   expiries; operations on it are bounded by one session's channels (`client_channel_limit`);
+//! - the history ledger (global order and bytes, for TTL and the byte cap) has its own lock;
+//! - Link queues sit in a read-mostly map.
 //!
-//! Guarantee: every operation runs to completion under one lock and only queues frames with
-//! `try_send`, so no Link and no client can stall the hub; a Link whose queue is full is
-//! dropped (its sidecar reconnects).
+//! Lock order (never the other way): sessions → shard → ledger; the Link map and the queues
+//! are leaves. Tokens are verified by the caller, outside every lock. Poison safety: no
+//! operation mutates across a fallible step, so state behind a poisoned lock is consistent and
+//! used as is.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use prost::Message as _;
 use tokio::time::Instant;
 
-use super::auth::{TokenCheck, check_token};
-use crate::config::{HubConfig, MAX_CHANNEL_LENGTH};
+use super::auth::TokenCheck;
+use super::channel::{Channel, Ledger, Oldest, Subscriber};
+use super::counters::HubCounters;
+use super::link_queue::{LinkQueue, Queued, Repairs};
+use super::policy::{BinaryChannels, check_data, client_may_access, validate_channel};
+use crate::config::HubConfig;
 use crate::linkproto::{
-    ChannelPush, Membership, SessionDisconnect, SessionOpen, SessionReply, UpstreamFrame,
+    ChannelPush, Encoding, Membership, SessionDisconnect, SessionOpen, SessionReply, UpstreamFrame,
     upstream_frame,
 };
 use crate::protocol::client::{
     ClientInfo, Command, ConnectResult, HistoryRequest, HistoryResult, Join, Leave, Message,
     PresenceResult, PresenceStatsResult, Publication, PublishResult, Push, RefreshResult, Reply,
-    RpcResult, SubscribeRequest, SubscribeResult, UnsubscribeResult,
+    RpcResult, SubscribeRequest, SubscribeResult, Unsubscribe, UnsubscribeResult,
 };
 use crate::protocol::{Disconnect, ErrorCode};
 use crate::session::handle::SERVER_VERSION;
 
-/// A session as the hub knows it: Link id plus the sidecar's session id.
-pub type SessionKey = (u64, u64);
+pub use super::channel::SessionKey;
+
+/// Number of channel shards.
+pub const SHARDS: usize = 64;
+/// Unsubscribe code telling SDKs to resubscribe and recover ("insufficient state").
+pub const UNSUBSCRIBE_INSUFFICIENT_STATE: u32 = 2500;
+/// Disconnect of a session whose frames were lost: the client reconnects.
+pub const INSUFFICIENT_STATE: Disconnect = Disconnect {
+    code: 3010,
+    reason: std::borrow::Cow::Borrowed("insufficient state"),
+};
+/// Stale expiry entries tolerated before the deadline heap is rebuilt.
+const EXPIRY_SLACK: usize = 1024;
 
 #[derive(Debug)]
 struct HubSession {
@@ -35,62 +63,22 @@ struct HubSession {
     user: String,
     /// False after a failed connect: any command then disconnects with 3501.
     usable: bool,
-    /// Subscribed channels.
-    channels: HashSet<String>,
+    /// Protobuf client (may receive binary-only channels).
+    protobuf: bool,
+    /// Subscribed channels (at most `hub.client_channel_limit`).
+    channels: HashSet<Arc<str>>,
     /// Unix seconds after which the connection expires (token `exp`).
     expires_at: Option<u64>,
 }
 
-#[derive(Debug)]
-struct Stored {
-    publication: Publication,
-    at: Instant,
-}
-
-#[derive(Debug, Clone)]
-struct Subscriber {
-    info: ClientInfo,
-    join_leave: bool,
-}
-
-#[derive(Debug)]
-struct Channel {
-    epoch: String,
-    top: u64,
-    history: VecDeque<Stored>,
-    subscribers: HashMap<SessionKey, Subscriber>,
-    /// Subscribers per Link, so a publication goes once to each Link that has any.
-    links: HashMap<u64, usize>,
-    join_leave_subscribers: usize,
-}
-
-impl Channel {
-    fn new() -> Channel {
-        Channel {
-            epoch: new_epoch(),
-            top: 0,
-            history: VecDeque::new(),
-            subscribers: HashMap::new(),
-            links: HashMap::new(),
-            join_leave_subscribers: 0,
+impl HubSession {
+    fn info(&self) -> ClientInfo {
+        ClientInfo {
+            user: self.user.clone(),
+            client: self.client.clone(),
+            ..Default::default()
         }
     }
-
-    fn trim(&mut self, ttl: Duration) {
-        let now = Instant::now();
-        while self
-            .history
-            .front()
-            .is_some_and(|stored| now.duration_since(stored.at) > ttl)
-        {
-            self.history.pop_front();
-        }
-    }
-}
-
-fn new_epoch() -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    id[..8].to_owned()
 }
 
 fn unix_now() -> u64 {
@@ -104,78 +92,251 @@ fn unix_now() -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiError(pub ErrorCode);
 
-/// All hub state.
+/// The subscriptions a removed Link left behind, to be dropped channel by channel with
+/// [`HubState::drop_link_subscriptions`].
+#[derive(Debug, Default)]
+pub struct LinkLeftovers {
+    /// Link id.
+    pub link: u64,
+    /// Channel → sessions of that Link subscribed to it.
+    pub channels: Vec<(Arc<str>, Vec<u64>)>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    config: HubConfig,
+    binary: BinaryChannels,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    by_link: HashMap<u64, HashMap<u64, HubSession>>,
+    users: HashMap<String, HashSet<SessionKey>>,
+    /// Connection expiries (unix seconds), checked lazily against the session.
+    expiries: BinaryHeap<Reverse<(u64, SessionKey)>>,
+    count: usize,
+}
+
+impl Sessions {
+    fn get(&self, key: SessionKey) -> Option<&HubSession> {
+        self.by_link.get(&key.0)?.get(&key.1)
+    }
+
+    fn get_mut(&mut self, key: SessionKey) -> Option<&mut HubSession> {
+        self.by_link.get_mut(&key.0)?.get_mut(&key.1)
+    }
+
+    fn forget_user(&mut self, key: SessionKey, user: &str) {
+        if let Some(keys) = self.users.get_mut(user) {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    fn schedule_expiry(&mut self, at: u64, key: SessionKey) {
+        self.expiries.push(Reverse((at, key)));
+        if self.expiries.len() > 2 * self.count + EXPIRY_SLACK {
+            let live: Vec<Reverse<(u64, SessionKey)>> = self
+                .by_link
+                .iter()
+                .flat_map(|(link, sessions)| {
+                    sessions.iter().filter_map(move |(id, s)| {
+                        s.expires_at.map(|at| Reverse((at, (*link, *id))))
+                    })
+                })
+                .collect();
+            self.expiries = BinaryHeap::from(live);
+        }
+    }
+}
+
+type Shard = HashMap<Arc<str>, Channel>;
+
+/// All hub state; every method takes `&self` and locks only what it needs.
 #[derive(Debug)]
 pub struct HubState {
-    config: HubConfig,
-    links: HashMap<u64, mpsc::Sender<UpstreamFrame>>,
-    sessions: HashMap<SessionKey, HubSession>,
-    channels: HashMap<String, Channel>,
-    users: HashMap<String, HashSet<SessionKey>>,
-    /// Links whose queue overflowed during the current operation.
-    overloaded: Vec<u64>,
+    settings: RwLock<Arc<Settings>>,
+    links: RwLock<HashMap<u64, Arc<LinkQueue>>>,
+    sessions: Mutex<Sessions>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    ledger: Mutex<Ledger>,
+    channel_count: AtomicUsize,
+    counters: Arc<HubCounters>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl HubState {
     /// Empty state.
-    pub fn new(config: HubConfig) -> HubState {
+    pub fn new(config: HubConfig, counters: Arc<HubCounters>) -> HubState {
         HubState {
-            config,
-            links: HashMap::new(),
-            sessions: HashMap::new(),
-            channels: HashMap::new(),
-            users: HashMap::new(),
-            overloaded: Vec::new(),
+            settings: RwLock::new(Arc::new(Settings {
+                binary: BinaryChannels::new(&config.binary_channels),
+                config,
+            })),
+            links: RwLock::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            hasher: RandomState::new(),
+            ledger: Mutex::new(Ledger::default()),
+            channel_count: AtomicUsize::new(0),
+            counters,
         }
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> HubConfig {
+        self.settings().config.clone()
     }
 
     /// Replaces the config used by later operations.
-    pub fn set_config(&mut self, config: HubConfig) {
-        self.config = config;
+    pub fn set_config(&self, config: HubConfig) {
+        let settings = Arc::new(Settings {
+            binary: BinaryChannels::new(&config.binary_channels),
+            config,
+        });
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        self.enforce_history();
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        lock(&self.sessions)
+    }
+
+    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(channel) % SHARDS as u64) as usize;
+        lock(&self.shards[index])
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        lock(&self.ledger)
     }
 
     /// Registers a Link's outbound queue.
-    pub fn add_link(&mut self, link: u64, sender: mpsc::Sender<UpstreamFrame>) {
-        self.links.insert(link, sender);
+    pub fn add_link(&self, link: u64, queue: Arc<LinkQueue>) {
+        self.links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(link, queue);
     }
 
-    /// Forgets a Link and every session on it.
-    pub fn remove_link(&mut self, link: u64) {
-        self.links.remove(&link);
-        let keys: Vec<SessionKey> = self
-            .sessions
-            .keys()
-            .filter(|k| k.0 == link)
-            .copied()
-            .collect();
-        for key in keys {
-            self.remove_session(key);
+    fn queue(&self, link: u64) -> Option<Arc<LinkQueue>> {
+        self.links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&link)
+            .cloned()
+    }
+
+    /// Whether the Link is registered (a removed Link's frames are ignored).
+    pub fn has_link(&self, link: u64) -> bool {
+        self.queue(link).is_some()
+    }
+
+    /// Forgets a Link and its sessions (O(its sessions)); its queue is closed. The
+    /// subscriptions it leaves are returned, to be dropped in batches outside this call.
+    pub fn take_link(&self, link: u64) -> LinkLeftovers {
+        let queue = self
+            .links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&link);
+        if let Some(queue) = queue {
+            queue.close();
+        }
+        let mut sessions = self.sessions();
+        let removed = sessions.by_link.remove(&link).unwrap_or_default();
+        sessions.count = sessions.count.saturating_sub(removed.len());
+        let mut by_channel: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+        for (id, session) in removed {
+            sessions.forget_user((link, id), &session.user);
+            for channel in session.channels {
+                by_channel.entry(channel).or_default().push(id);
+            }
+        }
+        LinkLeftovers {
+            link,
+            channels: by_channel.into_iter().collect(),
         }
     }
 
-    /// Links that overflowed since the last call; the caller drops them.
-    pub fn take_overloaded(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.overloaded)
+    /// Drops a removed Link's subscriptions of the given channels: one pass per channel under
+    /// its shard lock, one leave push per removed subscriber to the Links still subscribed.
+    pub fn drop_link_subscriptions(&self, link: u64, channels: Vec<(Arc<str>, Vec<u64>)>) {
+        for (name, sessions) in channels {
+            let mut shard = self.shard(&name);
+            let Some(channel) = shard.get_mut(&name) else {
+                continue;
+            };
+            let mut leaves = Vec::new();
+            for id in sessions {
+                if let Some(subscriber) = channel.remove_subscriber((link, id)) {
+                    leaves.push(subscriber.info);
+                }
+            }
+            if channel.join_leave_subscribers > 0 {
+                for info in leaves {
+                    self.broadcast(channel, &name, leave_push(&name, info));
+                }
+            }
+            self.forget_if_idle(&mut shard, &name);
+        }
+    }
+
+    /// Counters shared with the hub handle.
+    pub fn counters(&self) -> &Arc<HubCounters> {
+        &self.counters
     }
 
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        self.sessions().count
     }
 
-    fn emit(&mut self, link: u64, frame: upstream_frame::Frame) {
-        if let Some(sender) = self.links.get(&link)
-            && sender
-                .try_send(UpstreamFrame { frame: Some(frame) })
-                .is_err()
-        {
-            self.overloaded.push(link);
+    /// Number of channels known.
+    pub fn channel_count(&self) -> usize {
+        self.channel_count.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of history held across channels.
+    pub fn history_bytes(&self) -> usize {
+        self.ledger().held_bytes()
+    }
+
+    fn emit_session(&self, key: SessionKey, frame: upstream_frame::Frame) {
+        let Some(queue) = self.queue(key.0) else {
+            return;
+        };
+        let frame = UpstreamFrame { frame: Some(frame) };
+        if queue.push_session(key.1, frame) == Queued::Overflowed {
+            HubCounters::bump(&self.counters.link_session_overflows);
+            tracing::debug!(
+                link = key.0,
+                session = key.1,
+                "hub: link queue full, session stalled"
+            );
         }
     }
 
-    fn reply(&mut self, key: SessionKey, reply: Reply) {
-        self.emit(
-            key.0,
+    fn reply_with(&self, settings: &Settings, key: SessionKey, reply: Reply) {
+        if reply.encoded_len() + 16 > settings.config.max_frame_bytes {
+            HubCounters::bump(&self.counters.oversized_replies);
+            return self.reply_error(key, reply.id, ErrorCode::LimitExceeded);
+        }
+        self.emit_session(
+            key,
             upstream_frame::Frame::Reply(SessionReply {
                 session: key.1,
                 reply: Some(reply),
@@ -183,20 +344,27 @@ impl HubState {
         );
     }
 
-    fn reply_error(&mut self, key: SessionKey, id: u32, code: ErrorCode) {
-        self.reply(
+    fn reply(&self, key: SessionKey, reply: Reply) {
+        self.reply_with(&self.settings(), key, reply);
+    }
+
+    fn reply_error(&self, key: SessionKey, id: u32, code: ErrorCode) {
+        self.emit_session(
             key,
-            Reply {
-                id,
-                error: Some(code.to_error()),
-                ..Default::default()
-            },
+            upstream_frame::Frame::Reply(SessionReply {
+                session: key.1,
+                reply: Some(Reply {
+                    id,
+                    error: Some(code.to_error()),
+                    ..Default::default()
+                }),
+            }),
         );
     }
 
-    fn disconnect(&mut self, key: SessionKey, disconnect: &Disconnect) {
-        self.emit(
-            key.0,
+    fn disconnect(&self, key: SessionKey, disconnect: &Disconnect) {
+        self.emit_session(
+            key,
             upstream_frame::Frame::Disconnect(SessionDisconnect {
                 session: key.1,
                 code: disconnect.code,
@@ -205,9 +373,9 @@ impl HubState {
         );
     }
 
-    fn membership(&mut self, key: SessionKey, channel: &str, subscribed: bool, join_leave: bool) {
-        self.emit(
-            key.0,
+    fn membership(&self, key: SessionKey, channel: &str, subscribed: bool, join_leave: bool) {
+        self.emit_session(
+            key,
             upstream_frame::Frame::Membership(Membership {
                 session: key.1,
                 channel: channel.to_owned(),
@@ -217,67 +385,82 @@ impl HubState {
         );
     }
 
-    /// Sends `push` once to every Link with subscribers of `channel`.
-    fn broadcast(&mut self, channel: &str, push: Push) {
-        let Some(state) = self.channels.get(channel) else {
-            return;
+    /// Sends `push` once to every Link with subscribers of `channel` (called under its shard
+    /// lock, which orders the channel's pushes).
+    fn broadcast(&self, state: &Channel, channel: &str, push: Push) {
+        let frame = UpstreamFrame {
+            frame: Some(upstream_frame::Frame::Push(ChannelPush {
+                channel: channel.to_owned(),
+                push: Some(push),
+            })),
         };
-        let links: Vec<u64> = state.links.keys().copied().collect();
-        for link in links {
-            self.emit(
-                link,
-                upstream_frame::Frame::Push(ChannelPush {
-                    channel: channel.to_owned(),
-                    push: Some(push.clone()),
-                }),
-            );
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        for link in state.links.keys() {
+            let Some(queue) = links.get(link) else {
+                continue;
+            };
+            if queue.push_channel(channel, frame.clone()) == Queued::Overflowed {
+                HubCounters::bump(&self.counters.link_channel_overflows);
+                tracing::debug!(link, channel, "hub: link queue full, channel lagging");
+            }
         }
     }
 
-    fn check_token(&self, token: &str) -> TokenCheck {
-        match &self.config.token_hmac_secret {
-            None => TokenCheck::Valid {
-                user: String::new(),
-                expires_at: None,
-            },
-            Some(secret) => check_token(token, secret),
-        }
-    }
-
-    /// A session opened on a sidecar with its connect command.
-    pub fn open(&mut self, link: u64, open: SessionOpen) {
+    /// A session opened on a sidecar with its connect command; `check` is the outcome of
+    /// verifying its token (done outside the lock).
+    pub fn open(&self, link: u64, open: SessionOpen, check: TokenCheck) {
         let key = (link, open.session);
         let command = open.connect.unwrap_or_default();
-        let request = command.connect.unwrap_or_default();
         let mut session = HubSession {
             client: open.client,
             user: String::new(),
             usable: false,
+            protobuf: open.encoding == Encoding::Protobuf as i32,
             channels: HashSet::new(),
             expires_at: None,
         };
-        match self.check_token(&request.token) {
-            TokenCheck::Invalid => {
-                self.sessions.insert(key, session);
-                self.disconnect(key, &Disconnect::INVALID_TOKEN);
-            }
-            TokenCheck::Expired => {
-                self.sessions.insert(key, session);
-                self.reply_error(key, command.id, ErrorCode::TokenExpired);
-            }
-            TokenCheck::Valid { user, expires_at } => {
-                session.user = user.clone();
-                session.usable = true;
-                session.expires_at = expires_at;
+        let valid = match check {
+            TokenCheck::Invalid => Err(None),
+            TokenCheck::Expired => Err(Some(ErrorCode::TokenExpired)),
+            TokenCheck::Valid { user, expires_at } => Ok((user, expires_at)),
+        };
+        if let Ok((user, expires_at)) = &valid {
+            session.user = user.clone();
+            session.usable = true;
+            session.expires_at = *expires_at;
+        }
+        let client = session.client.clone();
+        let mut sessions = self.sessions();
+        // Checked under the sessions lock: `take_link` removes the Link before it takes it.
+        if !self.has_link(link) {
+            return;
+        }
+        let previous = sessions
+            .by_link
+            .entry(link)
+            .or_default()
+            .insert(key.1, session);
+        match previous {
+            // A reused session id: forget the old one's subscriptions first.
+            Some(previous) => self.release_session(&mut sessions, key, previous),
+            None => sessions.count += 1,
+        }
+        match valid {
+            Err(None) => self.disconnect(key, &Disconnect::INVALID_TOKEN),
+            Err(Some(code)) => self.reply_error(key, command.id, code),
+            Ok((user, expires_at)) => {
+                sessions.users.entry(user).or_default().insert(key);
+                if let Some(at) = expires_at {
+                    sessions.schedule_expiry(at, key);
+                }
+                drop(sessions);
                 let result = ConnectResult {
-                    client: session.client.clone(),
+                    client,
                     version: SERVER_VERSION.to_owned(),
                     expires: expires_at.is_some(),
                     ttl: ttl_of(expires_at),
                     ..Default::default()
                 };
-                self.users.entry(user).or_default().insert(key);
-                self.sessions.insert(key, session);
                 self.reply(
                     key,
                     Reply {
@@ -291,19 +474,31 @@ impl HubState {
     }
 
     /// A session ended on its sidecar.
-    pub fn close(&mut self, key: SessionKey) {
-        self.remove_session(key);
+    pub fn close(&self, key: SessionKey) {
+        let mut sessions = self.sessions();
+        self.remove_session(&mut sessions, key);
     }
 
-    fn remove_session(&mut self, key: SessionKey) {
-        let Some(session) = self.sessions.remove(&key) else {
+    fn remove_session(&self, sessions: &mut Sessions, key: SessionKey) {
+        let Some(by_id) = sessions.by_link.get_mut(&key.0) else {
             return;
         };
-        if let Some(keys) = self.users.get_mut(&session.user) {
-            keys.remove(&key);
-            if keys.is_empty() {
-                self.users.remove(&session.user);
-            }
+        let Some(session) = by_id.remove(&key.1) else {
+            return;
+        };
+        if by_id.is_empty() && !self.has_link(key.0) {
+            sessions.by_link.remove(&key.0);
+        }
+        sessions.count = sessions.count.saturating_sub(1);
+        self.release_session(sessions, key, session);
+    }
+
+    /// Forgets a removed session's user entry and subscriptions: O(its channels), bounded by
+    /// `client_channel_limit`.
+    fn release_session(&self, sessions: &mut Sessions, key: SessionKey, session: HubSession) {
+        sessions.forget_user(key, &session.user);
+        if let Some(queue) = self.queue(key.0) {
+            queue.forget_session(key.1);
         }
         for channel in session.channels {
             self.remove_subscriber(&channel, key);
@@ -311,174 +506,170 @@ impl HubState {
     }
 
     /// Removes a subscriber and tells the channel (leave push) if anyone listens for it.
-    fn remove_subscriber(&mut self, channel: &str, key: SessionKey) {
-        let Some(state) = self.channels.get_mut(channel) else {
+    fn remove_subscriber(&self, channel: &str, key: SessionKey) {
+        let mut shard = self.shard(channel);
+        let Some(state) = shard.get_mut(channel) else {
             return;
         };
-        let Some(subscriber) = state.subscribers.remove(&key) else {
+        let Some(subscriber) = state.remove_subscriber(key) else {
             return;
         };
-        if subscriber.join_leave {
-            state.join_leave_subscribers -= 1;
-        }
-        if let Some(count) = state.links.get_mut(&key.0) {
-            *count -= 1;
-            if *count == 0 {
-                state.links.remove(&key.0);
-            }
-        }
         if state.join_leave_subscribers > 0 {
-            let push = Push {
-                channel: channel.to_owned(),
-                leave: Some(Leave {
-                    info: Some(subscriber.info),
-                }),
-                ..Default::default()
-            };
-            self.broadcast(channel, push);
+            self.broadcast(state, channel, leave_push(channel, subscriber.info));
         }
+        self.forget_if_idle(&mut shard, channel);
     }
 
-    /// A command of an open session.
-    pub fn command(&mut self, key: SessionKey, command: Command) {
-        let Some(session) = self.sessions.get(&key) else {
-            return;
-        };
-        if !session.usable {
-            self.disconnect(key, &Disconnect::BAD_REQUEST);
-            self.remove_session(key);
-            return;
+    fn forget_if_idle(&self, shard: &mut Shard, channel: &str) {
+        if shard.get(channel).is_some_and(Channel::is_idle) {
+            shard.remove(channel);
+            self.channel_count.fetch_sub(1, Ordering::Relaxed);
         }
+        let count = u64::try_from(self.channel_count.load(Ordering::Relaxed)).unwrap_or(0);
+        self.counters
+            .channels
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Room for one more channel (106 at `hub.max_channels`); counts it when granted.
+    fn reserve_channel(&self, settings: &Settings) -> Result<(), ErrorCode> {
+        let max = settings.config.max_channels;
+        self.channel_count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| {
+                (count < max).then_some(count + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| ErrorCode::LimitExceeded)
+    }
+
+    /// A command of an open session; `refresh` is the verified token of a refresh command.
+    pub fn command(&self, key: SessionKey, command: Command, refresh: Option<TokenCheck>) {
+        let settings = self.settings();
+        let (info, protobuf) = {
+            let mut sessions = self.sessions();
+            let Some(session) = sessions.get(key) else {
+                return;
+            };
+            if !session.usable {
+                self.disconnect(key, &Disconnect::BAD_REQUEST);
+                self.remove_session(&mut sessions, key);
+                return;
+            }
+            (session.info(), session.protobuf)
+        };
         let id = command.id;
         if let Some(request) = command.subscribe {
-            self.subscribe(key, id, request);
-        } else if let Some(request) = command.unsubscribe {
-            let subscribed = self
-                .sessions
-                .get_mut(&key)
-                .is_some_and(|s| s.channels.remove(&request.channel));
-            if subscribed {
-                self.membership(key, &request.channel, false, false);
-                self.remove_subscriber(&request.channel, key);
+            // The reply goes out from `subscribe` itself, in order with the channel's pushes.
+            if let Err(code) = self.subscribe(&settings, key, id, request, info, protobuf) {
+                self.reply_error(key, id, code);
             }
-            self.reply(
-                key,
-                Reply {
-                    id,
-                    unsubscribe: Some(UnsubscribeResult {}),
-                    ..Default::default()
-                },
-            );
+            return;
+        }
+        let result = if let Some(request) = command.unsubscribe {
+            self.unsubscribe(key, &request.channel);
+            Ok(Reply {
+                id,
+                unsubscribe: Some(UnsubscribeResult {}),
+                ..Default::default()
+            })
         } else if let Some(request) = command.publish {
-            if let Err(code) = validate_channel(&request.channel) {
-                return self.reply_error(key, id, code);
-            }
-            let info = self.client_info(key);
-            self.publish(&request.channel, request.data, info);
-            self.reply(
-                key,
-                Reply {
+            client_access(&settings, &request.channel)
+                .and_then(|()| {
+                    self.publish_with(&settings, &request.channel, request.data, Some(info))
+                })
+                .map(|_| Reply {
                     id,
                     publish: Some(PublishResult {}),
                     ..Default::default()
-                },
-            );
+                })
         } else if let Some(request) = command.presence {
-            let presence = self.presence(&request.channel);
-            self.reply(
-                key,
-                Reply {
-                    id,
-                    presence: Some(presence),
-                    ..Default::default()
-                },
-            );
+            client_access(&settings, &request.channel).map(|()| Reply {
+                id,
+                presence: Some(self.presence(&request.channel)),
+                ..Default::default()
+            })
         } else if let Some(request) = command.presence_stats {
-            let stats = self.presence_stats(&request.channel);
-            self.reply(
-                key,
-                Reply {
-                    id,
-                    presence_stats: Some(stats),
-                    ..Default::default()
-                },
-            );
+            client_access(&settings, &request.channel).map(|()| Reply {
+                id,
+                presence_stats: Some(self.presence_stats(&request.channel)),
+                ..Default::default()
+            })
         } else if let Some(request) = command.history {
-            match self.history(&request) {
-                Ok(result) => self.reply(
-                    key,
-                    Reply {
-                        id,
-                        history: Some(result),
-                        ..Default::default()
-                    },
-                ),
-                Err(code) => self.reply_error(key, id, code),
-            }
+            client_access(&settings, &request.channel)
+                .and_then(|()| client_readable(&settings, protobuf, &request.channel))
+                .and_then(|()| self.history_with(&settings, &request))
+                .map(|result| Reply {
+                    id,
+                    history: Some(result),
+                    ..Default::default()
+                })
         } else if let Some(request) = command.rpc {
             if request.method == "echo" {
-                self.reply(
-                    key,
-                    Reply {
-                        id,
-                        rpc: Some(RpcResult { data: request.data }),
-                        ..Default::default()
-                    },
-                );
+                Ok(Reply {
+                    id,
+                    rpc: Some(RpcResult { data: request.data }),
+                    ..Default::default()
+                })
             } else {
-                self.reply_error(key, id, ErrorCode::MethodNotFound);
+                Err(ErrorCode::MethodNotFound)
             }
         } else if let Some(request) = command.send {
-            let push = Push {
-                message: Some(Message { data: request.data }),
-                ..Default::default()
-            };
-            self.reply(
-                key,
-                Reply {
-                    push: Some(push),
+            Ok(Reply {
+                push: Some(Push {
+                    message: Some(Message { data: request.data }),
                     ..Default::default()
-                },
-            );
-        } else if let Some(request) = command.refresh {
-            self.refresh(key, id, &request.token);
+                }),
+                ..Default::default()
+            })
+        } else if command.refresh.is_some() {
+            return self.refresh(&settings, key, id, refresh.unwrap_or(TokenCheck::Invalid));
         } else if command.sub_refresh.is_some() {
-            self.reply_error(key, id, ErrorCode::NotAvailable);
+            Err(ErrorCode::NotAvailable)
         } else {
             self.disconnect(key, &Disconnect::BAD_REQUEST);
-            self.remove_session(key);
-        }
-    }
-
-    fn client_info(&self, key: SessionKey) -> Option<ClientInfo> {
-        self.sessions.get(&key).map(|s| ClientInfo {
-            user: s.user.clone(),
-            client: s.client.clone(),
-            ..Default::default()
-        })
-    }
-
-    fn subscribe(&mut self, key: SessionKey, id: u32, request: SubscribeRequest) {
-        if let Err(code) = validate_channel(&request.channel) {
-            return self.reply_error(key, id, code);
-        }
-        if request.channel.starts_with('$') {
-            return self.reply_error(key, id, ErrorCode::PermissionDenied);
-        }
-        let Some(info) = self.client_info(key) else {
-            return;
+            let mut sessions = self.sessions();
+            return self.remove_session(&mut sessions, key);
         };
-        if let Some(session) = self.sessions.get_mut(&key)
-            && !session.channels.insert(request.channel.clone())
-        {
-            return self.reply_error(key, id, ErrorCode::AlreadySubscribed);
+        match result {
+            Ok(reply) => self.reply_with(&settings, key, reply),
+            Err(code) => self.reply_error(key, id, code),
         }
-        let ttl = self.config.history_ttl;
-        let channel = self
-            .channels
-            .entry(request.channel.clone())
-            .or_insert_with(Channel::new);
-        channel.trim(ttl);
+    }
+
+    /// Subscribes under the sessions lock then the channel's shard lock, so the session's
+    /// channel set and the channel's subscribers change together; the reply, membership and
+    /// join push go out under the shard lock, in order with the channel's publications.
+    fn subscribe(
+        &self,
+        settings: &Settings,
+        key: SessionKey,
+        id: u32,
+        request: SubscribeRequest,
+        info: ClientInfo,
+        protobuf: bool,
+    ) -> Result<(), ErrorCode> {
+        client_access(settings, &request.channel)?;
+        client_readable(settings, protobuf, &request.channel)?;
+        self.enforce_history();
+        let mut sessions = self.sessions();
+        let session = sessions.get_mut(key).ok_or(ErrorCode::Internal)?;
+        if session.channels.contains(request.channel.as_str()) {
+            return Err(ErrorCode::AlreadySubscribed);
+        }
+        if session.channels.len() >= settings.config.client_channel_limit {
+            return Err(ErrorCode::LimitExceeded);
+        }
+        let mut shard = self.shard(&request.channel);
+        let name: Arc<str> = match shard.get_key_value(request.channel.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => {
+                self.reserve_channel(settings)?;
+                Arc::from(request.channel.as_str())
+            }
+        };
+        // From here on nothing fails: the session and the channel are updated together.
+        session.channels.insert(name.clone());
+        let channel = shard.entry(name.clone()).or_default();
         let recoverable = request.recoverable || request.recover;
         let mut result = SubscribeResult {
             recoverable,
@@ -488,97 +679,162 @@ impl HubState {
             was_recovering: request.recover,
             ..Default::default()
         };
-        if request.recover {
-            let same_stream = request.epoch == channel.epoch && request.offset <= channel.top;
-            let first_kept = channel
-                .history
-                .front()
-                .map_or(channel.top + 1, |s| s.publication.offset);
-            if same_stream && request.offset + 1 >= first_kept {
-                result.publications = channel
-                    .history
-                    .iter()
-                    .filter(|s| s.publication.offset > request.offset)
-                    .map(|s| s.publication.clone())
-                    .collect();
-                result.recovered = true;
-            }
+        if request.recover
+            && let Some(publications) = channel.since(&request.epoch, request.offset)
+        {
+            result.publications = publications;
+            result.recovered = true;
         }
-        channel.subscribers.insert(
+        channel.add_subscriber(
             key,
             Subscriber {
                 info: info.clone(),
                 join_leave: request.join_leave,
             },
         );
-        *channel.links.entry(key.0).or_default() += 1;
-        if request.join_leave {
-            channel.join_leave_subscribers += 1;
+        let mut reply = Reply {
+            id,
+            subscribe: Some(result),
+            ..Default::default()
+        };
+        if reply.encoded_len() + 16 > settings.config.max_frame_bytes {
+            // Recovery too large for one frame: subscribe without it; the client sees
+            // recovered=false and reloads state.
+            HubCounters::bump(&self.counters.oversized_replies);
+            if let Some(result) = reply.subscribe.as_mut() {
+                result.publications.clear();
+                result.recovered = false;
+            }
         }
-        let announce = channel.join_leave_subscribers > 0;
-        self.reply(
-            key,
-            Reply {
-                id,
-                subscribe: Some(result),
-                ..Default::default()
-            },
-        );
+        self.reply_with(settings, key, reply);
         self.membership(key, &request.channel, true, request.join_leave);
-        if announce {
+        if channel.join_leave_subscribers > 0 {
             let push = Push {
                 channel: request.channel.clone(),
                 join: Some(Join { info: Some(info) }),
                 ..Default::default()
             };
-            self.broadcast(&request.channel, push);
+            self.broadcast(channel, &request.channel, push);
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&self, key: SessionKey, channel: &str) {
+        let mut sessions = self.sessions();
+        let subscribed = sessions
+            .get_mut(key)
+            .is_some_and(|s| s.channels.remove(channel));
+        if subscribed {
+            self.membership(key, channel, false, false);
+            self.remove_subscriber(channel, key);
         }
     }
 
-    /// Publishes to a channel: next offset, history, one push per Link with subscribers.
+    /// Publishes from the server API: the same checks as a client publish.
     pub fn publish(
-        &mut self,
+        &self,
         channel: &str,
         data: Bytes,
         info: Option<ClientInfo>,
-    ) -> (u64, String) {
-        let ttl = self.config.history_ttl;
-        let history_size = self.config.history_size;
-        let state = self
-            .channels
-            .entry(channel.to_owned())
-            .or_insert_with(Channel::new);
-        state.trim(ttl);
-        state.top += 1;
-        let publication = Publication {
+    ) -> Result<(u64, String), ErrorCode> {
+        self.publish_with(&self.settings(), channel, data, info)
+    }
+
+    /// Publishes after the shared checks (name, data, channel cap, frame size): next offset,
+    /// history, one push per Link with subscribers, all under the channel's shard lock.
+    fn publish_with(
+        &self,
+        settings: &Settings,
+        channel: &str,
+        data: Bytes,
+        info: Option<ClientInfo>,
+    ) -> Result<(u64, String), ErrorCode> {
+        let config = &settings.config;
+        validate_channel(channel, config.channel_max_length)?;
+        check_data(&data, settings.binary.matches(channel))?;
+        let mut publication = Publication {
             data,
             info,
-            offset: state.top,
             ..Default::default()
         };
-        if history_size > 0 {
-            state.history.push_back(Stored {
-                publication: publication.clone(),
-                at: Instant::now(),
-            });
-            while state.history.len() > history_size {
-                state.history.pop_front();
+        // Offset not yet known: count its varint at the widest.
+        let push_len = publication.encoded_len() + channel.len() * 2 + 32;
+        if push_len > config.max_frame_bytes {
+            return Err(ErrorCode::LimitExceeded);
+        }
+        let position = {
+            let mut shard = self.shard(channel);
+            let name: Arc<str> = match shard.get_key_value(channel) {
+                Some((name, _)) => name.clone(),
+                None => {
+                    self.reserve_channel(settings)?;
+                    Arc::from(channel)
+                }
+            };
+            let state = shard.entry(name.clone()).or_default();
+            state.top += 1;
+            publication.offset = state.top;
+            let position = (state.top, state.epoch.clone());
+            if config.history_size > 0 {
+                let mut ledger = self.ledger();
+                ledger.store(&name, state, publication.clone(), Instant::now());
+                while state.history.len() > config.history_size {
+                    state.pop_front(&mut ledger);
+                }
+            }
+            let push = Push {
+                channel: channel.to_owned(),
+                r#pub: Some(publication),
+                ..Default::default()
+            };
+            self.broadcast(state, channel, push);
+            self.forget_if_idle(&mut shard, channel);
+            position
+        };
+        self.enforce_history();
+        Ok(position)
+    }
+
+    /// Drops history past its TTL or beyond `hub.history_max_bytes`, oldest first across
+    /// channels; O(dropped). Takes the ledger and one shard at a time, never both the other
+    /// way round.
+    fn enforce_history(&self) {
+        let settings = self.settings();
+        let max_bytes = settings.config.history_max_bytes;
+        let ttl = settings.config.history_ttl;
+        let now = Instant::now();
+        loop {
+            let next = self.ledger().next_to_drop(max_bytes, ttl, now);
+            let Oldest::Drop {
+                channel,
+                seq,
+                evicted,
+            } = next
+            else {
+                break;
+            };
+            let mut shard = self.shard(&channel);
+            let Some(state) = shard.get_mut(&channel) else {
+                continue;
+            };
+            if state.history.front().is_some_and(|s| s.seq == seq) {
+                state.pop_evicted(&mut self.ledger());
+                if evicted {
+                    HubCounters::bump(&self.counters.history_evictions);
+                }
+                self.forget_if_idle(&mut shard, &channel);
             }
         }
-        let position = (state.top, state.epoch.clone());
-        let push = Push {
-            channel: channel.to_owned(),
-            r#pub: Some(publication),
-            ..Default::default()
-        };
-        self.broadcast(channel, push);
-        position
+        let bytes = u64::try_from(self.ledger().held_bytes()).unwrap_or(u64::MAX);
+        self.counters
+            .history_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Presence of a channel: client id → info.
     pub fn presence(&self, channel: &str) -> PresenceResult {
-        let presence = self
-            .channels
+        let shard = self.shard(channel);
+        let presence = shard
             .get(channel)
             .map(|state| {
                 state
@@ -592,7 +848,8 @@ impl HubState {
     }
 
     fn presence_stats(&self, channel: &str) -> PresenceStatsResult {
-        let Some(state) = self.channels.get(channel) else {
+        let shard = self.shard(channel);
+        let Some(state) = shard.get(channel) else {
             return PresenceStatsResult::default();
         };
         let users: HashSet<&str> = state
@@ -607,61 +864,60 @@ impl HubState {
     }
 
     /// History of a channel: `limit` (> 0 at most that many, < 0 all, 0 none), `since` a
-    /// position (error 112 when it is gone), `reverse` newest first.
-    pub fn history(&mut self, request: &HistoryRequest) -> Result<HistoryResult, ErrorCode> {
-        validate_channel(&request.channel)?;
-        let ttl = self.config.history_ttl;
-        let state = self
-            .channels
-            .entry(request.channel.clone())
-            .or_insert_with(Channel::new);
-        state.trim(ttl);
-        let mut publications: Vec<&Publication> =
-            state.history.iter().map(|s| &s.publication).collect();
-        if let Some(since) = &request.since {
-            let first_kept = publications.first().map_or(state.top + 1, |p| p.offset);
-            if since.epoch != state.epoch
-                || since.offset > state.top
-                || since.offset + 1 < first_kept
-            {
-                return Err(ErrorCode::UnrecoverablePosition);
-            }
-            publications.retain(|p| p.offset > since.offset);
-        }
-        if request.reverse {
-            publications.reverse();
-        }
-        let limit = match request.limit {
-            0 => 0,
-            n if n < 0 => publications.len(),
-            n => usize::try_from(n).unwrap_or(usize::MAX),
-        };
-        publications.truncate(limit);
-        Ok(HistoryResult {
-            publications: publications.into_iter().cloned().collect(),
-            epoch: state.epoch.clone(),
-            offset: state.top,
-        })
+    /// position (error 112 when it is gone), `reverse` newest first. A channel the hub does
+    /// not know answers an empty history with a fresh epoch (nothing is created). A reply
+    /// over `hub.max_frame_bytes` is error 106.
+    pub fn history(&self, request: &HistoryRequest) -> Result<HistoryResult, ErrorCode> {
+        self.history_with(&self.settings(), request)
     }
 
-    fn refresh(&mut self, key: SessionKey, id: u32, token: &str) {
-        let secret_set = self.config.token_hmac_secret.is_some();
-        let check = self.check_token(token);
-        let Some(session) = self.sessions.get_mut(&key) else {
+    fn history_with(
+        &self,
+        settings: &Settings,
+        request: &HistoryRequest,
+    ) -> Result<HistoryResult, ErrorCode> {
+        validate_channel(&request.channel, settings.config.channel_max_length)?;
+        self.enforce_history();
+        let since = request.since.as_ref().map(|p| (p.epoch.as_str(), p.offset));
+        let result = {
+            let shard = self.shard(&request.channel);
+            match shard.get(request.channel.as_str()) {
+                Some(channel) => channel.history(request.limit, since, request.reverse),
+                None => Channel::new().history(request.limit, since, request.reverse),
+            }
+        }?;
+        if result.encoded_len() + 64 > settings.config.max_frame_bytes {
+            HubCounters::bump(&self.counters.oversized_replies);
+            return Err(ErrorCode::LimitExceeded);
+        }
+        Ok(result)
+    }
+
+    fn refresh(&self, settings: &Settings, key: SessionKey, id: u32, check: TokenCheck) {
+        let secret_set = settings.config.token_hmac_secret.is_some();
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(key) else {
             return;
         };
         match check {
-            TokenCheck::Valid { expires_at, .. } => {
+            TokenCheck::Valid { user, expires_at } if user == session.user => {
                 if secret_set {
                     session.expires_at = expires_at;
                 }
+                let client = session.client.clone();
+                let expires_at = session.expires_at;
+                if secret_set && let Some(at) = expires_at {
+                    sessions.schedule_expiry(at, key);
+                }
+                drop(sessions);
                 let result = RefreshResult {
-                    client: session.client.clone(),
+                    client,
                     version: SERVER_VERSION.to_owned(),
-                    expires: session.expires_at.is_some(),
-                    ttl: ttl_of(session.expires_at),
+                    expires: expires_at.is_some(),
+                    ttl: ttl_of(expires_at),
                 };
-                self.reply(
+                self.reply_with(
+                    settings,
                     key,
                     Reply {
                         id,
@@ -671,46 +927,140 @@ impl HubState {
                 );
             }
             TokenCheck::Expired => self.reply_error(key, id, ErrorCode::TokenExpired),
-            TokenCheck::Invalid => {
+            TokenCheck::Valid { .. } | TokenCheck::Invalid => {
                 self.disconnect(key, &Disconnect::INVALID_TOKEN);
-                self.remove_session(key);
+                self.remove_session(&mut sessions, key);
             }
         }
     }
 
-    /// Disconnects every session of `user`; returns how many.
-    pub fn disconnect_user(&mut self, user: &str, disconnect: &Disconnect) -> usize {
-        let keys: Vec<SessionKey> = self
+    /// Disconnects every session of `user`, or only its connection `client` when given;
+    /// returns how many.
+    pub fn disconnect_user(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        disconnect: &Disconnect,
+    ) -> usize {
+        let mut sessions = self.sessions();
+        let keys: Vec<SessionKey> = sessions
             .users
             .get(user)
-            .map(|keys| keys.iter().copied().collect())
+            .map(|keys| {
+                keys.iter()
+                    .copied()
+                    .filter(|key| {
+                        client.is_none_or(|c| sessions.get(*key).is_some_and(|s| s.client == c))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         for key in &keys {
             self.disconnect(*key, disconnect);
-            self.remove_session(*key);
+            self.remove_session(&mut sessions, *key);
         }
         keys.len()
     }
 
-    /// Periodic upkeep: expires connections past their token `exp` (3005) and forgets
-    /// channels with no subscribers and no history left.
-    pub fn sweep(&mut self) {
-        let now = unix_now();
-        let expired: Vec<SessionKey> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.expires_at.is_some_and(|at| at <= now))
-            .map(|(key, _)| *key)
-            .collect();
-        for key in expired {
-            self.disconnect(key, &Disconnect::new(3005, "connection expired"));
-            self.remove_session(key);
+    /// Repairs a Link after its queue overflowed and drained: sessions of lagging channels are
+    /// unsubscribed with 2500 (they resubscribe and recover), stalled sessions are
+    /// disconnected with 3010.
+    pub fn repair(&self, link: u64, repairs: Repairs) {
+        if !self.has_link(link) {
+            return;
         }
-        let ttl = self.config.history_ttl;
-        self.channels.retain(|_, channel| {
-            channel.trim(ttl);
-            !channel.subscribers.is_empty() || !channel.history.is_empty()
-        });
+        for name in repairs.channels {
+            let members: Vec<u64> = {
+                let shard = self.shard(&name);
+                shard
+                    .get(name.as_str())
+                    .and_then(|c| c.links.get(&link))
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default()
+            };
+            for id in members {
+                let key = (link, id);
+                let mut sessions = self.sessions();
+                let subscribed = sessions
+                    .get_mut(key)
+                    .is_some_and(|s| s.channels.remove(name.as_str()));
+                if !subscribed {
+                    continue;
+                }
+                self.membership(key, &name, false, false);
+                self.emit_session(
+                    key,
+                    upstream_frame::Frame::Reply(SessionReply {
+                        session: id,
+                        reply: Some(Reply {
+                            push: Some(Push {
+                                channel: name.clone(),
+                                unsubscribe: Some(Unsubscribe {
+                                    code: UNSUBSCRIBE_INSUFFICIENT_STATE,
+                                    reason: "insufficient state".to_owned(),
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                    }),
+                );
+                self.remove_subscriber(&name, key);
+                HubCounters::bump(&self.counters.insufficient_state_unsubscribes);
+            }
+        }
+        for id in repairs.sessions {
+            let key = (link, id);
+            let mut sessions = self.sessions();
+            if sessions.get(key).is_some() {
+                self.disconnect(key, &INSUFFICIENT_STATE);
+                self.remove_session(&mut sessions, key);
+                HubCounters::bump(&self.counters.insufficient_state_disconnects);
+            }
+        }
+    }
+
+    /// Periodic upkeep, O(expired): connections past their token `exp` get 3005, history past
+    /// its TTL goes.
+    pub fn sweep(&self) {
+        let now = unix_now();
+        loop {
+            let mut sessions = self.sessions();
+            let Some(Reverse((at, key))) = sessions.expiries.peek().copied() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            sessions.expiries.pop();
+            if sessions.get(key).is_some_and(|s| s.expires_at == Some(at)) {
+                self.disconnect(key, &Disconnect::new(3005, "connection expired"));
+                self.remove_session(&mut sessions, key);
+            }
+        }
+        self.enforce_history();
+    }
+}
+
+/// Channel name and private-channel rule for a client operation.
+fn client_access(settings: &Settings, channel: &str) -> Result<(), ErrorCode> {
+    validate_channel(channel, settings.config.channel_max_length)?;
+    client_may_access(channel)
+}
+
+/// JSON clients cannot receive a binary-only channel (107).
+fn client_readable(settings: &Settings, protobuf: bool, channel: &str) -> Result<(), ErrorCode> {
+    if !protobuf && settings.binary.matches(channel) {
+        return Err(ErrorCode::BadRequest);
+    }
+    Ok(())
+}
+
+fn leave_push(channel: &str, info: ClientInfo) -> Push {
+    Push {
+        channel: channel.to_owned(),
+        leave: Some(Leave { info: Some(info) }),
+        ..Default::default()
     }
 }
 
@@ -720,13 +1070,272 @@ fn ttl_of(expires_at: Option<u64>) -> u32 {
         .unwrap_or(0)
 }
 
-/// Channel names: 1 to 255 bytes.
-pub fn validate_channel(channel: &str) -> Result<(), ErrorCode> {
-    if channel.is_empty() {
-        Err(ErrorCode::BadRequest)
-    } else if channel.len() > MAX_CHANNEL_LENGTH {
-        Err(ErrorCode::LimitExceeded)
-    } else {
-        Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::client::{PublishRequest, SubscribeRequest};
+
+    fn state(link_queue_max_bytes: usize) -> (HubState, Arc<LinkQueue>) {
+        let config = HubConfig {
+            link_queue_max_bytes,
+            ..HubConfig::default()
+        };
+        let state = HubState::new(config, Arc::new(HubCounters::default()));
+        let queue = Arc::new(LinkQueue::new(link_queue_max_bytes));
+        state.add_link(1, queue.clone());
+        (state, queue)
+    }
+
+    fn open(state: &HubState, session: u64) {
+        let open = SessionOpen {
+            session,
+            client: format!("c{session}"),
+            ..Default::default()
+        };
+        state.open(
+            1,
+            open,
+            TokenCheck::Valid {
+                user: String::new(),
+                expires_at: None,
+            },
+        );
+    }
+
+    fn command(state: &HubState, session: u64, command: Command) {
+        state.command((1, session), command, None);
+    }
+
+    fn subscribe(channel: &str) -> Command {
+        Command {
+            id: 1,
+            subscribe: Some(SubscribeRequest {
+                channel: channel.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn drain(queue: &LinkQueue) -> Vec<upstream_frame::Frame> {
+        let mut frames = Vec::new();
+        while queue.queued_bytes() > 0 {
+            if let Some(frame) = queue.pop().await.and_then(|f| f.frame) {
+                frames.push(frame);
+            }
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn overflowing_channel_is_unsubscribed_with_2500_once_room_returns() {
+        let (state, queue) = state(20_000);
+        open(&state, 1);
+        open(&state, 2);
+        command(&state, 1, subscribe("busy"));
+        command(&state, 2, subscribe("quiet"));
+        drain(&queue).await;
+        let data = Bytes::from(format!("\"{}\"", "x".repeat(6_000)));
+        for _ in 0..5 {
+            state.publish("busy", data.clone(), None).unwrap();
+        }
+        assert!(queue.is_lagging("busy"));
+        assert_eq!(
+            HubCounters::read(&state.counters().link_channel_overflows),
+            1
+        );
+        // The other channel and the sessions still flow: the Link was not dropped.
+        assert!(state.has_link(1));
+        let frames = drain(&queue).await;
+        assert_eq!(frames.len(), 3, "three pushes fitted");
+        let repairs = queue.take_repairs();
+        assert_eq!(repairs.channels, vec!["busy".to_owned()]);
+        state.repair(1, repairs);
+        let frames = drain(&queue).await;
+        assert!(frames.iter().any(|f| matches!(f,
+            upstream_frame::Frame::Membership(m) if m.session == 1 && m.channel == "busy" && !m.subscribed)));
+        assert!(frames.iter().any(|f| matches!(f,
+            upstream_frame::Frame::Reply(r) if r.session == 1 && r.reply.as_ref()
+                .and_then(|r| r.push.as_ref())
+                .and_then(|p| p.unsubscribe.as_ref())
+                .is_some_and(|u| u.code == UNSUBSCRIBE_INSUFFICIENT_STATE))));
+        assert!(state.presence("busy").presence.is_empty());
+        assert_eq!(state.presence("quiet").presence.len(), 1);
+        // The session resubscribes: accepted (not 105), and pushes flow again.
+        command(&state, 1, subscribe("busy"));
+        let frames = drain(&queue).await;
+        assert!(frames.iter().any(|f| matches!(f,
+            upstream_frame::Frame::Reply(r) if r.reply.as_ref().is_some_and(|r| r.subscribe.is_some()))));
+        state
+            .publish("busy", Bytes::from_static(b"1"), None)
+            .unwrap();
+        assert_eq!(drain(&queue).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_lost_a_reply_is_disconnected_with_3010() {
+        let (state, queue) = state(20_000);
+        open(&state, 1);
+        open(&state, 2);
+        command(&state, 1, subscribe("room"));
+        drain(&queue).await;
+        // A push that leaves 2 bytes of room: no reply fits after it.
+        let push_len = |n: usize| {
+            UpstreamFrame {
+                frame: Some(upstream_frame::Frame::Push(ChannelPush {
+                    channel: "room".to_owned(),
+                    push: Some(Push {
+                        channel: "room".to_owned(),
+                        r#pub: Some(Publication {
+                            data: Bytes::from(vec![b'x'; n]),
+                            offset: 1,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                })),
+            }
+            .encoded_len()
+        };
+        let n = (1..20_000).rev().find(|n| push_len(*n) <= 19_998).unwrap();
+        let data = Bytes::from(format!("\"{}\"", "x".repeat(n - 2)));
+        state.publish("room", data, None).unwrap();
+        assert_eq!(queue.queued_bytes(), push_len(n));
+        let rpc = Command {
+            id: 9,
+            publish: Some(PublishRequest {
+                channel: "other".to_owned(),
+                data: Bytes::from(format!("\"{}\"", "y".repeat(2_000))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Session 2's publish reply does not fit after the big push.
+        command(&state, 2, rpc);
+        assert_eq!(
+            HubCounters::read(&state.counters().link_session_overflows),
+            1
+        );
+        drain(&queue).await;
+        let repairs = queue.take_repairs();
+        assert_eq!(repairs.sessions, vec![2]);
+        state.repair(1, repairs);
+        let frames = drain(&queue).await;
+        assert!(frames.iter().any(|f| matches!(f,
+            upstream_frame::Frame::Disconnect(d) if d.session == 2 && d.code == 3010)));
+        assert_eq!(state.session_count(), 1);
+    }
+
+    /// Subscribes and returns the reply's error code, if any.
+    async fn subscribe_code(
+        state: &HubState,
+        queue: &LinkQueue,
+        session: u64,
+        channel: &str,
+    ) -> Option<u32> {
+        command(state, session, subscribe(channel));
+        drain(queue).await.into_iter().find_map(|f| match f {
+            upstream_frame::Frame::Reply(r) => r.reply.map(|r| r.error.map(|e| e.code)),
+            _ => None,
+        })?
+    }
+
+    #[tokio::test]
+    async fn channel_limit_and_channel_cap_answer_106() {
+        let (state, queue) = state(1 << 20);
+        state.set_config(HubConfig {
+            client_channel_limit: 2,
+            max_channels: 3,
+            ..HubConfig::default()
+        });
+        open(&state, 1);
+        open(&state, 2);
+        drain(&queue).await;
+        for channel in ["a", "b"] {
+            assert_eq!(subscribe_code(&state, &queue, 1, channel).await, None);
+        }
+        assert_eq!(subscribe_code(&state, &queue, 1, "a").await, Some(105));
+        assert_eq!(subscribe_code(&state, &queue, 1, "c").await, Some(106));
+        assert_eq!(subscribe_code(&state, &queue, 2, "c").await, None);
+        assert_eq!(
+            subscribe_code(&state, &queue, 2, "d").await,
+            Some(106),
+            "max_channels"
+        );
+        assert_eq!(
+            state.publish("e", Bytes::from_static(b"1"), None),
+            Err(ErrorCode::LimitExceeded)
+        );
+        assert!(state.publish("a", Bytes::from_static(b"1"), None).is_ok());
+        assert_eq!(state.channel_count(), 3);
+    }
+
+    #[test]
+    fn removing_a_link_forgets_its_sessions_and_subscriptions() {
+        let (state, queue) = state(1 << 20);
+        open(&state, 1);
+        command(&state, 1, subscribe("a"));
+        let leftovers = state.take_link(1);
+        assert!(queue.is_dead());
+        assert_eq!(state.session_count(), 0);
+        state.drop_link_subscriptions(1, leftovers.channels);
+        assert_eq!(state.channel_count(), 0);
+        // Frames of the removed Link are not applied.
+        open(&state, 2);
+        assert_eq!(state.session_count(), 0);
+    }
+
+    #[test]
+    fn concurrent_operations_neither_deadlock_nor_leak() {
+        let (state, queue) = state(1 << 30);
+        let state = Arc::new(state);
+        let (done, finished) = std::sync::mpsc::channel();
+        let mut workers = Vec::new();
+        for worker in 0..4u64 {
+            let state = state.clone();
+            let done = done.clone();
+            workers.push(std::thread::spawn(move || {
+                for round in 0..300u64 {
+                    let session = worker * 1_000_000 + round;
+                    open(&state, session);
+                    for c in 0..5 {
+                        let channel = format!("c{}", (round + c) % 7);
+                        command(&state, session, subscribe(&channel));
+                        let _ = state.publish(&channel, Bytes::from_static(b"1"), None);
+                    }
+                    let history = HistoryRequest {
+                        channel: format!("c{}", round % 7),
+                        limit: -1,
+                        ..Default::default()
+                    };
+                    let _ = state.history(&history);
+                    if round % 3 == 0 {
+                        state.close((1, session));
+                    }
+                    if round % 50 == 0 {
+                        state.sweep();
+                    }
+                }
+                let _ = done.send(());
+            }));
+        }
+        for _ in 0..4 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("workers finish (no deadlock)");
+        }
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        assert_eq!(state.session_count(), 4 * 200);
+        let leftovers = state.take_link(1);
+        assert!(queue.is_dead());
+        state.drop_link_subscriptions(1, leftovers.channels);
+        assert_eq!(state.session_count(), 0);
+        // Only history keeps channels now; presence is empty everywhere.
+        for c in 0..7 {
+            assert!(state.presence(&format!("c{c}")).presence.is_empty());
+        }
+        assert_eq!(state.channel_count(), 7);
     }
 }

@@ -100,7 +100,8 @@ async fn http_stream_json_session_from_connect_to_disconnect() {
     stream.auto_pong = false;
 
     // A server-side disconnect: a disconnect push, then the end of the response.
-    api_ok(admin, "disconnect", &json!({"user": ""}), None).await;
+    let target = json!({"user": "", "client": stream.client});
+    api_ok(admin, "disconnect", &target, None).await;
     stream.expect_disconnect(3503, Duration::from_secs(5)).await;
     let raw = stream.raw();
     let last_line = raw[..raw.len() - 1].rsplit(|b| *b == b'\n').next().unwrap();
@@ -189,7 +190,8 @@ async fn http_stream_protobuf_session() {
     stream.wait_pings(2, Duration::from_secs(7)).await;
     stream.auto_pong = false;
 
-    api_ok(admin, "disconnect", &json!({"user": ""}), None).await;
+    let target = json!({"user": "", "client": stream.client});
+    api_ok(admin, "disconnect", &target, None).await;
     stream.expect_disconnect(3503, Duration::from_secs(5)).await;
 }
 

@@ -57,7 +57,8 @@ async fn sse_get_session_from_connect_to_disconnect() {
     );
     sse.auto_pong = false;
 
-    api_ok(admin, "disconnect", &json!({"user": ""}), None).await;
+    let target = json!({"user": "", "client": sse.client});
+    api_ok(admin, "disconnect", &target, None).await;
     sse.expect_disconnect(3503, Duration::from_secs(5)).await;
 
     // The whole body: `\r\n`, then only `data: <json>\n\n` events, one reply each.

@@ -47,8 +47,8 @@ impl Script {
 }
 
 /// A Link upstream that follows the contract except where a command asks it not to:
-/// rpc `echo` answers, `hang` never answers, `twice` answers twice, `flood` pushes
-/// `data` (a count) publications on channel `flood`; publish pushes the data as is (even
+/// rpc `echo` answers, `hang` never answers, `twice` answers twice, `stream` answers and then
+/// pushes `data` (a count) publications on channel `flood`, 100 per millisecond; publish pushes the data as is (even
 /// non-JSON bytes), with the inner push channel left empty.
 #[derive(Clone)]
 struct ScriptedUpstream {
@@ -196,16 +196,25 @@ fn answer(
     match method.as_str() {
         "hang" => Vec::new(),
         "twice" => vec![answered.clone(), answered],
-        "flood" => {
+        "stream" => {
             let count: u64 = std::str::from_utf8(&data)
                 .ok()
                 .and_then(|text| text.parse().ok())
                 .unwrap_or(0);
-            let mut out: Vec<_> = (1..=count)
-                .map(|n| push("flood", Bytes::from(format!("{{\"n\":{n}}}")), n))
-                .collect();
-            out.push(answered);
-            out
+            if let Some(tx) = script.streams.lock().unwrap().get(stream).cloned() {
+                tokio::spawn(async move {
+                    for n in 1..=count {
+                        let data = Bytes::from(format!("{{\"n\":{n}}}"));
+                        if tx.send(push("flood", data, n)).await.is_err() {
+                            return;
+                        }
+                        if n % 100 == 0 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                });
+            }
+            vec![answered]
         }
         _ => vec![answered],
     }
@@ -447,16 +456,25 @@ async fn stalled_upstream_ends_waiting_sessions_instead_of_freezing_them() {
 async fn reads_and_replies_progress_under_sustained_fan_out() {
     let (upstream, _script) = scripted_upstream().await;
     let server = sidecar(upstream, "queue_max_size: 67108864\n").await;
-    let mut flooder = server.ws(WsOptions::json()).await;
+    let mut streamer = server.ws(WsOptions::json()).await;
     let mut victim = server.ws(WsOptions::json()).await;
-    flooder.handshake().await;
+    streamer.handshake().await;
     victim.handshake().await;
     assert_eq!(victim.request(subscribe("flood")).await.error, None);
-    // 30 000 publications to the victim, then while they stream the victim asks for an echo:
-    // its command is read and answered, it is not starved by its own outbox.
-    let mut flood = rpc_command("flood", b"30000");
-    flood.id = flooder.next_id();
-    flooder.send_commands(&[flood]).await;
-    assert_echo(&mut victim, "victim during a sustained fan-out").await;
-    let _ = flooder.next_reply(Duration::from_secs(20)).await;
+    // A sustained stream of publications to the victim (100 every millisecond for a few
+    // seconds); meanwhile the victim's own commands are still read and answered: its reply is
+    // queued behind at most a few milliseconds of publications.
+    let mut stream = rpc_command("stream", b"200000");
+    stream.id = streamer.next_id();
+    streamer.send_commands(&[stream]).await;
+    let _ = streamer.next_reply(WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for round in 0..3 {
+        assert_echo(
+            &mut victim,
+            &format!("victim during a sustained fan-out, round {round}"),
+        )
+        .await;
+        let _ = victim.take_pushes(|_| true);
+    }
 }

@@ -67,6 +67,19 @@ pub fn unknown_variables(schema: &Schema, vars: &[(String, String)]) -> Vec<Stri
     unknown
 }
 
+/// Names of the known, non-empty override variables of `vars` (sorted): what [`apply`] uses.
+pub fn applied_variables(schema: &Schema, vars: &[(String, String)]) -> Vec<String> {
+    let known = known_variables(schema);
+    let mut applied: Vec<String> = vars
+        .iter()
+        .filter(|(name, value)| !value.is_empty() && known.contains_key(name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    applied.sort();
+    applied.dedup();
+    applied
+}
+
 /// Applies the known, non-empty override variables of `vars` to the config `tree`; returns
 /// the names applied (sorted), or every problem (each naming its variable; no values of
 /// secrets).

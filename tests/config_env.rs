@@ -120,7 +120,8 @@ async fn publish_status(admin: SocketAddr, key: &str) -> u16 {
 }
 
 /// The file says port 1 (which cannot be bound): the server must listen where
-/// `SIDEWIRE_LISTEN` says; `hub.api_key_file` supplies the key, re-read on SIGHUP; an unknown
+/// `SIDEWIRE_LISTEN` says; `hub.api_key_file` supplies the key, re-read on SIGHUP and when
+/// the file changes; an unknown
 /// `SIDEWIRE_HUB_*` variable is warned about by name.
 #[tokio::test]
 async fn env_overrides_listeners_and_api_key_file_rotates_on_reload() {
@@ -178,6 +179,18 @@ async fn env_overrides_listeners_and_api_key_file_rotates_on_reload() {
         200,
         "old key refused"
     );
+
+    // A rotation alone (no SIGHUP, config unchanged) is seen through the watched directory,
+    // as a Kubernetes Secret update would be.
+    let staged = dir.path().join("api-key.new");
+    std::fs::write(&staged, "key-three\n").unwrap();
+    std::fs::rename(&staged, &key_file).unwrap();
+    eventually(
+        WAIT,
+        "rotated key accepted without a signal",
+        || async move { publish_status(admin, "key-three").await == 200 },
+    )
+    .await;
 }
 
 fn sidewire(args: &[&str], vars: &[(&str, &str)]) -> Output {

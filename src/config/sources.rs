@@ -64,6 +64,23 @@ pub fn build(text: &str, vars: &[(String, String)]) -> Result<Config, ConfigErro
     })
 }
 
+/// The secret files a config text names (`<secret>_file` keys, after `SIDEWIRE_*`
+/// overrides of the process), for watching and change detection; empty when the text does
+/// not parse.
+pub fn secret_files(text: &str) -> Vec<std::path::PathBuf> {
+    let Ok(mut tree) = serde_saphyr::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    if tree.is_null() {
+        tree = Value::Object(Map::new());
+    }
+    let schema = schema();
+    if env::apply(&mut tree, schema, &process_vars()).is_err() {
+        return Vec::new();
+    }
+    secret::files(&mut tree, schema)
+}
+
 fn parse_text(text: &str) -> Result<Config, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Config::default());

@@ -104,7 +104,8 @@ fn report_environment() {
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(path) => Config::load(path).with_context(|| format!("config {}", path.display())),
-        None => Ok(Config::default()),
+        // Defaults, with the SIDEWIRE_* overrides of the environment.
+        None => Config::from_yaml("").context("config from the environment"),
     }
 }
 
@@ -146,6 +147,11 @@ async fn main() -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Run);
     match &command {
         Command::Check => {
+            for name in env::unknown_variables(sources::schema(), &sources::process_vars()) {
+                eprintln!(
+                    "sidewire: warning: {name} looks like a config key but matches none; ignored"
+                );
+            }
             println!("sidewire: configuration is valid");
             return Ok(());
         }

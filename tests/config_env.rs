@@ -280,6 +280,22 @@ async fn gentoken_and_overrides_fail_clearly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--ttl"), "{stderr}");
 
+    // Without a config file the environment still applies.
+    let output = sidewire(
+        &["gentoken", "--user", "u"],
+        &[("SIDEWIRE_HUB_TOKEN_HMAC_SECRET", "s")],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).matches('.').count(),
+        2,
+        "a JWT"
+    );
+
     let output = sidewire(
         &["--config", path, "check"],
         &[("SIDEWIRE_QUEUE_MAX_SIZE", "lots")],

@@ -50,6 +50,7 @@ pub fn build(text: &str, vars: &[(String, String)]) -> Result<Config, ConfigErro
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
     }
+    coerce_text(&mut tree, schema);
     if applied.is_empty() && !resolved {
         // Nothing changed: parse the text itself, whose errors carry line and column.
         return parse_text(text);
@@ -62,6 +63,21 @@ pub fn build(text: &str, vars: &[(String, String)]) -> Result<Config, ConfigErro
         };
         ConfigError::Parse(format!("{error}{from_env}"))
     })
+}
+
+/// Plain YAML scalars are strings to a typed parse (`api_key: 12345`), but numbers and
+/// booleans in the tree: turn those at string keys back into text.
+fn coerce_text(tree: &mut Value, schema: &Schema) {
+    for (path, kind) in &schema.leaves {
+        if *kind != schema::Kind::Text {
+            continue;
+        }
+        if let Some(node) = env::lookup_mut(tree, path)
+            && (node.is_number() || node.is_boolean())
+        {
+            *node = Value::String(node.to_string());
+        }
+    }
 }
 
 /// The secret files a config text names (`<secret>_file` keys, after `SIDEWIRE_*`
@@ -147,6 +163,16 @@ mod tests {
             error.contains("hub.token_hmac_secret: must not be empty"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn unquoted_numbers_stay_strings_with_overrides() {
+        let yaml = "hub:\n  api_key: 12345\n";
+        let with_env =
+            Config::from_yaml_with_env(yaml, &vars(&[("SIDEWIRE_LISTEN", "127.0.0.1:1")])).unwrap();
+        assert_eq!(with_env.hub.api_key.as_deref(), Some("12345"));
+        let plain = Config::from_yaml_with_env(yaml, &[]).unwrap();
+        assert_eq!(plain.hub.api_key, with_env.hub.api_key);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! or durations are traced too.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::de::value::{Error, MapDeserializer, SeqDeserializer};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
@@ -62,10 +62,12 @@ pub fn trace<T: DeserializeOwned>() -> Schema {
         let Some(path) = current.failed.take() else {
             break;
         };
-        let choice = current.choices.entry(path).or_insert(0);
+        let choice = current.choices.entry(path.clone()).or_insert(0);
         *choice += 1;
         if *choice >= TEXT_CANDIDATES.len() {
-            break;
+            // No probe fits: keep the leaf as recorded, and leave the field out of later
+            // attempts (its struct's default fills it) so the fields after it are traced.
+            current.skipped.insert(path);
         }
     }
     state.into_inner().schema
@@ -76,6 +78,7 @@ struct State {
     schema: Schema,
     choices: HashMap<String, usize>,
     failed: Option<String>,
+    skipped: HashSet<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -93,8 +96,19 @@ impl Tracer<'_> {
             .insert(self.path.to_owned(), kind);
     }
 
-    fn text<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.leaf(Kind::Text);
+    /// Notes the first field whose probe was rejected, for the next attempt.
+    fn checked<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        if result.is_err() {
+            let mut state = self.state.borrow_mut();
+            if state.failed.is_none() {
+                state.failed = Some(self.path.to_owned());
+            }
+        }
+        result
+    }
+
+    fn text<'de, V: Visitor<'de>>(self, kind: Kind, visitor: V) -> Result<V::Value, Error> {
+        self.leaf(kind);
         let choice = self
             .state
             .borrow()
@@ -106,11 +120,7 @@ impl Tracer<'_> {
             .get(choice)
             .copied()
             .unwrap_or(TEXT_CANDIDATES[0]);
-        let result = visitor.visit_str(candidate);
-        if result.is_err() {
-            self.state.borrow_mut().failed = Some(self.path.to_owned());
-        }
-        result
+        self.checked(visitor.visit_str(candidate))
     }
 }
 
@@ -118,12 +128,11 @@ impl<'de, 's> de::Deserializer<'de> for Tracer<'s> {
     type Error = Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.leaf(Kind::Other);
-        visitor.visit_unit()
+        self.text(Kind::Other, visitor)
     }
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.leaf(Kind::Bool);
-        visitor.visit_bool(false)
+        self.checked(visitor.visit_bool(false))
     }
     fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.deserialize_i64(visitor)
@@ -136,7 +145,7 @@ impl<'de, 's> de::Deserializer<'de> for Tracer<'s> {
     }
     fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.leaf(Kind::Integer);
-        visitor.visit_i64(0)
+        self.checked(visitor.visit_i64(0))
     }
     fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.deserialize_u64(visitor)
@@ -149,30 +158,30 @@ impl<'de, 's> de::Deserializer<'de> for Tracer<'s> {
     }
     fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.leaf(Kind::Integer);
-        visitor.visit_u64(0)
+        self.checked(visitor.visit_u64(0))
     }
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.deserialize_f64(visitor)
     }
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.leaf(Kind::Float);
-        visitor.visit_f64(0.0)
+        self.checked(visitor.visit_f64(0.0))
     }
     fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.leaf(Kind::Text);
-        visitor.visit_char('x')
+        self.checked(visitor.visit_char('x'))
     }
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.text(visitor)
+        self.text(Kind::Text, visitor)
     }
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.text(visitor)
+        self.text(Kind::Text, visitor)
     }
     fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.text(visitor)
+        self.text(Kind::Text, visitor)
     }
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.text(visitor)
+        self.text(Kind::Text, visitor)
     }
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_some(self)
@@ -197,7 +206,7 @@ impl<'de, 's> de::Deserializer<'de> for Tracer<'s> {
     }
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.leaf(Kind::List);
-        visitor.visit_seq(SeqDeserializer::<_, Error>::new(std::iter::empty::<()>()))
+        self.checked(visitor.visit_seq(SeqDeserializer::<_, Error>::new(std::iter::empty::<()>())))
     }
     fn deserialize_tuple<V: Visitor<'de>>(
         self,
@@ -216,9 +225,11 @@ impl<'de, 's> de::Deserializer<'de> for Tracer<'s> {
     }
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.leaf(Kind::Other);
-        visitor.visit_map(MapDeserializer::<_, Error>::new(
-            std::iter::empty::<((), ())>(),
-        ))
+        self.checked(
+            visitor.visit_map(MapDeserializer::<_, Error>::new(
+                std::iter::empty::<((), ())>(),
+            )),
+        )
     }
     fn deserialize_struct<V: Visitor<'de>>(
         self,
@@ -247,10 +258,10 @@ impl<'de, 's> de::Deserializer<'de> for Tracer<'s> {
     ) -> Result<V::Value, Error> {
         self.leaf(Kind::Text);
         let first = variants.first().copied().unwrap_or_default();
-        visitor.visit_enum(first.into_deserializer())
+        self.checked(visitor.visit_enum(first.into_deserializer()))
     }
     fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.text(visitor)
+        self.text(Kind::Text, visitor)
     }
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_unit()
@@ -273,16 +284,20 @@ impl<'de> MapAccess<'de> for Fields<'_> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        let Some(field) = self.fields.get(self.next).copied() else {
-            return Ok(None);
-        };
-        self.next += 1;
-        self.current = if self.parent.is_empty() {
-            field.to_owned()
-        } else {
-            format!("{}.{field}", self.parent)
-        };
-        seed.deserialize(field.into_deserializer()).map(Some)
+        loop {
+            let Some(field) = self.fields.get(self.next).copied() else {
+                return Ok(None);
+            };
+            self.next += 1;
+            self.current = if self.parent.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{}.{field}", self.parent)
+            };
+            if !self.state.borrow().skipped.contains(&self.current) {
+                return seed.deserialize(field.into_deserializer()).map(Some);
+            }
+        }
     }
 
     fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, Error> {
@@ -316,6 +331,61 @@ mod tests {
         assert!(
             !schema.leaves.contains_key("hub"),
             "sections are not leaves"
+        );
+    }
+
+    /// A type no probe satisfies.
+    #[derive(Debug, Default)]
+    struct Picky;
+
+    impl<'de> serde::Deserialize<'de> for Picky {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Picky, D::Error> {
+            struct Refuse;
+            impl Visitor<'_> for Refuse {
+                type Value = Picky;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("nothing")
+                }
+            }
+            deserializer.deserialize_str(Refuse)
+        }
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default)]
+    #[allow(dead_code)]
+    struct Sample {
+        first: bool,
+        picky: Picky,
+        nested: Option<Nested>,
+        last: Vec<String>,
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default)]
+    #[allow(dead_code)]
+    struct Nested {
+        rate: f64,
+        addr: Option<std::net::SocketAddr>,
+    }
+
+    #[test]
+    fn fields_after_an_untraceable_one_are_traced() {
+        let schema = trace::<Sample>();
+        let kinds: Vec<(&str, Kind)> = schema
+            .leaves
+            .iter()
+            .map(|(path, kind)| (path.as_str(), *kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("first", Kind::Bool),
+                ("last", Kind::List),
+                ("nested.addr", Kind::Text),
+                ("nested.rate", Kind::Float),
+                ("picky", Kind::Text),
+            ]
         );
     }
 

@@ -237,6 +237,9 @@ mod tests {
             "SIDEWIRE_SHUTDOWN_DRAIN_WINDOW",
             "SIDEWIRE_HUB_TLS_CERT_FILE",
             "SIDEWIRE_ALLOWED_ORIGINS",
+            // Keys added by others after this mechanism: covered without a list.
+            "SIDEWIRE_HUB_CLIENT_CHANNEL_LIMIT",
+            "SIDEWIRE_HUB_BINARY_CHANNELS",
         ] {
             assert!(known.contains_key(name), "{name} not known");
         }

@@ -129,6 +129,7 @@ describe('examples/chat in headless Chromium', { timeout: 180000 }, () => {
     await seesInPresence(b, 2);
     await say(a, 'hello from a WebSocket', [a, b]);
     await say(b, 'hi from SSE (with /emulation)', [a, b]);
+    await withTimeout(a.evaluate(() => window.chat.streamDemo()), WAIT_MS, 'stream demo on the screenshot page');
     await shoot(a, 'chat-websocket.png');
   });
 

@@ -125,7 +125,7 @@ export async function launchChromium() {
     headless: true,
     // Root in a container has no user namespaces for Chromium's sandbox; /dev/shm is small.
     args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu', '--no-first-run'],
-    defaultViewport: { width: 1000, height: 430 },
+    defaultViewport: { width: 1000, height: 540 },
   });
 }
 

@@ -11,7 +11,7 @@
 
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startChatServer } from '../../examples/chat/server.mjs';
@@ -65,6 +65,7 @@ describe('examples/chat in headless Chromium', { timeout: 180000 }, () => {
   after(async () => {
     if (browser) await browser.close().catch(() => {});
     if (sw) await sw.stop();
+    if (!process.env.BROWSER_SCREENSHOTS) rmSync(shots, { recursive: true, force: true });
     await Promise.all(apps.map(({ server }) => new Promise((res) => { server.closeAllConnections(); server.close(res); })));
   });
 

@@ -506,7 +506,8 @@ fn checked_channel(hub: &Hub, channel: &str) -> Result<(), CallError> {
 }
 
 /// Publishes once per `(channel, idempotency_key)` within the cache's TTL: a repeated key
-/// returns the first result without publishing again.
+/// returns the first result without publishing again. The lookup, the publication and the
+/// insert happen under the cache's lock, so concurrent duplicates publish once.
 fn publish(
     hub: &Hub,
     channel: &str,
@@ -514,18 +515,21 @@ fn publish(
     options: PublishOptions,
     idempotency_key: &str,
 ) -> Result<Value, CallError> {
-    let now = tokio::time::Instant::now();
-    if !idempotency_key.is_empty()
-        && let Some((offset, epoch)) =
-            hub.with_state(|s| s.with_idempotency(|c| c.get(channel, idempotency_key, now)))
-    {
-        return Ok(json!({"offset": offset, "epoch": epoch}));
-    }
-    let (offset, epoch) = hub.with_state(|s| s.publish_api(channel, data, options))?;
-    if !idempotency_key.is_empty() {
-        let result = (offset, epoch.clone());
-        hub.with_state(|s| s.with_idempotency(|c| c.insert(channel, idempotency_key, result, now)));
-    }
+    let (offset, epoch) = if idempotency_key.is_empty() {
+        hub.with_state(|s| s.publish_api(channel, data, options))?
+    } else {
+        let now = tokio::time::Instant::now();
+        hub.with_state(|s| {
+            s.with_idempotency(|cache| {
+                if let Some(result) = cache.get(channel, idempotency_key, now) {
+                    return Ok(result);
+                }
+                let result = s.publish_api(channel, data, options)?;
+                cache.insert(channel, idempotency_key, result.clone(), now);
+                Ok::<_, ErrorCode>(result)
+            })
+        })?
+    };
     Ok(json!({"offset": offset, "epoch": epoch}))
 }
 

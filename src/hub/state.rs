@@ -9,7 +9,8 @@
 //! - Link queues sit in a read-mostly map.
 //!
 //! Lock order (never the other way): sessions → shard → ledger; the Link map and the queues
-//! are leaves. Tokens are verified by the caller, outside every lock. Poison safety: no
+//! are leaves. The server API's idempotency cache is taken before any of them, around one
+//! publication. Tokens are verified by the caller, outside every lock. Poison safety: no
 //! operation mutates across a fallible step, so state behind a poisoned lock is consistent and
 //! used as is.
 
@@ -221,7 +222,8 @@ impl HubState {
         self.started.elapsed().as_secs()
     }
 
-    /// Runs `operation` on the idempotency cache (a leaf lock: take no other lock inside).
+    /// Runs `operation` on the idempotency cache. Its lock comes first in the lock order: the
+    /// operation may publish (taking shard, ledger and Link locks), and no other path takes it.
     pub fn with_idempotency<R>(&self, operation: impl FnOnce(&mut IdempotencyCache) -> R) -> R {
         operation(&mut lock(&self.idempotency))
     }

@@ -362,3 +362,18 @@ async fn batch_replies_in_order_with_an_error_for_the_failing_command() {
     let position = call(&server, "history", json!({"channel": channel})).await;
     assert_eq!(position["offset"], 1);
 }
+
+#[tokio::test]
+async fn concurrent_duplicate_idempotency_keys_publish_once() {
+    let server = server().await;
+    let channel = unique_channel("idem");
+    let body = json!({"channel": channel, "data": {"once": true}, "idempotency_key": "k"});
+    let calls = (0..8).map(|_| api(server.admin_addr, "publish", &body, Some(KEY)));
+    let answers = futures_util::future::join_all(calls).await;
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer["result"]["offset"], 1, "{answer}");
+    }
+    let history = call(&server, "history", json!({"channel": channel, "limit": -1})).await;
+    assert_eq!(history["publications"].as_array().map(Vec::len), Some(1));
+}

@@ -44,6 +44,9 @@ pub enum AppError {
     /// The TLS certificate could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The hub's Link token could not be loaded.
+    #[error(transparent)]
+    LinkAuth(#[from] crate::hub::link_auth::LinkAuthError),
 }
 
 /// Result of applying a config.
@@ -386,6 +389,7 @@ pub struct StandaloneHub {
     api: TcpListener,
     hub: Hub,
     api_key: Option<String>,
+    link_auth: hub::link_auth::LinkAuth,
     phase: PhaseWatch,
 }
 
@@ -396,9 +400,16 @@ impl StandaloneHub {
         let api = bind("hub.api_listen", config.hub.api_listen).await?;
         let api_key = config.hub.api_key.clone();
         let tls = match &config.hub.tls {
-            Some(tls) => Some(TlsAcceptor::new(&CertResolver::new(tls)?)?),
+            Some(tls) => {
+                let resolver = CertResolver::new(tls)?;
+                Some(match &tls.client_ca_file {
+                    Some(ca) => TlsAcceptor::with_client_ca(&resolver, ca)?,
+                    None => TlsAcceptor::new(&resolver)?,
+                })
+            }
             None => None,
         };
+        let link_auth = hub::link_auth::LinkAuth::from_config(&config.hub)?;
         let hub = Hub::start(config.hub, phase.clone());
         Ok(StandaloneHub {
             link,
@@ -406,6 +417,7 @@ impl StandaloneHub {
             api,
             hub,
             api_key,
+            link_auth,
             phase,
         })
     }
@@ -436,8 +448,13 @@ impl StandaloneHub {
         let phase = self.phase.clone();
         let link = async move {
             match self.tls {
-                Some(tls) => hub::grpc::serve(self.link, tls, self.hub, phase).await,
-                None => hub::grpc::serve(self.link, PlainAcceptor, self.hub, phase).await,
+                Some(tls) => {
+                    hub::grpc::serve(self.link, tls, self.hub, self.link_auth, phase).await
+                }
+                None => {
+                    hub::grpc::serve(self.link, PlainAcceptor, self.hub, self.link_auth, phase)
+                        .await
+                }
             }
         };
         tokio::join!(api, link);

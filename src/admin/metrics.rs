@@ -95,6 +95,8 @@ pub struct Metrics {
     pub link_frames_dropped: Family<ReasonLabels, Counter>,
     /// Session sends that found the uplink full past its deadline (the session ended, 3004).
     pub uplink_send_timeouts: Counter,
+    /// Commands the upstream did not answer within `command_timeout` (the client got error 100).
+    pub link_command_timeouts: Counter,
 }
 
 impl Metrics {
@@ -180,6 +182,11 @@ impl Metrics {
             "uplink_send_timeouts",
             "Session sends that found the uplink full past its deadline",
             self.uplink_send_timeouts.clone(),
+        );
+        registry.register(
+            "link_command_timeouts",
+            "Commands the upstream did not answer within command_timeout",
+            self.link_command_timeouts.clone(),
         );
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -58,6 +58,12 @@ pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[
     "x-real-ip",
     "x-request-id",
 ];
+/// Default time the upstream has to answer one command (`upstream.command_timeout`; the
+/// embedded hub uses it too).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = crate::session::handle::DEFAULT_COMMAND_TIMEOUT;
+/// Environment variable holding the Link bearer token when neither `upstream.token` nor
+/// `upstream.token_file` is set.
+pub const UPSTREAM_TOKEN_ENV: &str = "SIDEWIRE_UPSTREAM_TOKEN";
 /// Longest channel name accepted.
 pub const MAX_CHANNEL_LENGTH: usize = 255;
 
@@ -192,6 +198,9 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key_file: String,
+    /// Only under `hub.tls`: PEM file of the CA that signs sidecars' client certificates;
+    /// when set, a Link connection without a valid client certificate is refused (mutual TLS).
+    pub client_ca_file: Option<String>,
 }
 
 /// Graceful shutdown: readiness turns false, the listener keeps accepting for `delay` (load
@@ -285,6 +294,22 @@ pub struct UpstreamConfig {
     /// For an `https://` endpoint: name to verify in the upstream's certificate (default: the
     /// endpoint's host).
     pub tls_domain: Option<String>,
+    /// For an `https://` endpoint: client certificate chain (PEM) presented to the upstream
+    /// (mutual TLS); requires `tls_key_file`.
+    pub tls_cert_file: Option<String>,
+    /// Private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<String>,
+    /// Bearer token sent as gRPC metadata `authorization: Bearer <token>` on every Link
+    /// stream. Alternatives: `token_file`, or the environment variable
+    /// `SIDEWIRE_UPSTREAM_TOKEN` when neither is set.
+    pub token: Option<String>,
+    /// File holding the bearer token (read at each connect, so a rotated Secret is picked up;
+    /// surrounding whitespace is ignored).
+    pub token_file: Option<String>,
+    /// Time the upstream has to answer one command; then the client gets error 100 for it
+    /// and the upstream a `SessionCommandTimeout`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub command_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -296,6 +321,11 @@ impl Default for UpstreamConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             tls_ca_file: None,
             tls_domain: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            token: None,
+            token_file: None,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
         }
     }
 }
@@ -318,7 +348,13 @@ pub struct HubConfig {
     /// Server API listener of `sidewire hub`.
     pub api_listen: SocketAddr,
     /// TLS on the Link listener of `sidewire hub` (sidecars then use an `https://` endpoint).
+    /// With `tls.client_ca_file`, sidecars must present a certificate signed by that CA.
     pub tls: Option<TlsConfig>,
+    /// When set, `sidewire hub` requires gRPC metadata `authorization: Bearer <token>` on each
+    /// Link stream (else UNAUTHENTICATED, before `welcome`).
+    pub link_token: Option<String>,
+    /// File holding the Link token (alternative to `link_token`).
+    pub link_token_file: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -331,6 +367,8 @@ impl Default for HubConfig {
             link_listen: "127.0.0.1:9200".parse().expect("constant address"),
             api_listen: "127.0.0.1:9201".parse().expect("constant address"),
             tls: None,
+            link_token: None,
+            link_token_file: None,
         }
     }
 }
@@ -540,7 +578,41 @@ impl Config {
                 !upstream.connect_timeout.is_zero(),
                 "upstream.connect_timeout: must be greater than 0s".to_owned(),
             );
+            check(
+                !upstream.command_timeout.is_zero(),
+                "upstream.command_timeout: must be greater than 0s".to_owned(),
+            );
+            check(
+                upstream.tls_cert_file.is_some() == upstream.tls_key_file.is_some(),
+                "upstream.tls_cert_file: tls_cert_file and tls_key_file go together".to_owned(),
+            );
+            check(
+                upstream.tls_cert_file.is_none() || upstream.endpoint.starts_with("https://"),
+                "upstream.tls_cert_file: needs an https:// upstream.endpoint".to_owned(),
+            );
+            check(
+                !(upstream.token.is_some() && upstream.token_file.is_some()),
+                "upstream.token_file: set either upstream.token or upstream.token_file".to_owned(),
+            );
+            check(
+                upstream.token.as_deref().is_none_or(valid_token),
+                "upstream.token: must be non-empty printable ASCII without spaces".to_owned(),
+            );
         }
+        if let Some(tls) = &self.tls {
+            check(
+                tls.client_ca_file.is_none(),
+                "tls.client_ca_file: only supported under hub.tls".to_owned(),
+            );
+        }
+        check(
+            !(self.hub.link_token.is_some() && self.hub.link_token_file.is_some()),
+            "hub.link_token_file: set either hub.link_token or hub.link_token_file".to_owned(),
+        );
+        check(
+            self.hub.link_token.as_deref().is_none_or(valid_token),
+            "hub.link_token: must be non-empty printable ASCII without spaces".to_owned(),
+        );
         check(
             self.hub.history_size <= 100_000,
             format!(
@@ -570,6 +642,20 @@ impl Config {
             Err(ConfigError::Invalid(problems))
         }
     }
+}
+
+impl Config {
+    /// Time the upstream has to answer one command (the embedded hub gets the default).
+    pub fn command_timeout(&self) -> Duration {
+        self.upstream
+            .as_ref()
+            .map_or(DEFAULT_COMMAND_TIMEOUT, |upstream| upstream.command_timeout)
+    }
+}
+
+/// Whether `token` can travel as a bearer token in gRPC metadata.
+pub fn valid_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]

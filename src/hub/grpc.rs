@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Hub;
+use super::link_auth::LinkAuth;
 use crate::edge::Acceptor;
 use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::link_server::{Link, LinkServer};
@@ -21,12 +22,13 @@ use crate::linkproto::{SidecarFrame, UpstreamFrame};
 #[derive(Clone)]
 pub struct LinkService {
     hub: Hub,
+    auth: LinkAuth,
 }
 
 impl LinkService {
-    /// Serves `hub`.
-    pub fn new(hub: Hub) -> LinkService {
-        LinkService { hub }
+    /// Serves `hub`; every stream must pass `auth` before it is attached (welcomed).
+    pub fn new(hub: Hub, auth: LinkAuth) -> LinkService {
+        LinkService { hub, auth }
     }
 }
 
@@ -40,6 +42,7 @@ impl Link for LinkService {
         &self,
         request: Request<Streaming<SidecarFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
+        self.auth.check(request.metadata())?;
         let inbound = stream::unfold(request.into_inner(), |mut frames| async move {
             match frames.message().await {
                 Ok(Some(frame)) => Some((frame, frames)),
@@ -63,9 +66,10 @@ pub async fn serve<A: Acceptor>(
     listener: TcpListener,
     acceptor: A,
     hub: Hub,
+    auth: LinkAuth,
     mut phase: PhaseWatch,
 ) {
-    let service = LinkServer::new(LinkService::new(hub))
+    let service = LinkServer::new(LinkService::new(hub, auth))
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     let closing = lifecycle::closing(&mut phase);

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod grpc;
+pub mod link_auth;
 pub mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +95,8 @@ impl Hub {
         let welcome = UpstreamFrame {
             frame: Some(upstream_frame::Frame::Welcome(Welcome {
                 version: SERVER_VERSION.to_owned(),
+                protocol_version: crate::link::LINK_PROTOCOL_VERSION,
+                capabilities: Vec::new(),
             })),
         };
         sender.try_send(welcome).expect("a new channel has room");
@@ -123,6 +126,8 @@ impl Hub {
                 }
             }
             sidecar_frame::Frame::Close(close) => state.close((link, close.session)),
+            // Only sent to upstreams that declared the capability; the hub declares none.
+            sidecar_frame::Frame::CommandTimeout(_) | sidecar_frame::Frame::Error(_) => {}
         });
     }
 }

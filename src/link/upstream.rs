@@ -8,10 +8,11 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use thiserror::Error;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::uplink::UplinkFrames;
-use crate::config::UpstreamConfig;
+use crate::config::{UPSTREAM_TOKEN_ENV, UpstreamConfig, valid_token};
 use crate::hub::Hub;
 use crate::linkproto::UpstreamFrame;
 use crate::linkproto::link_client::LinkClient;
@@ -34,6 +35,9 @@ pub enum ConnectError {
     /// The upstream did not answer in time.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
+    /// The Link token could not be read or is not usable as a bearer token.
+    #[error("upstream token: {0}")]
+    Token(String),
 }
 
 /// Where the Link goes.
@@ -86,7 +90,13 @@ impl Upstream {
                 let mut client = LinkClient::new(channel)
                     .max_decoding_message_size(64 * 1024 * 1024)
                     .max_encoding_message_size(64 * 1024 * 1024);
-                let response = client.multiplex(uplink).await?;
+                let mut request = tonic::Request::new(uplink);
+                if let Some(token) = bearer_token(config)? {
+                    let value = MetadataValue::try_from(format!("Bearer {token}"))
+                        .map_err(|_| ConnectError::Token("not valid in a header".to_owned()))?;
+                    request.metadata_mut().insert("authorization", value);
+                }
+                let response = client.multiplex(request).await?;
                 Ok(response.into_inner().boxed())
             }
         }
@@ -107,5 +117,36 @@ fn tls_config(config: &UpstreamConfig) -> Result<ClientTlsConfig, ConnectError> 
     if let Some(domain) = &config.tls_domain {
         tls = tls.domain_name(domain.clone());
     }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        let read = |field: &str, path: &str| {
+            std::fs::read(path)
+                .map_err(|e| ConnectError::Endpoint(format!("upstream.{field} {path}: {e}")))
+        };
+        let identity = Identity::from_pem(read("tls_cert_file", cert)?, read("tls_key_file", key)?);
+        tls = tls.identity(identity);
+    }
     Ok(tls)
+}
+
+/// The Link bearer token: `upstream.token`, else the contents of `upstream.token_file` (read at
+/// each connect, so a rotated Secret is picked up), else `$SIDEWIRE_UPSTREAM_TOKEN`; `None`
+/// when none is set.
+pub fn bearer_token(config: &UpstreamConfig) -> Result<Option<String>, ConnectError> {
+    let token = match (&config.token, &config.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| ConnectError::Token(format!("upstream.token_file {path}: {e}")))?
+            .trim()
+            .to_owned(),
+        (None, None) => match std::env::var(UPSTREAM_TOKEN_ENV) {
+            Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
+            _ => return Ok(None),
+        },
+    };
+    if !valid_token(&token) {
+        return Err(ConnectError::Token(
+            "must be non-empty printable ASCII without spaces".to_owned(),
+        ));
+    }
+    Ok(Some(token))
 }

@@ -85,6 +85,7 @@ impl Link for ScriptedUpstream {
         self.script.streams_opened.fetch_add(1, Ordering::SeqCst);
         tx.send(frame(upstream_frame::Frame::Welcome(Welcome {
             version: "scripted 1.0".into(),
+            ..Default::default()
         })))
         .await
         .ok();
@@ -129,7 +130,7 @@ impl Link for ScriptedUpstream {
                             }
                         }
                     }
-                    sidecar_frame::Frame::Hello(_) | sidecar_frame::Frame::Close(_) => {}
+                    _ => {}
                 }
             }
         });

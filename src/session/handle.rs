@@ -381,4 +381,79 @@ mod tests {
         let text = std::str::from_utf8(&batch[0]).unwrap();
         assert!(text.contains(r#""error":{"code":100"#), "{text}");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn overdue_commands_get_the_timeout_error_once() {
+        let handle = handle().with_command_timeout(Duration::from_secs(2));
+        handle.mark_connecting(1);
+        handle.deliver_reply(Reply {
+            id: 1,
+            connect: Some(ConnectResult::default()),
+            ..Default::default()
+        });
+        let _ = handle.outbox.drain();
+        handle.command_sent(2);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        handle.command_sent(3);
+        assert!(handle.expire(Instant::now()).is_empty(), "nothing due yet");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(handle.expire(Instant::now()), vec![2]);
+        assert_eq!(handle.in_flight(), 1);
+        assert_eq!(
+            handle.next_deadline(),
+            Some(Instant::now() + Duration::from_secs(1))
+        );
+        let Drain::Messages(batch) = handle.outbox.drain() else {
+            panic!("no timeout reply")
+        };
+        let text = std::str::from_utf8(&batch[0]).unwrap();
+        assert!(
+            text.contains(r#""id":2,"error":{"code":100,"message":"command timeout","temporary":true}"#),
+            "{text}"
+        );
+        // The late reply is dropped: one reply per id.
+        assert!(
+            handle
+                .deliver_reply(Reply {
+                    id: 2,
+                    ..Default::default()
+                })
+                .is_none()
+        );
+        assert!(!handle.outbox.is_ended(), "a command timeout keeps the session");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_timeout_refuses_the_session() {
+        let handle = handle().with_command_timeout(Duration::from_secs(1));
+        handle.mark_connecting(1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(handle.expire(Instant::now()), vec![1]);
+        assert_eq!(handle.phase(), Phase::Rejected);
+        assert!(handle.outbox.is_ended());
+    }
+
+    #[test]
+    fn connect_error_ends_the_session_after_the_reply() {
+        let handle = handle();
+        handle.mark_connecting(7);
+        handle.deliver_reply(Reply {
+            id: 7,
+            error: Some(Error {
+                code: 101,
+                message: "unauthorized".into(),
+                temporary: false,
+            }),
+            ..Default::default()
+        });
+        assert!(handle.outbox.is_ended());
+        let Drain::Messages(batch) = handle.outbox.drain() else {
+            panic!("the error reply is flushed before the end")
+        };
+        assert!(std::str::from_utf8(&batch[0]).unwrap().contains("101"));
+        assert!(matches!(
+            handle.outbox.drain(),
+            Drain::End(end) if end == Disconnect::CONNECT_REFUSED
+        ));
+    }
 }

@@ -44,11 +44,10 @@ impl LinkAuth {
         let token = match (&config.link_token, &config.link_token_file) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(path)) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|e| LinkAuthError::TokenFile {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let text = std::fs::read_to_string(path).map_err(|e| LinkAuthError::TokenFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
                 let token = text.trim().to_owned();
                 if !valid_token(&token) {
                     return Err(LinkAuthError::TokenFile {

@@ -627,10 +627,12 @@ impl LinkSession {
         if !self.capabilities.command_timeout {
             return Ok(());
         }
-        self.send(sidecar_frame::Frame::CommandTimeout(SessionCommandTimeout {
-            session: self.id,
-            id,
-        }))
+        self.send(sidecar_frame::Frame::CommandTimeout(
+            SessionCommandTimeout {
+                session: self.id,
+                id,
+            },
+        ))
         .await
     }
 

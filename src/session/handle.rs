@@ -408,7 +408,9 @@ mod tests {
         };
         let text = std::str::from_utf8(&batch[0]).unwrap();
         assert!(
-            text.contains(r#""id":2,"error":{"code":100,"message":"command timeout","temporary":true}"#),
+            text.contains(
+                r#""id":2,"error":{"code":100,"message":"command timeout","temporary":true}"#
+            ),
             "{text}"
         );
         // The late reply is dropped: one reply per id.
@@ -420,7 +422,10 @@ mod tests {
                 })
                 .is_none()
         );
-        assert!(!handle.outbox.is_ended(), "a command timeout keeps the session");
+        assert!(
+            !handle.outbox.is_ended(),
+            "a command timeout keeps the session"
+        );
     }
 
     #[tokio::test(start_paused = true)]

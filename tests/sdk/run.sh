@@ -4,6 +4,8 @@
 #     the same flow over websocket (json, protobuf), http_stream (json, protobuf) and sse (json),
 #     one file each (run in parallel), plus transport fallback
 #   - PyPI `centrifuge-python` (JSON and Protobuf) with pytest
+#   - centrifuge-js -> sidecar -> the Python Link upstream of examples/upstream-python
+#     (tests/sdk/js/python-upstream.test.mjs; needs grpcio + grpcio-tools from PyPI)
 #
 # Usage (from anywhere):  tests/sdk/run.sh
 # Needs a built binary: $SIDEWIRE_BIN if set, else <repo>/target/debug/sidewire.
@@ -39,6 +41,7 @@ cd "$ROOT"
 echo "== installing SDK test dependencies"
 npm ci --prefix tests/sdk/js --no-audit --no-fund
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check -r tests/sdk/python/requirements.txt
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check -r examples/upstream-python/requirements.txt
 
 status=0
 echo "== centrifuge-js (npm centrifuge) smoke tests, binary: $SIDEWIRE_BIN"

@@ -326,3 +326,97 @@ async fn standalone_hub_requires_its_link_token() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(http_get(refused.admin_addr, "/readyz").await.0, 503);
 }
+
+/// A CA, a server certificate for `localhost` and a client certificate, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", ca_cert.pem());
+        for (name, san) in [("server", "localhost"), ("client", "sidecar")] {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![san.to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+fn tls_sidecar_yaml(pki: &Pki, link: SocketAddr, client_cert: bool) -> String {
+    let mut yaml = format!(
+        "upstream:\n  endpoint: \"https://{link}\"\n  tls_domain: \"localhost\"\n  tls_ca_file: \"{}\"\n  reconnect_backoff_min: \"50ms\"\n  reconnect_backoff_max: \"200ms\"\n",
+        pki.path("ca.pem")
+    );
+    if client_cert {
+        yaml.push_str(&format!(
+            "  tls_cert_file: \"{}\"\n  tls_key_file: \"{}\"\n",
+            pki.path("client.pem"),
+            pki.path("client.key")
+        ));
+    }
+    yaml
+}
+
+#[tokio::test]
+async fn standalone_hub_with_client_ca_requires_a_client_certificate() {
+    let pki = Pki::new();
+    let hub = Hub::start(&format!(
+        "tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  client_ca_file: \"{}\"",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem")
+    ))
+    .await;
+    let anonymous = Server::start(&tls_sidecar_yaml(&pki, hub.link_addr, false)).await;
+    let identified = Server::start(&tls_sidecar_yaml(&pki, hub.link_addr, true)).await;
+    identified.wait_ready(WAIT).await;
+    let mut client = identified.ws(WsOptions::json()).await;
+    client.handshake().await;
+    assert_eq!(client.request(subscribe("tls")).await.error, None);
+    // The sidecar without a certificate has had every chance to connect meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http_get(anonymous.admin_addr, "/readyz").await.0, 503);
+}
+
+#[tokio::test]
+async fn link_listener_sets_so_reuseaddr() {
+    use std::os::fd::AsRawFd;
+    let (listener, _) = sidewire::hub::grpc::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket fd and correctly sized out-parameters.
+    let rc = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_ne!(
+        value, 0,
+        "tokio's TcpListener::bind sets SO_REUSEADDR on Unix"
+    );
+}

@@ -704,4 +704,30 @@ mod tests {
             assert!(text.contains(field), "{field} missing in {text}");
         }
     }
+
+    #[test]
+    fn link_auth_keys_are_validated_by_name() {
+        let yaml = "upstream:\n  endpoint: \"http://h:1\"\n  token: \"a b\"\n  token_file: \"/t\"\n  tls_cert_file: \"/c\"\n  command_timeout: \"0s\"\nhub:\n  link_token: \"\"\ntls:\n  cert_file: c\n  key_file: k\n  client_ca_file: ca\n";
+        let error = Config::from_yaml(yaml).unwrap_err().to_string();
+        for field in [
+            "upstream.token:",
+            "upstream.token_file:",
+            "upstream.tls_cert_file: tls_cert_file and tls_key_file",
+            "upstream.tls_cert_file: needs an https://",
+            "upstream.command_timeout:",
+            "hub.link_token:",
+            "tls.client_ca_file:",
+        ] {
+            assert!(error.contains(field), "{field} missing in {error}");
+        }
+    }
+
+    #[test]
+    fn command_timeout_defaults_for_the_embedded_hub() {
+        assert_eq!(Config::default().command_timeout(), DEFAULT_COMMAND_TIMEOUT);
+        let config =
+            Config::from_yaml("upstream:\n  endpoint: \"http://h:1\"\n  command_timeout: 2s\n")
+                .unwrap();
+        assert_eq!(config.command_timeout(), Duration::from_secs(2));
+    }
 }

@@ -247,7 +247,14 @@ class LinkService:
 async def serve(listen, token, proto_root):
     pb, lpb, link_grpc = generate(proto_root)
     hub = Hub(pb, lpb)
-    server = grpc.aio.server()
+    # The sidecar sends HTTP/2 keepalive pings every 10 s, also while no data flows. gRPC's
+    # default policy (at most one ping per 5 min without data) would answer with GOAWAY "too
+    # many pings" after about 30 s of quiet and drop the Link: allow them.
+    server = grpc.aio.server(options=[
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),
+    ])
     link_grpc.add_LinkServicer_to_server(LinkService(hub, token), server)
     port = server.add_insecure_port(listen)
     if port == 0:

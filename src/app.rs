@@ -228,7 +228,7 @@ fn spawn_link(
 ) -> Link {
     let (upstream, backoff) = match &config.upstream {
         Some(upstream) => (
-            Upstream::Grpc(upstream.clone()),
+            Upstream::Grpc(Box::new(upstream.clone())),
             Backoff::new(
                 upstream.reconnect_backoff_min,
                 upstream.reconnect_backoff_max,

@@ -61,6 +61,10 @@ pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[
 /// Default time the upstream has to answer one command (`upstream.command_timeout`; the
 /// embedded hub uses it too).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = crate::session::handle::DEFAULT_COMMAND_TIMEOUT;
+/// Default HTTP/2 keepalive ping period of the Link (`upstream.keepalive_interval`).
+pub const DEFAULT_LINK_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Default time allowed for a keepalive answer (`upstream.keepalive_timeout`).
+pub const DEFAULT_LINK_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Environment variable holding the Link bearer token when neither `upstream.token` nor
 /// `upstream.token_file` is set.
 pub const UPSTREAM_TOKEN_ENV: &str = "SIDEWIRE_UPSTREAM_TOKEN";
@@ -310,6 +314,13 @@ pub struct UpstreamConfig {
     /// and the upstream a `SessionCommandTimeout`.
     #[serde(deserialize_with = "duration::deserialize")]
     pub command_timeout: Duration,
+    /// HTTP/2 keepalive ping period on the Link, sent even while no data flows; `0s` turns
+    /// pings off. The upstream's gRPC server must allow pings this often (docs/link.md §9).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub keepalive_interval: Duration,
+    /// Time allowed for a keepalive ping's answer before the Link is considered lost.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -326,6 +337,8 @@ impl Default for UpstreamConfig {
             token: None,
             token_file: None,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            keepalive_interval: DEFAULT_LINK_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_LINK_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -577,6 +590,10 @@ impl Config {
             check(
                 !upstream.connect_timeout.is_zero(),
                 "upstream.connect_timeout: must be greater than 0s".to_owned(),
+            );
+            check(
+                upstream.keepalive_interval.is_zero() || !upstream.keepalive_timeout.is_zero(),
+                "upstream.keepalive_timeout: must be greater than 0s".to_owned(),
             );
             check(
                 !upstream.command_timeout.is_zero(),

@@ -46,7 +46,7 @@ pub enum Upstream {
     /// The reference hub in this process.
     Embedded(Hub),
     /// An external upstream speaking `sidewire.v1.Link` over gRPC.
-    Grpc(UpstreamConfig),
+    Grpc(Box<UpstreamConfig>),
 }
 
 impl std::fmt::Debug for Upstream {
@@ -80,12 +80,15 @@ impl Upstream {
                 if config.endpoint.starts_with("https://") {
                     endpoint = endpoint.tls_config(tls_config(config)?)?;
                 }
-                let endpoint = endpoint
+                let mut endpoint = endpoint
                     .connect_timeout(config.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .keep_alive_while_idle(true);
+                    .tcp_nodelay(true);
+                if !config.keepalive_interval.is_zero() {
+                    endpoint = endpoint
+                        .http2_keep_alive_interval(config.keepalive_interval)
+                        .keep_alive_timeout(config.keepalive_timeout)
+                        .keep_alive_while_idle(true);
+                }
                 let channel = endpoint.connect().await?;
                 let mut client = LinkClient::new(channel)
                     .max_decoding_message_size(64 * 1024 * 1024)

@@ -425,6 +425,10 @@ impl Session {
                     .await
                     .map_err(|_| Disconnect::UPSTREAM_UNAVAILABLE)?;
                 self.link_session = Some(link_session);
+                // The client was in time; from here the upstream's answer is bounded by the
+                // command timeout (error 100, temporary: SDKs retry), not by the stale timer
+                // (3502, terminal).
+                self.timers.stale_at = None;
                 self.watch_commands();
                 Ok(())
             }

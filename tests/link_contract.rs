@@ -280,6 +280,38 @@ async fn refused_connect_ends_the_session_on_both_sides() {
 }
 
 #[tokio::test]
+async fn unanswered_connect_times_out_as_a_temporary_refusal_not_stale() {
+    let (upstream, script) = scripted_upstream::start(options(&["command_timeout"])).await;
+    // The stale timer (3502, terminal for SDKs) is far away; the command timeout decides.
+    let server = Server::start(&format!(
+        "stale_close_delay: \"30s\"\n{}",
+        upstream_yaml(upstream, "command_timeout: \"300ms\"")
+    ))
+    .await;
+    server.wait_ready(WAIT).await;
+    let mut client = server.ws(WsOptions::json()).await;
+    let reply = client
+        .connect_with(ConnectRequest {
+            token: "hang".into(),
+            ..Default::default()
+        })
+        .await;
+    let error = reply.error.expect("a timeout error for connect");
+    assert_eq!((error.code, error.temporary), (100, true));
+    assert_eq!(client.expect_close(WAIT).await.0, 3000);
+    eventually(
+        WAIT,
+        "SessionCommandTimeout and SessionClose upstream",
+        || async {
+            let timeouts = script.frames(|f| matches!(f, Frame::CommandTimeout(_)).then_some(()));
+            let closes = script.frames(|f| matches!(f, Frame::Close(_)).then_some(()));
+            timeouts.len() == 1 && closes.len() == 1
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn wrong_or_missing_token_is_refused_before_welcome_and_retried() {
     let (upstream, script) = scripted_upstream::start(ScriptOptions {
         capabilities: Vec::new(),

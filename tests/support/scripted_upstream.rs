@@ -3,7 +3,8 @@
 //! misbehave, and records every frame the sidecar sends.
 //!
 //! Client commands drive it:
-//! - `connect` with `token: "refuse"`: error reply 101 "unauthorized" (a refusal);
+//! - `connect` with `token: "refuse"`: error reply 101 "unauthorized" (a refusal); with
+//!   `token: "hang"`: no reply at all;
 //! - `subscribe`: SubscribeResult, then Membership;
 //! - `publish`: one ChannelPush (inner channel empty), then the reply;
 //! - rpc `echo`: answered with its data; `hang`: never answered; `twice`: answered twice;
@@ -137,7 +138,11 @@ impl Link for Service {
                 let out = match message.frame {
                     Some(sidecar_frame::Frame::Open(open)) => {
                         let connect = open.connect.unwrap_or_default();
-                        let refused = connect.connect.is_some_and(|c| c.token == "refuse");
+                        let token = connect.connect.as_ref().map(|c| c.token.as_str());
+                        if token == Some("hang") {
+                            continue;
+                        }
+                        let refused = token == Some("refuse");
                         let answer = if refused {
                             Reply {
                                 id: connect.id,

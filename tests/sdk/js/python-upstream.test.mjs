@@ -1,7 +1,7 @@
 // The Link contract is language-neutral: the real centrifuge-js SDK -> the sidewire sidecar ->
 // the Python example upstream (examples/upstream-python, grpcio, code generated from proto/ at
-// start-up), with a Link token. Connect, subscribe, publish, receive, rpc, and a refused
-// connect. Needs the pip packages of examples/upstream-python/requirements.txt (run.sh
+// start-up), with a Link token (given to the sidecar through SIDEWIRE_UPSTREAM_TOKEN).
+// Connect, subscribe, publish, receive, rpc, and a refused connect. Needs the pip packages of examples/upstream-python/requirements.txt (run.sh
 // installs them).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -61,11 +61,12 @@ describe('centrifuge-js -> sidewire -> Python upstream', { timeout: 60000 }, () 
 
   before(async () => {
     upstream = await startPythonUpstream();
+    // The sidecar takes its Link token from the environment (no token key in the config).
+    process.env.SIDEWIRE_UPSTREAM_TOKEN = LINK_TOKEN;
     server = await startServer({
       extraConfig: [
         'upstream:',
         `  endpoint: "http://${upstream.addr}"`,
-        `  token: "${LINK_TOKEN}"`,
         '  reconnect_backoff_min: "50ms"',
         '  reconnect_backoff_max: "500ms"',
       ].join('\n'),

@@ -1,8 +1,8 @@
 // The Link contract is language-neutral: the real centrifuge-js SDK -> the sidewire sidecar ->
 // the Python example upstream (examples/upstream-python, grpcio, code generated from proto/ at
 // start-up), with a Link token (given to the sidecar through SIDEWIRE_UPSTREAM_TOKEN).
-// Connect, subscribe, publish, receive, rpc, and a refused connect. Needs the pip packages of examples/upstream-python/requirements.txt (run.sh
-// installs them).
+// Connect, subscribe, publish, receive, rpc, and a refused connect. Needs the pip packages
+// of examples/upstream-python/requirements.txt (run.sh installs them).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';

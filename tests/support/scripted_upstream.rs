@@ -11,13 +11,17 @@
 //!   `unknown_frame`: an UpstreamFrame with no frame set, then the answer; `unknown_session`:
 //!   a reply, a membership and a disconnect for a session that does not exist, then the
 //!   answer; `mismatch`: a ChannelPush on `news` whose inner push names `other`, then the
-//!   answer.
+//!   answer; `flood` with data N (a decimal count): N publications `{"n":i}` on channel
+//!   `flood`, then the answer.
+//!
+//! `Script::stalled` makes it stop reading the sidecar's frames (a stalled upstream).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -49,15 +53,25 @@ pub struct ScriptOptions {
 #[derive(Default)]
 pub struct Script {
     options: ScriptOptions,
-    /// Every frame received from sidecars, in order.
+    /// Every frame received from sidecars but `SessionCommand`s (counted in `commands`), in
+    /// order.
     pub received: Mutex<Vec<SidecarFrame>>,
     /// Streams welcomed.
     pub streams_opened: AtomicUsize,
     /// Streams refused for a missing or wrong token.
     pub refused: AtomicUsize,
+    /// `SessionCommand` frames received.
+    pub commands: AtomicUsize,
+    /// While set, the upstream reads nothing from the sidecar.
+    pub stalled: AtomicBool,
 }
 
 impl Script {
+    /// `SessionCommand` frames received so far.
+    pub fn total_commands(&self) -> usize {
+        self.commands.load(Ordering::SeqCst)
+    }
+
     /// Frames received so far that match `select`.
     pub fn frames<T>(&self, select: impl Fn(&sidecar_frame::Frame) -> Option<T>) -> Vec<T> {
         self.received
@@ -133,8 +147,19 @@ impl Link for Service {
         let script = self.script.clone();
         let mut inbound = request.into_inner();
         tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                script.received.lock().unwrap().push(message.clone());
+            loop {
+                while script.stalled.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let Ok(Some(message)) = inbound.message().await else {
+                    return;
+                };
+                if matches!(message.frame, Some(sidecar_frame::Frame::Command(_))) {
+                    // Counted, not kept: some tests send hundreds of thousands.
+                    script.commands.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    script.received.lock().unwrap().push(message.clone());
+                }
                 let out = match message.frame {
                     Some(sidecar_frame::Frame::Open(open)) => {
                         let connect = open.connect.unwrap_or_default();
@@ -249,6 +274,17 @@ fn answer(session: u64, command: Command) -> Vec<UpstreamFrame> {
             })),
             answered,
         ],
+        "flood" => {
+            let count: u64 = std::str::from_utf8(&data)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(0);
+            let mut out: Vec<_> = (1..=count)
+                .map(|n| push("flood", "", Bytes::from(format!("{{\"n\":{n}}}"))))
+                .collect();
+            out.push(answered);
+            out
+        }
         "mismatch" => vec![
             push("news", "other", Bytes::from_static(br#"{"wrong":true}"#)),
             answered,

@@ -173,7 +173,9 @@ impl SessionHandle {
             return false;
         };
         pending.remove(position);
-        if pending.is_empty() && pending.capacity() > 16 {
+        if pending.is_empty() {
+            // An idle session holds no buffer at all (entries carry a deadline now, so a kept
+            // buffer would cost more than the old id-only one did).
             *pending = VecDeque::new();
         }
         true
@@ -426,6 +428,22 @@ mod tests {
             !handle.outbox.is_ended(),
             "a command timeout keeps the session"
         );
+    }
+
+    #[test]
+    fn answered_session_keeps_no_pending_buffer() {
+        let handle = handle();
+        handle.mark_connecting(1);
+        for id in 2..40 {
+            handle.command_sent(id);
+        }
+        for id in 1..40 {
+            handle.deliver_reply(Reply {
+                id,
+                ..Default::default()
+            });
+        }
+        assert_eq!(handle.pending().capacity(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -135,7 +135,7 @@ impl Link for Service {
                 return Err(Status::unauthenticated("invalid link token"));
             }
         }
-        let (tx, rx) = mpsc::channel::<UpstreamFrame>(1 << 12);
+        let (tx, rx) = mpsc::channel::<UpstreamFrame>(1 << 16);
         self.script.streams_opened.fetch_add(1, Ordering::SeqCst);
         let _ = tx
             .send(frame(upstream_frame::Frame::Welcome(Welcome {

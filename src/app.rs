@@ -44,6 +44,9 @@ pub enum AppError {
     /// The TLS certificate could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The hub's Link token could not be loaded.
+    #[error(transparent)]
+    LinkAuth(#[from] crate::hub::link_auth::LinkAuthError),
 }
 
 /// Result of applying a config.
@@ -231,7 +234,7 @@ fn spawn_link(
 ) -> Link {
     let (upstream, backoff) = match &config.upstream {
         Some(upstream) => (
-            Upstream::Grpc(upstream.clone()),
+            Upstream::Grpc(Box::new(upstream.clone())),
             Backoff::new(
                 upstream.reconnect_backoff_min,
                 upstream.reconnect_backoff_max,
@@ -404,6 +407,7 @@ pub struct StandaloneHub {
     access: ApiAccess,
     body_timeout: Duration,
     keepalive: hub::grpc::LinkKeepalive,
+    link_auth: hub::link_auth::LinkAuth,
     phase: PhaseWatch,
 }
 
@@ -416,11 +420,18 @@ impl StandaloneHub {
         let access = ApiAccess::decide(api_listen, &config.hub);
         access.log_startup("hub.api_listen", api_listen);
         let tls = match &config.hub.tls {
-            Some(tls) => Some(TlsAcceptor::new(&CertResolver::new(tls)?)?),
+            Some(tls) => {
+                let resolver = CertResolver::new(tls)?;
+                Some(match &tls.client_ca_file {
+                    Some(ca) => TlsAcceptor::with_client_ca(&resolver, ca)?,
+                    None => TlsAcceptor::new(&resolver)?,
+                })
+            }
             None => None,
         };
         let keepalive = hub::grpc::LinkKeepalive::from_config(&config.hub);
         let body_timeout = config.request_body_timeout;
+        let link_auth = hub::link_auth::LinkAuth::from_config(&config.hub)?;
         let hub = Hub::start(config.hub, phase.clone());
         Ok(StandaloneHub {
             link,
@@ -430,6 +441,7 @@ impl StandaloneHub {
             access,
             body_timeout,
             keepalive,
+            link_auth,
             phase,
         })
     }
@@ -477,9 +489,20 @@ impl StandaloneHub {
         let keepalive = self.keepalive;
         let link = async move {
             match self.tls {
-                Some(tls) => hub::grpc::serve(self.link, tls, self.hub, keepalive, phase).await,
+                Some(tls) => {
+                    hub::grpc::serve(self.link, tls, self.hub, keepalive, self.link_auth, phase)
+                        .await
+                }
                 None => {
-                    hub::grpc::serve(self.link, PlainAcceptor, self.hub, keepalive, phase).await
+                    hub::grpc::serve(
+                        self.link,
+                        PlainAcceptor,
+                        self.hub,
+                        keepalive,
+                        self.link_auth,
+                        phase,
+                    )
+                    .await
                 }
             }
         };

@@ -3,6 +3,10 @@
 
 mod support;
 
+/// The scripted, misbehaving Link upstream shared with tests/link_contract.rs.
+#[path = "support/scripted_upstream.rs"]
+mod scripted_upstream;
+
 /// Raw HTTP helpers shared with the operations suite (fetch, metrics, backends).
 #[allow(dead_code)]
 #[path = "operations/common.rs"]

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub connection_timeouts: Family<ReasonLabels, Counter>,
     /// Request bodies abandoned because they made no progress (408).
     pub request_body_timeouts: Counter,
+    /// Commands the upstream did not answer within `command_timeout` (the client got error 100).
+    pub link_command_timeouts: Counter,
 }
 
 impl Metrics {
@@ -242,6 +244,11 @@ impl Metrics {
             "request_body_timeouts",
             "Request bodies abandoned after request_body_timeout without progress",
             self.request_body_timeouts.clone(),
+        );
+        registry.register(
+            "link_command_timeouts",
+            "Commands the upstream did not answer within command_timeout",
+            self.link_command_timeouts.clone(),
         );
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -62,6 +62,13 @@ pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[
     "x-real-ip",
     "x-request-id",
 ];
+/// Default time the upstream has to answer one command (`upstream.command_timeout`; the
+/// embedded hub uses it too).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = crate::session::handle::DEFAULT_COMMAND_TIMEOUT;
+/// Default HTTP/2 keepalive ping period of the sidecar's Link (`upstream.keepalive_interval`).
+pub const DEFAULT_UPSTREAM_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Default time allowed for a keepalive answer (`upstream.keepalive_timeout`).
+pub const DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest channel name accepted.
 pub const MAX_CHANNEL_LENGTH: usize = 255;
 /// Default time a new client connection has to finish TLS and send its first request headers
@@ -264,6 +271,9 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key_file: String,
+    /// Only under `hub.tls`: PEM file of the CA that signs sidecars' client certificates;
+    /// when set, a Link connection without a valid client certificate is refused (mutual TLS).
+    pub client_ca_file: Option<String>,
 }
 
 /// Graceful shutdown: readiness turns false, the listener keeps accepting for `delay` (load
@@ -357,6 +367,26 @@ pub struct UpstreamConfig {
     /// For an `https://` endpoint: name to verify in the upstream's certificate (default: the
     /// endpoint's host).
     pub tls_domain: Option<String>,
+    /// For an `https://` endpoint: client certificate chain (PEM) presented to the upstream
+    /// (mutual TLS); requires `tls_key_file`.
+    pub tls_cert_file: Option<String>,
+    /// Private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<String>,
+    /// Bearer token sent as gRPC metadata `authorization: Bearer <token>` on every Link
+    /// stream. A secret: it may come from `upstream.token_file` or `SIDEWIRE_UPSTREAM_TOKEN`
+    /// (see [`secret`]); a rotated file is picked up by the reload watcher.
+    pub token: Option<String>,
+    /// Time the upstream has to answer one command; then the client gets error 100 for it
+    /// and the upstream a `SessionCommandTimeout`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub command_timeout: Duration,
+    /// HTTP/2 keepalive ping period on the Link, sent even while no data flows; `0s` turns
+    /// pings off. The upstream's gRPC server must allow pings this often (docs/link.md §9).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub keepalive_interval: Duration,
+    /// Time allowed for a keepalive ping's answer before the Link is considered lost.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -368,6 +398,12 @@ impl Default for UpstreamConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             tls_ca_file: None,
             tls_domain: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            token: None,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            keepalive_interval: DEFAULT_UPSTREAM_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -390,6 +426,7 @@ pub struct HubConfig {
     /// Server API listener of `sidewire hub`.
     pub api_listen: SocketAddr,
     /// TLS on the Link listener of `sidewire hub` (sidecars then use an `https://` endpoint).
+    /// With `tls.client_ca_file`, sidecars must present a certificate signed by that CA.
     pub tls: Option<TlsConfig>,
     /// Serve the server API without a key on a non-loopback listener (Centrifugo's
     /// `http_api.insecure`). Off: such a listener answers `/api/*` with 403.
@@ -417,6 +454,10 @@ pub struct HubConfig {
     /// Glob patterns (`*`, `?`) of binary-only channels: any bytes may be published there, and
     /// JSON clients cannot subscribe (107). Elsewhere non-JSON data is refused with 107.
     pub binary_channels: Vec<String>,
+    /// When set, `sidewire hub` requires gRPC metadata `authorization: Bearer <token>` on each
+    /// Link stream (else UNAUTHENTICATED, before `welcome`). A secret: it may come from
+    /// `hub.link_token_file` or `SIDEWIRE_HUB_LINK_TOKEN` (see [`secret`]).
+    pub link_token: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -439,6 +480,7 @@ impl Default for HubConfig {
             history_max_bytes: DEFAULT_HUB_HISTORY_MAX_BYTES,
             max_channels: DEFAULT_HUB_MAX_CHANNELS,
             binary_channels: Vec::new(),
+            link_token: None,
         }
     }
 }
@@ -654,7 +696,37 @@ impl Config {
                 !upstream.connect_timeout.is_zero(),
                 "upstream.connect_timeout: must be greater than 0s".to_owned(),
             );
+            check(
+                upstream.keepalive_interval.is_zero() || !upstream.keepalive_timeout.is_zero(),
+                "upstream.keepalive_timeout: must be greater than 0s".to_owned(),
+            );
+            check(
+                !upstream.command_timeout.is_zero(),
+                "upstream.command_timeout: must be greater than 0s".to_owned(),
+            );
+            check(
+                upstream.tls_cert_file.is_some() == upstream.tls_key_file.is_some(),
+                "upstream.tls_cert_file: tls_cert_file and tls_key_file go together".to_owned(),
+            );
+            check(
+                upstream.tls_cert_file.is_none() || upstream.endpoint.starts_with("https://"),
+                "upstream.tls_cert_file: needs an https:// upstream.endpoint".to_owned(),
+            );
+            check(
+                upstream.token.as_deref().is_none_or(valid_token),
+                "upstream.token: must be non-empty printable ASCII without spaces".to_owned(),
+            );
         }
+        if let Some(tls) = &self.tls {
+            check(
+                tls.client_ca_file.is_none(),
+                "tls.client_ca_file: only supported under hub.tls".to_owned(),
+            );
+        }
+        check(
+            self.hub.link_token.as_deref().is_none_or(valid_token),
+            "hub.link_token: must be non-empty printable ASCII without spaces".to_owned(),
+        );
         check(
             self.hub.history_size <= 100_000,
             format!(
@@ -738,6 +810,20 @@ impl Config {
             Err(ConfigError::Invalid(problems))
         }
     }
+}
+
+impl Config {
+    /// Time the upstream has to answer one command (the embedded hub gets the default).
+    pub fn command_timeout(&self) -> Duration {
+        self.upstream
+            .as_ref()
+            .map_or(DEFAULT_COMMAND_TIMEOUT, |upstream| upstream.command_timeout)
+    }
+}
+
+/// Whether `token` can travel as a bearer token in gRPC metadata.
+pub fn valid_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]
@@ -824,5 +910,30 @@ mod tests {
         ] {
             assert!(text.contains(field), "{field} missing in {text}");
         }
+    }
+
+    #[test]
+    fn link_auth_keys_are_validated_by_name() {
+        let yaml = "upstream:\n  endpoint: \"http://h:1\"\n  token: \"a b\"\n  tls_cert_file: \"/c\"\n  command_timeout: \"0s\"\nhub:\n  link_token: \"\"\ntls:\n  cert_file: c\n  key_file: k\n  client_ca_file: ca\n";
+        let error = Config::from_yaml(yaml).unwrap_err().to_string();
+        for field in [
+            "upstream.token:",
+            "upstream.tls_cert_file: tls_cert_file and tls_key_file",
+            "upstream.tls_cert_file: needs an https://",
+            "upstream.command_timeout:",
+            "hub.link_token:",
+            "tls.client_ca_file:",
+        ] {
+            assert!(error.contains(field), "{field} missing in {error}");
+        }
+    }
+
+    #[test]
+    fn command_timeout_defaults_for_the_embedded_hub() {
+        assert_eq!(Config::default().command_timeout(), DEFAULT_COMMAND_TIMEOUT);
+        let config =
+            Config::from_yaml("upstream:\n  endpoint: \"http://h:1\"\n  command_timeout: 2s\n")
+                .unwrap();
+        assert_eq!(config.command_timeout(), Duration::from_secs(2));
     }
 }

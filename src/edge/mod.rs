@@ -255,6 +255,7 @@ impl Edge {
                 queue_max_size: config.queue_max_size,
                 command_size_limit,
                 write_timeout: config.write_timeout,
+                command_timeout: config.command_timeout(),
             },
             metrics: self.metrics.clone(),
         }

@@ -41,6 +41,14 @@ pub enum TlsError {
         /// Problem.
         reason: String,
     },
+    /// The client CA file (`hub.tls.client_ca_file`) could not be used.
+    #[error("hub.tls.client_ca_file {path}: {reason}")]
+    ClientCa {
+        /// File.
+        path: String,
+        /// Problem.
+        reason: String,
+    },
     /// rustls refused the configuration.
     #[error("tls: {0}")]
     Rustls(#[from] rustls::Error),
@@ -110,6 +118,41 @@ impl CertResolver {
     }
 }
 
+impl CertResolver {
+    /// Like [`CertResolver::server_config`], but clients must present a certificate signed by
+    /// a CA of `client_ca_file` (PEM): mutual TLS for the hub's Link listener.
+    pub fn server_config_with_client_ca(
+        self: &Arc<Self>,
+        client_ca_file: &str,
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        let ca_error = |reason: String| TlsError::ClientCa {
+            path: client_ca_file.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read(client_ca_file).map_err(|e| ca_error(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| ca_error(e.to_string()))?;
+            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ca_error("no certificate".to_owned()));
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| ca_error(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
@@ -127,6 +170,18 @@ impl TlsAcceptor {
     pub fn new(resolver: &Arc<CertResolver>) -> Result<TlsAcceptor, TlsError> {
         Ok(TlsAcceptor {
             inner: tokio_rustls::TlsAcceptor::from(Arc::new(resolver.server_config()?)),
+        })
+    }
+
+    /// An acceptor that also requires a client certificate signed by `client_ca_file`.
+    pub fn with_client_ca(
+        resolver: &Arc<CertResolver>,
+        client_ca_file: &str,
+    ) -> Result<TlsAcceptor, TlsError> {
+        Ok(TlsAcceptor {
+            inner: tokio_rustls::TlsAcceptor::from(Arc::new(
+                resolver.server_config_with_client_ca(client_ca_file)?,
+            )),
         })
     }
 }

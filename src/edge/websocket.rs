@@ -360,6 +360,7 @@ mod memory_tests {
                 queue_max_size: 1 << 20,
                 command_size_limit: 65536,
                 write_timeout: Duration::from_secs(1),
+                command_timeout: Duration::from_secs(10),
             },
             metrics,
         };

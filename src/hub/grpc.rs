@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Hub;
 use super::drain::{self, LinkSessions};
+use super::link_auth::LinkAuth;
 use crate::config::HubConfig;
 use crate::edge::Acceptor;
 use crate::lifecycle::{self, PhaseWatch};
@@ -57,13 +58,14 @@ impl LinkKeepalive {
 pub struct LinkService {
     hub: Hub,
     phase: PhaseWatch,
+    auth: LinkAuth,
 }
 
 impl LinkService {
-    /// Serves `hub`; when `phase` reaches `Closing`, each Link's sessions are drained
-    /// ([`drain::drain_link`]).
-    pub fn new(hub: Hub, phase: PhaseWatch) -> LinkService {
-        LinkService { hub, phase }
+    /// Serves `hub`; every stream must pass `auth` before it is attached (welcomed); when
+    /// `phase` reaches `Closing`, each Link's sessions are drained ([`drain::drain_link`]).
+    pub fn new(hub: Hub, phase: PhaseWatch, auth: LinkAuth) -> LinkService {
+        LinkService { hub, phase, auth }
     }
 }
 
@@ -77,6 +79,7 @@ impl Link for LinkService {
         &self,
         request: Request<Streaming<SidecarFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
+        self.auth.check(request.metadata())?;
         let sessions = Arc::new(LinkSessions::default());
         let seen_up = sessions.clone();
         let inbound = stream::unfold(request.into_inner(), move |mut frames| {
@@ -132,9 +135,10 @@ pub async fn serve<A: Acceptor>(
     acceptor: A,
     hub: Hub,
     keepalive: LinkKeepalive,
+    auth: LinkAuth,
     mut phase: PhaseWatch,
 ) {
-    let service = LinkServer::new(LinkService::new(hub, phase.clone()))
+    let service = LinkServer::new(LinkService::new(hub, phase.clone(), auth))
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     let closing = lifecycle::closing(&mut phase);

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod drain;
 pub mod grpc;
 pub mod idempotency;
+pub mod link_auth;
 pub mod link_queue;
 pub mod policy;
 pub mod state;
@@ -124,6 +125,8 @@ impl Hub {
         queue.push_control(UpstreamFrame {
             frame: Some(upstream_frame::Frame::Welcome(Welcome {
                 version: SERVER_VERSION.to_owned(),
+                protocol_version: crate::link::LINK_PROTOCOL_VERSION,
+                capabilities: Vec::new(),
             })),
         });
         self.with_state(|state| state.add_link(link, queue.clone()));
@@ -206,6 +209,8 @@ impl Hub {
             sidecar_frame::Frame::Close(close) => {
                 self.with_state(|state| state.close((link, close.session)));
             }
+            // Only sent to upstreams that declared the capability; the hub declares none.
+            sidecar_frame::Frame::CommandTimeout(_) | sidecar_frame::Frame::Error(_) => {}
         }
     }
 }

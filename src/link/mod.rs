@@ -30,8 +30,8 @@ use tokio::time::timeout;
 use crate::admin::metrics::{Metrics, ReasonLabels};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::linkproto::{
-    Hello, SessionClose, SessionCommand, SessionOpen, SidecarFrame, UpstreamFrame, sidecar_frame,
-    upstream_frame,
+    Hello, LinkError, SessionClose, SessionCommand, SessionCommandTimeout, SessionOpen,
+    SidecarFrame, UpstreamFrame, Welcome, sidecar_frame, upstream_frame,
 };
 use crate::protocol::client::Command;
 use crate::protocol::{Disconnect, Encoding};
@@ -49,6 +49,37 @@ pub const UPLINK_QUEUE_BYTES: u32 = 16 * 1024 * 1024;
 /// Longest a session waits for room in the uplink queue before it gives up (3004): a stalled
 /// upstream must not freeze the sessions that talk to it.
 pub const UPLINK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Link protocol version this sidecar speaks (`Hello.protocol_version`).
+pub const LINK_PROTOCOL_VERSION: u32 = 1;
+/// Capability: the peer sends / wants `SessionCommandTimeout` frames.
+pub const CAP_COMMAND_TIMEOUT: &str = "command_timeout";
+/// Capability: the peer sends / wants `LinkError` frames.
+pub const CAP_LINK_ERROR: &str = "link_error";
+/// Capabilities this sidecar declares in `Hello`.
+pub const SIDECAR_CAPABILITIES: &[&str] = &[CAP_COMMAND_TIMEOUT, CAP_LINK_ERROR];
+/// `LinkError.code`: an `UpstreamFrame` with no known frame set.
+pub const LINK_ERROR_UNKNOWN_FRAME: u32 = 1;
+
+/// Optional frames the upstream asked for in its `Welcome`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCapabilities {
+    /// Send `SessionCommandTimeout` when a command times out.
+    pub command_timeout: bool,
+    /// Answer frames the sidecar cannot understand with `LinkError`.
+    pub link_error: bool,
+}
+
+impl PeerCapabilities {
+    /// Reads the capability list of a `Welcome`; unknown names are ignored.
+    pub fn from_welcome(welcome: &Welcome) -> PeerCapabilities {
+        let has = |name: &str| welcome.capabilities.iter().any(|c| c == name);
+        PeerCapabilities {
+            command_timeout: has(CAP_COMMAND_TIMEOUT),
+            link_error: has(CAP_LINK_ERROR),
+        }
+    }
+}
 
 /// State of the Link, published on a watch channel (readiness reads it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +126,7 @@ enum Control {
 struct LiveStream {
     generation: u64,
     sender: UplinkSender,
+    capabilities: PeerCapabilities,
 }
 
 struct Inner {
@@ -171,6 +203,8 @@ impl Link {
             generation: 0,
             next_generation: 1,
             welcome_version: String::new(),
+            uplink: None,
+            capabilities: PeerCapabilities::default(),
         };
         tokio::spawn(link.clone().run(upstream, backoff, phase, router));
         link
@@ -245,6 +279,7 @@ impl Link {
             id: handle.id,
             stream: live.generation,
             uplink: live.sender,
+            capabilities: live.capabilities,
         };
         handle.mark_connecting(connect.id);
         let open = SessionOpen {
@@ -320,6 +355,11 @@ impl Link {
             frame: Some(sidecar_frame::Frame::Hello(Hello {
                 node: self.inner.node.to_string(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                protocol_version: LINK_PROTOCOL_VERSION,
+                capabilities: SIDECAR_CAPABILITIES
+                    .iter()
+                    .map(|c| (*c).to_owned())
+                    .collect(),
             })),
         };
         if uplink.try_send(hello).is_err() {
@@ -344,11 +384,18 @@ impl Link {
             }
             Err(_) => return Err(ConnectError::Timeout(connect_timeout)),
         };
-        let generation = router.stream_up(welcome.version);
+        let capabilities = PeerCapabilities::from_welcome(&welcome);
+        tracing::info!(
+            protocol_version = welcome.protocol_version,
+            capabilities = ?welcome.capabilities,
+            "link: welcomed"
+        );
+        let generation = router.stream_up(welcome.version, uplink.clone(), capabilities);
         self.inner.generation.store(generation, Ordering::Release);
         *lock(&self.inner.uplink) = Some(LiveStream {
             generation,
             sender: uplink,
+            capabilities,
         });
         self.inner.state.send_replace(LinkState::Up);
         self.inner.metrics.link_up.set(1);
@@ -416,20 +463,32 @@ struct Router {
     /// `Welcome.version` of the live stream: the connect result's version when the upstream
     /// leaves it empty.
     welcome_version: String,
+    /// Uplink of the live stream, for `LinkError` answers; `None` while down.
+    uplink: Option<UplinkSender>,
+    /// What the live stream's upstream declared.
+    capabilities: PeerCapabilities,
 }
 
 impl Router {
     /// A stream was welcomed; returns its generation.
-    fn stream_up(&mut self, welcome_version: String) -> u64 {
+    fn stream_up(
+        &mut self,
+        welcome_version: String,
+        uplink: UplinkSender,
+        capabilities: PeerCapabilities,
+    ) -> u64 {
         self.generation = self.next_generation;
         self.next_generation += 1;
         self.welcome_version = welcome_version;
+        self.uplink = Some(uplink);
+        self.capabilities = capabilities;
         self.generation
     }
 
     /// The stream was lost: ends its sessions (3004); returns how many.
     fn stream_down(&mut self) -> usize {
         self.generation = 0;
+        self.uplink = None;
         self.registry.end_all(&Disconnect::UPSTREAM_UNAVAILABLE)
     }
 
@@ -463,12 +522,30 @@ impl Router {
 
     /// Applies one downstream frame.
     fn route(&mut self, frame: UpstreamFrame, metrics: &Metrics) {
-        let Some(frame) = frame.frame else { return };
         let dropped = |reason: &'static str| {
             metrics
                 .link_frames_dropped
                 .get_or_create(&ReasonLabels { reason })
                 .inc();
+        };
+        let Some(frame) = frame.frame else {
+            // No frame this sidecar knows: a newer upstream, or a broken one. Answered, never
+            // silently ignored; the stream goes on.
+            tracing::warn!("link: upstream frame of an unknown kind");
+            dropped("unknown_frame");
+            if self.capabilities.link_error
+                && let Some(uplink) = &self.uplink
+            {
+                let error = SidecarFrame {
+                    frame: Some(sidecar_frame::Frame::Error(LinkError {
+                        code: LINK_ERROR_UNKNOWN_FRAME,
+                        message: "unknown upstream frame".to_owned(),
+                    })),
+                };
+                // Never waits: with the uplink full the answer is dropped (already counted).
+                let _ = uplink.try_send(error);
+            }
+            return;
         };
         match frame {
             upstream_frame::Frame::Reply(reply) => {
@@ -541,9 +618,24 @@ pub struct LinkSession {
     /// Generation of the stream the session was opened on.
     stream: u64,
     uplink: UplinkSender,
+    capabilities: PeerCapabilities,
 }
 
 impl LinkSession {
+    /// Tells the upstream that command `id` timed out (only if it asked to know).
+    pub async fn command_timed_out(&self, id: u32) -> Result<(), Unavailable> {
+        if !self.capabilities.command_timeout {
+            return Ok(());
+        }
+        self.send(sidecar_frame::Frame::CommandTimeout(
+            SessionCommandTimeout {
+                session: self.id,
+                id,
+            },
+        ))
+        .await
+    }
+
     /// Sends one frame up: at once when the queue has room (no timer), else waits at most
     /// [`UPLINK_SEND_TIMEOUT`].
     async fn send(&self, frame: sidecar_frame::Frame) -> Result<(), Unavailable> {

@@ -8,10 +8,11 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use thiserror::Error;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::uplink::UplinkFrames;
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, valid_token};
 use crate::hub::Hub;
 use crate::linkproto::UpstreamFrame;
 use crate::linkproto::link_client::LinkClient;
@@ -34,6 +35,9 @@ pub enum ConnectError {
     /// The upstream did not answer in time.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
+    /// The Link token could not be read or is not usable as a bearer token.
+    #[error("upstream token: {0}")]
+    Token(String),
 }
 
 /// Where the Link goes.
@@ -42,7 +46,7 @@ pub enum Upstream {
     /// The reference hub in this process.
     Embedded(Hub),
     /// An external upstream speaking `sidewire.v1.Link` over gRPC.
-    Grpc(UpstreamConfig),
+    Grpc(Box<UpstreamConfig>),
 }
 
 impl std::fmt::Debug for Upstream {
@@ -76,17 +80,26 @@ impl Upstream {
                 if config.endpoint.starts_with("https://") {
                     endpoint = endpoint.tls_config(tls_config(config)?)?;
                 }
-                let endpoint = endpoint
+                let mut endpoint = endpoint
                     .connect_timeout(config.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .keep_alive_while_idle(true);
+                    .tcp_nodelay(true);
+                if !config.keepalive_interval.is_zero() {
+                    endpoint = endpoint
+                        .http2_keep_alive_interval(config.keepalive_interval)
+                        .keep_alive_timeout(config.keepalive_timeout)
+                        .keep_alive_while_idle(true);
+                }
                 let channel = endpoint.connect().await?;
                 let mut client = LinkClient::new(channel)
                     .max_decoding_message_size(64 * 1024 * 1024)
                     .max_encoding_message_size(64 * 1024 * 1024);
-                let response = client.multiplex(uplink).await?;
+                let mut request = tonic::Request::new(uplink);
+                if let Some(token) = bearer_token(config)? {
+                    let value = MetadataValue::try_from(format!("Bearer {token}"))
+                        .map_err(|_| ConnectError::Token("not valid in a header".to_owned()))?;
+                    request.metadata_mut().insert("authorization", value);
+                }
+                let response = client.multiplex(request).await?;
                 Ok(response.into_inner().boxed())
             }
         }
@@ -107,5 +120,27 @@ fn tls_config(config: &UpstreamConfig) -> Result<ClientTlsConfig, ConnectError> 
     if let Some(domain) = &config.tls_domain {
         tls = tls.domain_name(domain.clone());
     }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        let read = |field: &str, path: &str| {
+            std::fs::read(path)
+                .map_err(|e| ConnectError::Endpoint(format!("upstream.{field} {path}: {e}")))
+        };
+        let identity = Identity::from_pem(read("tls_cert_file", cert)?, read("tls_key_file", key)?);
+        tls = tls.identity(identity);
+    }
     Ok(tls)
+}
+
+/// The Link bearer token (`upstream.token`, which the config loader may have read from
+/// `upstream.token_file` or `SIDEWIRE_UPSTREAM_TOKEN`); `None` when none is set.
+pub fn bearer_token(config: &UpstreamConfig) -> Result<Option<String>, ConnectError> {
+    let Some(token) = config.token.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    if !valid_token(token) {
+        return Err(ConnectError::Token(
+            "must be non-empty printable ASCII without spaces".to_owned(),
+        ));
+    }
+    Ok(Some(token.to_owned()))
 }

@@ -103,6 +103,10 @@ disconnects! {
     CONNECTION_CLOSED = 3000, "connection closed";
     /// A WebSocket message over message_size_limit (terminal in centrifuge-js).
     MESSAGE_TOO_BIG = 1009, "";
+    /// The upstream answered `connect` with an error (written to the client just before):
+    /// the connection ends. Reconnect-class, so that a client whose error was temporary
+    /// retries; SDKs act on the error reply, not on this code.
+    CONNECT_REFUSED = 3000, "connect refused";
     /// Server shutting down; clients reconnect.
     SHUTDOWN = 3001, "shutdown";
     /// Internal error; clients reconnect.

@@ -7,6 +7,8 @@
 //! the client's reads (pongs, commands, close) and the timers still progress. A session has at
 //! most [`MAX_IN_FLIGHT`] commands awaiting replies (plus one frame's worth): past that it stops
 //! reading from its client until replies come back, so one client cannot flood the upstream.
+//! A command the upstream does not answer within `command_timeout` gets an error reply (100,
+//! temporary) and the upstream is told; the check rides the loop's one timer.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -71,6 +73,8 @@ pub struct SessionSettings {
     pub command_size_limit: usize,
     /// Deadline of one client write.
     pub write_timeout: Duration,
+    /// Time the upstream has to answer one command (then error 100 for that command).
+    pub command_timeout: Duration,
 }
 
 /// Everything known about a client connection when it opens.
@@ -102,6 +106,9 @@ struct Timers {
     pong_deadline: Option<Instant>,
     /// When a draining process disconnects this session (3001).
     close_at: Option<Instant>,
+    /// When to look for unanswered commands past their deadline: the oldest pending
+    /// command's deadline when it was armed (a reply in between only makes the check early).
+    commands_due: Option<Instant>,
 }
 
 impl Timers {
@@ -111,6 +118,7 @@ impl Timers {
             self.next_ping,
             self.pong_deadline,
             self.close_at,
+            self.commands_due,
         ]
         .into_iter()
         .flatten()
@@ -126,17 +134,20 @@ pub async fn run<T: Transport>(
     mut phase: PhaseWatch,
 ) {
     let settings = params.settings.clone();
-    let handle = Arc::new(SessionHandle::new(
-        link.next_session_id(),
-        params.encoding,
-        settings.queue_max_size,
-        ConnectFields {
-            client: uuid::Uuid::new_v4().to_string().into_boxed_str(),
-            ping: settings.ping_interval.as_secs().min(u64::from(u32::MAX)) as u32,
-            pong: !settings.ping_interval.is_zero() && !settings.pong_timeout.is_zero(),
-            emulation: params.emulation.clone(),
-        },
-    ));
+    let handle = Arc::new(
+        SessionHandle::new(
+            link.next_session_id(),
+            params.encoding,
+            settings.queue_max_size,
+            ConnectFields {
+                client: uuid::Uuid::new_v4().to_string().into_boxed_str(),
+                ping: settings.ping_interval.as_secs().min(u64::from(u32::MAX)) as u32,
+                pong: !settings.ping_interval.is_zero() && !settings.pong_timeout.is_zero(),
+                emulation: params.emulation.clone(),
+            },
+        )
+        .with_command_timeout(settings.command_timeout),
+    );
     let mut session = Session {
         handle: handle.clone(),
         link,
@@ -211,6 +222,9 @@ pub async fn run<T: Transport>(
                 armed = None;
                 if let Err(disconnect) = session.on_timer() {
                     handle.outbox.end(disconnect);
+                }
+                if session.timers.commands_due.is_some_and(|at| at <= Instant::now()) {
+                    Box::pin(session.expire_commands()).await;
                 }
             }
         }
@@ -307,6 +321,35 @@ impl Session {
         }
     }
 
+    /// Arms the command check if it is off and a command is pending.
+    fn watch_commands(&mut self) {
+        if self.timers.commands_due.is_none() {
+            self.timers.commands_due = self.handle.next_deadline();
+        }
+    }
+
+    /// Answers overdue commands with the timeout error, tells the upstream, re-arms the check.
+    async fn expire_commands(&mut self) {
+        let expired = self.handle.expire(Instant::now());
+        self.timers.commands_due = self.handle.next_deadline();
+        if expired.is_empty() {
+            return;
+        }
+        self.params
+            .metrics
+            .link_command_timeouts
+            .inc_by(expired.len() as u64);
+        tracing::debug!(session = self.handle.id, ids = ?expired, "commands timed out");
+        if let Some(link_session) = &self.link_session {
+            for id in expired {
+                if link_session.command_timed_out(id).await.is_err() {
+                    self.handle.outbox.end(Disconnect::UPSTREAM_UNAVAILABLE);
+                    return;
+                }
+            }
+        }
+    }
+
     fn on_timer(&mut self) -> Result<(), Disconnect> {
         let now = Instant::now();
         if self.timers.close_at.is_some_and(|at| at <= now) {
@@ -382,6 +425,11 @@ impl Session {
                     .await
                     .map_err(|_| Disconnect::UPSTREAM_UNAVAILABLE)?;
                 self.link_session = Some(link_session);
+                // The client was in time; from here the upstream's answer is bounded by the
+                // command timeout (error 100, temporary: SDKs retry), not by the stale timer
+                // (3502, terminal).
+                self.timers.stale_at = None;
+                self.watch_commands();
                 Ok(())
             }
             Phase::Connecting | Phase::Connected => {
@@ -392,10 +440,12 @@ impl Session {
                     return Err(Disconnect::INTERNAL);
                 };
                 self.handle.command_sent(command.id);
-                link_session
+                let sent = link_session
                     .command(command)
                     .await
-                    .map_err(|_| Disconnect::UPSTREAM_UNAVAILABLE)
+                    .map_err(|_| Disconnect::UPSTREAM_UNAVAILABLE);
+                self.watch_commands();
+                sent
             }
             Phase::Rejected => Err(Disconnect::BAD_REQUEST),
         }

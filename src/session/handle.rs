@@ -3,19 +3,39 @@
 //! Guarantees: the router only ever pushes already-encoded bytes into the outbox and flips the
 //! phase on the connect reply; it never waits on the session or its client. At most one reply
 //! per command id reaches the client: a reply to a command that is not pending is dropped.
+//! Every pending command has a deadline; [`SessionHandle::expire`] answers the overdue ones
+//! with [`command_timeout_error`] (the session loop calls it from its single timer, so an idle
+//! session holds no timer and no allocation for this). An error reply to `connect` refuses the
+//! session: the reply is queued, then the outbox ends with [`Disconnect::CONNECT_REFUSED`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::outbox::{Outbox, PushOutcome};
-use crate::protocol::client::Reply;
+use crate::protocol::client::{self, Reply};
 use crate::protocol::{Disconnect, EncodeError, Encoding, ErrorCode, encode_reply};
 
 /// Version reported in `ConnectResult.version` when the upstream leaves it empty.
 pub const SERVER_VERSION: &str = concat!("sidewire ", env!("CARGO_PKG_VERSION"));
+
+/// Default time the upstream has to answer a command before the client gets
+/// [`command_timeout_error`] (`upstream.command_timeout`; also used for the embedded hub).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The error a client gets for a command the upstream did not answer in time: Centrifugo has
+/// no dedicated code, so 100 "internal" with `temporary` set (clients may retry).
+pub fn command_timeout_error() -> client::Error {
+    client::Error {
+        code: ErrorCode::Internal.code(),
+        message: "command timeout".to_owned(),
+        temporary: true,
+    }
+}
 
 /// Lifecycle of a session as the protocol sees it. Transitions only go forward:
 /// `AwaitingConnect → Connecting → Connected | Rejected`. The end of a session is the end of
@@ -68,9 +88,12 @@ pub struct SessionHandle {
     pub outbox: Outbox,
     phase: AtomicU8,
     connect_id: AtomicU32,
-    /// Ids of commands sent upstream and not yet answered, oldest first (answers usually come
-    /// in order, so removal looks at the front first). Empty, it allocates nothing.
-    pending: Mutex<VecDeque<u32>>,
+    /// Time allowed for each reply, milliseconds (u32: keeps the handle's size).
+    command_timeout_ms: u32,
+    /// Commands sent upstream and not yet answered with their deadlines, oldest first: the
+    /// timeout is the same for all, so deadlines are ordered too and the front is the
+    /// earliest. Empty, it allocates nothing.
+    pending: Mutex<VecDeque<(u32, Instant)>>,
     fields: ConnectFields,
 }
 
@@ -83,12 +106,24 @@ impl SessionHandle {
             outbox: Outbox::new(queue_max_size),
             phase: AtomicU8::new(Phase::AwaitingConnect as u8),
             connect_id: AtomicU32::new(0),
+            command_timeout_ms: DEFAULT_COMMAND_TIMEOUT.as_millis() as u32,
             pending: Mutex::new(VecDeque::new()),
             fields,
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<u32>> {
+    /// Sets the time the upstream has to answer each command (capped at about 49 days).
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout_ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+        self
+    }
+
+    /// Time the upstream has to answer each command.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.command_timeout_ms))
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<(u32, Instant)>> {
         // Each mutation is a single push or remove: a poisoned lock is still consistent.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -96,8 +131,34 @@ impl SessionHandle {
     /// Records that command `id` went upstream and awaits its reply.
     pub fn command_sent(&self, id: u32) {
         if id != 0 {
-            self.pending().push_back(id);
+            let deadline = Instant::now() + self.command_timeout();
+            self.pending().push_back((id, deadline));
         }
+    }
+
+    /// Deadline of the oldest unanswered command, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending().front().map(|(_, deadline)| *deadline)
+    }
+
+    /// Answers every command whose deadline is at or before `now` with
+    /// [`command_timeout_error`] (a timed-out `connect` refuses the session); returns their
+    /// ids, for the upstream to be told.
+    pub fn expire(&self, now: Instant) -> Vec<u32> {
+        let overdue: Vec<u32> = self
+            .pending()
+            .iter()
+            .take_while(|(_, deadline)| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &overdue {
+            self.deliver_reply(Reply {
+                id: *id,
+                error: Some(command_timeout_error()),
+                ..Default::default()
+            });
+        }
+        overdue
     }
 
     /// Number of commands sent upstream and not answered yet.
@@ -108,11 +169,13 @@ impl SessionHandle {
     /// Takes `id` off the pending list; false when it was not pending.
     fn answered(&self, id: u32) -> bool {
         let mut pending = self.pending();
-        let Some(position) = pending.iter().position(|pending| *pending == id) else {
+        let Some(position) = pending.iter().position(|(pending, _)| *pending == id) else {
             return false;
         };
         pending.remove(position);
-        if pending.is_empty() && pending.capacity() > 16 {
+        if pending.is_empty() {
+            // An idle session holds no buffer at all (entries carry a deadline now, so a kept
+            // buffer would cost more than the old id-only one did).
             *pending = VecDeque::new();
         }
         true
@@ -186,7 +249,17 @@ impl SessionHandle {
                 return Some(PushOutcome::Ended);
             }
         };
-        Some(self.deliver_encoded(bytes))
+        let outcome = self.deliver_encoded(bytes);
+        if self.phase() == Phase::Rejected && reply.id != 0 && reply.id == self.connect_id() {
+            // Refused: nothing more can happen on this connection (Centrifugo stops reading
+            // it too). The error reply is flushed first, then the session ends.
+            self.outbox.end(Disconnect::CONNECT_REFUSED);
+        }
+        Some(outcome)
+    }
+
+    fn connect_id(&self) -> u32 {
+        self.connect_id.load(Ordering::Acquire)
     }
 
     /// Queues bytes already encoded in this session's encoding.
@@ -309,5 +382,101 @@ mod tests {
         };
         let text = std::str::from_utf8(&batch[0]).unwrap();
         assert!(text.contains(r#""error":{"code":100"#), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overdue_commands_get_the_timeout_error_once() {
+        let handle = handle().with_command_timeout(Duration::from_secs(2));
+        handle.mark_connecting(1);
+        handle.deliver_reply(Reply {
+            id: 1,
+            connect: Some(ConnectResult::default()),
+            ..Default::default()
+        });
+        let _ = handle.outbox.drain();
+        handle.command_sent(2);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        handle.command_sent(3);
+        assert!(handle.expire(Instant::now()).is_empty(), "nothing due yet");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(handle.expire(Instant::now()), vec![2]);
+        assert_eq!(handle.in_flight(), 1);
+        assert_eq!(
+            handle.next_deadline(),
+            Some(Instant::now() + Duration::from_secs(1))
+        );
+        let Drain::Messages(batch) = handle.outbox.drain() else {
+            panic!("no timeout reply")
+        };
+        let text = std::str::from_utf8(&batch[0]).unwrap();
+        assert!(
+            text.contains(
+                r#""id":2,"error":{"code":100,"message":"command timeout","temporary":true}"#
+            ),
+            "{text}"
+        );
+        // The late reply is dropped: one reply per id.
+        assert!(
+            handle
+                .deliver_reply(Reply {
+                    id: 2,
+                    ..Default::default()
+                })
+                .is_none()
+        );
+        assert!(
+            !handle.outbox.is_ended(),
+            "a command timeout keeps the session"
+        );
+    }
+
+    #[test]
+    fn answered_session_keeps_no_pending_buffer() {
+        let handle = handle();
+        handle.mark_connecting(1);
+        for id in 2..40 {
+            handle.command_sent(id);
+        }
+        for id in 1..40 {
+            handle.deliver_reply(Reply {
+                id,
+                ..Default::default()
+            });
+        }
+        assert_eq!(handle.pending().capacity(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_timeout_refuses_the_session() {
+        let handle = handle().with_command_timeout(Duration::from_secs(1));
+        handle.mark_connecting(1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(handle.expire(Instant::now()), vec![1]);
+        assert_eq!(handle.phase(), Phase::Rejected);
+        assert!(handle.outbox.is_ended());
+    }
+
+    #[test]
+    fn connect_error_ends_the_session_after_the_reply() {
+        let handle = handle();
+        handle.mark_connecting(7);
+        handle.deliver_reply(Reply {
+            id: 7,
+            error: Some(Error {
+                code: 101,
+                message: "unauthorized".into(),
+                temporary: false,
+            }),
+            ..Default::default()
+        });
+        assert!(handle.outbox.is_ended());
+        let Drain::Messages(batch) = handle.outbox.drain() else {
+            panic!("the error reply is flushed before the end")
+        };
+        assert!(std::str::from_utf8(&batch[0]).unwrap().contains("101"));
+        assert!(matches!(
+            handle.outbox.drain(),
+            Drain::End(end) if end == Disconnect::CONNECT_REFUSED
+        ));
     }
 }

@@ -6,6 +6,8 @@
 #   - PyPI `centrifuge-python` (JSON and Protobuf) with pytest
 #   - examples/chat in Debian's headless Chromium (tests/browser/run.sh; needs /usr/bin/chromium)
 #   - PyPI `cent` (the server-API client): every Centrifugo OSS server API method, with pytest
+#   - centrifuge-js -> sidecar -> the Python Link upstream of examples/upstream-python
+#     (tests/sdk/js/python-upstream.test.mjs; needs grpcio + grpcio-tools from PyPI)
 #
 # Usage (from anywhere):  tests/sdk/run.sh
 # Needs a built binary: $SIDEWIRE_BIN if set, else <repo>/target/debug/sidewire.
@@ -41,6 +43,7 @@ cd "$ROOT"
 echo "== installing SDK test dependencies"
 npm ci --prefix tests/sdk/js --no-audit --no-fund
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check -r tests/sdk/python/requirements.txt
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check -r examples/upstream-python/requirements.txt
 
 status=0
 echo "== centrifuge-js (npm centrifuge) smoke tests, binary: $SIDEWIRE_BIN"

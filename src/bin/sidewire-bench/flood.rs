@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::client::{Client, ConnArgs, Dialect};
+use crate::client::{Client, ConnArgs, Dialect, Incoming};
 use crate::idle::drain;
 use crate::stats::{Latency, emit, micros, parse_duration, round2, round3, sum_rss_kib};
 use sidewire::protocol::client::{Command, PublishRequest, RpcRequest, SubscribeRequest};
@@ -44,6 +44,9 @@ pub struct FloodArgs {
     /// Commands per WebSocket message of the attacker.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Length of each attacked channel's name, bytes (long names cost the server most).
+    #[arg(long, default_value_t = 240)]
+    channel_bytes: usize,
     /// Size of each published payload (publish attack), bytes.
     #[arg(long, default_value_t = 60_000)]
     payload_bytes: usize,
@@ -127,6 +130,7 @@ pub async fn run(args: FloodArgs) -> Result<()> {
 
     let attack = args.attack;
     let (count, batch, payload_bytes) = (args.count, args.batch, args.payload_bytes);
+    let padding = "x".repeat(args.channel_bytes.saturating_sub(16));
     let attacker_task = tokio::spawn(async move {
         let payload = Bytes::from(format!(
             "\"{}\"",
@@ -138,7 +142,7 @@ pub async fn run(args: FloodArgs) -> Result<()> {
             let commands: Vec<Command> = (sent..(sent + batch).min(count))
                 .map(|n| {
                     id += 1;
-                    let channel = format!("flood-{n}");
+                    let channel = format!("flood-{n}-{padding}");
                     match attack {
                         Attack::Subscribe => Command {
                             id,
@@ -160,12 +164,21 @@ pub async fn run(args: FloodArgs) -> Result<()> {
                     }
                 })
                 .collect();
-            // A hostile client does not read what comes back.
             match tokio::time::timeout(Duration::from_secs(5), attacker.send_batch(&commands)).await
             {
                 Ok(Ok(())) => sent += commands.len(),
                 Ok(Err(error)) => return (sent, format!("closed: {error:#}")),
                 Err(_) => return (sent, "send stalled (server stopped reading)".to_owned()),
+            }
+            // Read and discard what came back, so the server keeps serving this client (one
+            // that never reads is simply disconnected as slow): the attack at full strength.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(1), attacker.next()).await {
+                    Ok(Ok(Incoming::Closed)) => return (sent, "closed by the server".to_owned()),
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(error)) => return (sent, format!("closed: {error:#}")),
+                    Err(_) => break,
+                }
             }
         }
         (sent, "all sent".to_owned())

@@ -32,6 +32,10 @@ pub enum ConnectRequestError {
 /// Parses a JSON `ConnectRequest` (the uni connect message, body or `cf_connect`) and returns
 /// the equivalent connect command, JSON-encoded, as the session loop's first frame.
 pub fn connect_command(request: &[u8]) -> Result<Bytes, ConnectRequestError> {
+    // serde would also read a struct from an array; Centrifugo wants an object.
+    if request.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ConnectRequestError::Json("not a JSON object".to_owned()));
+    }
     let connect: ConnectRequest = serde_json::from_slice(request)
         .map_err(|error| ConnectRequestError::Json(error.to_string()))?;
     let command = Command {
@@ -142,8 +146,7 @@ mod tests {
         let frame =
             connect_command(br#"{"token":"t","data":{"a":1},"subs":{"news":{"recover":true}}}"#)
                 .unwrap();
-        let commands =
-            crate::protocol::decode_commands(Encoding::Json, &frame, 65536).unwrap();
+        let commands = crate::protocol::decode_commands(Encoding::Json, &frame, 65536).unwrap();
         assert_eq!(commands.len(), 1);
         assert_eq!(commands[0].id, CONNECT_COMMAND_ID);
         let connect = commands[0].connect.as_ref().unwrap();
@@ -151,8 +154,12 @@ mod tests {
         assert_eq!(&connect.data[..], br#"{"a":1}"#);
         assert!(connect.subs["news"].recover);
         assert!(connect_command(b"{}").is_ok());
-        for bad in [&b""[..], b"null", b"[1]", b"{", b"{\"token\":1}"] {
-            assert!(connect_command(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [&b""[..], b"null", b"[1]", b"[]", b"{", b"{\"token\":1}"] {
+            assert!(
+                connect_command(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

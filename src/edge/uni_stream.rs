@@ -186,7 +186,15 @@ pub async fn handle_sse(
     if request.len() > limit {
         return status(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    start(edge, settings, UniFraming::Sse, &request, limit, &parts, peer)
+    start(
+        edge,
+        settings,
+        UniFraming::Sse,
+        &request,
+        limit,
+        &parts,
+        peer,
+    )
 }
 
 /// Validates the connect request, starts the session and returns the streaming response.

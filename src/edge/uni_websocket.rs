@@ -263,7 +263,10 @@ mod tests {
             .await
             .unwrap();
         let first = client.next().await.unwrap().unwrap();
-        assert_eq!(first.into_text().unwrap(), r#"{"channel":"a","pub":{"data":1}}"#);
+        assert_eq!(
+            first.into_text().unwrap(),
+            r#"{"channel":"a","pub":{"data":1}}"#
+        );
         let second = client.next().await.unwrap().unwrap();
         assert_eq!(second.into_text().unwrap(), "{}");
     }

@@ -554,6 +554,9 @@ async fn uni_transports_are_off_by_default() {
     }
 }
 
+/// Method, path and query, headers, body, expected status.
+type RefusalCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Payload, u16);
+
 #[tokio::test]
 async fn uni_requests_are_refused_before_a_session_exists() {
     let server = hub_sidecar(
@@ -562,7 +565,7 @@ async fn uni_requests_are_refused_before_a_session_exists() {
     .await;
     let addr = server.client_addr;
     let big = format!(r#"{{"data":"{}"}}"#, "x".repeat(400));
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Payload, u16)> = vec![
+    let cases: Vec<RefusalCase> = vec![
         // Disallowed Origin: 403, as on the bidirectional transports.
         (
             "POST",

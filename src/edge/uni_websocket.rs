@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::uni::{UniMessage, connect_command, disconnect_push, to_uni};
-use super::websocket::{handshake_response, validate_handshake};
+use super::websocket::{bad_handshake, handshake_response, validate_handshake};
 use super::{Edge, Settings};
 use crate::http::{Body, status};
 use crate::protocol::{Disconnect, Encoding};
@@ -45,9 +45,8 @@ pub fn handle(
     if request.method() != Method::GET {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
-    let key = match validate_handshake(request.headers()) {
-        Ok(key) => key,
-        Err(response) => return response,
+    let Some(key) = validate_handshake(request.headers()) else {
+        return bad_handshake();
     };
     if !settings.origins.check(request.headers()) {
         return edge.origin_rejected();

@@ -94,9 +94,8 @@ pub fn handle(
     if request.method() != Method::GET {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
-    let key = match validate_handshake(request.headers()) {
-        Ok(key) => key,
-        Err(response) => return response,
+    let Some(key) = validate_handshake(request.headers()) else {
+        return bad_handshake();
     };
     let headers = request.headers();
     if !settings.origins.check(headers) {
@@ -147,9 +146,9 @@ pub fn handle(
     handshake_response(&key, negotiated.subprotocol)
 }
 
-/// Checks the upgrade headers of a WebSocket handshake; returns the client key, or the 400
-/// answer (with `Sec-WebSocket-Version: 13`) for an invalid handshake.
-pub fn validate_handshake(headers: &HeaderMap) -> Result<HeaderValue, Response<Body>> {
+/// Checks the upgrade headers of a WebSocket handshake; returns the client key, or `None`
+/// for an invalid handshake (answer it with [`bad_handshake`]).
+pub fn validate_handshake(headers: &HeaderMap) -> Option<HeaderValue> {
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
     let valid = header_has_token(headers, header::UPGRADE, "websocket")
         && header_has_token(headers, header::CONNECTION, "upgrade")
@@ -157,14 +156,17 @@ pub fn validate_handshake(headers: &HeaderMap) -> Result<HeaderValue, Response<B
             .get(header::SEC_WEBSOCKET_VERSION)
             .map(HeaderValue::as_bytes)
             == Some(b"13");
-    key.filter(|_| valid).ok_or_else(|| {
-        let mut response = status(StatusCode::BAD_REQUEST);
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        response
-    })
+    key.filter(|_| valid)
+}
+
+/// The 400 answer to an invalid handshake (with `Sec-WebSocket-Version: 13`).
+pub fn bad_handshake() -> Response<Body> {
+    let mut response = status(StatusCode::BAD_REQUEST);
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    response
 }
 
 /// The `101 Switching Protocols` answer to a valid handshake with client key `key`, echoing

@@ -718,3 +718,34 @@ async fn uni_expired_token_on_the_hub_ends_with_disconnect_3005() {
     let message = stream.next("connect push").await.unwrap();
     assert!(message["connect"]["client"].is_string(), "{message}");
 }
+
+/// The reference hub's way: the server API subscribes a uni session, then publications flow.
+/// Needs `/api/subscribe` (the server-API branch, wip-api); un-ignore once it is on main.
+#[tokio::test]
+#[ignore = "needs the hub's /api/subscribe (wip-api)"]
+async fn uni_sse_on_the_hub_receives_after_api_subscribe() {
+    let server = hub_sidecar("").await;
+    let mut stream = uni_sse_get(server.client_addr, &json!({}), None).await;
+    let connect = stream.next("connect push").await.unwrap();
+    let client = connect["connect"]["client"].as_str().unwrap().to_owned();
+    api_ok(
+        server.admin_addr,
+        "subscribe",
+        &json!({"client": client, "channel": CHANNEL}),
+        None,
+    )
+    .await;
+    let subscribed = stream.next_push("subscribe push").await;
+    assert_eq!(subscribed["channel"], CHANNEL, "{subscribed}");
+    assert!(subscribed.get("subscribe").is_some(), "{subscribed}");
+    api_ok(
+        server.admin_addr,
+        "publish",
+        &json!({"channel": CHANNEL, "data": {"n": 1}}),
+        None,
+    )
+    .await;
+    let publication = stream.next_push("publication").await;
+    assert_eq!(publication["channel"], CHANNEL, "{publication}");
+    assert_eq!(publication["pub"]["data"], json!({"n": 1}));
+}

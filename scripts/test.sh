@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting, lints, unit and integration tests
 # (which start the real binary on ephemeral loopback ports), then the real-SDK suites
-# (centrifuge-js under Node 20, centrifuge-python) against the real binary.
+# (centrifuge-js under Node 20, centrifuge-python) and the browser tests (examples/chat in
+# Debian's headless Chromium, tests/browser) against the real binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

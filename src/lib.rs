@@ -12,11 +12,13 @@
 //! - [`config`]: YAML schema, defaults, validation;
 //! - [`reload`]: config and certificate watching, SIGHUP, atomic swap;
 //! - [`lifecycle`]: run phases (running, draining, closing) shared by every task;
-//! - [`app`]: wiring it all together.
+//! - [`app`]: wiring it all together;
+//! - [`cli`]: command-line tools (`gentoken`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod http;

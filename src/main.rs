@@ -1,4 +1,5 @@
-//! The `sidewire` binary: run the sidecar, validate a config, or run the standalone hub.
+//! The `sidewire` binary: run the sidecar, validate a config, run the standalone hub, or
+//! print a token.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sidewire::app::{LogControl, Sidecar, StandaloneHub, hub_shutdown_sequence, shutdown_sequence};
-use sidewire::config::{Config, LogConfig, LogFormat};
+use sidewire::cli::gentoken::{self, TokenRequest};
+use sidewire::config::{Config, LogConfig, LogFormat, duration, env, sources};
 use sidewire::lifecycle;
 use sidewire::reload::{self, Trigger};
 use tokio::signal::unix::{SignalKind, signal};
@@ -37,12 +39,73 @@ enum Command {
     Check,
     /// Run the reference hub standalone (gRPC Link server + server API).
     Hub,
+    /// Print a connection token (or, with --channel, a subscription token) signed with
+    /// hub.token_hmac_secret (HS256), as `centrifugo gentoken` does.
+    Gentoken(GentokenArgs),
+}
+
+#[derive(clap::Args)]
+struct GentokenArgs {
+    /// User id (`sub` claim).
+    #[arg(long, short)]
+    user: String,
+    /// Lifetime, e.g. 1h, 30m, 3600s (`exp` = now + ttl).
+    #[arg(long, short, default_value = "168h", value_parser = duration::parse)]
+    ttl: std::time::Duration,
+    /// Make a subscription token for this channel (adds the `channel` claim).
+    #[arg(long)]
+    channel: Option<String>,
+    /// Connection info, a JSON value (`info` claim).
+    #[arg(long)]
+    info: Option<String>,
+}
+
+/// Prints the token for `args`; exit code 1 with a clear message on error.
+fn print_token(config: &Config, args: &GentokenArgs) -> anyhow::Result<()> {
+    let info = args.info.as_deref().map(gentoken::parse_info).transpose()?;
+    let request = TokenRequest {
+        user: args.user.clone(),
+        ttl: args.ttl,
+        channel: args.channel.clone(),
+        info,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("system clock before 1970")?
+        .as_secs();
+    let token = gentoken::generate(config.hub.token_hmac_secret.as_deref(), &request, now)?;
+    let kind = if request.channel.is_some() {
+        "subscription"
+    } else {
+        "connection"
+    };
+    eprintln!(
+        "HS256 {kind} token for user {:?}, expires in {:?}:",
+        request.user, request.ttl
+    );
+    println!("{token}");
+    Ok(())
+}
+
+/// Logs which config keys the environment set (names only: values may be secrets) and
+/// warns about `SIDEWIRE_*` variables that look like config keys but match none.
+fn report_environment() {
+    let vars = sources::process_vars();
+    let schema = sources::schema();
+    let applied = env::applied_variables(schema, &vars);
+    if !applied.is_empty() {
+        tracing::info!(variables = %applied.join(","), "config keys set from the environment");
+    }
+    for name in env::unknown_variables(schema, &vars) {
+        tracing::warn!(variable = %name, "environment variable looks like a config key but matches none; ignored");
+    }
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(path) => Config::load(path).with_context(|| format!("config {}", path.display())),
-        None => Ok(Config::default()),
+        // Defaults, with the SIDEWIRE_* overrides of the environment.
+        None => Config::from_yaml("").context("config from the environment"),
     }
 }
 
@@ -82,11 +145,27 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let command = cli.command.unwrap_or(Command::Run);
-    if let Command::Check = command {
-        println!("sidewire: configuration is valid");
-        return Ok(());
+    match &command {
+        Command::Check => {
+            for name in env::unknown_variables(sources::schema(), &sources::process_vars()) {
+                eprintln!(
+                    "sidewire: warning: {name} looks like a config key but matches none; ignored"
+                );
+            }
+            println!("sidewire: configuration is valid");
+            return Ok(());
+        }
+        Command::Gentoken(args) => {
+            if let Err(error) = print_token(&config, args) {
+                eprintln!("sidewire gentoken: {error:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        Command::Run | Command::Hub => {}
     }
     let log_control = init_logging(&config.log);
+    report_environment();
     let (phase_tx, phase) = lifecycle::channel();
     // Every handler is installed before the listening line is printed: a signal sent right
     // after it must find them.
@@ -94,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     match command {
-        Command::Run | Command::Check => {
+        Command::Run | Command::Check | Command::Gentoken(_) => {
             let sidecar = Sidecar::bind(config, phase.clone(), Some(log_control)).await?;
             let (client, admin) = sidecar.addresses();
             let runtime = sidecar.runtime();

@@ -1,4 +1,4 @@
-//! Live reload: the config file (and the TLS files) are watched through their directories, so
+//! Live reload: the config file (and the TLS and `*_file` secret files) are watched through their directories, so
 //! a Kubernetes ConfigMap/Secret `..data` symlink swap is seen; SIGHUP and a slow poll trigger
 //! the same path. Each trigger re-reads the file, skips identical bytes, parses, validates and
 //! hands the result to [`Runtime::apply`].
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::metrics::ResultLabels;
 use crate::app::Runtime;
-use crate::config::Config;
+use crate::config::{Config, sources};
 use crate::lifecycle::{self, PhaseWatch};
 
 /// Quiet time after a file event before reloading (editors and kubelet write in steps).
@@ -136,6 +136,15 @@ pub async fn run(
                 continue;
             }
         };
+        // The secret files the config names are part of its input: a rotated Kubernetes
+        // Secret reloads like an edited config.
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let secret_files = sources::secret_files(&text);
+        let mut bytes = bytes;
+        for file in &secret_files {
+            bytes.push(0);
+            bytes.extend(std::fs::read(file).unwrap_or_default());
+        }
         if trigger != Trigger::Signal && last_bytes.as_deref() == Some(&bytes[..]) {
             // Same config: the event may be a certificate rotation.
             if trigger == Trigger::FileEvent {
@@ -143,14 +152,14 @@ pub async fn run(
             }
             continue;
         }
-        last_bytes = Some(bytes.clone());
-        let text = String::from_utf8_lossy(&bytes);
+        last_bytes = Some(bytes);
         match Config::from_yaml(&text) {
             Ok(config) => {
                 runtime.apply(config);
-                // TLS files may have moved: watch their directories too.
+                // TLS and secret files may have moved: watch their directories too.
                 let mut files = vec![path.clone()];
                 files.extend(tls_files(&runtime));
+                files.extend(secret_files);
                 if files != watched {
                     watched = files;
                     watcher = watch_directories(&watched, triggers.clone());

@@ -63,6 +63,15 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Every `reason` of `sidewire_link_frames_dropped_total`.
+pub const LINK_DROP_REASONS: [&str; 5] = [
+    "unknown_session",
+    "unsolicited_reply",
+    "channel_mismatch",
+    "not_json",
+    "unexpected_welcome",
+];
+
 /// Every metric sidewire exports. Counters are cheap atomics; clones share them.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -119,6 +128,13 @@ impl Metrics {
     /// Encodes every metric, plus the embedded hub's `sidewire_hub_*` counters when given.
     pub fn encode_with_hub(&self, hub: Option<&HubCounters>) -> String {
         let mut registry = Registry::with_prefix("sidewire");
+        // Known reasons are exported from the start (at 0), so rates work from the first
+        // drop and dashboards find the family.
+        for reason in LINK_DROP_REASONS {
+            let _ = self
+                .link_frames_dropped
+                .get_or_create(&ReasonLabels { reason });
+        }
         if let Some(hub) = hub {
             register_hub(&mut registry, hub);
         }

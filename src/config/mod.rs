@@ -5,6 +5,10 @@
 //! [`Config::validate`]; nothing binds a port before that.
 
 pub mod duration;
+pub mod env;
+pub mod schema;
+pub mod secret;
+pub mod sources;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -84,7 +88,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// Default cap of open client connections per remote IP (0 = no per-IP cap).
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 0;
 /// Environment variable that, when set and non-empty, replaces `hub.api_key` of a loaded
-/// config file.
+/// config file (one instance of the generic `SIDEWIRE_*` rule of [`env`]).
 pub const API_KEY_ENV: &str = "SIDEWIRE_HUB_API_KEY";
 /// Default HTTP/2 PING period of the standalone hub's Link server.
 pub const DEFAULT_LINK_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -516,20 +520,19 @@ impl Config {
         Config::from_yaml(&text)
     }
 
-    /// Parses and validates YAML text; an empty document gives the defaults. A non-empty
-    /// [`API_KEY_ENV`] replaces `hub.api_key` (so the key can come from a Kubernetes Secret
-    /// while the file is a ConfigMap; reloads keep it).
+    /// Parses and validates YAML text; an empty document gives the defaults. The process's
+    /// `SIDEWIRE_*` variables override keys and `<secret>_file` keys are read (see
+    /// [`sources`]), on every call, so reloads re-apply them.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = if text.trim().is_empty() {
-            Config::default()
-        } else {
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
-        };
-        if let Ok(key) = std::env::var(API_KEY_ENV)
-            && !key.is_empty()
-        {
-            config.hub.api_key = Some(key);
-        }
+        Config::from_yaml_with_env(text, &sources::process_vars())
+    }
+
+    /// [`Config::from_yaml`] with the given variables instead of the process environment.
+    pub fn from_yaml_with_env(
+        text: &str,
+        vars: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let config = sources::build(text, vars)?;
         config.validate()?;
         Ok(config)
     }

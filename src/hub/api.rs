@@ -1,51 +1,201 @@
-//! Centrifugo-compatible server API of the hub (`POST /api/<method>` with a JSON body):
-//! publish, broadcast, presence, history, disconnect. Errors come back as
-//! `{"error":{"code","message"}}` with Centrifugo's codes. Publications go through the same
-//! checks as client publishes ([`super::state::HubState::publish`]); disconnect refuses an
-//! empty user (unless one `client` is named) and any code outside 3000-4999 with 400 + 107.
+//! Centrifugo-compatible server API of the hub (`POST /api/<method>` with a JSON body): every
+//! method of Centrifugo v6 OSS — publish, broadcast, subscribe, unsubscribe, disconnect,
+//! refresh, presence, presence_stats, history, history_remove, channels, info and batch.
+//!
+//! Answers as Centrifugo's: `{"result":…}` on success and, for a refused call, HTTP 200 with
+//! `{"error":{"code","message"}}` (107 bad request, 106 limit exceeded, 112 unrecoverable
+//! position, …); a body that is not the method's JSON is HTTP 400 with 107, an unknown method
+//! HTTP 404 with 104, a missing or wrong key HTTP 401. `batch` answers `{"replies":[…]}` with
+//! one reply per command, in order. Publications go through the same checks as client
+//! publishes ([`super::state::HubState::publish`]).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
 use serde::Deserialize;
-use serde_json::json;
-use serde_json::value::RawValue;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use wildmatch::WildMatch;
 
 use super::Hub;
-use super::policy::validate_disconnect_code;
+use super::policy::{validate_channel, validate_disconnect_code};
+use super::state::PublishOptions;
 use crate::http::{Body, json as json_response};
-use crate::protocol::client::HistoryRequest;
+use crate::protocol::client::{HistoryRequest, StreamPosition};
 use crate::protocol::{Disconnect, ErrorCode};
+use crate::session::handle::SERVER_VERSION;
 
 /// Largest API request body, bytes.
 pub const MAX_API_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Most commands in one `batch` call (more: error 106 for the whole call).
+pub const MAX_BATCH_COMMANDS: usize = 1000;
+/// Most channels listed by the `channels` method (the hub holds at most `hub.max_channels`).
+pub const MAX_CHANNELS_LISTED: usize = 100_000;
+/// Node name reported by the `info` method.
+const NODE_NAME: &str = "sidewire";
+
+/// The methods served, in Centrifugo's naming.
+pub const METHODS: &[&str] = &[
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "refresh",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "batch",
+];
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The params are not the method's JSON (HTTP 400 at top level, 107 inside a batch).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// Refused with a Centrifugo error code (HTTP 200 with an `error` object).
+    #[error("{message}")]
+    Refused {
+        /// Centrifugo's code.
+        code: ErrorCode,
+        /// Message (Centrifugo's for the code unless more precise).
+        message: Cow<'static, str>,
+    },
+}
+
+impl From<ErrorCode> for CallError {
+    fn from(code: ErrorCode) -> CallError {
+        CallError::Refused {
+            code,
+            message: Cow::Borrowed(code.message()),
+        }
+    }
+}
+
+impl CallError {
+    fn to_value(&self) -> Value {
+        match self {
+            CallError::Malformed(_) => error_value(ErrorCode::BadRequest),
+            CallError::Refused { code, message } => {
+                json!({"error": {"code": code.code(), "message": message}})
+            }
+        }
+    }
+}
+
+fn error_body(code: ErrorCode) -> String {
+    error_value(code).to_string()
+}
+
+fn error_value(code: ErrorCode) -> Value {
+    json!({"error": {"code": code.code(), "message": code.message()}})
+}
 
 #[derive(Deserialize)]
 struct PublishBody {
+    #[serde(default)]
     channel: String,
-    data: Box<RawValue>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: HashMap<String, String>,
+    #[serde(default)]
+    idempotency_key: String,
 }
 
 #[derive(Deserialize)]
 struct BroadcastBody {
+    #[serde(default)]
     channels: Vec<String>,
-    data: Box<RawValue>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: HashMap<String, String>,
+    #[serde(default)]
+    idempotency_key: String,
 }
 
 #[derive(Deserialize)]
 struct ChannelBody {
+    #[serde(default)]
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryBody {
+    #[serde(default)]
     channel: String,
     #[serde(default)]
     limit: Option<i32>,
+    #[serde(default)]
+    since: Option<SinceBody>,
     #[serde(default)]
     reverse: bool,
 }
 
 #[derive(Deserialize)]
-struct DisconnectBody {
+struct SinceBody {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
+}
+
+/// Who a per-user call addresses: `user`, optionally one connection `client` of it.
+#[derive(Deserialize)]
+struct TargetBody {
+    #[serde(default)]
     user: String,
-    /// Only this connection of `user` (Centrifugo's `client`); required when `user` is empty.
     #[serde(default)]
     client: Option<String>,
+}
+
+impl TargetBody {
+    /// The connection named, if any; an empty user must name one (else 107).
+    fn client(&self) -> Result<Option<&str>, CallError> {
+        let client = self.client.as_deref().filter(|c| !c.is_empty());
+        if self.user.is_empty() && client.is_none() {
+            return Err(ErrorCode::BadRequest.into());
+        }
+        Ok(client)
+    }
+}
+
+#[derive(Deserialize)]
+struct SubscribeBody {
+    #[serde(flatten)]
+    target: TargetBody,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeBody {
+    #[serde(flatten)]
+    target: TargetBody,
+    #[serde(default)]
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    #[serde(flatten)]
+    target: TargetBody,
+    /// Connections of `user` to keep.
+    #[serde(default)]
+    whitelist: Vec<String>,
     #[serde(default)]
     disconnect: Option<DisconnectSpec>,
 }
@@ -57,8 +207,30 @@ struct DisconnectSpec {
     reason: String,
 }
 
-fn error_body(code: ErrorCode) -> String {
-    json!({"error": {"code": code.code(), "message": code.message()}}).to_string()
+#[derive(Deserialize)]
+struct RefreshBody {
+    #[serde(flatten)]
+    target: TargetBody,
+    #[serde(default)]
+    expired: bool,
+    #[serde(default)]
+    expire_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct ChannelsBody {
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BatchBody {
+    #[serde(default)]
+    commands: Vec<Value>,
+    /// Accepted; commands always run in order (Centrifugo allows either).
+    #[serde(default)]
+    #[allow(dead_code)]
+    parallel: bool,
 }
 
 /// Whether the request carries the API key (`X-API-Key: KEY` or `Authorization: apikey KEY`).
@@ -107,69 +279,258 @@ pub fn respond(
             error_body(ErrorCode::Unauthorized),
         );
     }
-    let result = match path.trim_end_matches('/') {
-        "/api/publish" => parse(body).map(|b: PublishBody| publish(hub, &b.channel, &b.data)),
-        "/api/broadcast" => parse(body).map(|b: BroadcastBody| {
-            let responses: Vec<serde_json::Value> = b
+    let name = path
+        .trim_end_matches('/')
+        .strip_prefix("/api/")
+        .unwrap_or_default();
+    if !METHODS.contains(&name) {
+        return json_response(StatusCode::NOT_FOUND, error_body(ErrorCode::MethodNotFound));
+    }
+    let params: Value = match serde_json::from_slice(body) {
+        Ok(params) => params,
+        Err(_) => {
+            return json_response(StatusCode::BAD_REQUEST, error_body(ErrorCode::BadRequest));
+        }
+    };
+    let answer = if name == "batch" {
+        batch(hub, params)
+    } else {
+        call(hub, name, params).map(|result| json!({ "result": result }))
+    };
+    match answer {
+        Ok(value) => json_response(StatusCode::OK, value.to_string()),
+        Err(error @ CallError::Malformed(_)) => {
+            tracing::debug!(method = name, %error, "server API: malformed call");
+            json_response(StatusCode::BAD_REQUEST, error.to_value().to_string())
+        }
+        Err(error) => json_response(StatusCode::OK, error.to_value().to_string()),
+    }
+}
+
+fn parse<T: DeserializeOwned>(params: Value) -> Result<T, CallError> {
+    serde_json::from_value(params).map_err(|e| CallError::Malformed(e.to_string()))
+}
+
+/// `{"commands":[{"<method>":{…}}, …]}` → `{"replies":[{"<method>":{…}} | {"error":{…}}, …]}`,
+/// in order; a command that is not one method with its params gets error 107, an unknown or
+/// nested `batch` method 104.
+fn batch(hub: &Hub, params: Value) -> Result<Value, CallError> {
+    let body: BatchBody = parse(params)?;
+    if body.commands.len() > MAX_BATCH_COMMANDS {
+        return Err(CallError::Refused {
+            code: ErrorCode::LimitExceeded,
+            message: Cow::Owned(format!(
+                "limit exceeded: at most {MAX_BATCH_COMMANDS} commands per batch"
+            )),
+        });
+    }
+    let replies: Vec<Value> = body
+        .commands
+        .into_iter()
+        .map(|command| {
+            let Value::Object(command) = command else {
+                return error_value(ErrorCode::BadRequest);
+            };
+            let mut entries = command.into_iter();
+            let (Some((name, params)), None) = (entries.next(), entries.next()) else {
+                return error_value(ErrorCode::BadRequest);
+            };
+            if name == "batch" || !METHODS.contains(&name.as_str()) {
+                return error_value(ErrorCode::MethodNotFound);
+            }
+            match call(hub, &name, params) {
+                Ok(result) => {
+                    let mut reply = Map::new();
+                    reply.insert(name, result);
+                    Value::Object(reply)
+                }
+                Err(error) => error.to_value(),
+            }
+        })
+        .collect();
+    Ok(json!({ "replies": replies }))
+}
+
+/// Runs one method (not `batch`) and returns its `result` object.
+fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
+    match method {
+        "publish" => {
+            let b: PublishBody = parse(params)?;
+            let data = json_data(b.data.as_ref())?;
+            let options = PublishOptions {
+                skip_history: b.skip_history,
+                tags: b.tags,
+            };
+            publish(hub, &b.channel, data, options, &b.idempotency_key)
+        }
+        "broadcast" => {
+            let b: BroadcastBody = parse(params)?;
+            let data = json_data(b.data.as_ref())?;
+            if b.channels.is_empty() {
+                return Err(ErrorCode::BadRequest.into());
+            }
+            let responses: Vec<Value> = b
                 .channels
                 .iter()
-                .map(|channel| publish(hub, channel, &b.data))
+                .map(|channel| {
+                    let options = PublishOptions {
+                        skip_history: b.skip_history,
+                        tags: b.tags.clone(),
+                    };
+                    match publish(hub, channel, data.clone(), options, &b.idempotency_key) {
+                        Ok(result) => json!({ "result": result }),
+                        Err(error) => error.to_value(),
+                    }
+                })
                 .collect();
-            json!({"result": {"responses": responses}})
-        }),
-        "/api/presence" => parse(body).map(|b: ChannelBody| {
-            let presence = hub.with_state(|state| state.presence(&b.channel));
-            json!({"result": presence})
-        }),
-        "/api/history" => parse(body).map(|b: ChannelBody| {
-            let request = HistoryRequest {
-                channel: b.channel,
-                limit: b.limit.unwrap_or(0),
-                reverse: b.reverse,
-                ..Default::default()
+            Ok(json!({ "responses": responses }))
+        }
+        "subscribe" => {
+            let b: SubscribeBody = parse(params)?;
+            let client = b.target.client()?;
+            let data = match &b.data {
+                Some(value) => json_data(Some(value))?,
+                None => Bytes::new(),
             };
-            match hub.with_state(|state| state.history(&request)) {
-                Ok(result) => json!({"result": result}),
-                Err(code) => error_value(code),
-            }
-        }),
-        "/api/disconnect" => parse(body).and_then(|b: DisconnectBody| {
-            let client = b.client.as_deref().filter(|c| !c.is_empty());
-            if b.user.is_empty() && client.is_none() {
-                return Err(());
-            }
+            hub.with_state(|s| s.server_subscribe(&b.target.user, client, &b.channel, data))?;
+            Ok(json!({}))
+        }
+        "unsubscribe" => {
+            let b: UnsubscribeBody = parse(params)?;
+            let client = b.target.client()?;
+            hub.with_state(|s| s.server_unsubscribe(&b.target.user, client, &b.channel))?;
+            Ok(json!({}))
+        }
+        "disconnect" => {
+            let b: DisconnectBody = parse(params)?;
+            let client = b.target.client()?;
             let disconnect = match b.disconnect {
                 Some(spec) => {
-                    validate_disconnect_code(spec.code).map_err(|_| ())?;
+                    validate_disconnect_code(spec.code)?;
                     Disconnect::new(spec.code, spec.reason)
                 }
                 None => Disconnect::FORCE_DISCONNECT,
             };
-            hub.with_state(|state| state.disconnect_user(&b.user, client, &disconnect));
-            Ok(json!({"result": {}}))
-        }),
-        _ => return json_response(StatusCode::NOT_FOUND, error_body(ErrorCode::MethodNotFound)),
+            hub.with_state(|s| {
+                s.disconnect_user(&b.target.user, client, &b.whitelist, &disconnect)
+            });
+            Ok(json!({}))
+        }
+        "refresh" => {
+            let b: RefreshBody = parse(params)?;
+            let client = b.target.client()?;
+            let expire_at = match b.expire_at {
+                None | Some(0) => None,
+                Some(at) => Some(u64::try_from(at).map_err(|_| ErrorCode::BadRequest)?),
+            };
+            hub.with_state(|s| s.refresh_sessions(&b.target.user, client, b.expired, expire_at));
+            Ok(json!({}))
+        }
+        "presence" => {
+            let b: ChannelBody = parse(params)?;
+            checked_channel(hub, &b.channel)?;
+            let presence = hub.with_state(|s| s.presence(&b.channel));
+            Ok(json!(presence))
+        }
+        "presence_stats" => {
+            let b: ChannelBody = parse(params)?;
+            checked_channel(hub, &b.channel)?;
+            let stats = hub.with_state(|s| s.presence_stats(&b.channel));
+            Ok(json!(stats))
+        }
+        "history" => {
+            let b: HistoryBody = parse(params)?;
+            let request = HistoryRequest {
+                channel: b.channel,
+                limit: b.limit.unwrap_or(0),
+                reverse: b.reverse,
+                since: b.since.map(|p| StreamPosition {
+                    offset: p.offset,
+                    epoch: p.epoch,
+                }),
+            };
+            let result = hub.with_state(|s| s.history(&request))?;
+            Ok(json!(result))
+        }
+        "history_remove" => {
+            let b: ChannelBody = parse(params)?;
+            hub.with_state(|s| s.history_remove(&b.channel))?;
+            Ok(json!({}))
+        }
+        "channels" => {
+            let b: ChannelsBody = parse(params)?;
+            let pattern = b
+                .pattern
+                .filter(|p| !p.is_empty())
+                .map(|p| WildMatch::new(&p));
+            let found =
+                hub.with_state(|s| s.active_channels(pattern.as_ref(), MAX_CHANNELS_LISTED));
+            let channels: Map<String, Value> = found
+                .into_iter()
+                .map(|(name, clients)| (name, json!({ "num_clients": clients })))
+                .collect();
+            Ok(json!({ "channels": channels }))
+        }
+        "info" => {
+            let (counts, uid, uptime) =
+                hub.with_state(|s| (s.node_counts(), s.node_uid().to_owned(), s.uptime_secs()));
+            Ok(json!({"nodes": [{
+                "uid": uid,
+                "name": NODE_NAME,
+                "version": SERVER_VERSION,
+                "num_clients": counts.num_clients,
+                "num_users": counts.num_users,
+                "num_channels": counts.num_channels,
+                "num_subs": counts.num_subs,
+                "uptime": uptime,
+            }]}))
+        }
+        _ => Err(ErrorCode::MethodNotFound.into()),
+    }
+}
+
+/// The publication payload: JSON data is required (107 when absent or null).
+fn json_data(data: Option<&Value>) -> Result<Bytes, CallError> {
+    match data {
+        None | Some(Value::Null) => Err(ErrorCode::BadRequest.into()),
+        Some(value) => serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(|e| CallError::Malformed(e.to_string())),
+    }
+}
+
+fn checked_channel(hub: &Hub, channel: &str) -> Result<(), CallError> {
+    let max = hub.with_state(|s| s.config().channel_max_length);
+    validate_channel(channel, max)?;
+    Ok(())
+}
+
+/// Publishes once per `(channel, idempotency_key)` within the cache's TTL: a repeated key
+/// returns the first result without publishing again. The lookup, the publication and the
+/// insert happen under the cache's lock, so concurrent duplicates publish once.
+fn publish(
+    hub: &Hub,
+    channel: &str,
+    data: Bytes,
+    options: PublishOptions,
+    idempotency_key: &str,
+) -> Result<Value, CallError> {
+    let (offset, epoch) = if idempotency_key.is_empty() {
+        hub.with_state(|s| s.publish_api(channel, data, options))?
+    } else {
+        let now = tokio::time::Instant::now();
+        hub.with_state(|s| {
+            s.with_idempotency(|cache| {
+                if let Some(result) = cache.get(channel, idempotency_key, now) {
+                    return Ok(result);
+                }
+                let result = s.publish_api(channel, data, options)?;
+                cache.insert(channel, idempotency_key, result.clone(), now);
+                Ok::<_, ErrorCode>(result)
+            })
+        })?
     };
-    match result {
-        Ok(value) => json_response(StatusCode::OK, value.to_string()),
-        Err(()) => json_response(StatusCode::BAD_REQUEST, error_body(ErrorCode::BadRequest)),
-    }
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ()> {
-    serde_json::from_slice(body).map_err(|_| ())
-}
-
-fn error_value(code: ErrorCode) -> serde_json::Value {
-    json!({"error": {"code": code.code(), "message": code.message()}})
-}
-
-fn publish(hub: &Hub, channel: &str, data: &RawValue) -> serde_json::Value {
-    let data = Bytes::copy_from_slice(data.get().as_bytes());
-    match hub.with_state(|state| state.publish(channel, data, None)) {
-        Ok((offset, epoch)) => json!({"result": {"offset": offset, "epoch": epoch}}),
-        Err(code) => error_value(code),
-    }
+    Ok(json!({"offset": offset, "epoch": epoch}))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod channel;
 pub mod counters;
 pub mod drain;
 pub mod grpc;
+pub mod idempotency;
 pub mod link_queue;
 pub mod policy;
 pub mod state;

@@ -9,7 +9,8 @@
 //! - Link queues sit in a read-mostly map.
 //!
 //! Lock order (never the other way): sessions → shard → ledger; the Link map and the queues
-//! are leaves. Tokens are verified by the caller, outside every lock. Poison safety: no
+//! are leaves. The server API's idempotency cache is taken before any of them, around one
+//! publication. Tokens are verified by the caller, outside every lock. Poison safety: no
 //! operation mutates across a fallible step, so state behind a poisoned lock is consistent and
 //! used as is.
 
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use super::auth::TokenCheck;
 use super::channel::{Channel, Ledger, Oldest, Subscriber};
 use super::counters::HubCounters;
+use super::idempotency::IdempotencyCache;
 use super::link_queue::{LinkQueue, Queued, Repairs};
 use super::policy::{BinaryChannels, check_data, client_may_access, validate_channel};
 use crate::config::HubConfig;
@@ -44,6 +46,9 @@ use crate::protocol::{Disconnect, ErrorCode};
 use crate::session::handle::SERVER_VERSION;
 
 pub use super::channel::SessionKey;
+pub use server::{CONNECTION_EXPIRED, NodeCounts, UNSUBSCRIBE_SERVER};
+
+mod server;
 
 /// Number of channel shards.
 pub const SHARDS: usize = 64;
@@ -86,6 +91,15 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Options of a server-API publication.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Not kept in history (the offset still advances).
+    pub skip_history: bool,
+    /// Carried on the publication as `tags`.
+    pub tags: HashMap<String, String>,
 }
 
 /// Error of a server API call, with Centrifugo's code.
@@ -165,6 +179,12 @@ pub struct HubState {
     ledger: Mutex<Ledger>,
     channel_count: AtomicUsize,
     counters: Arc<HubCounters>,
+    /// Recent server-API publish results by idempotency key.
+    idempotency: Mutex<IdempotencyCache>,
+    /// This hub's node id (the `uid` of the `info` method).
+    node_uid: String,
+    /// When this hub started (`uptime` of the `info` method).
+    started: std::time::Instant,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,7 +206,26 @@ impl HubState {
             ledger: Mutex::new(Ledger::default()),
             channel_count: AtomicUsize::new(0),
             counters,
+            idempotency: Mutex::new(IdempotencyCache::default()),
+            node_uid: uuid::Uuid::new_v4().to_string(),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// The node id reported by the `info` method.
+    pub fn node_uid(&self) -> &str {
+        &self.node_uid
+    }
+
+    /// Whole seconds since this hub started.
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Runs `operation` on the idempotency cache. Its lock comes first in the lock order: the
+    /// operation may publish (taking shard, ledger and Link locks), and no other path takes it.
+    pub fn with_idempotency<R>(&self, operation: impl FnOnce(&mut IdempotencyCache) -> R) -> R {
+        operation(&mut lock(&self.idempotency))
     }
 
     fn settings(&self) -> Arc<Settings> {
@@ -575,7 +614,13 @@ impl HubState {
         } else if let Some(request) = command.publish {
             client_access(&settings, &request.channel)
                 .and_then(|()| {
-                    self.publish_with(&settings, &request.channel, request.data, Some(info))
+                    self.publish_with(
+                        &settings,
+                        &request.channel,
+                        request.data,
+                        Some(info),
+                        PublishOptions::default(),
+                    )
                 })
                 .map(|_| Reply {
                     id,
@@ -730,14 +775,30 @@ impl HubState {
         }
     }
 
-    /// Publishes from the server API: the same checks as a client publish.
+    /// Publishes with default options: the same checks as a client publish.
     pub fn publish(
         &self,
         channel: &str,
         data: Bytes,
         info: Option<ClientInfo>,
     ) -> Result<(u64, String), ErrorCode> {
-        self.publish_with(&self.settings(), channel, data, info)
+        self.publish_with(
+            &self.settings(),
+            channel,
+            data,
+            info,
+            PublishOptions::default(),
+        )
+    }
+
+    /// Publishes from the server API (no client info) with its options.
+    pub fn publish_api(
+        &self,
+        channel: &str,
+        data: Bytes,
+        options: PublishOptions,
+    ) -> Result<(u64, String), ErrorCode> {
+        self.publish_with(&self.settings(), channel, data, None, options)
     }
 
     /// Publishes after the shared checks (name, data, channel cap, frame size): next offset,
@@ -748,6 +809,7 @@ impl HubState {
         channel: &str,
         data: Bytes,
         info: Option<ClientInfo>,
+        options: PublishOptions,
     ) -> Result<(u64, String), ErrorCode> {
         let config = &settings.config;
         validate_channel(channel, config.channel_max_length)?;
@@ -755,6 +817,7 @@ impl HubState {
         let mut publication = Publication {
             data,
             info,
+            tags: options.tags,
             ..Default::default()
         };
         // Offset not yet known: count its varint at the widest.
@@ -775,7 +838,7 @@ impl HubState {
             state.top += 1;
             publication.offset = state.top;
             let position = (state.top, state.epoch.clone());
-            if config.history_size > 0 {
+            if config.history_size > 0 && !options.skip_history {
                 let mut ledger = self.ledger();
                 ledger.store(&name, state, publication.clone(), Instant::now());
                 while state.history.len() > config.history_size {
@@ -847,7 +910,8 @@ impl HubState {
         PresenceResult { presence }
     }
 
-    fn presence_stats(&self, channel: &str) -> PresenceStatsResult {
+    /// Presence counts of a channel: clients and distinct users.
+    pub fn presence_stats(&self, channel: &str) -> PresenceStatsResult {
         let shard = self.shard(channel);
         let Some(state) = shard.get(channel) else {
             return PresenceStatsResult::default();
@@ -934,27 +998,17 @@ impl HubState {
         }
     }
 
-    /// Disconnects every session of `user`, or only its connection `client` when given;
-    /// returns how many.
+    /// Disconnects every session of `user`, or only its connection `client` when given,
+    /// except the connections named in `keep` (Centrifugo's `whitelist`); returns how many.
     pub fn disconnect_user(
         &self,
         user: &str,
         client: Option<&str>,
+        keep: &[String],
         disconnect: &Disconnect,
     ) -> usize {
         let mut sessions = self.sessions();
-        let keys: Vec<SessionKey> = sessions
-            .users
-            .get(user)
-            .map(|keys| {
-                keys.iter()
-                    .copied()
-                    .filter(|key| {
-                        client.is_none_or(|c| sessions.get(*key).is_some_and(|s| s.client == c))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let keys = server::matching_sessions(&sessions, user, client, keep);
         for key in &keys {
             self.disconnect(*key, disconnect);
             self.remove_session(&mut sessions, *key);

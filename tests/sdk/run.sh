@@ -4,6 +4,8 @@
 #     the same flow over websocket (json, protobuf), http_stream (json, protobuf) and sse (json),
 #     one file each (run in parallel), plus transport fallback
 #   - PyPI `centrifuge-python` (JSON and Protobuf) with pytest
+#   - examples/chat in Debian's headless Chromium (tests/browser/run.sh; needs /usr/bin/chromium)
+#   - PyPI `cent` (the server-API client): every Centrifugo OSS server API method, with pytest
 #
 # Usage (from anywhere):  tests/sdk/run.sh
 # Needs a built binary: $SIDEWIRE_BIN if set, else <repo>/target/debug/sidewire.
@@ -43,10 +45,12 @@ PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-chec
 status=0
 echo "== centrifuge-js (npm centrifuge) smoke tests, binary: $SIDEWIRE_BIN"
 node --test tests/sdk/js/ || status=1
-echo "== centrifuge-python smoke tests, binary: $SIDEWIRE_BIN"
+echo "== centrifuge-python and cent (server API) tests, binary: $SIDEWIRE_BIN"
 python3 -m pytest tests/sdk/python -q || status=1
+echo "== browser tests (examples/chat in headless Chromium)"
+bash tests/browser/run.sh || status=1
 
 if (( status != 0 )); then
-  echo "tests/sdk/run.sh: SDK smoke tests FAILED" >&2
+  echo "tests/sdk/run.sh: SDK smoke or browser tests FAILED" >&2
 fi
 exit "$status"

@@ -1,0 +1,3 @@
+//! Command-line tools beside running the server.
+
+pub mod gentoken;

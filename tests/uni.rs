@@ -720,9 +720,7 @@ async fn uni_expired_token_on_the_hub_ends_with_disconnect_3005() {
 }
 
 /// The reference hub's way: the server API subscribes a uni session, then publications flow.
-/// Needs `/api/subscribe` (the server-API branch, wip-api); un-ignore once it is on main.
 #[tokio::test]
-#[ignore = "needs the hub's /api/subscribe (wip-api)"]
 async fn uni_sse_on_the_hub_receives_after_api_subscribe() {
     let server = hub_sidecar("").await;
     let mut stream = uni_sse_get(server.client_addr, &json!({}), None).await;

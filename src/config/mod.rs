@@ -29,6 +29,12 @@ pub const DEFAULT_HTTP_STREAM_PATH: &str = "/connection/http_stream";
 pub const DEFAULT_SSE_PATH: &str = "/connection/sse";
 /// Default emulation endpoint path.
 pub const DEFAULT_EMULATION_PATH: &str = "/emulation";
+/// Default unidirectional WebSocket endpoint path (Centrifugo's).
+pub const DEFAULT_UNI_WEBSOCKET_PATH: &str = "/connection/uni_websocket";
+/// Default unidirectional HTTP-streaming endpoint path (Centrifugo's).
+pub const DEFAULT_UNI_HTTP_STREAM_PATH: &str = "/connection/uni_http_stream";
+/// Default unidirectional SSE endpoint path (Centrifugo's).
+pub const DEFAULT_UNI_SSE_PATH: &str = "/connection/uni_sse";
 /// Default limit of HTTP-streaming, SSE and emulation request bodies, bytes.
 pub const DEFAULT_MAX_REQUEST_BODY_SIZE: usize = 65_536;
 /// Default limit of one WebSocket message (the whole batch of commands), bytes.
@@ -217,6 +223,24 @@ pub struct Config {
     pub max_connections: usize,
     /// Cap of open client connections per remote IP; 0 = no cap.
     pub max_connections_per_ip: usize,
+    /// Serve the unidirectional WebSocket endpoint (connect request as first message).
+    pub uni_websocket: bool,
+    /// Path of the unidirectional WebSocket endpoint.
+    pub uni_websocket_path: String,
+    /// Largest message (the connect request) accepted on a unidirectional WebSocket, bytes.
+    pub uni_websocket_message_size_limit: usize,
+    /// Serve the unidirectional HTTP-streaming endpoint (POST connect request).
+    pub uni_http_stream: bool,
+    /// Path of the unidirectional HTTP-streaming endpoint.
+    pub uni_http_stream_path: String,
+    /// Largest connect POST body of unidirectional HTTP-streaming, bytes (larger: 413).
+    pub uni_http_stream_max_request_body_size: usize,
+    /// Serve the unidirectional SSE endpoint (GET `?cf_connect=` or POST connect request).
+    pub uni_sse: bool,
+    /// Path of the unidirectional SSE endpoint.
+    pub uni_sse_path: String,
+    /// Largest unidirectional SSE POST body, bytes (larger: 413).
+    pub uni_sse_max_request_body_size: usize,
 }
 
 impl Default for Config {
@@ -259,6 +283,15 @@ impl Default for Config {
             http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            uni_websocket: false,
+            uni_websocket_path: DEFAULT_UNI_WEBSOCKET_PATH.to_owned(),
+            uni_websocket_message_size_limit: DEFAULT_MESSAGE_SIZE_LIMIT,
+            uni_http_stream: false,
+            uni_http_stream_path: DEFAULT_UNI_HTTP_STREAM_PATH.to_owned(),
+            uni_http_stream_max_request_body_size: DEFAULT_MAX_REQUEST_BODY_SIZE,
+            uni_sse: false,
+            uni_sse_path: DEFAULT_UNI_SSE_PATH.to_owned(),
+            uni_sse_max_request_body_size: DEFAULT_MAX_REQUEST_BODY_SIZE,
         }
     }
 }
@@ -804,11 +837,70 @@ impl Config {
                 self.max_connections, self.max_connections_per_ip
             ),
         );
+        problems.extend(self.uni_problems());
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// Problems of the unidirectional transport keys (paths and limits), named by field.
+    fn uni_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut taken: Vec<(&str, &String)> = vec![("websocket_path", &self.websocket_path)];
+        if self.http_stream {
+            taken.push(("http_stream_path", &self.http_stream_path));
+        }
+        if self.sse {
+            taken.push(("sse_path", &self.sse_path));
+        }
+        if self.emulation_enabled() {
+            taken.push(("emulation_path", &self.emulation_path));
+        }
+        for (enabled, name, path) in [
+            (
+                self.uni_websocket,
+                "uni_websocket_path",
+                &self.uni_websocket_path,
+            ),
+            (
+                self.uni_http_stream,
+                "uni_http_stream_path",
+                &self.uni_http_stream_path,
+            ),
+            (self.uni_sse, "uni_sse_path", &self.uni_sse_path),
+        ] {
+            if !enabled {
+                continue;
+            }
+            if !path.starts_with('/') {
+                problems.push(format!("{name}: must start with '/', got {path:?}"));
+            }
+            if let Some((other, _)) = taken.iter().find(|(_, p)| *p == path) {
+                problems.push(format!("{name}: same path as {other} ({path:?})"));
+            }
+            taken.push((name, path));
+        }
+        for (name, size) in [
+            (
+                "uni_websocket_message_size_limit",
+                self.uni_websocket_message_size_limit,
+            ),
+            (
+                "uni_http_stream_max_request_body_size",
+                self.uni_http_stream_max_request_body_size,
+            ),
+            (
+                "uni_sse_max_request_body_size",
+                self.uni_sse_max_request_body_size,
+            ),
+        ] {
+            if size < 128 {
+                problems.push(format!("{name}: must be at least 128 bytes, got {size}"));
+            }
+        }
+        problems
     }
 }
 
@@ -935,5 +1027,25 @@ mod tests {
             Config::from_yaml("upstream:\n  endpoint: \"http://h:1\"\n  command_timeout: 2s\n")
                 .unwrap();
         assert_eq!(config.command_timeout(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn uni_transports_are_off_by_default_and_validated_by_name() {
+        let config = Config::default();
+        assert!(!config.uni_websocket && !config.uni_http_stream && !config.uni_sse);
+        assert_eq!(config.uni_sse_path, DEFAULT_UNI_SSE_PATH);
+        let yaml = "uni_websocket: true\nuni_websocket_path: uni\nuni_http_stream: true\nuni_http_stream_path: /connection/websocket\nuni_sse: true\nuni_sse_max_request_body_size: 1\nuni_websocket_message_size_limit: 2\nuni_http_stream_max_request_body_size: 3\n";
+        let text = Config::from_yaml(yaml).unwrap_err().to_string();
+        for field in [
+            "uni_websocket_path:",
+            "uni_http_stream_path: same path as websocket_path",
+            "uni_sse_max_request_body_size:",
+            "uni_websocket_message_size_limit:",
+            "uni_http_stream_max_request_body_size:",
+        ] {
+            assert!(text.contains(field), "{field} missing in {text}");
+        }
+        // Disabled transports are not checked.
+        assert!(Config::from_yaml("uni_sse_path: nope\n").is_ok());
     }
 }

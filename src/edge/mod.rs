@@ -13,6 +13,9 @@ pub mod origin;
 pub mod sse;
 pub mod stream;
 pub mod tls;
+pub mod uni;
+pub mod uni_stream;
+pub mod uni_websocket;
 pub mod websocket;
 
 use std::convert::Infallible;
@@ -133,6 +136,23 @@ impl Edge {
             return self
                 .with_cors(&settings, request, "GET, POST, OPTIONS", |request| {
                     sse::handle(&self, &settings, request, peer)
+                })
+                .await;
+        }
+        if config.uni_websocket && path == config.uni_websocket_path {
+            return uni_websocket::handle(&self, &settings, request, peer);
+        }
+        if config.uni_http_stream && path == config.uni_http_stream_path {
+            return self
+                .with_cors(&settings, request, "POST, OPTIONS", |request| {
+                    uni_stream::handle_http_stream(&self, &settings, request, peer)
+                })
+                .await;
+        }
+        if config.uni_sse && path == config.uni_sse_path {
+            return self
+                .with_cors(&settings, request, "GET, POST, OPTIONS", |request| {
+                    uni_stream::handle_sse(&self, &settings, request, peer)
                 })
                 .await;
         }

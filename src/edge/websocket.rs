@@ -94,22 +94,10 @@ pub fn handle(
     if request.method() != Method::GET {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
-    let headers = request.headers();
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
-    let valid = header_has_token(headers, header::UPGRADE, "websocket")
-        && header_has_token(headers, header::CONNECTION, "upgrade")
-        && headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .map(HeaderValue::as_bytes)
-            == Some(b"13");
-    let Some(key) = key.filter(|_| valid) else {
-        let mut response = status(StatusCode::BAD_REQUEST);
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return response;
+    let Some(key) = validate_handshake(request.headers()) else {
+        return bad_handshake();
     };
+    let headers = request.headers();
     if !settings.origins.check(headers) {
         return edge.origin_rejected();
     }
@@ -155,6 +143,35 @@ pub fn handle(
         }
     });
 
+    handshake_response(&key, negotiated.subprotocol)
+}
+
+/// Checks the upgrade headers of a WebSocket handshake; returns the client key, or `None`
+/// for an invalid handshake (answer it with [`bad_handshake`]).
+pub fn validate_handshake(headers: &HeaderMap) -> Option<HeaderValue> {
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let valid = header_has_token(headers, header::UPGRADE, "websocket")
+        && header_has_token(headers, header::CONNECTION, "upgrade")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            == Some(b"13");
+    key.filter(|_| valid)
+}
+
+/// The 400 answer to an invalid handshake (with `Sec-WebSocket-Version: 13`).
+pub fn bad_handshake() -> Response<Body> {
+    let mut response = status(StatusCode::BAD_REQUEST);
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    response
+}
+
+/// The `101 Switching Protocols` answer to a valid handshake with client key `key`, echoing
+/// `subprotocol` if one was chosen.
+pub fn handshake_response(key: &HeaderValue, subprotocol: Option<&'static str>) -> Response<Body> {
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let out = response.headers_mut();
@@ -163,7 +180,7 @@ pub fn handle(
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    if let Some(subprotocol) = negotiated.subprotocol {
+    if let Some(subprotocol) = subprotocol {
         out.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(subprotocol),

@@ -119,6 +119,9 @@ impl Transport for UniStreamTransport {
     }
 
     async fn close(&mut self, disconnect: Disconnect) {
+        // A refused connect ends the session (3000 on two-way transports); uni clients get
+        // the disconnect Centrifugo maps the refusal to instead.
+        let disconnect = self.refused.take().unwrap_or(disconnect);
         let Some(body) = self.body.take() else { return };
         if disconnect == Disconnect::CONNECTION_CLOSED {
             return;

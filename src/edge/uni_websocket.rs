@@ -179,6 +179,9 @@ where
     }
 
     async fn close(&mut self, disconnect: Disconnect) {
+        // A refused connect ends the session (3000 on two-way transports); uni clients get
+        // the disconnect Centrifugo maps the refusal to instead.
+        let disconnect = self.refused.take().unwrap_or(disconnect);
         if disconnect == Disconnect::CONNECTION_CLOSED {
             return;
         }

@@ -4,14 +4,16 @@
 # discards what comes back (so it is not simply dropped as a slow client) and uses 240-byte
 # channel names. Reports the victims'
 # latency and disconnects and the server's RSS before / at the peak / after, for:
-#   - subscribe: 70 000 subscribe commands to distinct channels, 500 per message;
+#   - subscribe: 70 000 subscribe commands to distinct channels, 200 per message (under the
+#                default 64 KiB message_size_limit);
 #   - publish:   3 000 publications of 60 KB into distinct channels, one per message (the
 #                default message_size_limit is 64 KiB).
-# Writes bench/FLOOD.md (with the exact commands) and appends the JSON lines to
+# Writes bench/FLOOD-$LABEL.md (with the exact commands) and appends the JSON lines to
 # bench/flood.jsonl.
 #
 #   bash bench/flood.sh                       # the tree's release build
-#   SIDEWIRE_BIN=/path/to/sidewire LABEL=old bash bench/flood.sh   # another build, same runs
+#   SIDEWIRE_BIN=/path/to/sidewire LABEL=before bash bench/flood.sh   # another build (e.g. an
+#                                  older commit), same runs; BENCH_BIN picks the load generator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -61,7 +63,7 @@ run_attack() {
     SERVER=""
 }
 
-run_attack subscribe --count 70000 --batch 500 --duration 10s
+run_attack subscribe --count 70000 --batch 200 --duration 10s
 run_attack publish --count 3000 --batch 1 --payload-bytes 60000 --duration 10s
 
 grep '^{' "$WORK/out" >>bench/flood.jsonl

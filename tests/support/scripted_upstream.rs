@@ -12,7 +12,8 @@
 //!   a reply, a membership and a disconnect for a session that does not exist, then the
 //!   answer; `mismatch`: a ChannelPush on `news` whose inner push names `other`, then the
 //!   answer; `flood` with data N (a decimal count): N publications `{"n":i}` on channel
-//!   `flood`, then the answer.
+//!   `flood`, then the answer; `stream` with data N: the answer, then N publications on
+//!   `flood` paced at 100 per millisecond (a sustained fan-out).
 //!
 //! `Script::stalled` makes it stop reading the sidecar's frames (a stalled upstream).
 #![allow(dead_code)]
@@ -188,7 +189,12 @@ impl Link for Service {
                         vec![reply(open.session, answer)]
                     }
                     Some(sidecar_frame::Frame::Command(command)) => match command.command {
-                        Some(inner) => answer(command.session, inner),
+                        Some(inner) => {
+                            if let Some(count) = stream_count(&inner) {
+                                spawn_stream(tx.clone(), count);
+                            }
+                            answer(command.session, inner)
+                        }
                         None => Vec::new(),
                     },
                     _ => Vec::new(),
@@ -202,6 +208,28 @@ impl Link for Service {
         });
         Ok(Response::new(ReceiverStream::new(rx).map(Ok).boxed()))
     }
+}
+
+/// The count N of an rpc `stream` command (data is a decimal count).
+fn stream_count(command: &Command) -> Option<u64> {
+    let rpc = command.rpc.as_ref().filter(|rpc| rpc.method == "stream")?;
+    std::str::from_utf8(&rpc.data).ok()?.parse().ok()
+}
+
+/// Sends N publications `{"n":i}` on channel `flood`, 100 per millisecond, on the stream's own
+/// downstream: a sustained fan-out rather than one burst.
+fn spawn_stream(tx: mpsc::Sender<UpstreamFrame>, count: u64) {
+    tokio::spawn(async move {
+        for n in 1..=count {
+            let data = Bytes::from(format!("{{\"n\":{n}}}"));
+            if tx.send(push("flood", "", data)).await.is_err() {
+                return;
+            }
+            if n % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
 }
 
 fn answer(session: u64, command: Command) -> Vec<UpstreamFrame> {

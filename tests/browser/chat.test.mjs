@@ -49,6 +49,8 @@ describe('examples/chat in headless Chromium', { timeout: 180000 }, () => {
       'websocket: true',
       'http_stream: true',
       'sse: true',
+      // A plain EventSource needs no SDK (Centrifugo's uni_sse).
+      'uni_sse: true',
       'backend:',
       `  url: ${JSON.stringify(backend.url)}`,
       'hub:',
@@ -194,6 +196,40 @@ describe('examples/chat in headless Chromium', { timeout: 180000 }, () => {
     for (let i = 1; i < chunks.length; i += 1) assert.ok(chunks[i].ms >= chunks[i - 1].ms, 'in order');
     const shown = await page.$$eval('#stream li', (lis) => lis.length);
     assert.equal(shown, 6, 'the page lists every chunk');
+  });
+
+  it('a plain EventSource receives publications over uni_sse, no SDK', async () => {
+    const page = await open(`${sw.clientUrl}/?name=plain`);
+    // The page's own origin is sidewire (through passthrough): open a bare EventSource there.
+    await page.evaluate(() => {
+      window.uni = { messages: [], errors: 0 };
+      const url = `${location.origin}/connection/uni_sse?cf_connect=${encodeURIComponent('{}')}`;
+      const source = new EventSource(url);
+      source.onmessage = (event) => window.uni.messages.push(JSON.parse(event.data));
+      source.onerror = () => { window.uni.errors += 1; };
+      window.uni.source = source;
+    });
+    await withTimeout(page.waitForFunction(() => window.uni.messages.some((m) => m.connect), { timeout: WAIT_MS }),
+      WAIT_MS + 1000, 'uni_sse connect push');
+    const client = await page.evaluate(() => window.uni.messages.find((m) => m.connect).connect.client);
+    assert.ok(client, 'the connect push names the client');
+    const call = async (method, body) => {
+      const response = await fetch(`${api.url}/api/${method}`, {
+        method: 'POST',
+        headers: { 'X-API-Key': API_KEY, 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      const answer = await response.json();
+      assert.equal(answer.error, undefined, `${method}: ${JSON.stringify(answer)}`);
+    };
+    // A uni client cannot subscribe itself: the server subscribes it, then publishes.
+    await call('subscribe', { user: '', client, channel: 'plain-news' });
+    await call('publish', { channel: 'plain-news', data: { text: 'to a bare EventSource' } });
+    await withTimeout(page.waitForFunction(
+      () => window.uni.messages.some((m) => m.channel === 'plain-news' && m.pub && m.pub.data.text === 'to a bare EventSource'),
+      { timeout: WAIT_MS }), WAIT_MS + 1000, 'publication on the EventSource');
+    const errors = await page.evaluate(() => { window.uni.source.close(); return window.uni.errors; });
+    assert.equal(errors, 0, 'the EventSource never errored');
   });
 
   it('sidewire is still running', () => {

@@ -4,6 +4,7 @@
 //! Guarantee: a `Config` returned by [`Config::load`] or [`Config::from_yaml`] has passed
 //! [`Config::validate`]; nothing binds a port before that.
 
+pub mod channel;
 pub mod duration;
 pub mod env;
 pub mod schema;
@@ -491,6 +492,9 @@ pub struct HubConfig {
     /// Link stream (else UNAUTHENTICATED, before `welcome`). A secret: it may come from
     /// `hub.link_token_file` or `SIDEWIRE_HUB_LINK_TOKEN` (see [`secret`]).
     pub link_token: Option<String>,
+    /// `hub.channel`: namespaces and permissions (Centrifugo v6 names). Absent: every channel
+    /// is open to every client, as before; present: Centrifugo's secure defaults apply.
+    pub channel: Option<channel::ChannelConfig>,
 }
 
 impl Default for HubConfig {
@@ -514,6 +518,7 @@ impl Default for HubConfig {
             max_channels: DEFAULT_HUB_MAX_CHANNELS,
             binary_channels: Vec::new(),
             link_token: None,
+            channel: None,
         }
     }
 }
@@ -838,6 +843,9 @@ impl Config {
             ),
         );
         problems.extend(self.uni_problems());
+        if let Some(channel) = &self.hub.channel {
+            problems.extend(channel.problems());
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod idempotency;
 pub mod link_auth;
 pub mod link_queue;
+pub mod namespace;
 pub mod policy;
 pub mod state;
 

@@ -31,7 +31,8 @@ use super::channel::{Channel, Ledger, Oldest, Subscriber};
 use super::counters::HubCounters;
 use super::idempotency::IdempotencyCache;
 use super::link_queue::{LinkQueue, Queued, Repairs};
-use super::policy::{BinaryChannels, check_data, client_may_access, validate_channel};
+use super::namespace::{Asker, Namespaces, Operation, history_enabled};
+use super::policy::{BinaryChannels, check_data, validate_channel};
 use crate::config::HubConfig;
 use crate::linkproto::{
     ChannelPush, Encoding, Membership, SessionDisconnect, SessionOpen, SessionReply, UpstreamFrame,
@@ -120,6 +121,27 @@ pub struct LinkLeftovers {
 struct Settings {
     config: HubConfig,
     binary: BinaryChannels,
+    namespaces: Namespaces,
+}
+
+impl Settings {
+    fn new(config: HubConfig) -> Settings {
+        Settings {
+            binary: BinaryChannels::new(&config.binary_channels),
+            namespaces: Namespaces::new(config.channel.as_ref()),
+            config,
+        }
+    }
+
+    /// Whether `channel` takes any bytes: a `hub.binary_channels` pattern or its namespace's
+    /// `allow_binary_data`.
+    fn binary(&self, channel: &str) -> bool {
+        self.binary.matches(channel)
+            || self
+                .namespaces
+                .resolve(channel)
+                .is_ok_and(|o| o.is_some_and(|o| o.allow_binary_data))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -195,10 +217,7 @@ impl HubState {
     /// Empty state.
     pub fn new(config: HubConfig, counters: Arc<HubCounters>) -> HubState {
         HubState {
-            settings: RwLock::new(Arc::new(Settings {
-                binary: BinaryChannels::new(&config.binary_channels),
-                config,
-            })),
+            settings: RwLock::new(Arc::new(Settings::new(config))),
             links: RwLock::new(HashMap::new()),
             sessions: Mutex::new(Sessions::default()),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
@@ -242,10 +261,7 @@ impl HubState {
 
     /// Replaces the config used by later operations.
     pub fn set_config(&self, config: HubConfig) {
-        let settings = Arc::new(Settings {
-            binary: BinaryChannels::new(&config.binary_channels),
-            config,
-        });
+        let settings = Arc::new(Settings::new(config));
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
         self.enforce_history();
     }
@@ -612,7 +628,7 @@ impl HubState {
                 ..Default::default()
             })
         } else if let Some(request) = command.publish {
-            client_access(&settings, &request.channel)
+            self.client_access(&settings, key, &info, &request.channel, Operation::Publish)
                 .and_then(|()| {
                     self.publish_with(
                         &settings,
@@ -628,19 +644,21 @@ impl HubState {
                     ..Default::default()
                 })
         } else if let Some(request) = command.presence {
-            client_access(&settings, &request.channel).map(|()| Reply {
+            let operation = Operation::Presence;
+            self.client_access(&settings, key, &info, &request.channel, operation).map(|()| Reply {
                 id,
                 presence: Some(self.presence(&request.channel)),
                 ..Default::default()
             })
         } else if let Some(request) = command.presence_stats {
-            client_access(&settings, &request.channel).map(|()| Reply {
+            let operation = Operation::Presence;
+            self.client_access(&settings, key, &info, &request.channel, operation).map(|()| Reply {
                 id,
                 presence_stats: Some(self.presence_stats(&request.channel)),
                 ..Default::default()
             })
         } else if let Some(request) = command.history {
-            client_access(&settings, &request.channel)
+            self.client_access(&settings, key, &info, &request.channel, Operation::History)
                 .and_then(|()| client_readable(&settings, protobuf, &request.channel))
                 .and_then(|()| self.history_with(&settings, &request))
                 .map(|result| Reply {
@@ -693,8 +711,23 @@ impl HubState {
         info: ClientInfo,
         protobuf: bool,
     ) -> Result<(), ErrorCode> {
-        client_access(settings, &request.channel)?;
+        let asker = Asker {
+            user: &info.user,
+            subscribed: false,
+        };
+        validate_channel(&request.channel, settings.config.channel_max_length)?;
+        let namespaces = &settings.namespaces;
+        namespaces.check(&request.channel, Operation::Subscribe, asker)?;
         client_readable(settings, protobuf, &request.channel)?;
+        let mut request = request;
+        if let Some(options) = namespaces.resolve(&request.channel)? {
+            // Namespace options replace what the client asked for.
+            request.join_leave =
+                options.force_push_join_leave || (options.join_leave && request.join_leave);
+            if options.force_recovery && history_enabled(options) {
+                request.recoverable = true;
+            }
+        }
         self.enforce_history();
         let mut sessions = self.sessions();
         let session = sessions.get_mut(key).ok_or(ErrorCode::Internal)?;
@@ -764,6 +797,28 @@ impl HubState {
         Ok(())
     }
 
+    /// Channel name, namespace and permission rules for a client's publish, history or
+    /// presence (see [`Namespaces::check`]).
+    fn client_access(
+        &self,
+        settings: &Settings,
+        key: SessionKey,
+        info: &ClientInfo,
+        channel: &str,
+        operation: Operation,
+    ) -> Result<(), ErrorCode> {
+        validate_channel(channel, settings.config.channel_max_length)?;
+        let subscribed = self
+            .sessions()
+            .get(key)
+            .is_some_and(|s| s.channels.contains(channel));
+        let asker = Asker {
+            user: &info.user,
+            subscribed,
+        };
+        settings.namespaces.check(channel, operation, asker)
+    }
+
     fn unsubscribe(&self, key: SessionKey, channel: &str) {
         let mut sessions = self.sessions();
         let subscribed = sessions
@@ -813,7 +868,13 @@ impl HubState {
     ) -> Result<(u64, String), ErrorCode> {
         let config = &settings.config;
         validate_channel(channel, config.channel_max_length)?;
-        check_data(&data, settings.binary.matches(channel))?;
+        let namespace = settings.namespaces.resolve(channel)?;
+        let history_size = match namespace {
+            None => config.history_size,
+            Some(options) if history_enabled(options) => options.history_size,
+            Some(_) => 0,
+        };
+        check_data(&data, settings.binary(channel))?;
         let mut publication = Publication {
             data,
             info,
@@ -838,10 +899,10 @@ impl HubState {
             state.top += 1;
             publication.offset = state.top;
             let position = (state.top, state.epoch.clone());
-            if config.history_size > 0 && !options.skip_history {
+            if history_size > 0 && !options.skip_history {
                 let mut ledger = self.ledger();
                 ledger.store(&name, state, publication.clone(), Instant::now());
-                while state.history.len() > config.history_size {
+                while state.history.len() > history_size {
                     state.pop_front(&mut ledger);
                 }
             }
@@ -1096,15 +1157,10 @@ impl HubState {
     }
 }
 
-/// Channel name and private-channel rule for a client operation.
-fn client_access(settings: &Settings, channel: &str) -> Result<(), ErrorCode> {
-    validate_channel(channel, settings.config.channel_max_length)?;
-    client_may_access(channel)
-}
 
 /// JSON clients cannot receive a binary-only channel (107).
 fn client_readable(settings: &Settings, protobuf: bool, channel: &str) -> Result<(), ErrorCode> {
-    if !protobuf && settings.binary.matches(channel) {
+    if !protobuf && settings.binary(channel) {
         return Err(ErrorCode::BadRequest);
     }
     Ok(())

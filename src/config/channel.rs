@@ -1,0 +1,216 @@
+//! `hub.channel`: channel namespaces and their permissions, with Centrifugo v6's option names.
+//!
+//! Without a `hub.channel` section the hub keeps its historical open rules (every channel open
+//! to every client); with one, Centrifugo's secure defaults apply: nothing is allowed unless
+//! enabled. The rules themselves live in `crate::hub::namespace`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::duration;
+
+/// Largest `history_size` of a namespace (the hub-wide limit of `hub.history_size`).
+pub const MAX_NAMESPACE_HISTORY_SIZE: usize = 100_000;
+/// Longest namespace name accepted, bytes.
+pub const MAX_NAMESPACE_NAME_LENGTH: usize = 255;
+
+/// Whether `name` matches Centrifugo's namespace name rule `^[-a-zA-Z0-9_.]{2,}$`.
+pub fn valid_namespace_name(name: &str) -> bool {
+    name.len() >= 2
+        && name.len() <= MAX_NAMESPACE_NAME_LENGTH
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+macro_rules! channel_options {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty $(=> $with:literal)? ),* $(,)?) => {
+        /// Options of one namespace (or of `without_namespace`); every flag defaults to off,
+        /// every size to 0 (feature off), as in Centrifugo.
+        #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct ChannelOptions {
+            $( $(#[$doc])* $(#[serde(deserialize_with = $with)])? pub $field: $ty, )*
+        }
+
+        /// One entry of `hub.channel.namespaces`: a `name` beside the options (flat, as in
+        /// Centrifugo).
+        #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct NamespaceConfig {
+            /// Namespace name: the channel prefix before `:`.
+            pub name: String,
+            $( $(#[$doc])* $(#[serde(deserialize_with = $with)])? pub $field: $ty, )*
+        }
+
+        impl NamespaceConfig {
+            /// The options without the name.
+            pub fn options(&self) -> ChannelOptions {
+                ChannelOptions { $( $field: self.$field.clone(), )* }
+            }
+        }
+    };
+}
+
+channel_options! {
+    /// Presence (and presence_stats) available; else they answer 108.
+    presence: bool,
+    /// Join/leave pushes for subscribers that ask for them; else never sent.
+    join_leave: bool,
+    /// Join/leave pushes for every subscriber, asked or not.
+    force_push_join_leave: bool,
+    /// Publications kept per channel; with `history_ttl` > 0 enables history (else 108).
+    history_size: usize,
+    /// Must be > 0 for history; retention itself follows the hub-wide `hub.history_ttl`.
+    history_ttl: Duration => "duration::deserialize",
+    /// Subscriptions are always recoverable (as if the client asked for recovery).
+    force_recovery: bool,
+    /// Authenticated clients may subscribe.
+    allow_subscribe_for_client: bool,
+    /// With `allow_subscribe_for_client`, anonymous clients may subscribe too.
+    allow_subscribe_for_anonymous: bool,
+    /// Subscribed clients may publish.
+    allow_publish_for_subscriber: bool,
+    /// Authenticated clients may publish.
+    allow_publish_for_client: bool,
+    /// With `allow_publish_for_client` or `_for_subscriber`, anonymous clients may publish too.
+    allow_publish_for_anonymous: bool,
+    /// Subscribed clients may read history.
+    allow_history_for_subscriber: bool,
+    /// Authenticated clients may read history.
+    allow_history_for_client: bool,
+    /// With `allow_history_for_client`, anonymous clients may read history too.
+    allow_history_for_anonymous: bool,
+    /// Subscribed clients may read presence.
+    allow_presence_for_subscriber: bool,
+    /// Authenticated clients may read presence.
+    allow_presence_for_client: bool,
+    /// With `allow_presence_for_client`, anonymous clients may read presence too.
+    allow_presence_for_anonymous: bool,
+    /// `name#a,b` channels: the listed users may subscribe, nobody else.
+    allow_user_limited_channels: bool,
+    /// Regular expression the channel (without its `namespace:` prefix) must match, else 107.
+    channel_regex: String,
+    /// Any bytes may be published (protobuf clients only may subscribe); else data must be
+    /// JSON. Sidewire's name: Centrifugo has no per-namespace binary flag.
+    allow_binary_data: bool,
+    /// Subscribe proxy hook: parsed, but no hook exists yet, so subscribe answers 108.
+    subscribe_proxy_enabled: bool,
+    /// Publish proxy hook: parsed, but no hook exists yet, so publish answers 108.
+    publish_proxy_enabled: bool,
+    /// Sub-refresh proxy hook: parsed, not available yet.
+    sub_refresh_proxy_enabled: bool,
+}
+
+/// `hub.channel`: namespaces and permissions.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Options of channels without `:`.
+    pub without_namespace: ChannelOptions,
+    /// Named namespaces.
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+impl ChannelConfig {
+    /// Every problem, each naming its dotted field (`hub.channel.namespaces[2].channel_regex`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        options_problems(
+            "hub.channel.without_namespace",
+            &self.without_namespace,
+            &mut problems,
+        );
+        let mut seen = HashSet::new();
+        for (index, namespace) in self.namespaces.iter().enumerate() {
+            let field = format!("hub.channel.namespaces[{index}]");
+            if !valid_namespace_name(&namespace.name) {
+                problems.push(format!(
+                    "{field}.name: must match ^[-a-zA-Z0-9_.]{{2,}}$, got {:?}",
+                    namespace.name
+                ));
+            } else if !seen.insert(namespace.name.as_str()) {
+                problems.push(format!(
+                    "{field}.name: duplicate namespace {:?}",
+                    namespace.name
+                ));
+            }
+            options_problems(&field, &namespace.options(), &mut problems);
+        }
+        problems
+    }
+}
+
+fn options_problems(field: &str, options: &ChannelOptions, problems: &mut Vec<String>) {
+    if !options.channel_regex.is_empty()
+        && let Err(error) = regex::Regex::new(&options.channel_regex)
+    {
+        problems.push(format!(
+            "{field}.channel_regex: not a valid regular expression: {error}"
+        ));
+    }
+    if options.history_size > MAX_NAMESPACE_HISTORY_SIZE {
+        problems.push(format!(
+            "{field}.history_size: at most {}, got {}",
+            MAX_NAMESPACE_HISTORY_SIZE,
+            options.history_size
+        ));
+    }
+    if (options.history_size > 0) != !options.history_ttl.is_zero() {
+        problems.push(format!(
+            "{field}.history_size: history needs both history_size and history_ttl above 0"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_names_follow_centrifugo() {
+        for good in ["ab", "chat", "a-b_c.d", "A9"] {
+            assert!(valid_namespace_name(good), "{good}");
+        }
+        for bad in ["", "a", "a:b", "a b", "ä1", "a$"] {
+            assert!(!valid_namespace_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn problems_name_the_dotted_field() {
+        let config = ChannelConfig {
+            without_namespace: ChannelOptions {
+                history_size: 10,
+                ..Default::default()
+            },
+            namespaces: vec![
+                NamespaceConfig {
+                    name: "chat".into(),
+                    ..Default::default()
+                },
+                NamespaceConfig {
+                    name: "chat".into(),
+                    ..Default::default()
+                },
+                NamespaceConfig {
+                    name: "x".into(),
+                    channel_regex: "(".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        let text = config.problems().join("\n");
+        for field in [
+            "hub.channel.without_namespace.history_size",
+            "hub.channel.namespaces[1].name: duplicate",
+            "hub.channel.namespaces[2].name",
+            "hub.channel.namespaces[2].channel_regex",
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+        assert!(ChannelConfig::default().problems().is_empty());
+    }
+}

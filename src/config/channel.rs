@@ -154,8 +154,7 @@ fn options_problems(field: &str, options: &ChannelOptions, problems: &mut Vec<St
     if options.history_size > MAX_NAMESPACE_HISTORY_SIZE {
         problems.push(format!(
             "{field}.history_size: at most {}, got {}",
-            MAX_NAMESPACE_HISTORY_SIZE,
-            options.history_size
+            MAX_NAMESPACE_HISTORY_SIZE, options.history_size
         ));
     }
     if (options.history_size > 0) != !options.history_ttl.is_zero() {

@@ -54,8 +54,8 @@ struct Compiled {
 
 impl Compiled {
     fn new(options: ChannelOptions) -> Compiled {
-        let regex = (!options.channel_regex.is_empty())
-            .then(|| Regex::new(&options.channel_regex).ok());
+        let regex =
+            (!options.channel_regex.is_empty()).then(|| Regex::new(&options.channel_regex).ok());
         Compiled { options, regex }
     }
 
@@ -132,7 +132,12 @@ impl Namespaces {
 
     /// Whether `asker` may perform `operation` on `channel` (the channel name is assumed
     /// validated for length already).
-    pub fn check(&self, channel: &str, operation: Operation, asker: Asker) -> Result<(), ErrorCode> {
+    pub fn check(
+        &self,
+        channel: &str,
+        operation: Operation,
+        asker: Asker,
+    ) -> Result<(), ErrorCode> {
         let Some(options) = self.resolve(channel)? else {
             return open_rule(channel);
         };
@@ -158,7 +163,9 @@ pub fn history_enabled(options: &ChannelOptions) -> bool {
 pub fn user_listed(channel: &str, user: &str) -> bool {
     channel
         .rsplit_once(USER_BOUNDARY)
-        .is_some_and(|(_, users)| !user.is_empty() && users.split(USER_SEPARATOR).any(|u| u == user))
+        .is_some_and(|(_, users)| {
+            !user.is_empty() && users.split(USER_SEPARATOR).any(|u| u == user)
+        })
 }
 
 /// Centrifugo's permission rules for one namespace.

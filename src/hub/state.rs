@@ -645,18 +645,20 @@ impl HubState {
                 })
         } else if let Some(request) = command.presence {
             let operation = Operation::Presence;
-            self.client_access(&settings, key, &info, &request.channel, operation).map(|()| Reply {
-                id,
-                presence: Some(self.presence(&request.channel)),
-                ..Default::default()
-            })
+            self.client_access(&settings, key, &info, &request.channel, operation)
+                .map(|()| Reply {
+                    id,
+                    presence: Some(self.presence(&request.channel)),
+                    ..Default::default()
+                })
         } else if let Some(request) = command.presence_stats {
             let operation = Operation::Presence;
-            self.client_access(&settings, key, &info, &request.channel, operation).map(|()| Reply {
-                id,
-                presence_stats: Some(self.presence_stats(&request.channel)),
-                ..Default::default()
-            })
+            self.client_access(&settings, key, &info, &request.channel, operation)
+                .map(|()| Reply {
+                    id,
+                    presence_stats: Some(self.presence_stats(&request.channel)),
+                    ..Default::default()
+                })
         } else if let Some(request) = command.history {
             self.client_access(&settings, key, &info, &request.channel, Operation::History)
                 .and_then(|()| client_readable(&settings, protobuf, &request.channel))
@@ -1156,7 +1158,6 @@ impl HubState {
         self.enforce_history();
     }
 }
-
 
 /// JSON clients cannot receive a binary-only channel (107).
 fn client_readable(settings: &Settings, protobuf: bool, channel: &str) -> Result<(), ErrorCode> {

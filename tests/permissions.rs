@@ -286,3 +286,40 @@ async fn unknown_namespace_keys_are_refused() {
     let error = Server::try_start(&yaml).await.err().unwrap_or_default();
     assert!(error.contains("allow_everything"), "{error}");
 }
+
+#[tokio::test]
+async fn server_api_answers_unknown_namespace_and_disabled_features() {
+    let yaml = hub_section(&format!("api_key: \"k\"\n{NAMESPACES}"));
+    let server = Server::start(&yaml).await;
+    let cases = [
+        ("publish", json!({"channel": "unknown:a", "data": {}}), 102),
+        ("history", json!({"channel": "unknown:a"}), 102),
+        ("history", json!({"channel": "hist_off:a"}), 108),
+        ("presence", json!({"channel": "pres_off:a"}), 108),
+        ("presence_stats", json!({"channel": "pres_off:a"}), 108),
+    ];
+    for (method, body, expected) in cases {
+        let (_, answer) = api(server.admin_addr, method, &body, Some("k")).await;
+        assert_eq!(
+            answer["error"]["code"], expected,
+            "{method} {body}: {answer}"
+        );
+    }
+    // The server API needs no grant: `closed` has history and presence but no allow_*.
+    for method in ["history", "presence", "presence_stats"] {
+        api_ok(
+            server.admin_addr,
+            method,
+            &json!({"channel": "closed:a"}),
+            Some("k"),
+        )
+        .await;
+    }
+    api_ok(
+        server.admin_addr,
+        "publish",
+        &json!({"channel": "closed:a", "data": {}}),
+        Some("k"),
+    )
+    .await;
+}

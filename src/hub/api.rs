@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use wildmatch::WildMatch;
 
 use super::Hub;
+use super::namespace::Operation;
 use super::policy::{validate_channel, validate_disconnect_code};
 use super::state::PublishOptions;
 use crate::http::{Body, json as json_response};
@@ -429,12 +430,14 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
         "presence" => {
             let b: ChannelBody = parse(params)?;
             checked_channel(hub, &b.channel)?;
+            hub.with_state(|s| s.channel_available(&b.channel, Operation::Presence))?;
             let presence = hub.with_state(|s| s.presence(&b.channel));
             Ok(json!(presence))
         }
         "presence_stats" => {
             let b: ChannelBody = parse(params)?;
             checked_channel(hub, &b.channel)?;
+            hub.with_state(|s| s.channel_available(&b.channel, Operation::Presence))?;
             let stats = hub.with_state(|s| s.presence_stats(&b.channel));
             Ok(json!(stats))
         }
@@ -449,6 +452,8 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
                     epoch: p.epoch,
                 }),
             };
+            checked_channel(hub, &request.channel)?;
+            hub.with_state(|s| s.channel_available(&request.channel, Operation::History))?;
             let result = hub.with_state(|s| s.history(&request))?;
             Ok(json!(result))
         }

@@ -130,6 +130,19 @@ impl Namespaces {
         }
     }
 
+    /// Whether `operation` exists on `channel` at all, for the server API (which needs no
+    /// grant): 102 unknown namespace, 107 regex mismatch, 108 history or presence off.
+    pub fn available(&self, channel: &str, operation: Operation) -> Result<(), ErrorCode> {
+        let Some(options) = self.resolve(channel)? else {
+            return Ok(());
+        };
+        match operation {
+            Operation::History if !history_enabled(options) => Err(ErrorCode::NotAvailable),
+            Operation::Presence if !options.presence => Err(ErrorCode::NotAvailable),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether `asker` may perform `operation` on `channel` (the channel name is assumed
     /// validated for length already).
     pub fn check(
@@ -383,6 +396,29 @@ mod tests {
         assert_eq!(sub("news", "42"), Err(ErrorCode::PermissionDenied));
         assert!(!user_listed("a#b#1", "b"));
         assert!(user_listed("a#b#1", "1"));
+    }
+
+    #[test]
+    fn server_api_needs_no_grant_but_the_feature() {
+        let ns = namespaces(vec![NamespaceConfig {
+            name: "feed".into(),
+            presence: true,
+            ..Default::default()
+        }]);
+        assert_eq!(ns.available("feed:a", Operation::Presence), Ok(()));
+        assert_eq!(ns.available("feed:a", Operation::Publish), Ok(()));
+        assert_eq!(
+            ns.available("feed:a", Operation::History),
+            Err(ErrorCode::NotAvailable)
+        );
+        assert_eq!(
+            ns.available("nope:a", Operation::Publish),
+            Err(ErrorCode::UnknownChannel)
+        );
+        assert_eq!(
+            Namespaces::open().available("nope:a", Operation::History),
+            Ok(())
+        );
     }
 
     #[test]

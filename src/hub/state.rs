@@ -990,6 +990,12 @@ impl HubState {
         }
     }
 
+    /// Whether the server API may run `operation` on `channel` under `hub.channel`: 102
+    /// unknown namespace, 107 regex mismatch, 108 history or presence off (no grant needed).
+    pub fn channel_available(&self, channel: &str, operation: Operation) -> Result<(), ErrorCode> {
+        self.settings().namespaces.available(channel, operation)
+    }
+
     /// History of a channel: `limit` (> 0 at most that many, < 0 all, 0 none), `since` a
     /// position (error 112 when it is gone), `reverse` newest first. A channel the hub does
     /// not know answers an empty history with a fresh epoch (nothing is created). A reply

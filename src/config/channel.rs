@@ -157,7 +157,9 @@ fn options_problems(field: &str, options: &ChannelOptions, problems: &mut Vec<St
             MAX_NAMESPACE_HISTORY_SIZE, options.history_size
         ));
     }
-    if (options.history_size > 0) != !options.history_ttl.is_zero() {
+    let sized = options.history_size > 0;
+    let timed = !options.history_ttl.is_zero();
+    if sized != timed {
         problems.push(format!(
             "{field}.history_size: history needs both history_size and history_ttl above 0"
         ));

@@ -323,3 +323,53 @@ async fn server_api_answers_unknown_namespace_and_disabled_features() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn namespace_join_leave_and_recovery_options_override_the_client() {
+    let server = Server::start(&hub_section(
+        "channel:\n  namespaces:\n    - name: forced\n      force_push_join_leave: true\n      force_recovery: true\n      history_size: 5\n      history_ttl: 60s\n      allow_subscribe_for_client: true\n      allow_subscribe_for_anonymous: true\n    - name: quiet\n      join_leave: false\n      allow_subscribe_for_client: true\n      allow_subscribe_for_anonymous: true\n      allow_publish_for_client: true\n      allow_publish_for_anonymous: true",
+    ))
+    .await;
+    let mut watcher = server.ws(WsOptions::json()).await;
+    watcher.handshake().await;
+    let mut joiner = server.ws(WsOptions::json()).await;
+    let joiner_id = joiner.handshake().await;
+
+    // force_push_join_leave: a join push although the watcher did not ask; force_recovery:
+    // recoverable although the watcher did not ask.
+    let reply = watcher.request(subscribe("forced:a")).await;
+    assert_eq!(code(&reply), OK, "{reply:?}");
+    let result = reply.subscribe.expect("subscribe result");
+    assert!(result.recoverable && result.positioned, "{result:?}");
+    let reply = joiner.request(subscribe("forced:a")).await;
+    assert_eq!(code(&reply), OK, "{reply:?}");
+    watcher
+        .expect_push("join of the joiner", Duration::from_secs(5), |p| {
+            p.channel == "forced:a"
+                && p.join
+                    .as_ref()
+                    .and_then(|j| j.info.as_ref())
+                    .is_some_and(|i| i.client == joiner_id)
+        })
+        .await;
+
+    // join_leave: false drops the watcher's request: the joiner's publication arrives (after
+    // where its join would have been, pushes are ordered per channel) and no join came.
+    let reply = watcher
+        .request(subscribe_with(
+            sidewire::protocol::client::SubscribeRequest {
+                channel: "quiet:a".into(),
+                join_leave: true,
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(code(&reply), OK, "{reply:?}");
+    let reply = joiner.request(subscribe("quiet:a")).await;
+    assert_eq!(code(&reply), OK, "{reply:?}");
+    let reply = joiner.request(publish("quiet:a", &json!({"n": 1}))).await;
+    assert_eq!(code(&reply), OK, "{reply:?}");
+    watcher.expect_publication("quiet:a", 1).await;
+    let joins = watcher.take_pushes(|p| p.channel == "quiet:a" && p.join.is_some());
+    assert!(joins.is_empty(), "{joins:?}");
+}

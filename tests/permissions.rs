@@ -294,6 +294,16 @@ async fn server_api_answers_unknown_namespace_and_disabled_features() {
     let cases = [
         ("publish", json!({"channel": "unknown:a", "data": {}}), 102),
         ("history", json!({"channel": "unknown:a"}), 102),
+        (
+            "subscribe",
+            json!({"user": "u1", "channel": "unknown:a"}),
+            102,
+        ),
+        (
+            "subscribe",
+            json!({"user": "u1", "channel": "digits:abc"}),
+            107,
+        ),
         ("history", json!({"channel": "hist_off:a"}), 108),
         ("presence", json!({"channel": "pres_off:a"}), 108),
         ("presence_stats", json!({"channel": "pres_off:a"}), 108),

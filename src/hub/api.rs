@@ -393,6 +393,8 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
                 Some(value) => json_data(Some(value))?,
                 None => Bytes::new(),
             };
+            checked_channel(hub, &b.channel)?;
+            hub.with_state(|s| s.channel_available(&b.channel, Operation::Subscribe))?;
             hub.with_state(|s| s.server_subscribe(&b.target.user, client, &b.channel, data))?;
             Ok(json!({}))
         }

@@ -181,6 +181,25 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        // The commented `hub.channel` example of configs/sidewire.yaml, uncommented.
+        let text = include_str!("../../configs/sidewire.yaml");
+        let example: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("  # channel:"))
+            .take_while(|l| l.starts_with("  #"))
+            .map(|l| format!("  {}\n", &l[4..]))
+            .collect();
+        assert!(example.contains("namespaces:"), "{example}");
+        let config = super::super::Config::from_yaml(&format!("hub:\n{example}"))
+            .unwrap_or_else(|e| panic!("{e}\n{example}"));
+        let channel = config.hub.channel.unwrap_or_default();
+        assert_eq!(channel.namespaces.len(), 2);
+        assert_eq!(channel.namespaces[0].history_ttl, Duration::from_secs(300));
+        assert!(channel.without_namespace.allow_subscribe_for_anonymous);
+    }
+
+    #[test]
     fn problems_name_the_dotted_field() {
         let config = ChannelConfig {
             without_namespace: ChannelOptions {

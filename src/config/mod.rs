@@ -491,6 +491,18 @@ pub struct HubConfig {
     /// Link stream (else UNAUTHENTICATED, before `welcome`). A secret: it may come from
     /// `hub.link_token_file` or `SIDEWIRE_HUB_LINK_TOKEN` (see [`secret`]).
     pub link_token: Option<String>,
+    /// When set, connection tokens must carry this `aud` (Centrifugo's
+    /// `client.token.audience`).
+    pub token_audience: Option<String>,
+    /// When set, connection tokens must carry this `iss` (Centrifugo's
+    /// `client.token.issuer`).
+    pub token_issuer: Option<String>,
+    /// PEM RSA public key: RS256 tokens are accepted (Centrifugo's
+    /// `client.token.rsa_public_key`). May come from `hub.token_rsa_public_key_file`.
+    pub token_rsa_public_key: Option<String>,
+    /// PEM EC (P-256) public key: ES256 tokens are accepted (Centrifugo's
+    /// `client.token.ecdsa_public_key`). May come from `hub.token_ecdsa_public_key_file`.
+    pub token_ecdsa_public_key: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -514,6 +526,10 @@ impl Default for HubConfig {
             max_channels: DEFAULT_HUB_MAX_CHANNELS,
             binary_channels: Vec::new(),
             link_token: None,
+            token_audience: None,
+            token_issuer: None,
+            token_rsa_public_key: None,
+            token_ecdsa_public_key: None,
         }
     }
 }
@@ -772,6 +788,18 @@ impl Config {
                 !secret.is_empty(),
                 "hub.token_hmac_secret: must not be empty when set".to_owned(),
             );
+        }
+        for (field, value) in [
+            ("hub.token_audience", &self.hub.token_audience),
+            ("hub.token_issuer", &self.hub.token_issuer),
+        ] {
+            check(
+                value.as_deref().is_none_or(|v| !v.is_empty()),
+                format!("{field}: must not be empty when set"),
+            );
+        }
+        if let Err(error) = crate::hub::auth::TokenKeys::from_config(&self.hub) {
+            check(false, error.to_string());
         }
         if let Some(key) = &self.hub.api_key {
             check(

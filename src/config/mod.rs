@@ -964,6 +964,33 @@ mod tests {
     }
 
     #[test]
+    fn token_keys_are_validated_by_name_and_read_from_files() {
+        let text = Config::from_yaml_with_env("hub:\n  token_rsa_public_key: \"nope\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("hub.token_rsa_public_key"), "{text}");
+        let text = Config::from_yaml_with_env("hub:\n  token_audience: \"\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("hub.token_audience"), "{text}");
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ec.pem");
+        std::fs::write(&path, pair.public_key_pem()).unwrap();
+        let yaml = format!(
+            "hub:\n  token_ecdsa_public_key_file: {:?}\n",
+            path.display()
+        );
+        let config = Config::from_yaml_with_env(&yaml, &[]).unwrap();
+        assert!(
+            config
+                .hub
+                .token_ecdsa_public_key
+                .is_some_and(|k| k.contains("BEGIN PUBLIC KEY"))
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let error = Config::from_yaml("listen: 127.0.0.1:1\nbogus_key: 1\n").unwrap_err();
         assert!(error.to_string().contains("bogus_key"), "{error}");

@@ -99,6 +99,13 @@ impl HubSession {
     }
 }
 
+/// A subscribe command with the outcome of verifying its subscription token, if it had one.
+struct SubscribeCommand {
+    id: u32,
+    request: SubscribeRequest,
+    token: Option<SubTokenCheck>,
+}
+
 /// A token a command carried, verified by the caller outside every lock.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verified {
@@ -763,7 +770,8 @@ impl HubState {
                 Some(Verified::Subscription(check)) => Some(check),
                 _ => None,
             };
-            if let Err(code) = self.subscribe(&settings, key, id, request, info, protobuf, token) {
+            let command = SubscribeCommand { id, request, token };
+            if let Err(code) = self.subscribe(&settings, key, command, info, protobuf) {
                 self.reply_error(key, id, code);
             }
             return;
@@ -860,12 +868,11 @@ impl HubState {
         &self,
         settings: &Settings,
         key: SessionKey,
-        id: u32,
-        request: SubscribeRequest,
+        command: SubscribeCommand,
         info: ClientInfo,
         protobuf: bool,
-        token: Option<SubTokenCheck>,
     ) -> Result<(), ErrorCode> {
+        let SubscribeCommand { id, request, token } = command;
         // A subscription token grants the subscription (and is required on `$` channels).
         let token_expiry = if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
             validate_channel(&request.channel, settings.config.channel_max_length)?;

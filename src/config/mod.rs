@@ -495,6 +495,18 @@ pub struct HubConfig {
     /// `hub.channel`: namespaces and permissions (Centrifugo v6 names). Absent: every channel
     /// is open to every client, as before; present: Centrifugo's secure defaults apply.
     pub channel: Option<channel::ChannelConfig>,
+    /// When set, connection tokens must carry this `aud` (Centrifugo's
+    /// `client.token.audience`).
+    pub token_audience: Option<String>,
+    /// When set, connection tokens must carry this `iss` (Centrifugo's
+    /// `client.token.issuer`).
+    pub token_issuer: Option<String>,
+    /// PEM RSA public key: RS256 tokens are accepted (Centrifugo's
+    /// `client.token.rsa_public_key`). May come from `hub.token_rsa_public_key_file`.
+    pub token_rsa_public_key: Option<String>,
+    /// PEM EC (P-256) public key: ES256 tokens are accepted (Centrifugo's
+    /// `client.token.ecdsa_public_key`). May come from `hub.token_ecdsa_public_key_file`.
+    pub token_ecdsa_public_key: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -519,6 +531,10 @@ impl Default for HubConfig {
             binary_channels: Vec::new(),
             link_token: None,
             channel: None,
+            token_audience: None,
+            token_issuer: None,
+            token_rsa_public_key: None,
+            token_ecdsa_public_key: None,
         }
     }
 }
@@ -778,6 +794,18 @@ impl Config {
                 "hub.token_hmac_secret: must not be empty when set".to_owned(),
             );
         }
+        for (field, value) in [
+            ("hub.token_audience", &self.hub.token_audience),
+            ("hub.token_issuer", &self.hub.token_issuer),
+        ] {
+            check(
+                value.as_deref().is_none_or(|v| !v.is_empty()),
+                format!("{field}: must not be empty when set"),
+            );
+        }
+        if let Err(error) = crate::hub::auth::TokenKeys::from_config(&self.hub) {
+            check(false, error.to_string());
+        }
         if let Some(key) = &self.hub.api_key {
             check(
                 !key.is_empty(),
@@ -941,6 +969,33 @@ mod tests {
         let config = Config::from_yaml(text).unwrap();
         assert_eq!(config.listen.port(), 8000);
         assert!(config.upstream.is_none());
+    }
+
+    #[test]
+    fn token_keys_are_validated_by_name_and_read_from_files() {
+        let text = Config::from_yaml_with_env("hub:\n  token_rsa_public_key: \"nope\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("hub.token_rsa_public_key"), "{text}");
+        let text = Config::from_yaml_with_env("hub:\n  token_audience: \"\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("hub.token_audience"), "{text}");
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ec.pem");
+        std::fs::write(&path, pair.public_key_pem()).unwrap();
+        let yaml = format!(
+            "hub:\n  token_ecdsa_public_key_file: {:?}\n",
+            path.display()
+        );
+        let config = Config::from_yaml_with_env(&yaml, &[]).unwrap();
+        assert!(
+            config
+                .hub
+                .token_ecdsa_public_key
+                .is_some_and(|k| k.contains("BEGIN PUBLIC KEY"))
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub const SECRET_KEYS: &[&str] = &[
     "hub.api_key",
     "hub.token_hmac_secret",
     "hub.link_token",
+    "hub.token_rsa_public_key",
+    "hub.token_ecdsa_public_key",
     "upstream.token",
     "engine.redis.password",
 ];

@@ -1,27 +1,208 @@
-//! Connection tokens of the reference hub: HS256 JWTs whose `sub` is the user id and whose
-//! `exp` (optional) bounds the connection. `nbf`, when present, is honoured with no leeway:
-//! a token not yet valid is invalid.
+//! Tokens of the reference hub, Centrifugo v6 style.
+//!
+//! Connection tokens are JWTs whose `sub` is the user id; `exp` (optional) bounds the
+//! connection and `nbf` is honoured with no leeway. `info` (JSON) or `b64info` (base64) become
+//! the client's `conn_info`; `channels` and the keys of `subs` are server-side subscriptions;
+//! `meta` is kept and never sent to clients; `aud` / `iss` are checked when
+//! `hub.token_audience` / `hub.token_issuer` are set. Subscription tokens (for `$` channels)
+//! carry `sub` (the user) and `channel`.
+//!
+//! Algorithms: HS256/384/512 with `hub.token_hmac_secret`, RS256 with
+//! `hub.token_rsa_public_key`, ES256 with `hub.token_ecdsa_public_key` (PEM). A token signed
+//! with an algorithm whose key is not configured is invalid.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
+use base64::Engine as _;
+use bytes::Bytes;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
+use thiserror::Error;
 
-/// Outcome of checking a token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::config::HubConfig;
+
+/// The verified claims of a connection token.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnectionClaims {
+    /// `sub` claim: the user id (empty: anonymous).
+    pub user: String,
+    /// `exp` claim, unix seconds.
+    pub expires_at: Option<u64>,
+    /// `info` (JSON) or `b64info` (decoded), attached to the client as `conn_info`.
+    pub info: Bytes,
+    /// Server-side subscriptions: `channels` then the keys of `subs`, without duplicates.
+    pub channels: Vec<String>,
+    /// `meta` claim: kept by the hub, never sent to clients.
+    pub meta: Option<serde_json::Value>,
+}
+
+/// Outcome of checking a connection token.
+#[derive(Debug, Clone, PartialEq)]
 pub enum TokenCheck {
-    /// Valid: the user id and the expiry (unix seconds), if any.
-    Valid {
-        /// `sub` claim.
-        user: String,
-        /// `exp` claim.
-        expires_at: Option<u64>,
-    },
+    /// Valid: the claims.
+    Valid(ConnectionClaims),
     /// Signature and claims are fine but `exp` has passed (error 109: the SDK refreshes).
     Expired,
     /// Anything else (disconnect 3500).
     Invalid,
+}
+
+impl TokenCheck {
+    /// A valid check of an anonymous, non-expiring connection (no token configured).
+    pub fn anonymous() -> TokenCheck {
+        TokenCheck::Valid(ConnectionClaims::default())
+    }
+}
+
+/// Outcome of checking a subscription token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubTokenCheck {
+    /// Signature and time claims are fine; the caller matches `user` and `channel`.
+    Valid {
+        /// `sub` claim.
+        user: String,
+        /// `channel` claim.
+        channel: String,
+        /// `exp` claim, unix seconds.
+        expires_at: Option<u64>,
+    },
+    /// `exp` has passed (error 109).
+    Expired,
+    /// Missing, badly signed or malformed (error 103).
+    Invalid,
+}
+
+/// A configured public key is not a usable PEM key.
+#[derive(Debug, Error)]
+pub enum TokenKeyError {
+    /// `hub.token_rsa_public_key` does not parse.
+    #[error("hub.token_rsa_public_key: not an RSA public key in PEM")]
+    Rsa,
+    /// `hub.token_ecdsa_public_key` does not parse.
+    #[error("hub.token_ecdsa_public_key: not a P-256 EC public key in PEM")]
+    Ecdsa,
+}
+
+/// The keys and expectations tokens are verified against; built once per config.
+#[derive(Clone, Default)]
+pub struct TokenKeys {
+    hmac: Option<DecodingKey>,
+    rsa: Option<DecodingKey>,
+    ecdsa: Option<DecodingKey>,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("hmac", &self.hmac.is_some())
+            .field("rsa", &self.rsa.is_some())
+            .field("ecdsa", &self.ecdsa.is_some())
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+impl TokenKeys {
+    /// Keys from the hub config; an unparsable public key is an error naming its field.
+    pub fn from_config(config: &HubConfig) -> Result<TokenKeys, TokenKeyError> {
+        let rsa = config
+            .token_rsa_public_key
+            .as_deref()
+            .map(|pem| match pem::public_key_bytes(pem) {
+                Some((der, _)) if der.first() == Some(&0x30) => Ok(DecodingKey::from_rsa_der(&der)),
+                _ => Err(TokenKeyError::Rsa),
+            })
+            .transpose()?;
+        let ecdsa = config
+            .token_ecdsa_public_key
+            .as_deref()
+            .map(|pem| match pem::public_key_bytes(pem) {
+                Some((point, false)) if point.len() == 65 && point.first() == Some(&0x04) => {
+                    Ok(DecodingKey::from_ec_der(&point))
+                }
+                _ => Err(TokenKeyError::Ecdsa),
+            })
+            .transpose()?;
+        Ok(TokenKeys {
+            hmac: config
+                .token_hmac_secret
+                .as_deref()
+                .map(|secret| DecodingKey::from_secret(secret.as_bytes())),
+            rsa,
+            ecdsa,
+            audience: config.token_audience.clone(),
+            issuer: config.token_issuer.clone(),
+        })
+    }
+
+    /// Whether any key is configured (else connections are anonymous and unchecked).
+    pub fn enabled(&self) -> bool {
+        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some()
+    }
+
+    /// The key and validation for the token's header algorithm, if that algorithm is allowed.
+    fn validation(&self, token: &str) -> Option<(&DecodingKey, Validation)> {
+        let header = decode_header(token).ok()?;
+        let key = match header.alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref()?,
+            Algorithm::RS256 => self.rsa.as_ref()?,
+            Algorithm::ES256 => self.ecdsa.as_ref()?,
+            _ => return None,
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.required_spec_claims = HashSet::new();
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        if let Some(audience) = &self.audience {
+            validation.set_audience(&[audience]);
+            validation.validate_aud = true;
+            validation.required_spec_claims.insert("aud".to_owned());
+        }
+        Some((key, validation))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, bool> {
+        if token.is_empty() {
+            return Err(false);
+        }
+        let (key, validation) = self.validation(token).ok_or(false)?;
+        decode::<T>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|error| matches!(error.kind(), ErrorKind::ExpiredSignature))
+    }
+
+    /// Verifies a connection token.
+    pub fn check_connection(&self, token: &str) -> TokenCheck {
+        match self.decode::<Claims>(token) {
+            Ok(claims) => claims.into_check(),
+            Err(true) => TokenCheck::Expired,
+            Err(false) => TokenCheck::Invalid,
+        }
+    }
+
+    /// Verifies a subscription token's signature and time claims (`sub` and `channel` are
+    /// matched by the caller). A token without a `channel` claim is invalid.
+    pub fn check_subscription(&self, token: &str) -> SubTokenCheck {
+        match self.decode::<SubClaims>(token) {
+            Ok(claims) if !claims.channel.is_empty() => SubTokenCheck::Valid {
+                user: claims.sub,
+                channel: claims.channel,
+                expires_at: claims.exp,
+            },
+            Err(true) => SubTokenCheck::Expired,
+            _ => SubTokenCheck::Invalid,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -30,106 +211,66 @@ struct Claims {
     sub: String,
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    b64info: Option<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    subs: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    meta: Option<serde_json::Value>,
 }
 
-/// Verifies an HS256 token with `secret`.
-pub fn check_token(token: &str, secret: &str) -> TokenCheck {
-    if token.is_empty() {
-        return TokenCheck::Invalid;
-    }
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.required_spec_claims = HashSet::new();
-    validation.leeway = 0;
-    validation.validate_exp = true;
-    validation.validate_nbf = true;
-    match decode::<Claims>(
-        token,
-        &DecodingKey::from_secret(secret.as_bytes()),
-        &validation,
-    ) {
-        Ok(data) => TokenCheck::Valid {
-            user: data.claims.sub,
-            expires_at: data.claims.exp,
-        },
-        Err(error) if matches!(error.kind(), ErrorKind::ExpiredSignature) => TokenCheck::Expired,
-        Err(_) => TokenCheck::Invalid,
+impl Claims {
+    fn into_check(self) -> TokenCheck {
+        let info = match (&self.info, &self.b64info) {
+            (Some(raw), _) if raw.get() != "null" => Bytes::from(raw.get().to_owned()),
+            (_, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(_) => return TokenCheck::Invalid,
+            },
+            _ => Bytes::new(),
+        };
+        let mut channels: Vec<String> = Vec::new();
+        for channel in self.channels.into_iter().chain(self.subs.into_keys()) {
+            if !channel.is_empty() && !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        TokenCheck::Valid(ConnectionClaims {
+            user: self.sub,
+            expires_at: self.exp,
+            info,
+            channels,
+            meta: self.meta,
+        })
     }
 }
+
+#[derive(Debug, Deserialize)]
+struct SubClaims {
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    exp: Option<u64>,
+}
+
+/// Verifies an HS256/384/512 connection token with `secret` (no audience or issuer check).
+pub fn check_token(token: &str, secret: &str) -> TokenCheck {
+    let config = HubConfig {
+        token_hmac_secret: Some(secret.to_owned()),
+        ..HubConfig::default()
+    };
+    TokenKeys::from_config(&config)
+        .map(|keys| keys.check_connection(token))
+        .unwrap_or(TokenCheck::Invalid)
+}
+
+mod pem;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use jsonwebtoken::{EncodingKey, Header, encode};
-
-    fn token(secret: &str, claims: serde_json::Value) -> String {
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
-    }
-
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
-
-    #[test]
-    fn valid_expired_invalid() {
-        let exp = now() + 60;
-        assert_eq!(
-            check_token(
-                &token("s", serde_json::json!({"sub": "u1", "exp": exp})),
-                "s"
-            ),
-            TokenCheck::Valid {
-                user: "u1".into(),
-                expires_at: Some(exp)
-            }
-        );
-        assert_eq!(
-            check_token(&token("s", serde_json::json!({"sub": "u1"})), "s"),
-            TokenCheck::Valid {
-                user: "u1".into(),
-                expires_at: None
-            }
-        );
-        assert_eq!(
-            check_token(
-                &token("s", serde_json::json!({"sub": "u1", "exp": now() - 10})),
-                "s"
-            ),
-            TokenCheck::Expired
-        );
-        assert_eq!(
-            check_token(&token("other", serde_json::json!({"sub": "u1"})), "s"),
-            TokenCheck::Invalid
-        );
-        assert_eq!(check_token("garbage", "s"), TokenCheck::Invalid);
-        assert_eq!(check_token("", "s"), TokenCheck::Invalid);
-    }
-
-    #[test]
-    fn future_nbf_is_invalid_past_nbf_is_fine() {
-        assert_eq!(
-            check_token(
-                &token("s", serde_json::json!({"sub": "u1", "nbf": now() + 60})),
-                "s"
-            ),
-            TokenCheck::Invalid
-        );
-        assert_eq!(
-            check_token(
-                &token("s", serde_json::json!({"sub": "u1", "nbf": now() - 60})),
-                "s"
-            ),
-            TokenCheck::Valid {
-                user: "u1".into(),
-                expires_at: None
-            }
-        );
-    }
-}
+mod tests;

@@ -29,10 +29,9 @@ use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::{SidecarFrame, UpstreamFrame, Welcome, sidecar_frame, upstream_frame};
 use crate::protocol::client::Command;
 use crate::session::handle::SERVER_VERSION;
-use auth::{TokenCheck, check_token};
 use counters::HubCounters;
 use link_queue::LinkQueue;
-use state::HubState;
+use state::{HubState, Verified};
 
 /// Frames handed from a Link's byte-bounded queue to its transport at once (the queue itself
 /// holds the rest, bounded by `hub.link_queue_max_bytes`): a Link holds at most
@@ -99,17 +98,6 @@ impl Hub {
     /// Runs `operation` on the state (which locks only what each operation needs).
     pub fn with_state<R>(&self, operation: impl FnOnce(&HubState) -> R) -> R {
         operation(&self.inner.state)
-    }
-
-    /// Verifies a token outside any lock.
-    fn verify(&self, token: &str) -> TokenCheck {
-        match &self.config().token_hmac_secret {
-            None => TokenCheck::Valid {
-                user: String::new(),
-                expires_at: None,
-            },
-            Some(secret) => check_token(token, secret),
-        }
     }
 
     /// Attaches one Link stream: frames from `inbound` are applied in order; the returned
@@ -196,14 +184,14 @@ impl Hub {
                     .and_then(|c| c.connect.as_ref())
                     .map(|c| c.token.as_str())
                     .unwrap_or_default();
-                let check = self.verify(token);
+                let check = self.with_state(|state| state.verify_connection(token));
                 self.with_state(|state| state.open(link, open, check));
             }
             sidecar_frame::Frame::Command(command) => {
                 if let Some(inner) = command.command {
-                    let refresh = refresh_token(&inner).map(|token| self.verify(token));
                     self.with_state(|state| {
-                        state.command((link, command.session), inner, refresh);
+                        let token = verify_command_token(state, &inner);
+                        state.command((link, command.session), inner, token);
                     });
                 }
             }
@@ -216,6 +204,23 @@ impl Hub {
     }
 }
 
-fn refresh_token(command: &Command) -> Option<&str> {
-    command.refresh.as_ref().map(|r| r.token.as_str())
+/// Verifies the token a command carries (refresh: connection token; subscribe with a token
+/// and sub_refresh: subscription token), before any state lock is taken.
+fn verify_command_token(state: &HubState, command: &Command) -> Option<Verified> {
+    if let Some(refresh) = &command.refresh {
+        return Some(Verified::Connection(
+            state.verify_connection(&refresh.token),
+        ));
+    }
+    if let Some(request) = &command.sub_refresh {
+        return Some(Verified::Subscription(
+            state.verify_subscription(&request.token),
+        ));
+    }
+    match &command.subscribe {
+        Some(request) if !request.token.is_empty() => Some(Verified::Subscription(
+            state.verify_subscription(&request.token),
+        )),
+        _ => None,
+    }
 }

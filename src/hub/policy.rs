@@ -6,8 +6,8 @@ use wildmatch::WildMatch;
 
 use crate::protocol::ErrorCode;
 
-/// Prefix of private channels: every operation on them needs the subscribe right, which the
-/// reference hub grants to no client (there are no subscription tokens).
+/// Prefix of private channels: subscribing needs a subscription token for that channel and
+/// user; history, presence and publish are refused to clients (103).
 pub const PRIVATE_PREFIX: char = '$';
 
 /// Channel names: 1 to `max_length` bytes (empty: 107, longer: 106, as Centrifugo answers).
@@ -16,15 +16,6 @@ pub fn validate_channel(channel: &str, max_length: usize) -> Result<(), ErrorCod
         Err(ErrorCode::BadRequest)
     } else if channel.len() > max_length {
         Err(ErrorCode::LimitExceeded)
-    } else {
-        Ok(())
-    }
-}
-
-/// Whether a client may subscribe to, read (history, presence) or publish into `channel`.
-pub fn client_may_access(channel: &str) -> Result<(), ErrorCode> {
-    if channel.starts_with(PRIVATE_PREFIX) {
-        Err(ErrorCode::PermissionDenied)
     } else {
         Ok(())
     }
@@ -80,11 +71,6 @@ mod tests {
         assert_eq!(validate_channel("", 255), Err(ErrorCode::BadRequest));
         assert_eq!(validate_channel("abc", 3), Ok(()));
         assert_eq!(validate_channel("abcd", 3), Err(ErrorCode::LimitExceeded));
-        assert_eq!(
-            client_may_access("$private"),
-            Err(ErrorCode::PermissionDenied)
-        );
-        assert_eq!(client_may_access("news"), Ok(()));
     }
 
     #[test]

@@ -26,13 +26,13 @@ use bytes::Bytes;
 use prost::Message as _;
 use tokio::time::Instant;
 
-use super::auth::TokenCheck;
+use super::auth::{ConnectionClaims, SubTokenCheck, TokenCheck, TokenKeys};
 use super::channel::{Channel, Ledger, Oldest, Subscriber};
 use super::counters::HubCounters;
 use super::idempotency::IdempotencyCache;
 use super::link_queue::{LinkQueue, Queued, Repairs};
 use super::namespace::{Asker, Namespaces, Operation, history_enabled};
-use super::policy::{BinaryChannels, check_data, validate_channel};
+use super::policy::{BinaryChannels, PRIVATE_PREFIX, check_data, validate_channel};
 use crate::config::HubConfig;
 use crate::linkproto::{
     ChannelPush, Encoding, Membership, SessionDisconnect, SessionOpen, SessionReply, UpstreamFrame,
@@ -41,7 +41,7 @@ use crate::linkproto::{
 use crate::protocol::client::{
     ClientInfo, Command, ConnectResult, HistoryRequest, HistoryResult, Join, Leave, Message,
     PresenceResult, PresenceStatsResult, Publication, PublishResult, Push, RefreshResult, Reply,
-    RpcResult, SubscribeRequest, SubscribeResult, Unsubscribe, UnsubscribeResult,
+    RpcResult, SubRefreshResult, SubscribeRequest, SubscribeResult, Unsubscribe, UnsubscribeResult,
 };
 use crate::protocol::{Disconnect, ErrorCode};
 use crate::session::handle::SERVER_VERSION;
@@ -60,6 +60,9 @@ pub const INSUFFICIENT_STATE: Disconnect = Disconnect {
     code: 3010,
     reason: std::borrow::Cow::Borrowed("insufficient state"),
 };
+/// Unsubscribe code of a subscription whose token expired (Centrifugo's
+/// `UnsubscribeCodeExpired`): the SDK resubscribes with a fresh subscription token.
+pub const UNSUBSCRIBE_EXPIRED: u32 = 2501;
 /// Stale expiry entries tolerated before the deadline heap is rebuilt.
 const EXPIRY_SLACK: usize = 1024;
 
@@ -75,6 +78,13 @@ struct HubSession {
     channels: HashSet<Arc<str>>,
     /// Unix seconds after which the connection expires (token `exp`).
     expires_at: Option<u64>,
+    /// `info` / `b64info` of the connection token (the client's `conn_info`).
+    conn_info: Bytes,
+    /// `meta` of the connection token: kept, never sent to clients.
+    #[allow(dead_code)]
+    meta: Option<serde_json::Value>,
+    /// Subscription-token expiry (unix seconds) per channel subscribed with one.
+    sub_expiries: HashMap<Arc<str>, u64>,
 }
 
 impl HubSession {
@@ -82,9 +92,26 @@ impl HubSession {
         ClientInfo {
             user: self.user.clone(),
             client: self.client.clone(),
+            conn_info: self.conn_info.clone(),
             ..Default::default()
         }
     }
+}
+
+/// A subscribe command with the outcome of verifying its subscription token, if it had one.
+struct SubscribeCommand {
+    id: u32,
+    request: SubscribeRequest,
+    token: Option<SubTokenCheck>,
+}
+
+/// A token a command carried, verified by the caller outside every lock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verified {
+    /// The connection token of a `refresh` command.
+    Connection(TokenCheck),
+    /// The subscription token of a `subscribe` (with a token) or `sub_refresh` command.
+    Subscription(SubTokenCheck),
 }
 
 fn unix_now() -> u64 {
@@ -122,13 +149,21 @@ struct Settings {
     config: HubConfig,
     binary: BinaryChannels,
     namespaces: Namespaces,
+    keys: TokenKeys,
 }
 
 impl Settings {
     fn new(config: HubConfig) -> Settings {
+        let keys = TokenKeys::from_config(&config).unwrap_or_else(|error| {
+            // `sidewire check` refuses such a config; a hub given one anyway accepts only
+            // the algorithms whose keys parse.
+            tracing::warn!(%error, "hub: token key unusable");
+            TokenKeys::default()
+        });
         Settings {
             binary: BinaryChannels::new(&config.binary_channels),
             namespaces: Namespaces::new(config.channel.as_ref()),
+            keys,
             config,
         }
     }
@@ -150,6 +185,10 @@ struct Sessions {
     users: HashMap<String, HashSet<SessionKey>>,
     /// Connection expiries (unix seconds), checked lazily against the session.
     expiries: BinaryHeap<Reverse<(u64, SessionKey)>>,
+    /// Subscription-token expiries, checked lazily against the session's `sub_expiries`.
+    sub_expiries: BinaryHeap<Reverse<(u64, SessionKey, Arc<str>)>>,
+    /// Live entries of `sub_expiries` at its last rebuild.
+    sub_expiries_live: usize,
     count: usize,
 }
 
@@ -184,6 +223,25 @@ impl Sessions {
                 })
                 .collect();
             self.expiries = BinaryHeap::from(live);
+        }
+    }
+
+    fn schedule_sub_expiry(&mut self, at: u64, key: SessionKey, channel: Arc<str>) {
+        self.sub_expiries.push(Reverse((at, key, channel)));
+        if self.sub_expiries.len() > 2 * self.sub_expiries_live + EXPIRY_SLACK {
+            let live: Vec<Reverse<(u64, SessionKey, Arc<str>)>> = self
+                .by_link
+                .iter()
+                .flat_map(|(link, sessions)| {
+                    sessions.iter().flat_map(move |(id, s)| {
+                        s.sub_expiries
+                            .iter()
+                            .map(move |(channel, at)| Reverse((*at, (*link, *id), channel.clone())))
+                    })
+                })
+                .collect();
+            self.sub_expiries_live = live.len();
+            self.sub_expiries = BinaryHeap::from(live);
         }
     }
 }
@@ -264,6 +322,21 @@ impl HubState {
         let settings = Arc::new(Settings::new(config));
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
         self.enforce_history();
+    }
+
+    /// Verifies a connection token against the keys in force (no lock held while verifying).
+    pub fn verify_connection(&self, token: &str) -> TokenCheck {
+        let settings = self.settings();
+        if settings.keys.enabled() {
+            settings.keys.check_connection(token)
+        } else {
+            TokenCheck::anonymous()
+        }
+    }
+
+    /// Verifies a subscription token against the keys in force.
+    pub fn verify_subscription(&self, token: &str) -> SubTokenCheck {
+        self.settings().keys.check_subscription(token)
     }
 
     fn sessions(&self) -> MutexGuard<'_, Sessions> {
@@ -462,8 +535,11 @@ impl HubState {
     }
 
     /// A session opened on a sidecar with its connect command; `check` is the outcome of
-    /// verifying its token (done outside the lock).
+    /// verifying its token (done outside the lock). The token's `channels` / `subs` become
+    /// server-side subscriptions: listed in the connect result's `subs`, each followed by a
+    /// membership right after the connect reply.
     pub fn open(&self, link: u64, open: SessionOpen, check: TokenCheck) {
+        let settings = self.settings();
         let key = (link, open.session);
         let command = open.connect.unwrap_or_default();
         let mut session = HubSession {
@@ -473,18 +549,25 @@ impl HubState {
             protobuf: open.encoding == Encoding::Protobuf as i32,
             channels: HashSet::new(),
             expires_at: None,
+            conn_info: Bytes::new(),
+            meta: None,
+            sub_expiries: HashMap::new(),
         };
         let valid = match check {
             TokenCheck::Invalid => Err(None),
             TokenCheck::Expired => Err(Some(ErrorCode::TokenExpired)),
-            TokenCheck::Valid { user, expires_at } => Ok((user, expires_at)),
+            TokenCheck::Valid(claims) => Ok(claims),
         };
-        if let Ok((user, expires_at)) = &valid {
-            session.user = user.clone();
+        if let Ok(claims) = &valid {
+            session.user = claims.user.clone();
             session.usable = true;
-            session.expires_at = *expires_at;
+            session.expires_at = claims.expires_at;
+            session.conn_info = claims.info.clone();
+            session.meta = claims.meta.clone();
         }
         let client = session.client.clone();
+        let info = session.info();
+        let protobuf = session.protobuf;
         let mut sessions = self.sessions();
         // Checked under the sessions lock: `take_link` removes the Link before it takes it.
         if !self.has_link(link) {
@@ -503,17 +586,31 @@ impl HubState {
         match valid {
             Err(None) => self.disconnect(key, &Disconnect::INVALID_TOKEN),
             Err(Some(code)) => self.reply_error(key, command.id, code),
-            Ok((user, expires_at)) => {
+            Ok(ConnectionClaims {
+                user,
+                expires_at,
+                channels,
+                ..
+            }) => {
                 sessions.users.entry(user).or_default().insert(key);
                 if let Some(at) = expires_at {
                     sessions.schedule_expiry(at, key);
                 }
+                let subs = self.server_side_subscribe(
+                    &settings,
+                    &mut sessions,
+                    key,
+                    &channels,
+                    &info,
+                    protobuf,
+                );
                 drop(sessions);
                 let result = ConnectResult {
                     client,
                     version: SERVER_VERSION.to_owned(),
                     expires: expires_at.is_some(),
                     ttl: ttl_of(expires_at),
+                    subs: subs.iter().cloned().collect(),
                     ..Default::default()
                 };
                 self.reply(
@@ -524,8 +621,72 @@ impl HubState {
                         ..Default::default()
                     },
                 );
+                for (channel, _) in &subs {
+                    self.membership(key, channel, true, false);
+                }
             }
         }
+    }
+
+    /// Subscribes a just-opened session to its token's channels (no permission check: the
+    /// token grants them, as in Centrifugo). Channels with a bad name, binary-only channels of
+    /// a JSON client, and channels beyond `client_channel_limit` or `max_channels` are
+    /// skipped with a log line.
+    fn server_side_subscribe(
+        &self,
+        settings: &Settings,
+        sessions: &mut Sessions,
+        key: SessionKey,
+        channels: &[String],
+        info: &ClientInfo,
+        protobuf: bool,
+    ) -> Vec<(String, SubscribeResult)> {
+        let mut results = Vec::new();
+        for channel in channels {
+            let Some(session) = sessions.get_mut(key) else {
+                break;
+            };
+            if session.channels.len() >= settings.config.client_channel_limit {
+                tracing::debug!(channel, "hub: token channel over client_channel_limit");
+                break;
+            }
+            if validate_channel(channel, settings.config.channel_max_length).is_err()
+                || client_readable(settings, protobuf, channel).is_err()
+                || session.channels.contains(channel.as_str())
+            {
+                tracing::debug!(channel, "hub: token channel skipped");
+                continue;
+            }
+            let mut shard = self.shard(channel);
+            let name: Arc<str> = match shard.get_key_value(channel.as_str()) {
+                Some((name, _)) => name.clone(),
+                None => {
+                    if self.reserve_channel(settings).is_err() {
+                        tracing::debug!(channel, "hub: token channel over max_channels");
+                        continue;
+                    }
+                    Arc::from(channel.as_str())
+                }
+            };
+            session.channels.insert(name.clone());
+            let state = shard.entry(name).or_default();
+            results.push((
+                channel.clone(),
+                SubscribeResult {
+                    epoch: state.epoch.clone(),
+                    offset: state.top,
+                    ..Default::default()
+                },
+            ));
+            state.add_subscriber(
+                key,
+                Subscriber {
+                    info: info.clone(),
+                    join_leave: false,
+                },
+            );
+        }
+        results
     }
 
     /// A session ended on its sidecar.
@@ -597,8 +758,9 @@ impl HubState {
             .map_err(|_| ErrorCode::LimitExceeded)
     }
 
-    /// A command of an open session; `refresh` is the verified token of a refresh command.
-    pub fn command(&self, key: SessionKey, command: Command, refresh: Option<TokenCheck>) {
+    /// A command of an open session; `token` is the verified token it carried (refresh,
+    /// subscribe, sub_refresh), if any.
+    pub fn command(&self, key: SessionKey, command: Command, token: Option<Verified>) {
         let settings = self.settings();
         let (info, protobuf) = {
             let mut sessions = self.sessions();
@@ -615,7 +777,12 @@ impl HubState {
         let id = command.id;
         if let Some(request) = command.subscribe {
             // The reply goes out from `subscribe` itself, in order with the channel's pushes.
-            if let Err(code) = self.subscribe(&settings, key, id, request, info, protobuf) {
+            let token = match token {
+                Some(Verified::Subscription(check)) => Some(check),
+                _ => None,
+            };
+            let command = SubscribeCommand { id, request, token };
+            if let Err(code) = self.subscribe(&settings, key, command, info, protobuf) {
                 self.reply_error(key, id, code);
             }
             return;
@@ -687,9 +854,17 @@ impl HubState {
                 ..Default::default()
             })
         } else if command.refresh.is_some() {
-            return self.refresh(&settings, key, id, refresh.unwrap_or(TokenCheck::Invalid));
-        } else if command.sub_refresh.is_some() {
-            Err(ErrorCode::NotAvailable)
+            let check = match token {
+                Some(Verified::Connection(check)) => check,
+                _ => TokenCheck::Invalid,
+            };
+            return self.refresh(&settings, key, id, check);
+        } else if let Some(request) = command.sub_refresh {
+            let check = match token {
+                Some(Verified::Subscription(check)) => check,
+                _ => SubTokenCheck::Invalid,
+            };
+            return self.sub_refresh(&settings, key, id, &request.channel, check);
         } else {
             self.disconnect(key, &Disconnect::BAD_REQUEST);
             let mut sessions = self.sessions();
@@ -708,18 +883,30 @@ impl HubState {
         &self,
         settings: &Settings,
         key: SessionKey,
-        id: u32,
-        request: SubscribeRequest,
+        command: SubscribeCommand,
         info: ClientInfo,
         protobuf: bool,
     ) -> Result<(), ErrorCode> {
-        let asker = Asker {
-            user: &info.user,
-            subscribed: false,
-        };
-        validate_channel(&request.channel, settings.config.channel_max_length)?;
+        let SubscribeCommand { id, request, token } = command;
         let namespaces = &settings.namespaces;
-        namespaces.check(&request.channel, Operation::Subscribe, asker)?;
+        // A subscription token grants the subscription (and is required on `$` channels);
+        // otherwise the namespace's permissions decide.
+        let token_expiry = if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
+            validate_channel(&request.channel, settings.config.channel_max_length)?;
+            subscription_grant(
+                token.unwrap_or(SubTokenCheck::Invalid),
+                &info.user,
+                &request.channel,
+            )?
+        } else {
+            let asker = Asker {
+                user: &info.user,
+                subscribed: false,
+            };
+            validate_channel(&request.channel, settings.config.channel_max_length)?;
+            namespaces.check(&request.channel, Operation::Subscribe, asker)?;
+            None
+        };
         client_readable(settings, protobuf, &request.channel)?;
         let mut request = request;
         if let Some(options) = namespaces.resolve(&request.channel)? {
@@ -749,6 +936,12 @@ impl HubState {
         };
         // From here on nothing fails: the session and the channel are updated together.
         session.channels.insert(name.clone());
+        if let Some(at) = token_expiry {
+            session.sub_expiries.insert(name.clone(), at);
+            sessions.schedule_sub_expiry(at, key, name.clone());
+        } else {
+            session.sub_expiries.remove(&name);
+        }
         let channel = shard.entry(name.clone()).or_default();
         let recoverable = request.recoverable || request.recover;
         let mut result = SubscribeResult {
@@ -757,6 +950,8 @@ impl HubState {
             epoch: channel.epoch.clone(),
             offset: channel.top,
             was_recovering: request.recover,
+            expires: token_expiry.is_some(),
+            ttl: ttl_of(token_expiry),
             ..Default::default()
         };
         if request.recover
@@ -823,9 +1018,10 @@ impl HubState {
 
     fn unsubscribe(&self, key: SessionKey, channel: &str) {
         let mut sessions = self.sessions();
-        let subscribed = sessions
-            .get_mut(key)
-            .is_some_and(|s| s.channels.remove(channel));
+        let subscribed = sessions.get_mut(key).is_some_and(|s| {
+            s.sub_expiries.remove(channel);
+            s.channels.remove(channel)
+        });
         if subscribed {
             self.membership(key, channel, false, false);
             self.remove_subscriber(channel, key);
@@ -1027,13 +1223,15 @@ impl HubState {
     }
 
     fn refresh(&self, settings: &Settings, key: SessionKey, id: u32, check: TokenCheck) {
-        let secret_set = settings.config.token_hmac_secret.is_some();
+        let secret_set = settings.keys.enabled();
         let mut sessions = self.sessions();
         let Some(session) = sessions.get_mut(key) else {
             return;
         };
         match check {
-            TokenCheck::Valid { user, expires_at } if user == session.user => {
+            TokenCheck::Valid(ConnectionClaims {
+                user, expires_at, ..
+            }) if user == session.user => {
                 if secret_set {
                     session.expires_at = expires_at;
                 }
@@ -1104,9 +1302,10 @@ impl HubState {
             for id in members {
                 let key = (link, id);
                 let mut sessions = self.sessions();
-                let subscribed = sessions
-                    .get_mut(key)
-                    .is_some_and(|s| s.channels.remove(name.as_str()));
+                let subscribed = sessions.get_mut(key).is_some_and(|s| {
+                    s.sub_expiries.remove(name.as_str());
+                    s.channels.remove(name.as_str())
+                });
                 if !subscribed {
                     continue;
                 }
@@ -1161,7 +1360,129 @@ impl HubState {
                 self.remove_session(&mut sessions, key);
             }
         }
+        self.expire_subscriptions(now);
         self.enforce_history();
+    }
+
+    /// Unsubscribes (2501 "subscription expired") the subscriptions whose token `exp` is at or
+    /// before `now`; O(expired).
+    fn expire_subscriptions(&self, now: u64) {
+        loop {
+            let mut sessions = self.sessions();
+            let Some(Reverse((at, key, channel))) = sessions.sub_expiries.peek().cloned() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            sessions.sub_expiries.pop();
+            let expired = sessions.get_mut(key).is_some_and(|s| {
+                if s.sub_expiries.get(&channel) == Some(&at) {
+                    s.sub_expiries.remove(&channel);
+                    s.channels.remove(&channel)
+                } else {
+                    false
+                }
+            });
+            if !expired {
+                continue;
+            }
+            self.membership(key, &channel, false, false);
+            self.emit_session(
+                key,
+                upstream_frame::Frame::Reply(SessionReply {
+                    session: key.1,
+                    reply: Some(Reply {
+                        push: Some(Push {
+                            channel: channel.to_string(),
+                            unsubscribe: Some(Unsubscribe {
+                                code: UNSUBSCRIBE_EXPIRED,
+                                reason: "subscription expired".to_owned(),
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                }),
+            );
+            self.remove_subscriber(&channel, key);
+        }
+    }
+
+    /// Prolongs a token subscription with a new subscription token: 109 when it has expired,
+    /// 103 when the session is not subscribed, disconnect 3500 when it is invalid or for
+    /// another user or channel (as Centrifugo).
+    fn sub_refresh(
+        &self,
+        settings: &Settings,
+        key: SessionKey,
+        id: u32,
+        channel: &str,
+        check: SubTokenCheck,
+    ) {
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(key) else {
+            return;
+        };
+        let expires_at = match check {
+            SubTokenCheck::Expired => {
+                drop(sessions);
+                return self.reply_error(key, id, ErrorCode::TokenExpired);
+            }
+            SubTokenCheck::Valid {
+                user,
+                channel: granted,
+                expires_at,
+            } if user == session.user && granted == channel => expires_at,
+            SubTokenCheck::Valid { .. } | SubTokenCheck::Invalid => {
+                self.disconnect(key, &Disconnect::INVALID_TOKEN);
+                return self.remove_session(&mut sessions, key);
+            }
+        };
+        let Some(name) = session.channels.get(channel).cloned() else {
+            drop(sessions);
+            return self.reply_error(key, id, ErrorCode::PermissionDenied);
+        };
+        match expires_at {
+            Some(at) => {
+                session.sub_expiries.insert(name.clone(), at);
+                sessions.schedule_sub_expiry(at, key, name);
+            }
+            None => {
+                session.sub_expiries.remove(&name);
+            }
+        }
+        drop(sessions);
+        self.reply_with(
+            settings,
+            key,
+            Reply {
+                id,
+                sub_refresh: Some(SubRefreshResult {
+                    expires: expires_at.is_some(),
+                    ttl: ttl_of(expires_at),
+                }),
+                ..Default::default()
+            },
+        );
+    }
+}
+
+/// The expiry a subscription token grants for `channel` to `user`: 109 when expired, 103 when
+/// missing, invalid, or for another user or channel.
+fn subscription_grant(
+    check: SubTokenCheck,
+    user: &str,
+    channel: &str,
+) -> Result<Option<u64>, ErrorCode> {
+    match check {
+        SubTokenCheck::Valid {
+            user: granted_user,
+            channel: granted,
+            expires_at,
+        } if granted_user == user && granted == channel => Ok(expires_at),
+        SubTokenCheck::Expired => Err(ErrorCode::TokenExpired),
+        SubTokenCheck::Valid { .. } | SubTokenCheck::Invalid => Err(ErrorCode::PermissionDenied),
     }
 }
 
@@ -1209,14 +1530,7 @@ mod tests {
             client: format!("c{session}"),
             ..Default::default()
         };
-        state.open(
-            1,
-            open,
-            TokenCheck::Valid {
-                user: String::new(),
-                expires_at: None,
-            },
-        );
+        state.open(1, open, TokenCheck::anonymous());
     }
 
     fn command(state: &HubState, session: u64, command: Command) {

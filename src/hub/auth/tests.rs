@@ -1,0 +1,271 @@
+use super::*;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::json;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs(alg: Algorithm, secret: &str, claims: serde_json::Value) -> String {
+    encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn keys(config: HubConfig) -> TokenKeys {
+    TokenKeys::from_config(&config).unwrap()
+}
+
+fn hmac_keys(secret: &str) -> TokenKeys {
+    keys(HubConfig {
+        token_hmac_secret: Some(secret.to_owned()),
+        ..HubConfig::default()
+    })
+}
+
+fn valid(check: TokenCheck) -> ConnectionClaims {
+    match check {
+        TokenCheck::Valid(claims) => claims,
+        other => panic!("expected valid, got {other:?}"),
+    }
+}
+
+/// The PKCS#1 RSAPrivateKey inside a PKCS#8 PrivateKeyInfo (what `from_rsa_der` signs with).
+fn pkcs1_of_pkcs8(der: &[u8]) -> Vec<u8> {
+    let (_, info, _) = pem_element(der);
+    let (_, _, rest) = pem_element(info); // version
+    let (_, _, rest) = pem_element(rest); // algorithm
+    let (tag, key, _) = pem_element(rest);
+    assert_eq!(tag, 0x04);
+    key.to_vec()
+}
+
+fn pem_element(input: &[u8]) -> (u8, &[u8], &[u8]) {
+    super::pem::tests_element(input).unwrap()
+}
+
+#[test]
+fn valid_expired_invalid() {
+    let exp = now() + 60;
+    let claims = valid(check_token(
+        &hs(Algorithm::HS256, "s", json!({"sub": "u1", "exp": exp})),
+        "s",
+    ));
+    assert_eq!(claims.user, "u1");
+    assert_eq!(claims.expires_at, Some(exp));
+    assert_eq!(
+        valid(check_token(
+            &hs(Algorithm::HS256, "s", json!({"sub": "u1"})),
+            "s"
+        ))
+        .expires_at,
+        None
+    );
+    assert_eq!(
+        check_token(
+            &hs(
+                Algorithm::HS256,
+                "s",
+                json!({"sub": "u1", "exp": now() - 10})
+            ),
+            "s"
+        ),
+        TokenCheck::Expired
+    );
+    assert_eq!(
+        check_token(&hs(Algorithm::HS256, "other", json!({"sub": "u1"})), "s"),
+        TokenCheck::Invalid
+    );
+    assert_eq!(check_token("garbage", "s"), TokenCheck::Invalid);
+    assert_eq!(check_token("", "s"), TokenCheck::Invalid);
+}
+
+#[test]
+fn future_nbf_is_invalid_past_nbf_is_fine() {
+    let future = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u1", "nbf": now() + 60}),
+    );
+    assert_eq!(check_token(&future, "s"), TokenCheck::Invalid);
+    let past = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u1", "nbf": now() - 60}),
+    );
+    assert_eq!(valid(check_token(&past, "s")).user, "u1");
+}
+
+#[test]
+fn hs384_and_hs512_are_accepted() {
+    for alg in [Algorithm::HS384, Algorithm::HS512] {
+        let token = hs(alg, "s", json!({"sub": "u2"}));
+        assert_eq!(valid(hmac_keys("s").check_connection(&token)).user, "u2");
+    }
+}
+
+#[test]
+fn info_b64info_channels_subs_and_meta_are_read() {
+    let keys = hmac_keys("s");
+    let token = hs(
+        Algorithm::HS256,
+        "s",
+        json!({
+            "sub": "u", "iat": now(), "info": {"name": "Ann"},
+            "channels": ["a", "b", "a"], "subs": {"c": {}, "b": {}},
+            "meta": {"secret": 1}
+        }),
+    );
+    let claims = valid(keys.check_connection(&token));
+    assert_eq!(&claims.info[..], br#"{"name":"Ann"}"#);
+    assert_eq!(claims.channels, ["a", "b", "c"]);
+    assert_eq!(claims.meta, Some(json!({"secret": 1})));
+
+    let token = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "b64info": "aGk="}),
+    );
+    assert_eq!(&valid(keys.check_connection(&token)).info[..], b"hi");
+    let token = hs(Algorithm::HS256, "s", json!({"sub": "u", "b64info": "!!"}));
+    assert_eq!(keys.check_connection(&token), TokenCheck::Invalid);
+}
+
+#[test]
+fn audience_and_issuer_are_enforced_when_set() {
+    let keys = keys(HubConfig {
+        token_hmac_secret: Some("s".into()),
+        token_audience: Some("aud1".into()),
+        token_issuer: Some("iss1".into()),
+        ..HubConfig::default()
+    });
+    let ok = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "aud": "aud1", "iss": "iss1"}),
+    );
+    assert_eq!(valid(keys.check_connection(&ok)).user, "u");
+    for claims in [
+        json!({"sub": "u", "aud": "other", "iss": "iss1"}),
+        json!({"sub": "u", "aud": "aud1", "iss": "other"}),
+        json!({"sub": "u", "iss": "iss1"}),
+        json!({"sub": "u", "aud": "aud1"}),
+    ] {
+        let token = hs(Algorithm::HS256, "s", claims.clone());
+        assert_eq!(
+            keys.check_connection(&token),
+            TokenCheck::Invalid,
+            "{claims}"
+        );
+    }
+    // Unset: aud and iss are ignored.
+    let any = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "aud": "x", "iss": "y"}),
+    );
+    assert_eq!(valid(hmac_keys("s").check_connection(&any)).user, "u");
+}
+
+#[test]
+fn es256_verifies_with_the_ecdsa_public_key_only() {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let keys = keys(HubConfig {
+        token_ecdsa_public_key: Some(pair.public_key_pem()),
+        ..HubConfig::default()
+    });
+    let token = encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"sub": "ec-user"}),
+        &EncodingKey::from_ec_der(&pair.serialize_der()),
+    )
+    .unwrap();
+    assert_eq!(valid(keys.check_connection(&token)).user, "ec-user");
+    // HS256 is refused when no HMAC secret is configured (no algorithm confusion).
+    let hs_token = hs(Algorithm::HS256, "s", json!({"sub": "u"}));
+    assert_eq!(keys.check_connection(&hs_token), TokenCheck::Invalid);
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let forged = encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"sub": "ec-user"}),
+        &EncodingKey::from_ec_der(&other.serialize_der()),
+    )
+    .unwrap();
+    assert_eq!(keys.check_connection(&forged), TokenCheck::Invalid);
+}
+
+#[test]
+fn rs256_verifies_with_the_rsa_public_key() {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let keys = keys(HubConfig {
+        token_rsa_public_key: Some(pair.public_key_pem()),
+        ..HubConfig::default()
+    });
+    let token = encode(
+        &Header::new(Algorithm::RS256),
+        &json!({"sub": "rsa-user"}),
+        &EncodingKey::from_rsa_der(&pkcs1_of_pkcs8(&pair.serialize_der())),
+    )
+    .unwrap();
+    assert_eq!(valid(keys.check_connection(&token)).user, "rsa-user");
+}
+
+#[test]
+fn bad_public_keys_name_their_field() {
+    let error = TokenKeys::from_config(&HubConfig {
+        token_rsa_public_key: Some("not a key".into()),
+        ..HubConfig::default()
+    })
+    .unwrap_err();
+    assert!(error.to_string().contains("hub.token_rsa_public_key"));
+    let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let error = TokenKeys::from_config(&HubConfig {
+        token_ecdsa_public_key: Some(
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----".into(),
+        ),
+        token_rsa_public_key: Some(rsa.public_key_pem()),
+        ..HubConfig::default()
+    })
+    .unwrap_err();
+    assert!(error.to_string().contains("hub.token_"), "{error}");
+}
+
+#[test]
+fn subscription_tokens_need_a_channel_and_honour_exp() {
+    let keys = hmac_keys("s");
+    let exp = now() + 60;
+    let token = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "channel": "$c", "exp": exp}),
+    );
+    assert_eq!(
+        keys.check_subscription(&token),
+        SubTokenCheck::Valid {
+            user: "u".into(),
+            channel: "$c".into(),
+            expires_at: Some(exp)
+        }
+    );
+    let expired = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "channel": "$c", "exp": now() - 5}),
+    );
+    assert_eq!(keys.check_subscription(&expired), SubTokenCheck::Expired);
+    let no_channel = hs(Algorithm::HS256, "s", json!({"sub": "u"}));
+    assert_eq!(keys.check_subscription(&no_channel), SubTokenCheck::Invalid);
+    let forged = hs(Algorithm::HS256, "x", json!({"sub": "u", "channel": "$c"}));
+    assert_eq!(keys.check_subscription(&forged), SubTokenCheck::Invalid);
+    assert_eq!(keys.check_subscription(""), SubTokenCheck::Invalid);
+    assert_eq!(
+        TokenKeys::default().check_subscription(&token),
+        SubTokenCheck::Invalid
+    );
+}

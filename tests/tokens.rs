@@ -1,0 +1,373 @@
+//! Connection and subscription tokens, Centrifugo v6 style, against the real binary: claims
+//! (`info`, `channels`, `aud`, `iss`), algorithms (HS256, RS256, ES256), `$` channels with
+//! subscription tokens, `sub_refresh` and subscription expiry.
+
+mod support;
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use sidewire::protocol::client::{Command, SubRefreshRequest, SubscribeRequest};
+use support::*;
+
+const SECRET: &str = "tokens-test-secret";
+const API_KEY: &str = "tokens-api-key";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn hs256(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn hmac_server(extra: &str) -> Server {
+    Server::start(&format!(
+        "hub:\n  token_hmac_secret: \"{SECRET}\"\n  api_key: \"{API_KEY}\"\n{extra}"
+    ))
+    .await
+}
+
+fn error_code(reply: &sidewire::protocol::client::Reply) -> Option<u32> {
+    reply.error.as_ref().map(|e| e.code)
+}
+
+/// YAML block scalar lines of a PEM, indented under `hub:`.
+fn pem_block(key: &str, pem: &str) -> String {
+    let mut out = format!("  {key}: |\n");
+    for line in pem.lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
+    out
+}
+
+fn sub_token(user: &str, channel: &str, exp_in: i64) -> String {
+    hs256(json!({"sub": user, "channel": channel, "exp": now() + exp_in}))
+}
+
+fn subscribe_token(channel: &str, token: &str) -> Command {
+    subscribe_with(SubscribeRequest {
+        channel: channel.to_owned(),
+        token: token.to_owned(),
+        ..Default::default()
+    })
+}
+
+fn sub_refresh(channel: &str, token: &str) -> Command {
+    Command {
+        sub_refresh: Some(SubRefreshRequest {
+            channel: channel.to_owned(),
+            token: token.to_owned(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The token's `info` claim is the client's `conn_info`, visible to others in presence.
+#[tokio::test]
+async fn info_claim_is_visible_in_presence() {
+    let server = hmac_server("").await;
+    let mut ann = server.ws(WsOptions::json()).await;
+    let token = hs256(json!({"sub": "ann", "info": {"name": "Ann"}, "exp": now() + 600}));
+    ann.handshake_with(connect_token(&token)).await;
+    let reply = ann.request(subscribe("room")).await;
+    assert_eq!(reply.error, None, "{reply:?}");
+    let reply = ann.request(presence("room")).await;
+    let members = reply.presence.expect("presence result").presence;
+    let info = members.values().next().expect("one member");
+    assert_eq!(info.user, "ann");
+    assert_eq!(json_of(&info.conn_info), json!({"name": "Ann"}));
+}
+
+/// The `channels` claim subscribes at connect: the connect result lists the channel in
+/// `subs`, and a server-API publication into it reaches the client.
+#[tokio::test]
+async fn channels_claim_is_a_server_side_subscription() {
+    let server = hmac_server("").await;
+    let mut client = server.ws(WsOptions::json()).await;
+    let token = hs256(json!({"sub": "u1", "channels": ["news"], "exp": now() + 600}));
+    let reply = client.connect_with(connect_token(&token)).await;
+    let result = reply.connect.expect("connect result");
+    assert!(result.subs.contains_key("news"), "{result:?}");
+    api_ok(
+        server.admin_addr,
+        "publish",
+        &json!({"channel": "news", "data": {"n": 1}}),
+        Some(API_KEY),
+    )
+    .await;
+    let publication = client.expect_publication("news", 1).await;
+    assert_eq!(json_of(&publication.data), json!({"n": 1}));
+}
+
+/// With `hub.token_audience` / `hub.token_issuer` set, a token with another `aud` or `iss`
+/// is refused with disconnect 3500; the right ones connect.
+#[tokio::test]
+async fn audience_and_issuer_mismatch_is_refused_with_3500() {
+    let server = hmac_server("  token_audience: \"app\"\n  token_issuer: \"auth\"\n").await;
+    let mut good = server.ws(WsOptions::json()).await;
+    good.handshake_with(connect_token(&hs256(
+        json!({"sub": "u", "aud": "app", "iss": "auth"}),
+    )))
+    .await;
+    for claims in [
+        json!({"sub": "u", "aud": "other", "iss": "auth"}),
+        json!({"sub": "u", "aud": "app", "iss": "other"}),
+    ] {
+        let mut bad = server.ws(WsOptions::json()).await;
+        let id = bad.next_id();
+        bad.send_commands(&[Command {
+            id,
+            connect: Some(connect_token(&hs256(claims.clone()))),
+            ..Default::default()
+        }])
+        .await;
+        let (code, _) = bad.expect_close(WAIT).await;
+        assert_eq!(code, 3500, "{claims}");
+    }
+}
+
+/// RS256 and ES256 tokens connect with the configured public keys.
+#[tokio::test]
+async fn rs256_and_es256_tokens_connect() {
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let yaml = format!(
+        "hub:\n{}{}",
+        pem_block("token_ecdsa_public_key", &ec.public_key_pem()),
+        pem_block("token_rsa_public_key", &rsa.public_key_pem())
+    );
+    let server = Server::start(&yaml).await;
+    let es = encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"sub": "ec-user", "exp": now() + 600}),
+        &EncodingKey::from_ec_der(&ec.serialize_der()),
+    )
+    .unwrap();
+    let mut client = server.ws(WsOptions::json()).await;
+    client.handshake_with(connect_token(&es)).await;
+
+    let rs = encode(
+        &Header::new(Algorithm::RS256),
+        &json!({"sub": "rsa-user", "exp": now() + 600}),
+        &EncodingKey::from_rsa_der(&pkcs1_of_pkcs8(&rsa.serialize_der())),
+    )
+    .unwrap();
+    let mut client = server.ws(WsOptions::json()).await;
+    client.handshake_with(connect_token(&rs)).await;
+
+    // No HMAC secret configured: an HS256 token is refused.
+    let mut client = server.ws(WsOptions::json()).await;
+    let id = client.next_id();
+    client
+        .send_commands(&[Command {
+            id,
+            connect: Some(connect_token(&hs256(json!({"sub": "u"})))),
+            ..Default::default()
+        }])
+        .await;
+    assert_eq!(client.expect_close(WAIT).await.0, 3500);
+}
+
+/// A `$` channel needs a subscription token for this user and this channel: none, another
+/// user's, another channel's → 103; expired → 109; valid → subscribed with its expiry.
+#[tokio::test]
+async fn private_channel_needs_a_matching_subscription_token() {
+    let server = hmac_server("").await;
+    let mut client = server.ws(WsOptions::json()).await;
+    client
+        .handshake_with(connect_token(&hs256(json!({"sub": "alice"}))))
+        .await;
+    let reply = client.request(subscribe("$secret")).await;
+    assert_eq!(error_code(&reply), Some(103), "no token: {reply:?}");
+    let reply = client
+        .request(subscribe_token(
+            "$secret",
+            &sub_token("bob", "$secret", 600),
+        ))
+        .await;
+    assert_eq!(error_code(&reply), Some(103), "other user: {reply:?}");
+    let reply = client
+        .request(subscribe_token(
+            "$secret",
+            &sub_token("alice", "$other", 600),
+        ))
+        .await;
+    assert_eq!(error_code(&reply), Some(103), "other channel: {reply:?}");
+    let reply = client
+        .request(subscribe_token(
+            "$secret",
+            &sub_token("alice", "$secret", -10),
+        ))
+        .await;
+    assert_eq!(error_code(&reply), Some(109), "expired: {reply:?}");
+    let reply = client
+        .request(subscribe_token(
+            "$secret",
+            &sub_token("alice", "$secret", 600),
+        ))
+        .await;
+    assert_eq!(reply.error, None, "valid: {reply:?}");
+    let result = reply.subscribe.expect("subscribe result");
+    assert!(result.expires && result.ttl > 500, "{result:?}");
+    api_ok(
+        server.admin_addr,
+        "publish",
+        &json!({"channel": "$secret", "data": {"k": 1}}),
+        Some(API_KEY),
+    )
+    .await;
+    client.expect_publication("$secret", 1).await;
+}
+
+/// `sub_refresh` with a fresh token prolongs a subscription (it outlives its first token);
+/// a subscription whose token expires is unsubscribed with 2501 "subscription expired".
+#[tokio::test]
+async fn sub_refresh_prolongs_and_expiry_unsubscribes_with_2501() {
+    let server = hmac_server("").await;
+    let mut client = server.ws(WsOptions::json()).await;
+    client
+        .handshake_with(connect_token(&hs256(json!({"sub": "alice"}))))
+        .await;
+    for channel in ["$kept", "$lapsed"] {
+        let reply = client
+            .request(subscribe_token(channel, &sub_token("alice", channel, 2)))
+            .await;
+        assert_eq!(reply.error, None, "{reply:?}");
+    }
+    let reply = client
+        .request(sub_refresh("$kept", &sub_token("alice", "$kept", 3600)))
+        .await;
+    let result = reply.sub_refresh.expect("sub_refresh result");
+    assert!(result.expires && result.ttl > 3000, "{result:?}");
+    let reply = client
+        .request(sub_refresh("$kept", &sub_token("alice", "$kept", -5)))
+        .await;
+    assert_eq!(error_code(&reply), Some(109), "{reply:?}");
+
+    let push = client
+        .expect_push("unsubscribe of $lapsed", Duration::from_secs(6), |p| {
+            p.channel == "$lapsed" && p.unsubscribe.is_some()
+        })
+        .await;
+    let unsubscribe = push.unsubscribe.unwrap();
+    assert_eq!(unsubscribe.code, 2501, "{unsubscribe:?}");
+    assert_eq!(unsubscribe.reason, "subscription expired");
+
+    // The refreshed one is still subscribed past its first token's exp.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for channel in ["$lapsed", "$kept"] {
+        api_ok(
+            server.admin_addr,
+            "publish",
+            &json!({"channel": channel, "data": {"c": channel}}),
+            Some(API_KEY),
+        )
+        .await;
+    }
+    client.expect_publication("$kept", 1).await;
+    assert!(
+        client
+            .take_pushes(|p| p.channel == "$lapsed" && p.r#pub.is_some())
+            .is_empty(),
+        "no publication after expiry"
+    );
+
+    // A sub_refresh token for another channel disconnects (3500), as Centrifugo does.
+    let id = client.next_id();
+    client
+        .send_commands(&[Command {
+            id,
+            ..sub_refresh("$kept", &sub_token("alice", "$lapsed", 600))
+        }])
+        .await;
+    assert_eq!(client.expect_close(WAIT).await.0, 3500);
+}
+
+/// The PKCS#1 RSAPrivateKey inside rcgen's PKCS#8 DER (jsonwebtoken signs RS256 with PKCS#1).
+fn pkcs1_of_pkcs8(der: &[u8]) -> Vec<u8> {
+    fn element(input: &[u8]) -> (u8, &[u8], &[u8]) {
+        let tag = input[0];
+        let first = input[1];
+        let (length, start) = if first < 0x80 {
+            (usize::from(first), 2)
+        } else {
+            let count = usize::from(first & 0x7f);
+            let length = input[2..2 + count]
+                .iter()
+                .fold(0usize, |n, b| (n << 8) | usize::from(*b));
+            (length, 2 + count)
+        };
+        (tag, &input[start..start + length], &input[start + length..])
+    }
+    let (_, info, _) = element(der);
+    let (_, _, rest) = element(info);
+    let (_, _, rest) = element(rest);
+    let (tag, key, _) = element(rest);
+    assert_eq!(tag, 0x04, "PKCS#8 privateKey OCTET STRING");
+    key.to_vec()
+}
+
+/// `sidewire gentoken` output, signed with the secret of `config`.
+fn gentoken(config: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sidewire"))
+        .args(["--config", config.to_str().unwrap(), "gentoken"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run sidewire gentoken");
+    assert!(
+        output.status.success(),
+        "gentoken failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Tokens printed by `sidewire gentoken` work end to end: the connection token (with
+/// `--info`) connects, and the `--channel` subscription token subscribes to a `$` channel.
+#[tokio::test]
+async fn gentoken_connection_and_subscription_tokens_work_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &config,
+        format!("hub:\n  token_hmac_secret: \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    let connection = gentoken(&config, &["--user", "carol", "--info", r#"{"n":"C"}"#]);
+    let subscription = gentoken(&config, &["--user", "carol", "--channel", "$room"]);
+
+    let server = hmac_server("").await;
+    let mut client = server.ws(WsOptions::json()).await;
+    client.handshake_with(connect_token(&connection)).await;
+    let reply = client
+        .request(subscribe_token("$room", &subscription))
+        .await;
+    assert_eq!(reply.error, None, "{reply:?}");
+    // Presence of a `$` channel through the server API (client presence there is a
+    // namespace permission).
+    let result = api_ok(
+        server.admin_addr,
+        "presence",
+        &json!({"channel": "$room"}),
+        Some(API_KEY),
+    )
+    .await;
+    let members: Vec<&Value> = result["presence"]
+        .as_object()
+        .map(|m| m.values().collect())
+        .unwrap_or_default();
+    assert_eq!(members.len(), 1, "{result}");
+    assert_eq!(members[0]["user"], "carol", "{result}");
+    assert_eq!(members[0]["conn_info"], json!({"n": "C"}), "{result}");
+}

@@ -623,3 +623,38 @@ async fn drive<C, E>(
     shut_down(connection.as_mut());
     let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// The server side of a loopback connection on which the client wrote `first`.
+    async fn served_after(first: &[u8]) -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.write_all(first).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // Keep the client open for the peek.
+        std::mem::forget(client);
+        server
+    }
+
+    #[tokio::test]
+    async fn http1_is_told_from_the_first_bytes_and_the_h2_preface_is_not() {
+        let http1 = served_after(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(starts_as_http1(&http1).await);
+        let h2 = served_after(H2_PREFACE).await;
+        assert!(!starts_as_http1(&h2).await);
+        // Too short to tell: left to the auto-detecting server.
+        let partial = served_after(b"PRI * HT").await;
+        assert!(!starts_as_http1(&partial).await);
+        // Peeking consumes nothing.
+        let mut first = [0u8; 3];
+        http1.peek(&mut first).await.unwrap();
+        assert_eq!(&first, b"GET");
+    }
+}

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -32,7 +33,9 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let timeout = settings.config.request_body_timeout;
     let initial = match read_limited(body, &parts.headers, limit, timeout).await {
-        Ok(initial) => initial,
+        // Copied: the body is a slice of hyper's read buffer, and holding it while the
+        // response streams makes hyper allocate a second read buffer for the connection.
+        Ok(initial) => Bytes::copy_from_slice(&initial),
         Err(code) => return edge.body_refused(code),
     };
     stream::start(

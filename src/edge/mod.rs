@@ -291,6 +291,12 @@ pub trait Acceptor: Clone + Send + Sync + 'static {
         &self,
         stream: TcpStream,
     ) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+
+    /// Whether the client's first bytes arrive unchanged on the TCP stream (no TLS), so the
+    /// HTTP version can be told by peeking at them.
+    fn is_plain(&self) -> bool {
+        false
+    }
 }
 
 /// Plain TCP.
@@ -301,6 +307,10 @@ impl Acceptor for PlainAcceptor {
     type Stream = TcpStream;
     async fn accept(&self, stream: TcpStream) -> std::io::Result<TcpStream> {
         Ok(stream)
+    }
+
+    fn is_plain(&self) -> bool {
+        true
     }
 }
 
@@ -435,6 +445,11 @@ pub async fn serve<A, H, F>(
     }
 }
 
+/// The future answering one request, boxed so that hyper's per-connection slot for it stays a
+/// pointer wide (see [`serve_connection`]).
+type RequestFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 /// Serves one admitted connection: TLS (if any) and the first request head within
 /// `timeouts.handshake`, HTTP/2 keepalive, and closing once idle for `timeouts.idle`.
 async fn serve_connection<A, H, F>(
@@ -459,6 +474,10 @@ async fn serve_connection<A, H, F>(
         }
     };
     let first_deadline = Instant::now() + timeouts.handshake;
+    let http1 = acceptor.is_plain()
+        && tokio::time::timeout_at(first_deadline, starts_as_http1(&stream))
+            .await
+            .unwrap_or(false);
     let stream = match tokio::time::timeout_at(first_deadline, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -477,22 +496,98 @@ async fn serve_connection<A, H, F>(
     let service = service_fn(move |request| {
         let in_flight = service_activity.begin();
         let handler = handler.clone();
-        async move {
+        // Boxed: hyper keeps one allocation the size of this future for the connection's whole
+        // life (`in_flight`), which for a streaming session is long after the future is done.
+        let responding: RequestFuture = Box::pin(async move {
             let response = handler(request, peer).await;
             Ok::<_, Infallible>(response.map(|body| conn::track(body, in_flight)))
-        }
+        });
+        responding
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.handshake);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(timeouts.keepalive_interval)
-        .keep_alive_timeout(timeouts.keepalive_timeout);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if http1 {
+        // Served by hyper's HTTP/1 connection directly: the auto builder's version sniffing
+        // hands hyper the first 24 bytes on their own, which makes its read buffer grow to
+        // 16 KiB for the connection's whole life (bench/STREAMING-MEMORY.md).
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.handshake);
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let shut_down = |connection: std::pin::Pin<&mut _>| {
+            hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(connection)
+        };
+        drive(
+            connection,
+            shut_down,
+            &activity,
+            &timeouts,
+            first_deadline,
+            peer,
+            count_timeout,
+        )
+        .await;
+        return;
+    }
+    // Boxed: HTTP/2 (TLS or prior knowledge) and undecided connections are rare, and their
+    // much larger connection state would otherwise size every HTTP/1 connection's task.
+    Box::pin(async move {
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.handshake);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(timeouts.keepalive_interval)
+            .keep_alive_timeout(timeouts.keepalive_timeout);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let shut_down = |connection: std::pin::Pin<&mut _>| {
+            hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(connection)
+        };
+        drive(
+            connection,
+            shut_down,
+            &activity,
+            &timeouts,
+            first_deadline,
+            peer,
+            count_timeout,
+        )
+        .await;
+    })
+    .await;
+}
+
+/// The HTTP/2 connection preface a prior-knowledge client starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits for the client's first bytes and tells whether they rule out the HTTP/2 preface
+/// (`false` when they do not yet, or the peek fails: the auto-detecting server decides then).
+async fn starts_as_http1(stream: &TcpStream) -> bool {
+    let mut first = [0u8; H2_PREFACE.len()];
+    match stream.peek(&mut first).await {
+        Ok(read) if read > 0 => !H2_PREFACE.starts_with(&first[..read]),
+        _ => false,
+    }
+}
+
+/// Runs `connection` until it ends, or closes it once idle for `timeouts.idle` (or without a
+/// first request by `first_deadline`).
+async fn drive<C, E>(
+    connection: C,
+    shut_down: impl FnOnce(std::pin::Pin<&mut C>),
+    activity: &Activity,
+    timeouts: &ConnectionTimeouts,
+    first_deadline: Instant,
+    peer: SocketAddr,
+    count_timeout: impl Fn(&'static str),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(connection);
     let reason = loop {
         let deadline = if !activity.is_idle() {
@@ -525,6 +620,41 @@ async fn serve_connection<A, H, F>(
         // Nothing was ever served: drop it without ceremony.
         return;
     }
-    connection.as_mut().graceful_shutdown();
+    shut_down(connection.as_mut());
     let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// The server side of a loopback connection on which the client wrote `first`.
+    async fn served_after(first: &[u8]) -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.write_all(first).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // Keep the client open for the peek.
+        std::mem::forget(client);
+        server
+    }
+
+    #[tokio::test]
+    async fn http1_is_told_from_the_first_bytes_and_the_h2_preface_is_not() {
+        let http1 = served_after(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(starts_as_http1(&http1).await);
+        let h2 = served_after(H2_PREFACE).await;
+        assert!(!starts_as_http1(&h2).await);
+        // Too short to tell: left to the auto-detecting server.
+        let partial = served_after(b"PRI * HT").await;
+        assert!(!starts_as_http1(&partial).await);
+        // Peeking consumes nothing.
+        let mut first = [0u8; 3];
+        http1.peek(&mut first).await.unwrap();
+        assert_eq!(&first, b"GET");
+    }
 }

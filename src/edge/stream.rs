@@ -7,26 +7,29 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode, header, request::Parts};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Edge, Settings};
 use crate::http::{Body, BoxError};
 use crate::protocol::client::Reply;
 use crate::protocol::frame::encode_message;
 use crate::protocol::{Disconnect, Encoding};
-use crate::session::emulation::Registration;
+use crate::session::emulation::{Commands, Registration};
 use crate::session::{self, Inbound, Transport};
 
 /// Frames buffered between the session and the HTTP connection; beyond it writes wait (and
-/// time out after `write_timeout` with 3009).
+/// time out after `write_timeout` with 3009). The channel holds plain `Bytes` (32 bytes a slot)
+/// rather than `Result<Frame, _>` (over 100), because tokio allocates its slots 32 at a time
+/// whatever the capacity.
 const BODY_QUEUE_FRAMES: usize = 4;
 /// Time allowed to write the final disconnect push.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -69,14 +72,34 @@ impl Framing {
     }
 }
 
-type BodySender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+type BodySender = mpsc::Sender<Bytes>;
+
+/// The streaming response body: the framed chunks the session queued, in order; it ends when
+/// the session drops its sender.
+struct OutboxBody {
+    chunks: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for OutboxBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.chunks
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
 
 /// A streaming session's transport.
 pub struct StreamTransport {
     framing: Framing,
     encoding: Encoding,
     initial: Option<Bytes>,
-    commands: mpsc::Receiver<Bytes>,
+    commands: Commands,
     body: Option<BodySender>,
     _registration: Registration,
 }
@@ -90,10 +113,7 @@ impl Transport for StreamTransport {
             return Inbound::Gone;
         };
         tokio::select! {
-            frame = self.commands.recv() => match frame {
-                Some(frame) => Inbound::Frame(frame),
-                None => Inbound::Gone,
-            },
+            frame = self.commands.recv() => Inbound::Frame(frame),
             _ = body.closed() => Inbound::Gone,
         }
     }
@@ -104,7 +124,7 @@ impl Transport for StreamTransport {
             .as_ref()
             .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
         let bytes = self.framing.frame(self.encoding, &batch);
-        body.send(Ok(Frame::data(bytes)))
+        body.send(bytes)
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
     }
@@ -120,8 +140,7 @@ impl Transport for StreamTransport {
         };
         if let Ok(message) = encode_message(self.encoding, &reply) {
             let bytes = self.framing.frame(self.encoding, &[message]);
-            let _ =
-                tokio::time::timeout(CLOSE_WRITE_TIMEOUT, body.send(Ok(Frame::data(bytes)))).await;
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, body.send(bytes)).await;
         }
         // Dropping the sender ends the response.
     }
@@ -160,7 +179,7 @@ pub fn start(
     let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE_FRAMES);
     if framing == Framing::Sse {
         // A blank line first: dispatches no event but lets EventSource fire `open` at once.
-        let _ = body_tx.try_send(Ok(Frame::data(Bytes::from_static(b"\r\n"))));
+        let _ = body_tx.try_send(Bytes::from_static(b"\r\n"));
     }
     let mut params = edge.session_params(
         settings,
@@ -191,7 +210,7 @@ pub fn start(
         edge.phase.clone(),
     ));
 
-    let body = StreamBody::new(ReceiverStream::new(body_rx)).boxed();
+    let body = OutboxBody { chunks: body_rx }.boxed();
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

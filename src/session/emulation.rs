@@ -2,15 +2,17 @@
 //! emulation session id from the connect reply → the channel that feeds the session's loop.
 //!
 //! Guarantee: frames for one session are handed over in the order their POSTs were read, and
-//! a registration disappears when its guard drops, whatever ends the session.
+//! a registration disappears when its guard drops, whatever ends the session. An idle
+//! session's queue holds no frame storage: it is allocated on the first frame (a tokio mpsc
+//! would allocate room for 32 frames up front, per session).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, Semaphore};
 
 /// Frames an emulated session may have queued before POSTs wait.
 pub const EMULATION_QUEUE_FRAMES: usize = 32;
@@ -31,7 +33,47 @@ pub enum DeliverError {
 /// Shared registry; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct EmulationRegistry {
-    sessions: Arc<Mutex<HashMap<Box<str>, mpsc::Sender<Bytes>>>>,
+    sessions: Arc<Mutex<HashMap<Box<str>, Arc<Queue>>>>,
+}
+
+/// One session's bounded frame queue: `room` holds a permit per free slot.
+#[derive(Debug)]
+struct Queue {
+    frames: Mutex<VecDeque<Bytes>>,
+    readable: Notify,
+    room: Semaphore,
+}
+
+impl Queue {
+    fn frames(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The receiving end of a session's queue; dropping it fails every waiting and later delivery.
+#[derive(Debug)]
+pub struct Commands {
+    queue: Arc<Queue>,
+}
+
+impl Commands {
+    /// The next frame, in delivery order (cancel-safe: a frame is taken only when returned).
+    pub async fn recv(&mut self) -> Bytes {
+        loop {
+            let next = self.queue.frames().pop_front();
+            if let Some(frame) = next {
+                self.queue.room.add_permits(1);
+                return frame;
+            }
+            self.queue.readable.notified().await;
+        }
+    }
+}
+
+impl Drop for Commands {
+    fn drop(&mut self) {
+        self.queue.room.close();
+    }
 }
 
 /// Keeps a session registered; dropping it unregisters.
@@ -48,32 +90,42 @@ impl Drop for Registration {
 }
 
 impl EmulationRegistry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, mpsc::Sender<Bytes>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Queue>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a new emulation session id; returns the guard and the receiving end.
-    pub fn register(&self, id: Box<str>) -> (Registration, mpsc::Receiver<Bytes>) {
-        let (sender, receiver) = mpsc::channel(EMULATION_QUEUE_FRAMES);
-        self.lock().insert(id.clone(), sender);
+    pub fn register(&self, id: Box<str>) -> (Registration, Commands) {
+        let queue = Arc::new(Queue {
+            frames: Mutex::new(VecDeque::new()),
+            readable: Notify::new(),
+            room: Semaphore::new(EMULATION_QUEUE_FRAMES),
+        });
+        self.lock().insert(id.clone(), queue.clone());
         (
             Registration {
                 registry: self.clone(),
                 id,
             },
-            receiver,
+            Commands { queue },
         )
     }
 
     /// Hands one frame (the POST's inner data) to the session.
     pub async fn deliver(&self, id: &str, frame: Bytes) -> Result<(), DeliverError> {
-        let sender = self
+        let queue = self
             .lock()
             .get(id)
             .cloned()
             .ok_or(DeliverError::UnknownSession)?;
-        match tokio::time::timeout(DELIVER_TIMEOUT, sender.send(frame)).await {
-            Ok(Ok(())) => Ok(()),
+        match tokio::time::timeout(DELIVER_TIMEOUT, queue.room.acquire()).await {
+            Ok(Ok(permit)) => {
+                // The slot is given back by `Commands::recv` when the frame is taken.
+                permit.forget();
+                queue.frames().push_back(frame);
+                queue.readable.notify_one();
+                Ok(())
+            }
             Ok(Err(_)) => Err(DeliverError::UnknownSession),
             Err(_) => Err(DeliverError::Busy),
         }
@@ -106,8 +158,8 @@ mod tests {
             .deliver("s1", Bytes::from_static(b"2"))
             .await
             .unwrap();
-        assert_eq!(frames.recv().await.unwrap(), Bytes::from_static(b"1"));
-        assert_eq!(frames.recv().await.unwrap(), Bytes::from_static(b"2"));
+        assert_eq!(frames.recv().await, Bytes::from_static(b"1"));
+        assert_eq!(frames.recv().await, Bytes::from_static(b"2"));
         assert_eq!(
             registry.deliver("s2", Bytes::new()).await,
             Err(DeliverError::UnknownSession)
@@ -118,5 +170,47 @@ mod tests {
             registry.deliver("s1", Bytes::new()).await,
             Err(DeliverError::UnknownSession)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_is_busy_and_a_taken_frame_makes_room() {
+        let registry = EmulationRegistry::default();
+        let (_guard, mut frames) = registry.register("s".into());
+        for i in 0..EMULATION_QUEUE_FRAMES {
+            registry
+                .deliver("s", Bytes::from(i.to_string()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            registry.deliver("s", Bytes::new()).await,
+            Err(DeliverError::Busy)
+        );
+        assert_eq!(frames.recv().await, Bytes::from_static(b"0"));
+        registry
+            .deliver("s", Bytes::from_static(b"last"))
+            .await
+            .unwrap();
+        for i in 1..EMULATION_QUEUE_FRAMES {
+            assert_eq!(frames.recv().await, Bytes::from(i.to_string()));
+        }
+        assert_eq!(frames.recv().await, Bytes::from_static(b"last"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_delivery_fails_when_the_session_ends() {
+        let registry = EmulationRegistry::default();
+        let (guard, frames) = registry.register("s".into());
+        for _ in 0..EMULATION_QUEUE_FRAMES {
+            registry.deliver("s", Bytes::new()).await.unwrap();
+        }
+        let waiting = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.deliver("s", Bytes::new()).await }
+        });
+        tokio::task::yield_now().await;
+        drop(frames);
+        drop(guard);
+        assert_eq!(waiting.await.unwrap(), Err(DeliverError::UnknownSession));
     }
 }

@@ -1,5 +1,7 @@
 //! `idle`: open N connections (connect + subscribe each), measure the connect rate, then the
 //! server's resident memory per idle connection (`VmRSS` delta of the given pids / N).
+//! `--transport http-stream|sse` opens streaming sessions instead (connect only, JSON), held
+//! the same way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::client::{ConnArgs, Incoming, Target, open_gated};
 use crate::stats::{emit, parse_duration, round2, self_rss_kib, sum_cpu_ms, sum_rss_kib};
+use crate::stream::{StreamClient, StreamKind, StreamTarget};
 
 /// Connections opened before the baseline reading (warms allocator arenas and the server's
 /// lazily built structures).
@@ -22,6 +25,10 @@ const WARM_UP_CONNECTIONS: usize = 2;
 pub struct IdleArgs {
     #[command(flatten)]
     conn: ConnArgs,
+    /// Transport to open: WebSocket (connect + subscribe, `ws://` URL), or a streaming session
+    /// (connect only, JSON, `http://` URL of the http_stream / sse path).
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: TransportArg,
     /// Connections to open.
     #[arg(long)]
     connections: usize,
@@ -39,12 +46,55 @@ pub struct IdleArgs {
     timeout: Duration,
 }
 
+/// Transport chosen on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TransportArg {
+    /// WebSocket (any dialect).
+    Websocket,
+    /// HTTP-streaming session.
+    HttpStream,
+    /// Server-sent events session.
+    Sse,
+}
+
+/// What each holder opens.
+enum Peer {
+    Ws(Target),
+    Stream(StreamTarget),
+}
+
+impl Peer {
+    fn new(conn: &ConnArgs, transport: TransportArg) -> Result<Peer> {
+        let stream =
+            |kind| StreamTarget::new(&conn.url, kind, conn.setup_timeout).map(Peer::Stream);
+        match transport {
+            TransportArg::Websocket => conn.target().map(Peer::Ws),
+            TransportArg::HttpStream => stream(StreamKind::HttpStream),
+            TransportArg::Sse => stream(StreamKind::Sse),
+        }
+    }
+
+    fn dialect_name(&self) -> &'static str {
+        match self {
+            Peer::Ws(target) => target.dialect.name(),
+            Peer::Stream(_) => "json",
+        }
+    }
+
+    fn transport_name(&self) -> &'static str {
+        match self {
+            Peer::Ws(_) => "websocket",
+            Peer::Stream(target) => target.kind().name(),
+        }
+    }
+}
+
 /// Runs the scenario and prints its result lines.
 pub async fn run(args: IdleArgs) -> Result<()> {
     if args.connections == 0 || args.conn.concurrency == 0 {
         bail!("--connections and --concurrency must be positive");
     }
-    let target = Arc::new(args.conn.target()?);
+    let target = Arc::new(Peer::new(&args.conn, args.transport)?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let dropped = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
@@ -107,7 +157,8 @@ pub async fn run(args: IdleArgs) -> Result<()> {
     let json = json!({
         "scenario": "idle",
         "label": args.conn.label,
-        "dialect": target.dialect.name(),
+        "dialect": target.dialect_name(),
+        "transport": target.transport_name(),
         "connections": args.connections,
         "ok": opened.ok,
         "failed": opened.failed,
@@ -140,10 +191,11 @@ pub async fn run(args: IdleArgs) -> Result<()> {
     let kib = per_conn(rss_after).map_or("n/a (no --pid)".to_owned(), |v| format!("{v} KiB"));
     emit(
         &format!(
-            "idle {} [{}]: {}/{} connected in {:.2}s ({:.0}/s), {} failed, {} dropped; \
+            "idle {} [{} {}]: {}/{} connected in {:.2}s ({:.0}/s), {} failed, {} dropped; \
              server RSS {} -> {} KiB, {} per connection",
             args.conn.label,
-            target.dialect.name(),
+            target.transport_name(),
+            target.dialect_name(),
             opened.ok,
             args.connections,
             opened.elapsed.as_secs_f64(),
@@ -210,7 +262,7 @@ struct Opened {
 /// Spawns `count` holder tasks and waits (bounded by `timeout`) until each reported its setup.
 #[allow(clippy::too_many_arguments)]
 async fn open_all(
-    target: &Arc<Target>,
+    target: &Arc<Peer>,
     count: usize,
     concurrency: usize,
     channel_prefix: &str,
@@ -268,14 +320,20 @@ async fn open_all(
 
 /// One idle connection: set up (gated), report, then answer pings until shutdown.
 async fn hold(
-    target: Arc<Target>,
+    target: Arc<Peer>,
     channel: String,
     gate: Arc<Semaphore>,
     ready: mpsc::Sender<Result<(), String>>,
     mut shutdown: watch::Receiver<bool>,
     dropped: Arc<AtomicUsize>,
 ) {
-    let Some(mut client) = open_gated(&target, &channel, &gate, ready, &mut shutdown).await else {
+    let target = match &*target {
+        Peer::Ws(target) => target,
+        Peer::Stream(target) => {
+            return hold_stream(target, &gate, ready, &mut shutdown, &dropped).await;
+        }
+    };
+    let Some(mut client) = open_gated(target, &channel, &gate, ready, &mut shutdown).await else {
         return;
     };
     loop {
@@ -291,6 +349,42 @@ async fn hold(
         }
     }
     client.close(Duration::from_secs(2)).await;
+}
+
+/// One idle streaming session: connect (gated), report, then drain the response until shutdown.
+async fn hold_stream(
+    target: &StreamTarget,
+    gate: &Semaphore,
+    ready: mpsc::Sender<Result<(), String>>,
+    shutdown: &mut watch::Receiver<bool>,
+    dropped: &AtomicUsize,
+) {
+    let setup = async {
+        let _permit = gate.acquire().await?;
+        StreamClient::open_connected(target).await
+    };
+    let mut client = tokio::select! {
+        result = setup => match result {
+            Ok(client) => {
+                let _ = ready.send(Ok(())).await;
+                client
+            }
+            Err(error) => {
+                let _ = ready.send(Err(format!("{error:#}"))).await;
+                return;
+            }
+        },
+        _ = shutdown.changed() => return,
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            more = client.next() => if !matches!(more, Ok(true)) {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            },
+        }
+    }
 }
 
 /// Waits for every task, aborting what is left after `timeout`.

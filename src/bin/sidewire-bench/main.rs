@@ -16,6 +16,7 @@ mod idle;
 mod report;
 mod rpc;
 mod stats;
+mod stream;
 
 use std::process::ExitCode;
 

@@ -30,7 +30,7 @@ use crate::session::{self, Inbound, Transport};
 /// time out after `write_timeout` with 3009). The channel holds plain `Bytes` (32 bytes a slot)
 /// rather than `Result<Frame, _>` (over 100), because tokio allocates its slots 32 at a time
 /// whatever the capacity.
-const BODY_QUEUE_FRAMES: usize = 4;
+pub(crate) const BODY_QUEUE_FRAMES: usize = 4;
 /// Time allowed to write the final disconnect push.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -210,15 +210,24 @@ pub fn start(
         edge.phase.clone(),
     ));
 
-    let body = OutboxBody { chunks: body_rx }.boxed();
-    let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
     let content_type = match (framing, encoding) {
         (Framing::Sse, _) => "text/event-stream; charset=utf-8",
         (Framing::HttpStream, Encoding::Json) => "text/plain; charset=utf-8",
         (Framing::HttpStream, Encoding::Protobuf) => "application/octet-stream",
     };
+    streaming_response(body_rx, content_type)
+}
+
+/// The 200 response of a streaming session (two-way or uni): its body yields the chunks the
+/// session queues on `chunks`, in order, and ends when the session drops its sender; headers
+/// tell every cache and proxy not to buffer it.
+pub(crate) fn streaming_response(
+    chunks: mpsc::Receiver<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
+    let mut response = Response::new(OutboxBody { chunks }.boxed());
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         header::CACHE_CONTROL,

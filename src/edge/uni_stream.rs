@@ -12,23 +12,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::body::read_limited;
 use super::sse::connect_param;
+use super::stream::{BODY_QUEUE_FRAMES, streaming_response};
 use super::uni::{UniMessage, connect_command, disconnect_push, to_uni};
 use super::{Edge, Settings};
-use crate::http::{Body, BoxError, status};
+use crate::http::{Body, status};
 use crate::protocol::{Disconnect, Encoding};
 use crate::session::{self, Inbound, Transport};
 
-/// Frames buffered between the session and the HTTP connection; beyond it writes wait (and
-/// time out after `write_timeout` with 3009).
-const BODY_QUEUE_FRAMES: usize = 4;
 /// Time allowed to write the final disconnect push.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The connect request of a uni SSE GET without `cf_connect` (Centrifugo: an empty one).
@@ -66,7 +62,7 @@ impl UniFraming {
     }
 }
 
-type BodySender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+type BodySender = mpsc::Sender<Bytes>;
 
 /// A uni streaming session's transport: yields the connect command once, then only waits for
 /// the client to go away (or for a refused connect to end the session).
@@ -113,7 +109,7 @@ impl Transport for UniStreamTransport {
         if out.is_empty() {
             return Ok(());
         }
-        body.send(Ok(Frame::data(out.freeze())))
+        body.send(out.freeze())
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
     }
@@ -129,8 +125,7 @@ impl Transport for UniStreamTransport {
         if let Some(push) = disconnect_push(&disconnect) {
             let mut out = BytesMut::with_capacity(push.len() + 8);
             self.framing.append(&mut out, &push);
-            let frame = Frame::data(out.freeze());
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, body.send(Ok(frame))).await;
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, body.send(out.freeze())).await;
         }
         // Dropping the sender ends the response.
     }
@@ -220,7 +215,7 @@ fn start(
     let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE_FRAMES);
     if framing == UniFraming::Sse {
         // A blank line first: dispatches no event but lets EventSource fire `open` at once.
-        let _ = body_tx.try_send(Ok(Frame::data(Bytes::from_static(b"\r\n"))));
+        let _ = body_tx.try_send(Bytes::from_static(b"\r\n"));
     }
     let mut params = edge.session_params(
         settings,
@@ -251,23 +246,11 @@ fn start(
         edge.phase.clone(),
     ));
 
-    let body = StreamBody::new(ReceiverStream::new(body_rx)).boxed();
-    let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
     let content_type = match framing {
         UniFraming::Sse => "text/event-stream; charset=utf-8",
         UniFraming::HttpStream => "text/plain; charset=utf-8",
     };
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
-    );
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    headers.insert("expire", HeaderValue::from_static("0"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    streaming_response(body_rx, content_type)
 }
 
 #[cfg(test)]
@@ -303,7 +286,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         transport.close(Disconnect::INVALID_TOKEN).await;
-        let frame = body_rx.recv().await.unwrap().unwrap().into_data().unwrap();
+        let frame = body_rx.recv().await.unwrap();
         assert_eq!(
             &frame[..],
             b"{\"disconnect\":{\"code\":3500,\"reason\":\"invalid token\"}}\n"

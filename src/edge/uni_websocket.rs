@@ -12,20 +12,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::uni::{UniMessage, connect_command, disconnect_push, to_uni};
-use super::websocket::{bad_handshake, handshake_response, validate_handshake};
+use super::websocket::{accept_handshake, handshake_response, run_upgraded, session_config};
 use super::{Edge, Settings};
-use crate::http::{Body, status};
+use crate::http::Body;
 use crate::protocol::{Disconnect, Encoding};
 use crate::session::{self, Inbound, Transport};
 
@@ -42,15 +41,10 @@ pub fn handle(
     mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    if request.method() != Method::GET {
-        return status(StatusCode::METHOD_NOT_ALLOWED);
-    }
-    let Some(key) = validate_handshake(request.headers()) else {
-        return bad_handshake();
+    let key = match accept_handshake(edge, settings, &request) {
+        Ok(key) => key,
+        Err(refused) => return *refused,
     };
-    if !settings.origins.check(request.headers()) {
-        return edge.origin_rejected();
-    }
     let limit = settings.config.uni_websocket_message_size_limit;
     let mut params = edge.session_params(
         settings,
@@ -64,35 +58,11 @@ pub fn handle(
     );
     // Uni clients cannot answer pings: advertise `pong: false` and expect none.
     params.settings.pong_timeout = Duration::ZERO;
-    let read_buffer = settings.config.websocket_read_buffer_size;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(read_buffer)
-        .write_buffer_size(0)
-        .max_write_buffer_size(
-            settings
-                .config
-                .queue_max_size
-                .saturating_mul(2)
-                .max(read_buffer),
-        )
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
-    let upgrade = hyper::upgrade::on(&mut request);
+    let ws_config = session_config(settings, limit);
     let link = settings.link.clone();
     let phase = edge.phase.clone();
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                session::run(UniWsTransport::new(ws), link, params, phase).await;
-            }
-            Err(error) => tracing::debug!(%peer, %error, "uni websocket upgrade failed"),
-        }
+    run_upgraded(&mut request, ws_config, peer, move |ws| {
+        session::run(UniWsTransport::new(ws), link, params, phase)
     });
     handshake_response(&key, None)
 }
@@ -213,6 +183,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
 
     async fn pair() -> (
         UniWsTransport<tokio::io::DuplexStream>,

@@ -91,16 +91,11 @@ pub fn handle(
     mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    if request.method() != Method::GET {
-        return status(StatusCode::METHOD_NOT_ALLOWED);
-    }
-    let Some(key) = validate_handshake(request.headers()) else {
-        return bad_handshake();
+    let key = match accept_handshake(edge, settings, &request) {
+        Ok(key) => key,
+        Err(refused) => return *refused,
     };
     let headers = request.headers();
-    if !settings.origins.check(headers) {
-        return edge.origin_rejected();
-    }
     let negotiated = negotiate(headers, request.uri().query());
     let params = edge.session_params(
         settings,
@@ -111,8 +106,40 @@ pub fn handle(
         request.headers(),
         settings.config.message_size_limit,
     );
+    let ws_config = session_config(settings, settings.config.message_size_limit);
+    let link = settings.link.clone();
+    let phase = edge.phase.clone();
+    let encoding = negotiated.encoding;
+    run_upgraded(&mut request, ws_config, peer, move |ws| {
+        session::run(WsTransport { ws, encoding }, link, params, phase)
+    });
+    handshake_response(&key, negotiated.subprotocol)
+}
+
+/// Checks a WebSocket handshake request (GET, upgrade headers, origin); the client key, or the
+/// response refusing it (405, 400, 403).
+pub(crate) fn accept_handshake(
+    edge: &Edge,
+    settings: &Settings,
+    request: &Request<Incoming>,
+) -> Result<HeaderValue, Box<Response<Body>>> {
+    if request.method() != Method::GET {
+        return Err(Box::new(status(StatusCode::METHOD_NOT_ALLOWED)));
+    }
+    let Some(key) = validate_handshake(request.headers()) else {
+        return Err(Box::new(bad_handshake()));
+    };
+    if !settings.origins.check(request.headers()) {
+        return Err(Box::new(edge.origin_rejected()));
+    }
+    Ok(key)
+}
+
+/// A session's WebSocket settings: the configured read buffer, writes unbuffered and bounded
+/// at twice `queue_max_size`, messages and frames up to `message_limit`.
+pub(crate) fn session_config(settings: &Settings, message_limit: usize) -> WebSocketConfig {
     let read_buffer = settings.config.websocket_read_buffer_size;
-    let ws_config = WebSocketConfig::default()
+    WebSocketConfig::default()
         .read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(
@@ -122,12 +149,22 @@ pub fn handle(
                 .saturating_mul(2)
                 .max(read_buffer),
         )
-        .max_message_size(Some(settings.config.message_size_limit))
-        .max_frame_size(Some(settings.config.message_size_limit));
-    let upgrade = hyper::upgrade::on(&mut request);
-    let link = settings.link.clone();
-    let phase = edge.phase.clone();
-    let encoding = negotiated.encoding;
+        .max_message_size(Some(message_limit))
+        .max_frame_size(Some(message_limit))
+}
+
+/// Runs `session` on the WebSocket once `request`'s connection is upgraded (after the 101 is
+/// sent); an upgrade that fails is logged and dropped.
+pub(crate) fn run_upgraded<F, S>(
+    request: &mut Request<Incoming>,
+    ws_config: WebSocketConfig,
+    peer: SocketAddr,
+    session: F,
+) where
+    F: FnOnce(WebSocketStream<TokioIo<Upgraded>>) -> S + Send + 'static,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
+    let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
@@ -137,13 +174,11 @@ pub fn handle(
                     Some(ws_config),
                 )
                 .await;
-                session::run(WsTransport { ws, encoding }, link, params, phase).await;
+                session(ws).await;
             }
             Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
         }
     });
-
-    handshake_response(&key, negotiated.subprotocol)
 }
 
 /// Checks the upgrade headers of a WebSocket handshake; returns the client key, or `None`

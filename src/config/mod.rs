@@ -6,6 +6,7 @@
 
 pub mod channel;
 pub mod duration;
+pub mod engine;
 pub mod env;
 pub mod schema;
 pub mod secret;
@@ -201,6 +202,8 @@ pub struct Config {
     pub upstream: Option<UpstreamConfig>,
     /// The reference hub (embedded, or `sidewire hub`).
     pub hub: HubConfig,
+    /// Where shared state lives: `memory` (one node) or `redis` (replicas share channels).
+    pub engine: engine::EngineConfig,
     /// Logging.
     pub log: LogConfig,
     /// Time a new client connection has to finish TLS and send its first request headers.
@@ -276,6 +279,7 @@ impl Default for Config {
             backend: None,
             upstream: None,
             hub: HubConfig::default(),
+            engine: engine::EngineConfig::default(),
             log: LogConfig::default(),
             client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
@@ -770,6 +774,9 @@ impl Config {
                 upstream.token.as_deref().is_none_or(valid_token),
                 "upstream.token: must be non-empty printable ASCII without spaces".to_owned(),
             );
+        }
+        for problem in self.engine.problems() {
+            check(false, problem);
         }
         if let Some(tls) = &self.tls {
             check(

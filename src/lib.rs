@@ -2,7 +2,8 @@
 //! front of any backend.
 //!
 //! Module map (one duty each):
-//! - [`edge`]: listeners, routing, origin policy, transports (WebSocket);
+//! - [`edge`]: listeners, routing, origin and CORS policy, connection caps, the transports
+//!   (WebSocket, HTTP-streaming, SSE, `/emulation`, and the unidirectional ones);
 //! - [`session`]: the transport-independent session loop and its bounded outbox;
 //! - [`link`]: the multiplexed stream to the upstream, reconnects, local fan-out;
 //! - [`protocol`]: client protocol v2 types, JSON dialect, framing, codes;

@@ -1,5 +1,6 @@
-//! The admin listener (never the client port): `/healthz` (process alive), `/readyz` (Link up,
-//! config valid, not draining), `/metrics` (OpenMetrics text) and, when the hub is embedded,
+//! The admin listener (never the client port): `/healthz` (process alive), `/readyz` (the Link
+//! is up and the process is not draining; an invalid config never gets this far: it is refused
+//! at start and on reload), `/metrics` (OpenMetrics text) and, when the hub is embedded,
 //! its server API under `/api/`.
 
 pub mod metrics;

@@ -143,7 +143,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Client listener address (WebSocket endpoint and, later, passthrough).
+    /// Client listener address: every client transport and the passthrough to the backend.
     pub listen: SocketAddr,
     /// Admin listener address: `/healthz`, `/readyz`, and the embedded hub's `/api/*`.
     pub admin_listen: SocketAddr,

@@ -31,10 +31,11 @@ if (( HARD_NOFILE < 10300 )); then
     exit 1
 fi
 
-echo "== cargo build --release --bins"
-cargo build --release --bins
-SIDEWIRE="$ROOT/target/release/sidewire"
-BENCH="$ROOT/target/release/sidewire-bench"
+echo "== cargo build --release --workspace --bins"
+cargo build --release --workspace --bins
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+SIDEWIRE="$TARGET_DIR/release/sidewire"
+BENCH="$TARGET_DIR/release/sidewire-bench"
 
 if [[ "$PIN" == 1 ]] && (( $(nproc) >= 2 )) && command -v taskset >/dev/null; then
     SERVER_PIN=(taskset -c 0)
@@ -540,7 +541,7 @@ PY
     echo
     echo "## Exact commands"
     echo
-    echo "Run from the repository root after \`ulimit -n $HARD_NOFILE\` and \`cargo build --release --bins\`;"
+    echo "Run from the repository root after \`ulimit -n $HARD_NOFILE\` and \`cargo build --release --workspace --bins\`;"
     echo "servers were started as \`${SERVER_PIN[*]} target/release/sidewire --config <the yaml above>\`"
     echo "and \`${SERVER_PIN[*]} target/release/sidewire-bench floor-server\` (addresses and pids"
     echo "from their stdout line and \`\$!\`)."

@@ -40,7 +40,7 @@ enum Command {
     /// Run the reference hub standalone (gRPC Link server + server API).
     Hub,
     /// Print a connection token (or, with --channel, a subscription token) signed with
-    /// hub.token_hmac_secret (HS256), as `centrifugo gentoken` does.
+    /// hub.client.token.hmac_secret_key (HS256), as `centrifugo gentoken` does.
     Gentoken(GentokenArgs),
 }
 
@@ -73,7 +73,7 @@ fn print_token(config: &Config, args: &GentokenArgs) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .context("system clock before 1970")?
         .as_secs();
-    let token = gentoken::generate(config.hub.token_hmac_secret.as_deref(), &request, now)?;
+    let token = gentoken::generate(&config.hub.client, &request, now)?;
     let kind = if request.channel.is_some() {
         "subscription"
     } else {

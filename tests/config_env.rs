@@ -1,5 +1,5 @@
 //! Configuration from the environment and from secret files, end to end: `SIDEWIRE_*`
-//! overrides, `hub.api_key_file` (re-read on reload), and `sidewire gentoken` tokens
+//! overrides, `hub.http_api.key_file` (re-read on reload), and `sidewire gentoken` tokens
 //! accepted by a real sidewire.
 
 mod support;
@@ -120,7 +120,7 @@ async fn publish_status(admin: SocketAddr, key: &str) -> u16 {
 }
 
 /// The file says port 1 (which cannot be bound): the server must listen where
-/// `SIDEWIRE_LISTEN` says; `hub.api_key_file` supplies the key, re-read on SIGHUP and when
+/// `SIDEWIRE_LISTEN` says; `hub.http_api.key_file` supplies the key, re-read on SIGHUP and when
 /// the file changes; an unknown
 /// `SIDEWIRE_HUB_*` variable is warned about by name.
 #[tokio::test]
@@ -132,7 +132,7 @@ async fn env_overrides_listeners_and_api_key_file_rotates_on_reload() {
     std::fs::write(
         &config,
         format!(
-            "listen: \"127.0.0.1:1\"\nadmin_listen: \"127.0.0.1:1\"\nhub:\n  api_key_file: {:?}\n",
+            "listen: \"127.0.0.1:1\"\nadmin_listen: \"127.0.0.1:1\"\nhub:\n  http_api:\n    key_file: {:?}\n",
             key_file.display().to_string()
         ),
     )
@@ -223,7 +223,7 @@ fn gentoken(config: &std::path::Path, user: &str, ttl: &str) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-/// A token printed by `sidewire gentoken` (secret from `hub.token_hmac_secret_file`) connects
+/// A token printed by `sidewire gentoken` (secret from `hub.client.token.hmac_secret_key_file`) connects
 /// to a sidewire with the same secret; a 1 s token is refused with 109 once expired.
 #[tokio::test]
 async fn gentoken_token_connects_and_expired_one_gets_109() {
@@ -235,7 +235,7 @@ async fn gentoken_token_connects_and_expired_one_gets_109() {
     std::fs::write(
         &config,
         format!(
-            "hub:\n  token_hmac_secret_file: {:?}\n",
+            "hub:\n  client:\n    token:\n      hmac_secret_key_file: {:?}\n",
             secret_file.display().to_string()
         ),
     )
@@ -243,7 +243,10 @@ async fn gentoken_token_connects_and_expired_one_gets_109() {
     let token = gentoken(&config, "alice", "1h");
     let short = gentoken(&config, "bob", "1s");
 
-    let server = Server::start(&format!("hub:\n  token_hmac_secret: \"{SECRET}\"\n")).await;
+    let server = Server::start(&format!(
+        "hub:\n  client:\n    token:\n      hmac_secret_key: \"{SECRET}\"\n"
+    ))
+    .await;
     let mut alice = server.ws(WsOptions::json()).await;
     let reply = alice.connect_with(connect_token(&token)).await;
     assert_eq!(reply.error, None, "generated token accepted: {reply:?}");
@@ -270,11 +273,14 @@ async fn gentoken_and_overrides_fail_clearly() {
     let output = sidewire(&["--config", path, "gentoken", "--user", "u"], &[]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("hub.token_hmac_secret"), "{stderr}");
+    assert!(
+        stderr.contains("hub.client.token.hmac_secret_key"),
+        "{stderr}"
+    );
 
     let output = sidewire(
         &["--config", path, "gentoken", "--user", "u", "--ttl", "soon"],
-        &[("SIDEWIRE_HUB_TOKEN_HMAC_SECRET", "s")],
+        &[("SIDEWIRE_HUB_CLIENT_TOKEN_HMAC_SECRET_KEY", "s")],
     );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -283,7 +289,7 @@ async fn gentoken_and_overrides_fail_clearly() {
     // Without a config file the environment still applies.
     let output = sidewire(
         &["gentoken", "--user", "u"],
-        &[("SIDEWIRE_HUB_TOKEN_HMAC_SECRET", "s")],
+        &[("SIDEWIRE_HUB_CLIENT_TOKEN_HMAC_SECRET_KEY", "s")],
     );
     assert!(
         output.status.success(),
@@ -306,12 +312,27 @@ async fn gentoken_and_overrides_fail_clearly() {
 
     let output = sidewire(
         &["--config", path, "check"],
-        &[("SIDEWIRE_HUB_API_KEY_FILE", "/nonexistent/sidewire-key")],
+        &[(
+            "SIDEWIRE_HUB_HTTP_API_KEY_FILE",
+            "/nonexistent/sidewire-key",
+        )],
     );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("hub.api_key_file") && stderr.contains("/nonexistent/sidewire-key"),
+        stderr.contains("hub.http_api.key_file") && stderr.contains("/nonexistent/sidewire-key"),
+        "{stderr}"
+    );
+
+    // A variable of a renamed key is an error naming the new one, never silently ignored.
+    let output = sidewire(
+        &["--config", path, "check"],
+        &[("SIDEWIRE_HUB_API_KEY", "k")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SIDEWIRE_HUB_API_KEY: renamed to SIDEWIRE_HUB_HTTP_API_KEY"),
         "{stderr}"
     );
 }

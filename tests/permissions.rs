@@ -14,7 +14,9 @@ const SECRET: &str = "permissions-secret";
 
 /// One namespace per option under test; `without_namespace` keeps the secure defaults.
 const NAMESPACES: &str = r#"
-token_hmac_secret: "permissions-secret"
+client:
+  token:
+    hmac_secret_key: "permissions-secret"
 channel:
   namespaces:
     - name: closed
@@ -289,7 +291,7 @@ async fn unknown_namespace_keys_are_refused() {
 
 #[tokio::test]
 async fn server_api_answers_unknown_namespace_and_disabled_features() {
-    let yaml = hub_section(&format!("api_key: \"k\"\n{NAMESPACES}"));
+    let yaml = hub_section(&format!("http_api: {{key: \"k\"}}\n{NAMESPACES}"));
     let server = Server::start(&yaml).await;
     let cases = [
         ("publish", json!({"channel": "unknown:a", "data": {}}), 102),

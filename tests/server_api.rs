@@ -12,7 +12,7 @@ const SECRET: &str = "server-api-secret";
 
 async fn server() -> Server {
     Server::start(&hub_section(&format!(
-        "api_key: \"{KEY}\"\ntoken_hmac_secret: \"{SECRET}\"\nhistory_size: 10"
+        "http_api: {{key: \"{KEY}\"}}\nclient: {{token: {{hmac_secret_key: \"{SECRET}\"}}}}\nhistory_size: 10"
     )))
     .await
 }
@@ -202,7 +202,7 @@ async fn server_side_subscribe_and_unsubscribe_reach_a_websocket_client() {
 #[tokio::test]
 async fn server_side_subscribe_respects_the_client_channel_limit() {
     let server = Server::start(&hub_section(&format!(
-        "api_key: \"{KEY}\"\ntoken_hmac_secret: \"{SECRET}\"\nclient_channel_limit: 1"
+        "http_api: {{key: \"{KEY}\"}}\nclient: {{token: {{hmac_secret_key: \"{SECRET}\"}}, channel_limit: 1}}"
     )))
     .await;
     let (mut bob, _) = user_client(&server, "bob", 600).await;

@@ -32,7 +32,7 @@ fn hs256(claims: Value) -> String {
 
 async fn hmac_server(extra: &str) -> Server {
     Server::start(&format!(
-        "hub:\n  token_hmac_secret: \"{SECRET}\"\n  api_key: \"{API_KEY}\"\n{extra}"
+        "hub:\n  http_api:\n    key: \"{API_KEY}\"\n  client:\n    token:\n      hmac_secret_key: \"{SECRET}\"\n{extra}"
     ))
     .await
 }
@@ -43,9 +43,9 @@ fn error_code(reply: &sidewire::protocol::client::Reply) -> Option<u32> {
 
 /// YAML block scalar lines of a PEM, indented under `hub:`.
 fn pem_block(key: &str, pem: &str) -> String {
-    let mut out = format!("  {key}: |\n");
+    let mut out = format!("      {key}: |\n");
     for line in pem.lines() {
-        out.push_str(&format!("    {line}\n"));
+        out.push_str(&format!("        {line}\n"));
     }
     out
 }
@@ -109,11 +109,11 @@ async fn channels_claim_is_a_server_side_subscription() {
     assert_eq!(json_of(&publication.data), json!({"n": 1}));
 }
 
-/// With `hub.token_audience` / `hub.token_issuer` set, a token with another `aud` or `iss`
+/// With `hub.client.token.audience` / `.issuer` set, a token with another `aud` or `iss`
 /// is refused with disconnect 3500; the right ones connect.
 #[tokio::test]
 async fn audience_and_issuer_mismatch_is_refused_with_3500() {
-    let server = hmac_server("  token_audience: \"app\"\n  token_issuer: \"auth\"\n").await;
+    let server = hmac_server("      audience: \"app\"\n      issuer: \"auth\"\n").await;
     let mut good = server.ws(WsOptions::json()).await;
     good.handshake_with(connect_token(&hs256(
         json!({"sub": "u", "aud": "app", "iss": "auth"}),
@@ -142,9 +142,9 @@ async fn rs256_and_es256_tokens_connect() {
     let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
     let yaml = format!(
-        "hub:\n{}{}",
-        pem_block("token_ecdsa_public_key", &ec.public_key_pem()),
-        pem_block("token_rsa_public_key", &rsa.public_key_pem())
+        "hub:\n  client:\n    token:\n{}{}",
+        pem_block("ecdsa_public_key", &ec.public_key_pem()),
+        pem_block("rsa_public_key", &rsa.public_key_pem())
     );
     let server = Server::start(&yaml).await;
     let es = encode(
@@ -341,7 +341,7 @@ async fn gentoken_connection_and_subscription_tokens_work_end_to_end() {
     let config = dir.path().join("tokens.yaml");
     std::fs::write(
         &config,
-        format!("hub:\n  token_hmac_secret: \"{SECRET}\"\n"),
+        format!("hub:\n  client:\n    token:\n      hmac_secret_key: \"{SECRET}\"\n"),
     )
     .unwrap();
     let connection = gentoken(&config, &["--user", "carol", "--info", r#"{"n":"C"}"#]);

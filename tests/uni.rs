@@ -707,7 +707,7 @@ async fn uni_sessions_get_pings_and_are_never_asked_for_pongs() {
 
 #[tokio::test]
 async fn uni_expired_token_on_the_hub_ends_with_disconnect_3005() {
-    let server = hub_sidecar(&hub_section("token_hmac_secret: \"s\"")).await;
+    let server = hub_sidecar(&hub_section("client: {token: {hmac_secret_key: \"s\"}}")).await;
     let expired = hs256_token("s", "u1", -60);
     let mut stream = uni_sse_get(server.client_addr, &json!({"token": expired}), None).await;
     assert_eq!(stream.status, 200);

@@ -407,7 +407,9 @@ const API_KEY: &str = "integration-api-key";
 /// Token auth (valid, invalid → 3500, expired → 109), users in publications and presence,
 /// refresh, the API key, and API disconnect (default 3503 and a custom code).
 async fn token_flow(encoding: Encoding, upstream: Upstream) {
-    let hub = format!("token_hmac_secret: \"{SECRET}\"\napi_key: \"{API_KEY}\"");
+    let hub = format!(
+        "client: {{token: {{hmac_secret_key: \"{SECRET}\"}}}}\nhttp_api: {{key: \"{API_KEY}\"}}"
+    );
     let deployment = Deployment::start(upstream, "", &hub).await;
     let api_at = deployment.api_addr;
 
@@ -743,7 +745,7 @@ async fn long_disconnect_reason_is_cut_to_fit_the_close_frame() {
     let deployment = Deployment::start(
         Upstream::Embedded,
         "",
-        &format!("token_hmac_secret: \"{secret}\""),
+        &format!("client: {{token: {{hmac_secret_key: \"{secret}\"}}}}"),
     )
     .await;
     let mut c = client(&deployment, Encoding::Json).await;

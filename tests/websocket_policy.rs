@@ -805,7 +805,14 @@ fn check_rejects_invalid_configs_naming_the_field() {
             "upstream:\n  endpoint: \"grpc://x:1\"\n",
             "upstream.endpoint",
         ),
-        ("hub:\n  token_hmac_secret: \"\"\n", "hub.token_hmac_secret"),
+        (
+            "hub:\n  client:\n    token:\n      hmac_secret_key: \"\"\n",
+            "hub.client.token.hmac_secret_key",
+        ),
+        (
+            "hub:\n  token_hmac_secret: \"s\"\n",
+            "hub.token_hmac_secret: renamed to hub.client.token.hmac_secret_key",
+        ),
         ("allowed_origins: [\"\"]\n", "allowed_origins"),
     ] {
         let (ok, stderr) = check(yaml);

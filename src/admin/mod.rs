@@ -34,7 +34,7 @@ pub struct Admin {
 pub enum ApiAccess {
     /// Callers must present this key.
     Key(String),
-    /// No key: allowed because the listener is loopback-only or `hub.api_insecure` is set.
+    /// No key: allowed because the listener is loopback-only or `hub.http_api.insecure` is set.
     Open,
     /// No key on a non-loopback listener: every call gets 403.
     Refused,
@@ -42,11 +42,11 @@ pub enum ApiAccess {
 
 impl ApiAccess {
     /// The secure default: a key when one is set; without one, open only on a loopback
-    /// listener or with `hub.api_insecure: true`.
+    /// listener or with `hub.http_api.insecure: true`.
     pub fn decide(listen: SocketAddr, hub: &HubConfig) -> ApiAccess {
-        match &hub.api_key {
+        match &hub.http_api.key {
             Some(key) => ApiAccess::Key(key.clone()),
-            None if listen.ip().is_loopback() || hub.api_insecure => ApiAccess::Open,
+            None if listen.ip().is_loopback() || hub.http_api.insecure => ApiAccess::Open,
             None => ApiAccess::Refused,
         }
     }
@@ -57,8 +57,8 @@ impl ApiAccess {
             tracing::warn!(
                 listener,
                 %listen,
-                "server API refused (403): the listener is not loopback-only and hub.api_key \
-                 is unset; set hub.api_key, bind it to 127.0.0.1, or set hub.api_insecure: true"
+                "server API refused (403): the listener is not loopback-only and hub.http_api.key \
+                 is unset; set hub.http_api.key, bind it to 127.0.0.1, or set hub.http_api.insecure: true"
             );
         }
     }
@@ -126,7 +126,7 @@ pub async fn api_call(
         ApiAccess::Refused => {
             return json(
                 StatusCode::FORBIDDEN,
-                r#"{"error":{"code":101,"message":"server API disabled: public listener without hub.api_key"}}"#,
+                r#"{"error":{"code":101,"message":"server API disabled: public listener without hub.http_api.key"}}"#,
             );
         }
         ApiAccess::Open => None,
@@ -167,9 +167,9 @@ mod tests {
         assert_eq!(ApiAccess::decide(public, &hub), ApiAccess::Refused);
         assert_eq!(ApiAccess::decide(loopback, &hub), ApiAccess::Open);
         assert_eq!(ApiAccess::decide(loopback6, &hub), ApiAccess::Open);
-        hub.api_insecure = true;
+        hub.http_api.insecure = true;
         assert_eq!(ApiAccess::decide(public, &hub), ApiAccess::Open);
-        hub.api_key = Some("k".into());
+        hub.http_api.key = Some("k".into());
         assert_eq!(ApiAccess::decide(public, &hub), ApiAccess::Key("k".into()));
     }
 }

@@ -1,8 +1,9 @@
 //! `hub.channel`: channel namespaces and their permissions, with Centrifugo v6's option names.
 //!
-//! Without a `hub.channel` section the hub keeps its historical open rules (every channel open
-//! to every client); with one, Centrifugo's secure defaults apply: nothing is allowed unless
-//! enabled. The rules themselves live in `crate::hub::namespace`.
+//! Without namespace options (`without_namespace` / `namespaces`) the hub keeps its historical
+//! open rules (every channel open to every client); with them, Centrifugo's secure defaults
+//! apply: nothing is allowed unless enabled. The rules themselves live in
+//! `crate::hub::namespace`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -104,20 +105,43 @@ channel_options! {
     sub_refresh_proxy_enabled: bool,
 }
 
-/// `hub.channel`: namespaces and permissions.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+/// Default longest channel name, bytes (Centrifugo's `channel.max_length`).
+pub const DEFAULT_MAX_LENGTH: usize = super::MAX_CHANNEL_LENGTH;
+
+/// `hub.channel`: the channel name limit, namespaces and permissions.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelConfig {
+    /// Longest channel name, bytes; longer names answer 106 (Centrifugo's
+    /// `channel.max_length`).
+    pub max_length: usize,
     /// Options of channels without `:`.
     pub without_namespace: ChannelOptions,
     /// Named namespaces.
     pub namespaces: Vec<NamespaceConfig>,
 }
 
+impl Default for ChannelConfig {
+    fn default() -> ChannelConfig {
+        ChannelConfig {
+            max_length: DEFAULT_MAX_LENGTH,
+            without_namespace: ChannelOptions::default(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
 impl ChannelConfig {
     /// Every problem, each naming its dotted field (`hub.channel.namespaces[2].channel_regex`).
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if !(1..=super::MAX_CHANNEL_LENGTH).contains(&self.max_length) {
+            problems.push(format!(
+                "hub.channel.max_length: must be 1..={}, got {}",
+                super::MAX_CHANNEL_LENGTH,
+                self.max_length
+            ));
+        }
         options_problems(
             "hub.channel.without_namespace",
             &self.without_namespace,
@@ -186,14 +210,14 @@ mod tests {
         let text = include_str!("../../configs/sidewire.yaml");
         let example: String = text
             .lines()
-            .skip_while(|l| !l.starts_with("  # channel:"))
-            .take_while(|l| l.starts_with("  #"))
-            .map(|l| format!("  {}\n", &l[4..]))
+            .skip_while(|l| !l.starts_with("    # without_namespace:"))
+            .take_while(|l| l.starts_with("    #"))
+            .map(|l| format!("    {}\n", &l[6..]))
             .collect();
         assert!(example.contains("namespaces:"), "{example}");
-        let config = super::super::Config::from_yaml(&format!("hub:\n{example}"))
+        let config = super::super::Config::from_yaml(&format!("hub:\n  channel:\n{example}"))
             .unwrap_or_else(|e| panic!("{e}\n{example}"));
-        let channel = config.hub.channel.unwrap_or_default();
+        let channel = config.hub.channel;
         assert_eq!(channel.namespaces.len(), 2);
         assert_eq!(channel.namespaces[0].history_ttl, Duration::from_secs(300));
         assert!(channel.without_namespace.allow_subscribe_for_anonymous);
@@ -221,6 +245,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            ..Default::default()
         };
         let text = config.problems().join("\n");
         for field in [

@@ -1,7 +1,7 @@
 //! `SIDEWIRE_*` environment overrides of config keys.
 //!
 //! Rule (Centrifugo's, with our prefix): a key's variable is `SIDEWIRE_` + its dotted path
-//! upper-cased with `.` → `_`, e.g. `hub.api_key` → `SIDEWIRE_HUB_API_KEY`,
+//! upper-cased with `.` → `_`, e.g. `hub.http_api.key` → `SIDEWIRE_HUB_HTTP_API_KEY`,
 //! `shutdown.drain_window` → `SIDEWIRE_SHUTDOWN_DRAIN_WINDOW`. Every key of the traced schema
 //! ([`super::schema`]) has one, plus `<secret>_file` for each secret key
 //! ([`super::secret::SECRET_KEYS`]). Values:
@@ -26,7 +26,7 @@ use super::secret::{self, FILE_SUFFIX};
 /// Prefix of every override variable.
 pub const ENV_PREFIX: &str = "SIDEWIRE_";
 
-/// The variable name of a dotted key path: `hub.api_key` → `SIDEWIRE_HUB_API_KEY`.
+/// The variable name of a dotted key path: `hub.http_api.key` → `SIDEWIRE_HUB_HTTP_API_KEY`.
 pub fn env_name(path: &str) -> String {
     format!(
         "{ENV_PREFIX}{}",
@@ -221,7 +221,7 @@ mod tests {
     #[test]
     fn names_follow_the_dotted_path() {
         assert_eq!(env_name("listen"), "SIDEWIRE_LISTEN");
-        assert_eq!(env_name("hub.api_key"), "SIDEWIRE_HUB_API_KEY");
+        assert_eq!(env_name("hub.http_api.key"), "SIDEWIRE_HUB_HTTP_API_KEY");
         assert_eq!(
             env_name("shutdown.drain_window"),
             "SIDEWIRE_SHUTDOWN_DRAIN_WINDOW"
@@ -230,15 +230,17 @@ mod tests {
         for name in [
             "SIDEWIRE_LISTEN",
             "SIDEWIRE_PING_INTERVAL",
-            "SIDEWIRE_HUB_API_KEY",
-            "SIDEWIRE_HUB_API_KEY_FILE",
-            "SIDEWIRE_HUB_TOKEN_HMAC_SECRET_FILE",
+            "SIDEWIRE_HUB_HTTP_API_KEY",
+            "SIDEWIRE_HUB_HTTP_API_KEY_FILE",
+            "SIDEWIRE_HUB_CLIENT_TOKEN_HMAC_SECRET_KEY_FILE",
+            "SIDEWIRE_HUB_CLIENT_SUBSCRIPTION_TOKEN_HMAC_SECRET_KEY_FILE",
             "SIDEWIRE_BACKEND_URL",
             "SIDEWIRE_SHUTDOWN_DRAIN_WINDOW",
             "SIDEWIRE_HUB_TLS_CERT_FILE",
             "SIDEWIRE_ALLOWED_ORIGINS",
             // Keys added by others after this mechanism: covered without a list.
             "SIDEWIRE_HUB_CLIENT_CHANNEL_LIMIT",
+            "SIDEWIRE_HUB_CHANNEL_MAX_LENGTH",
             "SIDEWIRE_HUB_BINARY_CHANNELS",
         ] {
             assert!(known.contains_key(name), "{name} not known");
@@ -265,7 +267,7 @@ mod tests {
                 ("SIDEWIRE_WEBSOCKET", "false"),
                 ("SIDEWIRE_SSE", "1"),
                 ("SIDEWIRE_QUEUE_MAX_SIZE", "4096"),
-                ("SIDEWIRE_HUB_API_KEY", "k"),
+                ("SIDEWIRE_HUB_HTTP_API_KEY", "k"),
                 ("SIDEWIRE_SHUTDOWN_DRAIN_WINDOW", "3s"),
                 (
                     "SIDEWIRE_ALLOWED_ORIGINS",
@@ -283,7 +285,7 @@ mod tests {
         assert!(!config.websocket);
         assert!(config.sse);
         assert_eq!(config.queue_max_size, 4096);
-        assert_eq!(config.hub.api_key.as_deref(), Some("k"));
+        assert_eq!(config.hub.http_api.key.as_deref(), Some("k"));
         assert_eq!(
             config.shutdown.drain_window,
             std::time::Duration::from_secs(3)
@@ -340,21 +342,26 @@ mod tests {
     #[test]
     fn environment_secret_replaces_the_file_pair() {
         let schema = trace::<Config>();
-        let mut tree = serde_json::json!({"hub": {"api_key_file": "/nonexistent"}});
-        apply(&mut tree, &schema, &vars(&[("SIDEWIRE_HUB_API_KEY", "k")])).unwrap();
-        assert_eq!(tree, serde_json::json!({"hub": {"api_key": "k"}}));
+        let mut tree = serde_json::json!({"hub": {"http_api": {"key_file": "/nonexistent"}}});
+        apply(
+            &mut tree,
+            &schema,
+            &vars(&[("SIDEWIRE_HUB_HTTP_API_KEY", "k")]),
+        )
+        .unwrap();
+        assert_eq!(tree, serde_json::json!({"hub": {"http_api": {"key": "k"}}}));
 
         let problems = apply(
             &mut tree,
             &schema,
             &vars(&[
-                ("SIDEWIRE_HUB_API_KEY", "k"),
-                ("SIDEWIRE_HUB_API_KEY_FILE", "/f"),
+                ("SIDEWIRE_HUB_HTTP_API_KEY", "k"),
+                ("SIDEWIRE_HUB_HTTP_API_KEY_FILE", "/f"),
             ]),
         )
         .unwrap_err();
         assert!(
-            problems[0].contains("SIDEWIRE_HUB_API_KEY_FILE"),
+            problems[0].contains("SIDEWIRE_HUB_HTTP_API_KEY_FILE"),
             "{problems:?}"
         );
     }

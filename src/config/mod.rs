@@ -5,9 +5,12 @@
 //! [`Config::validate`]; nothing binds a port before that.
 
 pub mod channel;
+pub mod client;
 pub mod duration;
 pub mod engine;
 pub mod env;
+pub mod http_api;
+pub mod renamed;
 pub mod schema;
 pub mod secret;
 pub mod sources;
@@ -96,9 +99,9 @@ pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// Default cap of open client connections per remote IP (0 = no per-IP cap).
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 0;
-/// Environment variable that, when set and non-empty, replaces `hub.api_key` of a loaded
+/// Environment variable that, when set and non-empty, replaces `hub.http_api.key` of a loaded
 /// config file (one instance of the generic `SIDEWIRE_*` rule of [`env`]).
-pub const API_KEY_ENV: &str = "SIDEWIRE_HUB_API_KEY";
+pub const API_KEY_ENV: &str = "SIDEWIRE_HUB_HTTP_API_KEY";
 /// Default HTTP/2 PING period of the standalone hub's Link server.
 pub const DEFAULT_LINK_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default time the standalone hub waits for a PING acknowledgement before it drops the Link
@@ -106,7 +109,7 @@ pub const DEFAULT_LINK_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_LINK_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default number of channels one client may be subscribed to at once (Centrifugo's
 /// `client.channel_limit`).
-pub const DEFAULT_HUB_CLIENT_CHANNEL_LIMIT: usize = 128;
+pub const DEFAULT_HUB_CLIENT_CHANNEL_LIMIT: usize = client::DEFAULT_CHANNEL_LIMIT;
 /// Default longest channel name the hub accepts, bytes (Centrifugo's `channel.max_length`).
 pub const DEFAULT_HUB_CHANNEL_MAX_LENGTH: usize = MAX_CHANNEL_LENGTH;
 /// Default bound of the frames queued by the hub towards one sidecar, bytes.
@@ -450,10 +453,12 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HubConfig {
-    /// When set, `connect.token` must be an HS256 JWT signed with this secret.
-    pub token_hmac_secret: Option<String>,
-    /// When set, the server API requires `X-API-Key: KEY` or `Authorization: apikey KEY`.
-    pub api_key: Option<String>,
+    /// `hub.client`: connection and subscription tokens, per-client limits (Centrifugo v6's
+    /// `client.*`).
+    pub client: client::ClientConfig,
+    /// `hub.http_api`: the server API's key and `insecure` flag (Centrifugo v6's
+    /// `http_api.*`).
+    pub http_api: http_api::HttpApiConfig,
     /// Publications kept per channel.
     pub history_size: usize,
     /// How long publications stay in history.
@@ -466,19 +471,12 @@ pub struct HubConfig {
     /// TLS on the Link listener of `sidewire hub` (sidecars then use an `https://` endpoint).
     /// With `tls.client_ca_file`, sidecars must present a certificate signed by that CA.
     pub tls: Option<TlsConfig>,
-    /// Serve the server API without a key on a non-loopback listener (Centrifugo's
-    /// `http_api.insecure`). Off: such a listener answers `/api/*` with 403.
-    pub api_insecure: bool,
     /// HTTP/2 PING period of the standalone hub's Link server; `0s` turns pings off.
     #[serde(deserialize_with = "duration::deserialize")]
     pub link_keepalive_interval: Duration,
     /// Time the standalone hub waits for a PING acknowledgement before dropping the Link.
     #[serde(deserialize_with = "duration::deserialize")]
     pub link_keepalive_timeout: Duration,
-    /// Channels one client may be subscribed to at once; beyond it subscribe answers 106.
-    pub client_channel_limit: usize,
-    /// Longest channel name, bytes; longer names answer 106.
-    pub channel_max_length: usize,
     /// Bound of the frames queued towards one sidecar, bytes (prost encoded length). On
     /// overflow only the affected subscriptions (2500) or sessions (3010) pay, never the Link.
     pub link_queue_max_bytes: usize,
@@ -496,49 +494,30 @@ pub struct HubConfig {
     /// Link stream (else UNAUTHENTICATED, before `welcome`). A secret: it may come from
     /// `hub.link_token_file` or `SIDEWIRE_HUB_LINK_TOKEN` (see [`secret`]).
     pub link_token: Option<String>,
-    /// `hub.channel`: namespaces and permissions (Centrifugo v6 names). Absent: every channel
-    /// is open to every client, as before; present: Centrifugo's secure defaults apply.
-    pub channel: Option<channel::ChannelConfig>,
-    /// When set, connection tokens must carry this `aud` (Centrifugo's
-    /// `client.token.audience`).
-    pub token_audience: Option<String>,
-    /// When set, connection tokens must carry this `iss` (Centrifugo's
-    /// `client.token.issuer`).
-    pub token_issuer: Option<String>,
-    /// PEM RSA public key: RS256 tokens are accepted (Centrifugo's
-    /// `client.token.rsa_public_key`). May come from `hub.token_rsa_public_key_file`.
-    pub token_rsa_public_key: Option<String>,
-    /// PEM EC (P-256) public key: ES256 tokens are accepted (Centrifugo's
-    /// `client.token.ecdsa_public_key`). May come from `hub.token_ecdsa_public_key_file`.
-    pub token_ecdsa_public_key: Option<String>,
+    /// `hub.channel`: the channel name limit, namespaces and permissions (Centrifugo v6's
+    /// `channel.*`).
+    pub channel: channel::ChannelConfig,
 }
 
 impl Default for HubConfig {
     fn default() -> HubConfig {
         HubConfig {
-            token_hmac_secret: None,
-            api_key: None,
+            client: client::ClientConfig::default(),
+            http_api: http_api::HttpApiConfig::default(),
             history_size: DEFAULT_HISTORY_SIZE,
             history_ttl: DEFAULT_HISTORY_TTL,
             link_listen: "127.0.0.1:9200".parse().expect("constant address"),
             api_listen: "127.0.0.1:9201".parse().expect("constant address"),
             tls: None,
-            api_insecure: false,
             link_keepalive_interval: DEFAULT_LINK_KEEPALIVE_INTERVAL,
             link_keepalive_timeout: DEFAULT_LINK_KEEPALIVE_TIMEOUT,
-            client_channel_limit: DEFAULT_HUB_CLIENT_CHANNEL_LIMIT,
-            channel_max_length: DEFAULT_HUB_CHANNEL_MAX_LENGTH,
             link_queue_max_bytes: DEFAULT_HUB_LINK_QUEUE_MAX_BYTES,
             max_frame_bytes: DEFAULT_HUB_MAX_FRAME_BYTES,
             history_max_bytes: DEFAULT_HUB_HISTORY_MAX_BYTES,
             max_channels: DEFAULT_HUB_MAX_CHANNELS,
             binary_channels: Vec::new(),
             link_token: None,
-            channel: None,
-            token_audience: None,
-            token_issuer: None,
-            token_rsa_public_key: None,
-            token_ecdsa_public_key: None,
+            channel: channel::ChannelConfig::default(),
         }
     }
 }
@@ -795,41 +774,15 @@ impl Config {
                 self.hub.history_size
             ),
         );
-        if let Some(secret) = &self.hub.token_hmac_secret {
-            check(
-                !secret.is_empty(),
-                "hub.token_hmac_secret: must not be empty when set".to_owned(),
-            );
+        for problem in self.hub.client.problems() {
+            check(false, problem);
         }
-        for (field, value) in [
-            ("hub.token_audience", &self.hub.token_audience),
-            ("hub.token_issuer", &self.hub.token_issuer),
-        ] {
-            check(
-                value.as_deref().is_none_or(|v| !v.is_empty()),
-                format!("{field}: must not be empty when set"),
-            );
-        }
-        if let Err(error) = crate::hub::auth::TokenKeys::from_config(&self.hub) {
+        for error in crate::hub::auth::TokenKeys::problems(&self.hub.client) {
             check(false, error.to_string());
         }
-        if let Some(key) = &self.hub.api_key {
-            check(
-                !key.is_empty(),
-                "hub.api_key: must not be empty when set".to_owned(),
-            );
+        for problem in self.hub.http_api.problems() {
+            check(false, problem);
         }
-        check(
-            self.hub.client_channel_limit >= 1,
-            "hub.client_channel_limit: must be at least 1".to_owned(),
-        );
-        check(
-            (1..=MAX_CHANNEL_LENGTH).contains(&self.hub.channel_max_length),
-            format!(
-                "hub.channel_max_length: must be 1..={MAX_CHANNEL_LENGTH}, got {}",
-                self.hub.channel_max_length
-            ),
-        );
         check(
             (64 * 1024..=LINK_MESSAGE_LIMIT).contains(&self.hub.max_frame_bytes),
             format!(
@@ -878,9 +831,7 @@ impl Config {
             ),
         );
         problems.extend(self.uni_problems());
-        if let Some(channel) = &self.hub.channel {
-            problems.extend(channel.problems());
-        }
+        problems.extend(self.hub.channel.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -980,27 +931,39 @@ mod tests {
 
     #[test]
     fn token_keys_are_validated_by_name_and_read_from_files() {
-        let text = Config::from_yaml_with_env("hub:\n  token_rsa_public_key: \"nope\"\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(text.contains("hub.token_rsa_public_key"), "{text}");
-        let text = Config::from_yaml_with_env("hub:\n  token_audience: \"\"\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(text.contains("hub.token_audience"), "{text}");
+        let text = Config::from_yaml_with_env(
+            "hub:\n  client:\n    token:\n      rsa_public_key: \"nope\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("hub.client.token.rsa_public_key"), "{text}");
+        let text = Config::from_yaml_with_env(
+            "hub:\n  client:\n    token:\n      audience: \"\"\n    subscription_token:\n      enabled: true\n      ecdsa_public_key: \"nope\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("hub.client.token.audience"), "{text}");
+        assert!(
+            text.contains("hub.client.subscription_token.ecdsa_public_key"),
+            "{text}"
+        );
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ec.pem");
         std::fs::write(&path, pair.public_key_pem()).unwrap();
         let yaml = format!(
-            "hub:\n  token_ecdsa_public_key_file: {:?}\n",
+            "hub:\n  client:\n    token:\n      ecdsa_public_key_file: {:?}\n",
             path.display()
         );
         let config = Config::from_yaml_with_env(&yaml, &[]).unwrap();
         assert!(
             config
                 .hub
-                .token_ecdsa_public_key
+                .client
+                .token
+                .ecdsa_public_key
                 .is_some_and(|k| k.contains("BEGIN PUBLIC KEY"))
         );
     }
@@ -1035,19 +998,19 @@ mod tests {
         }
         let config = Config::default();
         assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
-        assert!(!config.hub.api_insecure);
+        assert!(!config.hub.http_api.insecure);
     }
 
     #[test]
     fn hub_limits_are_validated_by_name() {
         let error = Config::from_yaml(
-            "hub:\n  client_channel_limit: 0\n  channel_max_length: 300\n  max_frame_bytes: 10\n  max_channels: 0\n  binary_channels: [\"\"]\n",
+            "hub:\n  client:\n    channel_limit: 0\n  channel:\n    max_length: 300\n  max_frame_bytes: 10\n  max_channels: 0\n  binary_channels: [\"\"]\n",
         )
         .unwrap_err()
         .to_string();
         for field in [
-            "hub.client_channel_limit",
-            "hub.channel_max_length",
+            "hub.client.channel_limit",
+            "hub.channel.max_length",
             "hub.max_frame_bytes",
             "hub.max_channels",
             "hub.binary_channels",

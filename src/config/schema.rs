@@ -35,7 +35,7 @@ pub enum Kind {
 /// The traced schema: scalar-or-list leaves and struct sections, by dotted path.
 #[derive(Debug, Clone, Default)]
 pub struct Schema {
-    /// Every leaf key (not a struct) with its kind, e.g. `"hub.api_key" → Text`.
+    /// Every leaf key (not a struct) with its kind, e.g. `"hub.http_api.key" → Text`.
     pub leaves: BTreeMap<String, Kind>,
     /// Every struct section, e.g. `"hub"`, `"hub.tls"` (the root is `""`).
     pub sections: BTreeMap<String, Vec<&'static str>>,
@@ -322,7 +322,9 @@ mod tests {
         assert_eq!(kind("websocket"), Some(Kind::Bool));
         assert_eq!(kind("queue_max_size"), Some(Kind::Integer));
         assert_eq!(kind("allowed_origins"), Some(Kind::List));
-        assert_eq!(kind("hub.api_key"), Some(Kind::Text));
+        assert_eq!(kind("hub.http_api.key"), Some(Kind::Text));
+        assert_eq!(kind("hub.client.token.hmac_secret_key"), Some(Kind::Text));
+        assert_eq!(kind("hub.channel.max_length"), Some(Kind::Integer));
         assert_eq!(kind("hub.tls.cert_file"), Some(Kind::Text));
         assert_eq!(kind("backend.url"), Some(Kind::Text));
         assert_eq!(kind("shutdown.drain_window"), Some(Kind::Text));

@@ -2,7 +2,8 @@
 //!
 //! ```yaml
 //! hub:
-//!   api_key_file: /var/run/secrets/sidewire/api-key   # instead of api_key: ...
+//!   http_api:
+//!     key_file: /var/run/secrets/sidewire/api-key   # instead of key: ...
 //! ```
 //!
 //! The file's content, without trailing newlines (`\n`, `\r\n`), becomes the key's value.
@@ -24,11 +25,14 @@ use super::schema::Schema;
 
 /// Dotted paths of the secret settings (each may come from `<path>_file`).
 pub const SECRET_KEYS: &[&str] = &[
-    "hub.api_key",
-    "hub.token_hmac_secret",
+    "hub.http_api.key",
+    "hub.client.token.hmac_secret_key",
     "hub.link_token",
-    "hub.token_rsa_public_key",
-    "hub.token_ecdsa_public_key",
+    "hub.client.token.rsa_public_key",
+    "hub.client.token.ecdsa_public_key",
+    "hub.client.subscription_token.hmac_secret_key",
+    "hub.client.subscription_token.rsa_public_key",
+    "hub.client.subscription_token.ecdsa_public_key",
     "upstream.token",
     "engine.redis.password",
 ];
@@ -128,36 +132,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api-key");
         std::fs::write(&path, "s3cret \n").unwrap();
-        let mut tree = json!({"hub": {"api_key_file": path.to_str().unwrap()}});
+        let mut tree = json!({"hub": {"http_api": {"key_file": path.to_str().unwrap()}}});
         assert_eq!(resolve(&mut tree, &trace::<Config>()), Ok(true));
-        assert_eq!(tree, json!({"hub": {"api_key": "s3cret "}}));
+        assert_eq!(tree, json!({"hub": {"http_api": {"key": "s3cret "}}}));
     }
 
     #[test]
     fn both_set_names_both_fields() {
-        let mut tree = json!({"hub": {"token_hmac_secret": "x", "token_hmac_secret_file": "/f"}});
+        let mut tree = json!({"hub": {"client": {"token": {"hmac_secret_key": "x", "hmac_secret_key_file": "/f"}}}});
         let problems = resolve(&mut tree, &trace::<Config>()).unwrap_err();
         assert_eq!(
             problems,
-            ["hub.token_hmac_secret: set together with hub.token_hmac_secret_file; use one"]
+            [
+                "hub.client.token.hmac_secret_key: set together with hub.client.token.hmac_secret_key_file; use one"
+            ]
         );
     }
 
     #[test]
     fn unreadable_file_names_field_and_path() {
-        let mut tree = json!({"hub": {"api_key_file": "/nonexistent/sidewire-key"}});
+        let mut tree = json!({"hub": {"http_api": {"key_file": "/nonexistent/sidewire-key"}}});
         let problems = resolve(&mut tree, &trace::<Config>()).unwrap_err();
         assert!(
-            problems[0].starts_with("hub.api_key_file: cannot read \"/nonexistent/sidewire-key\""),
+            problems[0]
+                .starts_with("hub.http_api.key_file: cannot read \"/nonexistent/sidewire-key\""),
             "{problems:?}"
         );
     }
 
     #[test]
     fn nothing_to_resolve_changes_nothing() {
-        let mut tree = json!({"hub": {"api_key": "k"}});
+        let mut tree = json!({"hub": {"http_api": {"key": "k"}}});
         assert_eq!(resolve(&mut tree, &trace::<Config>()), Ok(false));
-        assert!(is_secret("hub.api_key_file"));
+        assert!(is_secret("hub.http_api.key_file"));
+        assert!(is_secret("hub.client.subscription_token.hmac_secret_key"));
         assert!(!is_secret("hub.history_size"));
     }
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::schema::{self, Schema};
-use super::{Config, ConfigError, env, secret};
+use super::{Config, ConfigError, env, renamed, secret};
 
 /// The traced schema of [`Config`] (computed once).
 pub fn schema() -> &'static Schema {
@@ -38,7 +38,10 @@ pub fn build(text: &str, vars: &[(String, String)]) -> Result<Config, ConfigErro
         }
     };
     let schema = schema();
-    let mut problems = Vec::new();
+    let mut problems = renamed::problems(&mut tree, vars);
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
     let applied = env::apply(&mut tree, schema, vars).unwrap_or_else(|mut found| {
         problems.append(&mut found);
         Vec::new()
@@ -65,7 +68,7 @@ pub fn build(text: &str, vars: &[(String, String)]) -> Result<Config, ConfigErro
     })
 }
 
-/// Plain YAML scalars are strings to a typed parse (`api_key: 12345`), but numbers and
+/// Plain YAML scalars are strings to a typed parse (`key: 12345`), but numbers and
 /// booleans in the tree: turn those at string keys back into text.
 fn coerce_text(tree: &mut Value, schema: &Schema) {
     for (path, kind) in &schema.leaves {
@@ -124,14 +127,14 @@ mod tests {
             &vars(&[
                 ("SIDEWIRE_LISTEN", "127.0.0.1:7001"),
                 ("SIDEWIRE_PING_INTERVAL", "40s"),
-                ("SIDEWIRE_HUB_API_KEY", "from-env"),
+                ("SIDEWIRE_HUB_HTTP_API_KEY", "from-env"),
                 ("SIDEWIRE_BACKEND_URL", "http://127.0.0.1:9"),
             ]),
         )
         .unwrap();
         assert_eq!(config.listen.port(), 7001);
         assert_eq!(config.ping_interval, Duration::from_secs(40));
-        assert_eq!(config.hub.api_key.as_deref(), Some("from-env"));
+        assert_eq!(config.hub.http_api.key.as_deref(), Some("from-env"));
         assert_eq!(config.hub.history_size, 5, "file values stay");
         let backend = config.backend.expect("section created by the override");
         assert_eq!(backend.url, "http://127.0.0.1:9");
@@ -151,28 +154,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         std::fs::write(&path, "hmac-secret\n").unwrap();
-        let yaml = format!("hub:\n  token_hmac_secret_file: {}\n", path.display());
+        let yaml = format!(
+            "hub:\n  client:\n    token:\n      hmac_secret_key_file: {}\n",
+            path.display()
+        );
         let config = Config::from_yaml_with_env(&yaml, &[]).unwrap();
-        assert_eq!(config.hub.token_hmac_secret.as_deref(), Some("hmac-secret"));
+        assert_eq!(
+            config.hub.client.token.hmac_secret_key.as_deref(),
+            Some("hmac-secret")
+        );
 
         std::fs::write(&path, "").unwrap();
         let error = Config::from_yaml_with_env(&yaml, &[])
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("hub.token_hmac_secret: must not be empty"),
+            error.contains("hub.client.token.hmac_secret_key: must not be empty"),
             "{error}"
         );
     }
 
     #[test]
     fn unquoted_numbers_stay_strings_with_overrides() {
-        let yaml = "hub:\n  api_key: 12345\n";
+        let yaml = "hub:\n  http_api:\n    key: 12345\n";
         let with_env =
             Config::from_yaml_with_env(yaml, &vars(&[("SIDEWIRE_LISTEN", "127.0.0.1:1")])).unwrap();
-        assert_eq!(with_env.hub.api_key.as_deref(), Some("12345"));
+        assert_eq!(with_env.hub.http_api.key.as_deref(), Some("12345"));
         let plain = Config::from_yaml_with_env(yaml, &[]).unwrap();
-        assert_eq!(plain.hub.api_key, with_env.hub.api_key);
+        assert_eq!(plain.hub.http_api.key, with_env.hub.http_api.key);
     }
 
     #[test]

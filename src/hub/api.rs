@@ -507,7 +507,7 @@ fn json_data(data: Option<&Value>) -> Result<Bytes, CallError> {
 }
 
 fn checked_channel(hub: &Hub, channel: &str) -> Result<(), CallError> {
-    let max = hub.with_state(|s| s.config().channel_max_length);
+    let max = hub.with_state(|s| s.config().channel.max_length);
     validate_channel(channel, max)?;
     Ok(())
 }

@@ -4,12 +4,13 @@
 //! connection and `nbf` is honoured with no leeway. `info` (JSON) or `b64info` (base64) become
 //! the client's `conn_info`; `channels` and the keys of `subs` are server-side subscriptions;
 //! `meta` is kept and never sent to clients; `aud` / `iss` are checked when
-//! `hub.token_audience` / `hub.token_issuer` are set. Subscription tokens (for `$` channels)
-//! carry `sub` (the user) and `channel`.
+//! `hub.client.token.audience` / `.issuer` are set. Subscription tokens (for `$` channels)
+//! carry `sub` (the user) and `channel`; they are verified with `hub.client.token` unless
+//! `hub.client.subscription_token.enabled` gives them their own keys (Centrifugo v6's rule).
 //!
-//! Algorithms: HS256/384/512 with `hub.token_hmac_secret`, RS256 with
-//! `hub.token_rsa_public_key`, ES256 with `hub.token_ecdsa_public_key` (PEM). A token signed
-//! with an algorithm whose key is not configured is invalid.
+//! Algorithms: HS256/384/512 with `hmac_secret_key`, RS256 with `rsa_public_key`, ES256 with
+//! `ecdsa_public_key` (PEM). A token signed with an algorithm whose key is not configured is
+//! invalid.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -20,7 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::config::HubConfig;
+use crate::config::client::{ClientConfig, TokenConfig};
 
 /// The verified claims of a connection token.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,15 +74,16 @@ pub enum SubTokenCheck {
     Invalid,
 }
 
-/// A configured public key is not a usable PEM key.
+/// A configured public key is not a usable PEM key; carries the dotted section it is under
+/// (`hub.client.token` or `hub.client.subscription_token`).
 #[derive(Debug, Error)]
 pub enum TokenKeyError {
-    /// `hub.token_rsa_public_key` does not parse.
-    #[error("hub.token_rsa_public_key: not an RSA public key in PEM")]
-    Rsa,
-    /// `hub.token_ecdsa_public_key` does not parse.
-    #[error("hub.token_ecdsa_public_key: not a P-256 EC public key in PEM")]
-    Ecdsa,
+    /// `<section>.rsa_public_key` does not parse.
+    #[error("{0}.rsa_public_key: not an RSA public key in PEM")]
+    Rsa(&'static str),
+    /// `<section>.ecdsa_public_key` does not parse.
+    #[error("{0}.ecdsa_public_key: not a P-256 EC public key in PEM")]
+    Ecdsa(&'static str),
 }
 
 /// The keys and expectations tokens are verified against; built once per config.
@@ -107,35 +109,61 @@ impl std::fmt::Debug for TokenKeys {
 }
 
 impl TokenKeys {
-    /// Keys from the hub config; an unparsable public key is an error naming its field.
-    pub fn from_config(config: &HubConfig) -> Result<TokenKeys, TokenKeyError> {
+    /// Connection-token keys of `hub.client.token`; an unparsable public key is an error
+    /// naming its field.
+    pub fn from_config(config: &ClientConfig) -> Result<TokenKeys, TokenKeyError> {
+        TokenKeys::from_token(&config.token, "hub.client.token")
+    }
+
+    /// Subscription-token keys: `hub.client.subscription_token` when enabled, else
+    /// `hub.client.token`.
+    pub fn for_subscriptions(config: &ClientConfig) -> Result<TokenKeys, TokenKeyError> {
+        let (token, field) = config.subscription_keys();
+        TokenKeys::from_token(&token, field)
+    }
+
+    /// Every key problem of `config` (connection and subscription keys), for validation.
+    pub fn problems(config: &ClientConfig) -> Vec<TokenKeyError> {
+        let mut problems: Vec<TokenKeyError> =
+            TokenKeys::from_config(config).err().into_iter().collect();
+        if config.subscription_token.enabled {
+            problems.extend(TokenKeys::for_subscriptions(config).err());
+        }
+        problems
+    }
+
+    /// Keys of one token section named `field`.
+    pub fn from_token(
+        config: &TokenConfig,
+        field: &'static str,
+    ) -> Result<TokenKeys, TokenKeyError> {
         let rsa = config
-            .token_rsa_public_key
+            .rsa_public_key
             .as_deref()
             .map(|pem| match pem::public_key_bytes(pem) {
                 Some((der, _)) if der.first() == Some(&0x30) => Ok(DecodingKey::from_rsa_der(&der)),
-                _ => Err(TokenKeyError::Rsa),
+                _ => Err(TokenKeyError::Rsa(field)),
             })
             .transpose()?;
         let ecdsa = config
-            .token_ecdsa_public_key
+            .ecdsa_public_key
             .as_deref()
             .map(|pem| match pem::public_key_bytes(pem) {
                 Some((point, false)) if point.len() == 65 && point.first() == Some(&0x04) => {
                     Ok(DecodingKey::from_ec_der(&point))
                 }
-                _ => Err(TokenKeyError::Ecdsa),
+                _ => Err(TokenKeyError::Ecdsa(field)),
             })
             .transpose()?;
         Ok(TokenKeys {
             hmac: config
-                .token_hmac_secret
+                .hmac_secret_key
                 .as_deref()
                 .map(|secret| DecodingKey::from_secret(secret.as_bytes())),
             rsa,
             ecdsa,
-            audience: config.token_audience.clone(),
-            issuer: config.token_issuer.clone(),
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
         })
     }
 
@@ -261,11 +289,11 @@ struct SubClaims {
 
 /// Verifies an HS256/384/512 connection token with `secret` (no audience or issuer check).
 pub fn check_token(token: &str, secret: &str) -> TokenCheck {
-    let config = HubConfig {
-        token_hmac_secret: Some(secret.to_owned()),
-        ..HubConfig::default()
+    let config = TokenConfig {
+        hmac_secret_key: Some(secret.to_owned()),
+        ..TokenConfig::default()
     };
-    TokenKeys::from_config(&config)
+    TokenKeys::from_token(&config, "hub.client.token")
         .map(|keys| keys.check_connection(token))
         .unwrap_or(TokenCheck::Invalid)
 }

@@ -89,9 +89,11 @@ impl Namespaces {
         Namespaces { rules: None }
     }
 
-    /// Compiles `hub.channel` (open mode when `None`).
-    pub fn new(config: Option<&ChannelConfig>) -> Namespaces {
-        let rules = config.map(|config| Rules {
+    /// Compiles `hub.channel` (open mode when it configures no namespace options at all).
+    pub fn new(config: &ChannelConfig) -> Namespaces {
+        let unconfigured =
+            config.namespaces.is_empty() && config.without_namespace == ChannelOptions::default();
+        let rules = (!unconfigured).then(|| Rules {
             without_namespace: Compiled::new(config.without_namespace.clone()),
             named: config
                 .namespaces
@@ -259,10 +261,11 @@ mod tests {
     };
 
     fn namespaces(named: Vec<NamespaceConfig>) -> Namespaces {
-        Namespaces::new(Some(&ChannelConfig {
+        Namespaces::new(&ChannelConfig {
             without_namespace: ChannelOptions::default(),
             namespaces: named,
-        }))
+            ..ChannelConfig::default()
+        })
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!   assignment and the push of a publication happen under that channel's shard lock, which
 //!   keeps per-channel order;
 //! - sessions live in one table indexed by Link and by user, with a deadline heap for token
-//!   expiries; operations on it are bounded by one session's channels (`client_channel_limit`);
+//!   expiries; operations on it are bounded by one session's channels (`hub.client.channel_limit`);
 //! - the history ledger (global order and bytes, for TTL and the byte cap) has its own lock;
 //! - Link queues sit in a read-mostly map.
 //!
@@ -74,7 +74,7 @@ struct HubSession {
     usable: bool,
     /// Protobuf client (may receive binary-only channels).
     protobuf: bool,
-    /// Subscribed channels (at most `hub.client_channel_limit`).
+    /// Subscribed channels (at most `hub.client.channel_limit`).
     channels: HashSet<Arc<str>>,
     /// Unix seconds after which the connection expires (token `exp`).
     expires_at: Option<u64>,
@@ -150,20 +150,27 @@ struct Settings {
     binary: BinaryChannels,
     namespaces: Namespaces,
     keys: TokenKeys,
+    /// Subscription-token keys (`hub.client.subscription_token` when enabled, else `keys`).
+    sub_keys: TokenKeys,
 }
 
 impl Settings {
     fn new(config: HubConfig) -> Settings {
-        let keys = TokenKeys::from_config(&config).unwrap_or_else(|error| {
-            // `sidewire check` refuses such a config; a hub given one anyway accepts only
-            // the algorithms whose keys parse.
-            tracing::warn!(%error, "hub: token key unusable");
-            TokenKeys::default()
-        });
+        // `sidewire check` refuses an unusable key; a hub given one anyway accepts no token
+        // of that section.
+        let usable = |keys: Result<TokenKeys, _>| {
+            keys.unwrap_or_else(|error| {
+                tracing::warn!(%error, "hub: token key unusable");
+                TokenKeys::default()
+            })
+        };
+        let keys = usable(TokenKeys::from_config(&config.client));
+        let sub_keys = usable(TokenKeys::for_subscriptions(&config.client));
         Settings {
             binary: BinaryChannels::new(&config.binary_channels),
-            namespaces: Namespaces::new(config.channel.as_ref()),
+            namespaces: Namespaces::new(&config.channel),
             keys,
+            sub_keys,
             config,
         }
     }
@@ -336,7 +343,7 @@ impl HubState {
 
     /// Verifies a subscription token against the keys in force.
     pub fn verify_subscription(&self, token: &str) -> SubTokenCheck {
-        self.settings().keys.check_subscription(token)
+        self.settings().sub_keys.check_subscription(token)
     }
 
     fn sessions(&self) -> MutexGuard<'_, Sessions> {
@@ -630,7 +637,7 @@ impl HubState {
 
     /// Subscribes a just-opened session to its token's channels (no permission check: the
     /// token grants them, as in Centrifugo). Channels with a bad name, binary-only channels of
-    /// a JSON client, and channels beyond `client_channel_limit` or `max_channels` are
+    /// a JSON client, and channels beyond `hub.client.channel_limit` or `max_channels` are
     /// skipped with a log line.
     fn server_side_subscribe(
         &self,
@@ -646,11 +653,11 @@ impl HubState {
             let Some(session) = sessions.get_mut(key) else {
                 break;
             };
-            if session.channels.len() >= settings.config.client_channel_limit {
-                tracing::debug!(channel, "hub: token channel over client_channel_limit");
+            if session.channels.len() >= settings.config.client.channel_limit {
+                tracing::debug!(channel, "hub: token channel over hub.client.channel_limit");
                 break;
             }
-            if validate_channel(channel, settings.config.channel_max_length).is_err()
+            if validate_channel(channel, settings.config.channel.max_length).is_err()
                 || client_readable(settings, protobuf, channel).is_err()
                 || session.channels.contains(channel.as_str())
             {
@@ -710,7 +717,7 @@ impl HubState {
     }
 
     /// Forgets a removed session's user entry and subscriptions: O(its channels), bounded by
-    /// `client_channel_limit`.
+    /// `hub.client.channel_limit`.
     fn release_session(&self, sessions: &mut Sessions, key: SessionKey, session: HubSession) {
         sessions.forget_user(key, &session.user);
         if let Some(queue) = self.queue(key.0) {
@@ -892,7 +899,7 @@ impl HubState {
         // A subscription token grants the subscription (and is required on `$` channels);
         // otherwise the namespace's permissions decide.
         let token_expiry = if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
-            validate_channel(&request.channel, settings.config.channel_max_length)?;
+            validate_channel(&request.channel, settings.config.channel.max_length)?;
             subscription_grant(
                 token.unwrap_or(SubTokenCheck::Invalid),
                 &info.user,
@@ -903,7 +910,7 @@ impl HubState {
                 user: &info.user,
                 subscribed: false,
             };
-            validate_channel(&request.channel, settings.config.channel_max_length)?;
+            validate_channel(&request.channel, settings.config.channel.max_length)?;
             namespaces.check(&request.channel, Operation::Subscribe, asker)?;
             None
         };
@@ -923,7 +930,7 @@ impl HubState {
         if session.channels.contains(request.channel.as_str()) {
             return Err(ErrorCode::AlreadySubscribed);
         }
-        if session.channels.len() >= settings.config.client_channel_limit {
+        if session.channels.len() >= settings.config.client.channel_limit {
             return Err(ErrorCode::LimitExceeded);
         }
         let mut shard = self.shard(&request.channel);
@@ -1004,7 +1011,7 @@ impl HubState {
         channel: &str,
         operation: Operation,
     ) -> Result<(), ErrorCode> {
-        validate_channel(channel, settings.config.channel_max_length)?;
+        validate_channel(channel, settings.config.channel.max_length)?;
         let subscribed = self
             .sessions()
             .get(key)
@@ -1065,7 +1072,7 @@ impl HubState {
         options: PublishOptions,
     ) -> Result<(u64, String), ErrorCode> {
         let config = &settings.config;
-        validate_channel(channel, config.channel_max_length)?;
+        validate_channel(channel, config.channel.max_length)?;
         let namespace = settings.namespaces.resolve(channel)?;
         let history_size = match namespace {
             None => config.history_size,
@@ -1205,7 +1212,7 @@ impl HubState {
         settings: &Settings,
         request: &HistoryRequest,
     ) -> Result<HistoryResult, ErrorCode> {
-        validate_channel(&request.channel, settings.config.channel_max_length)?;
+        validate_channel(&request.channel, settings.config.channel.max_length)?;
         self.enforce_history();
         let since = request.since.as_ref().map(|p| (p.epoch.as_str(), p.offset));
         let result = {
@@ -1674,11 +1681,12 @@ mod tests {
     #[tokio::test]
     async fn channel_limit_and_channel_cap_answer_106() {
         let (state, queue) = state(1 << 20);
-        state.set_config(HubConfig {
-            client_channel_limit: 2,
+        let mut config = HubConfig {
             max_channels: 3,
             ..HubConfig::default()
-        });
+        };
+        config.client.channel_limit = 2;
+        state.set_config(config);
         open(&state, 1);
         open(&state, 2);
         drain(&queue).await;

@@ -54,7 +54,7 @@ describe('examples/chat in headless Chromium', { timeout: 180000 }, () => {
       'backend:',
       `  url: ${JSON.stringify(backend.url)}`,
       'hub:',
-      `  api_key: ${JSON.stringify(API_KEY)}`,
+      `  http_api: {key: ${JSON.stringify(API_KEY)}}`,
     ]);
     api.url = sw.adminUrl;
     browser = await launchChromium();

@@ -20,7 +20,7 @@ use crate::support::{
 
 #[tokio::test]
 async fn api_key_checked_before_body_is_read() {
-    let server = Server::start("hub:\n  api_key: \"right-key\"\n").await;
+    let server = Server::start("hub:\n  http_api:\n    key: \"right-key\"\n").await;
     // A head announcing ~16 MB (under the API limit) with a wrong key, and no body at all:
     // the answer must come without waiting for the body.
     let mut stream = TcpStream::connect(server.admin_addr).await.unwrap();
@@ -80,7 +80,7 @@ async fn api_refused_on_public_admin_listen_without_key() {
     child.kill();
 
     // Explicitly insecure (Centrifugo's http_api.insecure): served.
-    let yaml = format!("{yaml}hub:\n  api_insecure: true\n");
+    let yaml = format!("{yaml}hub:\n  http_api:\n    insecure: true\n");
     let (_child, line) = ShellChild::start("", "", &yaml, "sidewire listening ").await;
     let admin = addr_of(&line, "admin");
     api_ok(admin, "publish", &body, None).await;

@@ -315,7 +315,10 @@ async fn non_json_publish_is_refused_with_107_and_json_subscribers_stay() {
 }
 
 async fn token_server() -> Server {
-    Server::start(&hub_section(&format!("token_hmac_secret: \"{SECRET}\""))).await
+    Server::start(&hub_section(&format!(
+        "client: {{token: {{hmac_secret_key: \"{SECRET}\"}}}}"
+    )))
+    .await
 }
 
 #[tokio::test]

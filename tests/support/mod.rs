@@ -393,7 +393,7 @@ pub struct Hub {
 
 impl Hub {
     /// Starts a hub on ephemeral ports; `hub_lines` are extra `key: value` lines of the `hub:`
-    /// section (e.g. `token_hmac_secret: "s"`).
+    /// section (e.g. `client: {token: {hmac_secret_key: "s"}}`).
     pub async fn start(hub_lines: &str) -> Hub {
         match Hub::try_start_on("127.0.0.1:0".parse().unwrap(), hub_lines).await {
             Ok(hub) => hub,

@@ -18,14 +18,14 @@ fn hs(alg: Algorithm, secret: &str, claims: serde_json::Value) -> String {
     .unwrap()
 }
 
-fn keys(config: HubConfig) -> TokenKeys {
-    TokenKeys::from_config(&config).unwrap()
+fn keys(config: TokenConfig) -> TokenKeys {
+    TokenKeys::from_token(&config, "hub.client.token").unwrap()
 }
 
 fn hmac_keys(secret: &str) -> TokenKeys {
-    keys(HubConfig {
-        token_hmac_secret: Some(secret.to_owned()),
-        ..HubConfig::default()
+    keys(TokenConfig {
+        hmac_secret_key: Some(secret.to_owned()),
+        ..TokenConfig::default()
     })
 }
 
@@ -139,11 +139,11 @@ fn info_b64info_channels_subs_and_meta_are_read() {
 
 #[test]
 fn audience_and_issuer_are_enforced_when_set() {
-    let keys = keys(HubConfig {
-        token_hmac_secret: Some("s".into()),
-        token_audience: Some("aud1".into()),
-        token_issuer: Some("iss1".into()),
-        ..HubConfig::default()
+    let keys = keys(TokenConfig {
+        hmac_secret_key: Some("s".into()),
+        audience: Some("aud1".into()),
+        issuer: Some("iss1".into()),
+        ..TokenConfig::default()
     });
     let ok = hs(
         Algorithm::HS256,
@@ -176,9 +176,9 @@ fn audience_and_issuer_are_enforced_when_set() {
 #[test]
 fn es256_verifies_with_the_ecdsa_public_key_only() {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let keys = keys(HubConfig {
-        token_ecdsa_public_key: Some(pair.public_key_pem()),
-        ..HubConfig::default()
+    let keys = keys(TokenConfig {
+        ecdsa_public_key: Some(pair.public_key_pem()),
+        ..TokenConfig::default()
     });
     let token = encode(
         &Header::new(Algorithm::ES256),
@@ -203,9 +203,9 @@ fn es256_verifies_with_the_ecdsa_public_key_only() {
 #[test]
 fn rs256_verifies_with_the_rsa_public_key() {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-    let keys = keys(HubConfig {
-        token_rsa_public_key: Some(pair.public_key_pem()),
-        ..HubConfig::default()
+    let keys = keys(TokenConfig {
+        rsa_public_key: Some(pair.public_key_pem()),
+        ..TokenConfig::default()
     });
     let token = encode(
         &Header::new(Algorithm::RS256),
@@ -218,22 +218,35 @@ fn rs256_verifies_with_the_rsa_public_key() {
 
 #[test]
 fn bad_public_keys_name_their_field() {
-    let error = TokenKeys::from_config(&HubConfig {
-        token_rsa_public_key: Some("not a key".into()),
-        ..HubConfig::default()
-    })
+    let error = TokenKeys::from_token(
+        &TokenConfig {
+            rsa_public_key: Some("not a key".into()),
+            ..TokenConfig::default()
+        },
+        "hub.client.token",
+    )
     .unwrap_err();
-    assert!(error.to_string().contains("hub.token_rsa_public_key"));
+    assert!(
+        error
+            .to_string()
+            .contains("hub.client.token.rsa_public_key")
+    );
     let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let error = TokenKeys::from_config(&HubConfig {
-        token_ecdsa_public_key: Some(
-            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----".into(),
-        ),
-        token_rsa_public_key: Some(rsa.public_key_pem()),
-        ..HubConfig::default()
-    })
+    let error = TokenKeys::from_token(
+        &TokenConfig {
+            ecdsa_public_key: Some(
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----".into(),
+            ),
+            rsa_public_key: Some(rsa.public_key_pem()),
+            ..TokenConfig::default()
+        },
+        "hub.client.subscription_token",
+    )
     .unwrap_err();
-    assert!(error.to_string().contains("hub.token_"), "{error}");
+    assert!(
+        error.to_string().contains("hub.client.subscription_token."),
+        "{error}"
+    );
 }
 
 #[test]
@@ -268,4 +281,38 @@ fn subscription_tokens_need_a_channel_and_honour_exp() {
         TokenKeys::default().check_subscription(&token),
         SubTokenCheck::Invalid
     );
+}
+
+#[test]
+fn subscription_tokens_take_their_own_keys_only_when_enabled() {
+    let mut client = ClientConfig::default();
+    client.token.hmac_secret_key = Some("conn".into());
+    client.subscription_token.hmac_secret_key = Some("sub".into());
+    let by_conn = hs(
+        Algorithm::HS256,
+        "conn",
+        json!({"sub": "u", "channel": "$c"}),
+    );
+    let by_sub = hs(
+        Algorithm::HS256,
+        "sub",
+        json!({"sub": "u", "channel": "$c"}),
+    );
+    let keys = TokenKeys::for_subscriptions(&client).unwrap();
+    assert!(matches!(
+        keys.check_subscription(&by_conn),
+        SubTokenCheck::Valid { .. }
+    ));
+    assert_eq!(keys.check_subscription(&by_sub), SubTokenCheck::Invalid);
+    client.subscription_token.enabled = true;
+    let keys = TokenKeys::for_subscriptions(&client).unwrap();
+    assert!(matches!(
+        keys.check_subscription(&by_sub),
+        SubTokenCheck::Valid { .. }
+    ));
+    assert_eq!(keys.check_subscription(&by_conn), SubTokenCheck::Invalid);
+    // Connection tokens keep the connection keys.
+    let conn = TokenKeys::from_config(&client).unwrap();
+    let token = hs(Algorithm::HS256, "conn", json!({"sub": "u"}));
+    assert_eq!(valid(conn.check_connection(&token)).user, "u");
 }

@@ -77,7 +77,7 @@ impl HubState {
 
     /// Server-side subscribe: every matching session not yet in `channel` is subscribed (the
     /// sidecar gets a Membership frame, the client a `push.subscribe` carrying `data`).
-    /// Sessions at `hub.client_channel_limit`, or JSON sessions on a binary-only channel, are
+    /// Sessions at `hub.client.channel_limit`, or JSON sessions on a binary-only channel, are
     /// skipped. Returns how many sessions were subscribed; 107 for a bad channel or data, 106
     /// when the channel would exceed `hub.max_channels`.
     pub fn server_subscribe(
@@ -88,7 +88,7 @@ impl HubState {
         data: Bytes,
     ) -> Result<usize, ErrorCode> {
         let settings = self.settings();
-        validate_channel(channel, settings.config.channel_max_length)?;
+        validate_channel(channel, settings.config.channel.max_length)?;
         if !data.is_empty() {
             check_data(&data, false)?;
         }
@@ -103,7 +103,7 @@ impl HubState {
             if !session.usable || session.channels.contains(channel) {
                 continue;
             }
-            if session.channels.len() >= settings.config.client_channel_limit
+            if session.channels.len() >= settings.config.client.channel_limit
                 || client_readable(&settings, session.protobuf, channel).is_err()
             {
                 tracing::debug!(
@@ -166,7 +166,7 @@ impl HubState {
         client: Option<&str>,
         channel: &str,
     ) -> Result<usize, ErrorCode> {
-        validate_channel(channel, self.settings().config.channel_max_length)?;
+        validate_channel(channel, self.settings().config.channel.max_length)?;
         let mut sessions = self.sessions();
         let keys = matching_sessions(&sessions, user, client, &[]);
         let mut left = 0;
@@ -238,7 +238,7 @@ impl HubState {
     /// Removes a channel's history. Its position (offset, epoch) stays while the channel is
     /// known, i.e. while it has subscribers; a channel left with neither is forgotten.
     pub fn history_remove(&self, channel: &str) -> Result<(), ErrorCode> {
-        validate_channel(channel, self.settings().config.channel_max_length)?;
+        validate_channel(channel, self.settings().config.channel.max_length)?;
         {
             let mut shard = self.shard(channel);
             if let Some(state) = shard.get_mut(channel) {

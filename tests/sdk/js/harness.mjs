@@ -87,7 +87,7 @@ export function uniqueUser(prefix = 'user') {
 
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 
-/** HS256 JWT (header {alg:HS256,typ:JWT}) with `sub` = user, for `hub.token_hmac_secret`. */
+/** HS256 JWT (header {alg:HS256,typ:JWT}) with `sub` = user, for `hub.client.token.hmac_secret_key`. */
 export function makeToken(secret, user, extraClaims = {}) {
   const header = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
   const payload = b64url(JSON.stringify({ sub: user, ...extraClaims }));
@@ -122,7 +122,7 @@ export async function startServer({ extraConfig = '', tokenSecret = null } = {})
     'websocket: true',
     'http_stream: true',
     'sse: true',
-    ...(tokenSecret ? ['hub:', `  token_hmac_secret: ${JSON.stringify(tokenSecret)}`] : []),
+    ...(tokenSecret ? ['hub:', `  client: {token: {hmac_secret_key: ${JSON.stringify(tokenSecret)}}}`] : []),
     ...(process.env.SIDEWIRE_TEST_LOG ? ['log:', '  level: "sidewire=debug,info"'] : []),
     extraConfig,
     '',

@@ -100,8 +100,8 @@ def server(tmp_path_factory):
         'admin_listen: "127.0.0.1:0"\n'
         'allowed_origins: ["*"]\n'
         'hub:\n'
-        f'  api_key: "{API_KEY}"\n'
-        f'  token_hmac_secret: "{SECRET}"\n'
+        f'  http_api: {{key: "{API_KEY}"}}\n'
+        f'  client: {{token: {{hmac_secret_key: "{SECRET}"}}}}\n'
     )
     stderr_path = tmp / "stderr.log"
     stderr_file = open(stderr_path, "wb")

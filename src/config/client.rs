@@ -1,0 +1,192 @@
+//! `hub.client`: how clients connect to the embedded hub, with Centrifugo v6's option names
+//! (`client.token.*`, `client.subscription_token.*`, `client.channel_limit`).
+//!
+//! Guarantee: every key here is validated by [`ClientConfig::problems`], each problem naming
+//! its dotted field.
+
+use serde::Deserialize;
+
+/// Default number of channels one client may be subscribed to at once (Centrifugo's
+/// `client.channel_limit`).
+pub const DEFAULT_CHANNEL_LIMIT: usize = 128;
+
+/// `hub.client`: connection tokens, subscription tokens and per-client limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// `hub.client.token`: keys and expectations connection tokens are verified against (and
+    /// subscription tokens too, unless `subscription_token.enabled`).
+    pub token: TokenConfig,
+    /// `hub.client.subscription_token`: separate keys for subscription tokens, used only when
+    /// its `enabled` is true (as in Centrifugo v6).
+    pub subscription_token: SubscriptionTokenConfig,
+    /// Channels one client may be subscribed to at once; beyond it subscribe answers 106.
+    pub channel_limit: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            token: TokenConfig::default(),
+            subscription_token: SubscriptionTokenConfig::default(),
+            channel_limit: DEFAULT_CHANNEL_LIMIT,
+        }
+    }
+}
+
+/// Keys and claim expectations of JWTs (Centrifugo's `client.token`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// HS256/384/512 tokens are accepted, signed with this secret. A secret: may come from
+    /// `hmac_secret_key_file` or the environment.
+    pub hmac_secret_key: Option<String>,
+    /// PEM RSA public key: RS256 tokens are accepted. May come from `rsa_public_key_file`.
+    pub rsa_public_key: Option<String>,
+    /// PEM EC (P-256) public key: ES256 tokens are accepted. May come from
+    /// `ecdsa_public_key_file`.
+    pub ecdsa_public_key: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+}
+
+impl TokenConfig {
+    /// Whether any verification key is configured.
+    pub fn has_key(&self) -> bool {
+        self.hmac_secret_key.is_some()
+            || self.rsa_public_key.is_some()
+            || self.ecdsa_public_key.is_some()
+    }
+
+    /// Problems of these keys, named under `field` (e.g. `hub.client.token`).
+    pub fn problems(&self, field: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, value) in [
+            ("hmac_secret_key", &self.hmac_secret_key),
+            ("audience", &self.audience),
+            ("issuer", &self.issuer),
+        ] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                problems.push(format!("{field}.{name}: must not be empty when set"));
+            }
+        }
+        problems
+    }
+}
+
+/// `hub.client.subscription_token`: Centrifugo v6's separate subscription-token keys. When
+/// `enabled` is false (the default) subscription tokens are verified with `hub.client.token`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionTokenConfig {
+    /// Use the keys below for subscription tokens instead of `hub.client.token`'s.
+    pub enabled: bool,
+    /// As `hub.client.token.hmac_secret_key`, for subscription tokens.
+    pub hmac_secret_key: Option<String>,
+    /// As `hub.client.token.rsa_public_key`, for subscription tokens.
+    pub rsa_public_key: Option<String>,
+    /// As `hub.client.token.ecdsa_public_key`, for subscription tokens.
+    pub ecdsa_public_key: Option<String>,
+    /// As `hub.client.token.audience`, for subscription tokens.
+    pub audience: Option<String>,
+    /// As `hub.client.token.issuer`, for subscription tokens.
+    pub issuer: Option<String>,
+}
+
+impl SubscriptionTokenConfig {
+    /// The keys as a [`TokenConfig`].
+    pub fn token(&self) -> TokenConfig {
+        TokenConfig {
+            hmac_secret_key: self.hmac_secret_key.clone(),
+            rsa_public_key: self.rsa_public_key.clone(),
+            ecdsa_public_key: self.ecdsa_public_key.clone(),
+            audience: self.audience.clone(),
+            issuer: self.issuer.clone(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The keys subscription tokens are verified with, and the field they come from:
+    /// `subscription_token` when enabled, else `token` (Centrifugo v6's rule).
+    pub fn subscription_keys(&self) -> (TokenConfig, &'static str) {
+        if self.subscription_token.enabled {
+            (
+                self.subscription_token.token(),
+                "hub.client.subscription_token",
+            )
+        } else {
+            (self.token.clone(), "hub.client.token")
+        }
+    }
+
+    /// Every problem, each naming its dotted field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = self.token.problems("hub.client.token");
+        problems.extend(
+            self.subscription_token
+                .token()
+                .problems("hub.client.subscription_token"),
+        );
+        if self.subscription_token.enabled && !self.subscription_token.token().has_key() {
+            problems.push(
+                "hub.client.subscription_token.enabled: needs hmac_secret_key, rsa_public_key \
+                 or ecdsa_public_key under hub.client.subscription_token"
+                    .to_owned(),
+            );
+        }
+        if self.channel_limit < 1 {
+            problems.push("hub.client.channel_limit: must be at least 1".to_owned());
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_tokens_use_the_connection_keys_unless_enabled() {
+        let mut config = ClientConfig::default();
+        config.token.hmac_secret_key = Some("conn".into());
+        config.subscription_token.hmac_secret_key = Some("sub".into());
+        let (keys, field) = config.subscription_keys();
+        assert_eq!(keys.hmac_secret_key.as_deref(), Some("conn"));
+        assert_eq!(field, "hub.client.token");
+        config.subscription_token.enabled = true;
+        let (keys, field) = config.subscription_keys();
+        assert_eq!(keys.hmac_secret_key.as_deref(), Some("sub"));
+        assert_eq!(field, "hub.client.subscription_token");
+    }
+
+    #[test]
+    fn problems_name_the_dotted_field() {
+        let config = ClientConfig {
+            token: TokenConfig {
+                hmac_secret_key: Some(String::new()),
+                audience: Some(String::new()),
+                ..TokenConfig::default()
+            },
+            subscription_token: SubscriptionTokenConfig {
+                enabled: true,
+                issuer: Some(String::new()),
+                ..SubscriptionTokenConfig::default()
+            },
+            channel_limit: 0,
+        };
+        let text = config.problems().join("\n");
+        for field in [
+            "hub.client.token.hmac_secret_key:",
+            "hub.client.token.audience:",
+            "hub.client.subscription_token.issuer:",
+            "hub.client.subscription_token.enabled:",
+            "hub.client.channel_limit:",
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+        assert!(ClientConfig::default().problems().is_empty());
+    }
+}

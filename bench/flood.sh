@@ -35,9 +35,28 @@ trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cat >"$WORK/sidewire.yaml" <<'EOF'
-# Defaults everywhere except ephemeral loopback ports and quiet logs.
+# Defaults everywhere except ephemeral loopback ports, the hub's opt-ins and quiet logs.
 listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
+# The hub's defaults are secure (as Centrifugo's): open channels without a namespace to
+# anonymous clients, as the load generator connects without tokens.
+hub:
+  client:
+    allow_anonymous_connect_without_token: true
+  channel:
+    without_namespace:
+      presence: true
+      join_leave: true
+      history_size: 100
+      history_ttl: "300s"
+      allow_subscribe_for_client: true
+      allow_subscribe_for_anonymous: true
+      allow_publish_for_client: true
+      allow_publish_for_anonymous: true
+      allow_history_for_client: true
+      allow_history_for_anonymous: true
+      allow_presence_for_client: true
+      allow_presence_for_anonymous: true
 log:
   level: "error"
 EOF

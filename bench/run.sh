@@ -108,6 +108,25 @@ listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
 allowed_origins: ["*"]
 queue_max_size: 67108864
+# The hub's defaults are secure (as Centrifugo's): open channels without a namespace to
+# anonymous clients, as the load generator connects without tokens.
+hub:
+  client:
+    allow_anonymous_connect_without_token: true
+  channel:
+    without_namespace:
+      presence: true
+      join_leave: true
+      history_size: 100
+      history_ttl: "300s"
+      allow_subscribe_for_client: true
+      allow_subscribe_for_anonymous: true
+      allow_publish_for_client: true
+      allow_publish_for_anonymous: true
+      allow_history_for_client: true
+      allow_history_for_anonymous: true
+      allow_presence_for_client: true
+      allow_presence_for_anonymous: true
 log:
   level: "warn"
 EOF
@@ -133,8 +152,9 @@ start_sidewire() {
 # the sidecar proper from the hub's (sessions, channels, history) in the per-process table.
 start_sidewire_ext() {
     local line link hub
-    cat >"$WORK/hub.yaml" <<EOF
-hub:
+    # The same hub section as the embedded hub's, plus the standalone listeners.
+    sed -n '/^hub:/,/^log:/p' "$SIDEWIRE_CONFIG" | sed '$d' >"$WORK/hub.yaml"
+    cat >>"$WORK/hub.yaml" <<EOF
   link_listen: "127.0.0.1:0"
   api_listen: "127.0.0.1:0"
 log:

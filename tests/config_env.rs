@@ -132,7 +132,7 @@ async fn env_overrides_listeners_and_api_key_file_rotates_on_reload() {
     std::fs::write(
         &config,
         format!(
-            "listen: \"127.0.0.1:1\"\nadmin_listen: \"127.0.0.1:1\"\nhub:\n  http_api:\n    key_file: {:?}\n",
+            "listen: \"127.0.0.1:1\"\nadmin_listen: \"127.0.0.1:1\"\nhub:\n  client:\n    allow_anonymous_connect_without_token: true\n  http_api:\n    key_file: {:?}\n",
             key_file.display().to_string()
         ),
     )

@@ -59,6 +59,33 @@ channel:
       allow_presence_for_subscriber: true
     - name: pres_off
       allow_presence_for_client: true
+    - name: hist_anon
+      history_size: 10
+      history_ttl: 60s
+      allow_history_for_client: true
+      allow_history_for_anonymous: true
+    - name: hist_sub_anon
+      history_size: 10
+      history_ttl: 60s
+      allow_subscribe_for_client: true
+      allow_subscribe_for_anonymous: true
+      allow_history_for_subscriber: true
+      allow_history_for_anonymous: true
+    - name: pres_anon
+      presence: true
+      allow_presence_for_client: true
+      allow_presence_for_anonymous: true
+    - name: pres_sub_anon
+      presence: true
+      allow_subscribe_for_client: true
+      allow_subscribe_for_anonymous: true
+      allow_presence_for_subscriber: true
+      allow_presence_for_anonymous: true
+    - name: pub_sub_anon
+      allow_subscribe_for_client: true
+      allow_subscribe_for_anonymous: true
+      allow_publish_for_subscriber: true
+      allow_publish_for_anonymous: true
     - name: personal
       allow_user_limited_channels: true
     - name: digits
@@ -70,6 +97,8 @@ channel:
 enum Kind {
     /// Token without `sub`.
     Anonymous,
+    /// No token at all (`hub.client.allow_anonymous_connect_without_token`).
+    NoToken,
     /// Token with `sub: u1`, not subscribed.
     Client,
     /// `u1`, subscribed to the channel first.
@@ -102,7 +131,13 @@ const MATRIX: &[(&str, Kind, Op, u32)] = &[
     ("plain{}", Client, Publish, PERMISSION_DENIED),
     ("plain{}", Client, History, NOT_AVAILABLE),
     ("plain{}", Client, Presence, NOT_AVAILABLE),
+    ("plain{}", Anonymous, Subscribe, PERMISSION_DENIED),
+    ("plain{}", NoToken, Publish, PERMISSION_DENIED),
     ("closed:{}", Anonymous, Subscribe, PERMISSION_DENIED),
+    ("closed:{}", NoToken, Subscribe, PERMISSION_DENIED),
+    ("closed:{}", Anonymous, Publish, PERMISSION_DENIED),
+    ("closed:{}", Anonymous, History, PERMISSION_DENIED),
+    ("closed:{}", Anonymous, Presence, PERMISSION_DENIED),
     ("closed:{}", Client, Subscribe, PERMISSION_DENIED),
     ("closed:{}", Client, Publish, PERMISSION_DENIED),
     ("closed:{}", Client, History, PERMISSION_DENIED),
@@ -116,12 +151,19 @@ const MATRIX: &[(&str, Kind, Op, u32)] = &[
     ("sub_client:{}", Anonymous, Subscribe, PERMISSION_DENIED),
     ("sub_client:{}", Client, Publish, PERMISSION_DENIED),
     ("sub_anon:{}", Anonymous, Subscribe, OK),
+    ("sub_anon:{}", NoToken, Subscribe, OK),
     ("sub_anon:{}", Client, Subscribe, OK),
+    ("sub_anon:{}", Client, Publish, PERMISSION_DENIED),
+    ("sub_anon:{}", Subscriber, Publish, PERMISSION_DENIED),
+    ("sub_anon:{}", Subscriber, History, NOT_AVAILABLE),
+    ("sub_anon:{}", Subscriber, Presence, NOT_AVAILABLE),
     // Publish.
     ("pub_client:{}", Client, Publish, OK),
     ("pub_client:{}", Anonymous, Publish, PERMISSION_DENIED),
     ("pub_client:{}", Client, Subscribe, PERMISSION_DENIED),
     ("pub_anon:{}", Anonymous, Publish, OK),
+    ("pub_anon:{}", NoToken, Publish, OK),
+    ("pub_anon:{}", Client, Publish, OK),
     ("pub_sub:{}", Client, Publish, PERMISSION_DENIED),
     ("pub_sub:{}", Subscriber, Publish, OK),
     (
@@ -130,19 +172,42 @@ const MATRIX: &[(&str, Kind, Op, u32)] = &[
         Publish,
         PERMISSION_DENIED,
     ),
+    ("pub_sub_anon:{}", AnonymousSubscriber, Publish, OK),
+    ("pub_sub_anon:{}", Anonymous, Publish, PERMISSION_DENIED),
     // History.
     ("hist_client:{}", Client, History, OK),
     ("hist_client:{}", Anonymous, History, PERMISSION_DENIED),
     ("hist_sub:{}", Client, History, PERMISSION_DENIED),
     ("hist_sub:{}", Subscriber, History, OK),
-    ("hist_sub:{}", AnonymousSubscriber, History, OK),
+    // As Centrifugo: an anonymous subscriber also needs allow_history_for_anonymous.
+    (
+        "hist_sub:{}",
+        AnonymousSubscriber,
+        History,
+        PERMISSION_DENIED,
+    ),
+    ("hist_sub_anon:{}", AnonymousSubscriber, History, OK),
+    ("hist_sub_anon:{}", Anonymous, History, PERMISSION_DENIED),
+    ("hist_anon:{}", Anonymous, History, OK),
+    ("hist_anon:{}", NoToken, History, OK),
+    ("hist_anon:{}", Client, History, OK),
     ("hist_off:{}", Client, History, NOT_AVAILABLE),
     // Presence.
     ("pres_client:{}", Client, Presence, OK),
     ("pres_client:{}", Anonymous, Presence, PERMISSION_DENIED),
     ("pres_sub:{}", Client, Presence, PERMISSION_DENIED),
     ("pres_sub:{}", Subscriber, Presence, OK),
-    ("pres_sub:{}", AnonymousSubscriber, Presence, OK),
+    (
+        "pres_sub:{}",
+        AnonymousSubscriber,
+        Presence,
+        PERMISSION_DENIED,
+    ),
+    ("pres_sub_anon:{}", AnonymousSubscriber, Presence, OK),
+    ("pres_sub_anon:{}", Anonymous, Presence, PERMISSION_DENIED),
+    ("pres_anon:{}", Anonymous, Presence, OK),
+    ("pres_anon:{}", NoToken, Presence, OK),
+    ("pres_anon:{}", Client, Presence, OK),
     ("pres_off:{}", Client, Presence, NOT_AVAILABLE),
     // User-limited channels: listed users only.
     ("personal:{}#u1", Client, Subscribe, OK),
@@ -150,8 +215,11 @@ const MATRIX: &[(&str, Kind, Op, u32)] = &[
     ("personal:{}#u2", Client, Subscribe, PERMISSION_DENIED),
     ("personal:{}#u1", Anonymous, Subscribe, PERMISSION_DENIED),
     ("personal:{}", Client, Subscribe, PERMISSION_DENIED),
-    // Private channels need a subscription token (not accepted yet).
+    // Private channels need a subscription token (tests/tokens.rs grants them).
     ("$sub_anon:{}", Client, Subscribe, PERMISSION_DENIED),
+    ("$pub_client:{}", Client, Publish, PERMISSION_DENIED),
+    ("$hist_client:{}", Client, History, PERMISSION_DENIED),
+    ("$pres_client:{}", Client, Presence, PERMISSION_DENIED),
     // Channel regex (applied after `namespace:`).
     ("digits:1{}", Client, Subscribe, BAD_REQUEST),
 ];
@@ -171,13 +239,17 @@ fn code(reply: &Reply) -> u32 {
 
 async fn client(server: &Server, kind: Kind) -> WsClient {
     let user = match kind {
-        Anonymous | AnonymousSubscriber => "",
+        Anonymous | AnonymousSubscriber | NoToken => "",
         Client | Subscriber => "u1",
     };
     let mut client = server.ws(WsOptions::json()).await;
-    client
-        .handshake_with(connect_token(&hs256_token(SECRET, user, 3600)))
-        .await;
+    if kind == NoToken {
+        client.handshake().await;
+    } else {
+        client
+            .handshake_with(connect_token(&hs256_token(SECRET, user, 3600)))
+            .await;
+    }
     client
 }
 
@@ -230,17 +302,130 @@ async fn namespace_history_size_bounds_what_is_kept() {
     assert_eq!(result.publications.len(), 2, "{result:?}");
 }
 
+/// A connection token with `sub` and server-side subscriptions (`channels`).
+fn token_with_channels(user: &str, channels: &[&str]) -> String {
+    let claims = json!({"sub": user, "channels": channels});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign token")
+}
+
+/// Secure defaults, as Centrifugo: no `hub.channel` section at all refuses every client
+/// operation, for every client kind (a subscriber gets there through the token's
+/// server-side `channels`, which need no grant).
 #[tokio::test]
-async fn without_hub_channel_every_channel_stays_open() {
-    let server = Server::start("").await;
+async fn without_hub_channel_nothing_is_allowed() {
+    let server = Server::start_exact(&format!(
+        "hub:\n  client:\n    allow_anonymous_connect_without_token: true\n    token:\n      hmac_secret_key: \"{SECRET}\"\n"
+    ))
+    .await;
+    let mut failures = Vec::new();
+    for kind in [NoToken, Anonymous, Client, Subscriber, AnonymousSubscriber] {
+        for op in [Subscribe, Publish, History, Presence] {
+            let channel = unique_channel("secure");
+            let mut client = server.ws(WsOptions::json()).await;
+            match kind {
+                NoToken => {
+                    client.handshake().await;
+                }
+                Anonymous | Client => {
+                    let user = if kind == Client { "u1" } else { "" };
+                    client
+                        .handshake_with(connect_token(&hs256_token(SECRET, user, 3600)))
+                        .await;
+                }
+                Subscriber | AnonymousSubscriber => {
+                    let user = if kind == Subscriber { "u1" } else { "" };
+                    let reply = client
+                        .connect_with(connect_token(&token_with_channels(user, &[&channel])))
+                        .await;
+                    let subs = reply.connect.map(|c| c.subs).unwrap_or_default();
+                    assert!(
+                        subs.contains_key(&channel),
+                        "server-side subscription {subs:?}"
+                    );
+                }
+            }
+            let expected = match (kind, op) {
+                // Already subscribed through the token.
+                (Subscriber | AnonymousSubscriber, Subscribe) => 105,
+                (_, Subscribe | Publish) => PERMISSION_DENIED,
+                // History and presence are off without a namespace that enables them.
+                (_, History | Presence) => NOT_AVAILABLE,
+            };
+            let got = code(&client.request(command(op, &channel)).await);
+            if got != expected {
+                failures.push(format!("{kind:?} {op:?}: expected {expected}, got {got}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The server API needs no grant.
+    api_ok(
+        server.admin_addr,
+        "publish",
+        &json!({"channel": "plain", "data": {}}),
+        None,
+    )
+    .await;
+}
+
+/// Anonymous connections, as Centrifugo: without a token and without
+/// `allow_anonymous_connect_without_token` the connect is refused with 3501; with no key
+/// configured every token is invalid (3500).
+#[tokio::test]
+async fn connect_without_token_is_refused_by_default() {
+    let server = Server::start_exact("").await;
+    let mut client = server.ws(WsOptions::json()).await;
+    let id = client.next_id();
+    client
+        .send_commands(&[Command {
+            id,
+            connect: Some(Default::default()),
+            ..Default::default()
+        }])
+        .await;
+    let (close, _) = client.expect_close(WAIT).await;
+    assert_eq!(close, 3501, "no token, no anonymous connects");
+    let mut client = server.ws(WsOptions::json()).await;
+    let id = client.next_id();
+    client
+        .send_commands(&[Command {
+            id,
+            connect: Some(connect_token(&hs256_token(SECRET, "u1", 3600))),
+            ..Default::default()
+        }])
+        .await;
+    let (close, _) = client.expect_close(WAIT).await;
+    assert_eq!(close, 3500, "a token with no key configured is invalid");
+}
+
+/// `hub.client.insecure` (Centrifugo's `client.insecure`): connects without a token, grants
+/// every operation that exists; features that are off, unknown namespaces and `$` channels
+/// are still refused.
+#[tokio::test]
+async fn insecure_grants_what_exists() {
+    let server = Server::start_exact(
+        "hub:\n  client:\n    insecure: true\n  channel:\n    without_namespace:\n      presence: true\n",
+    )
+    .await;
     let mut client = server.ws(WsOptions::json()).await;
     client.handshake().await;
-    for op in [Subscribe, Publish, History, Presence] {
-        let reply = client.request(command(op, "any:channel#u9")).await;
-        assert_eq!(code(&reply), OK, "{op:?}: {reply:?}");
+    let channel = unique_channel("insecure");
+    for (op, channel, expected) in [
+        (Subscribe, channel.as_str(), OK),
+        (Publish, channel.as_str(), OK),
+        (Presence, channel.as_str(), OK),
+        (History, channel.as_str(), NOT_AVAILABLE),
+        (Subscribe, "$private", PERMISSION_DENIED),
+        (Subscribe, "unknown:a", UNKNOWN_CHANNEL),
+    ] {
+        let reply = client.request(command(op, channel)).await;
+        assert_eq!(code(&reply), expected, "{op:?} {channel}: {reply:?}");
     }
-    let reply = client.request(subscribe("$private")).await;
-    assert_eq!(code(&reply), PERMISSION_DENIED);
 }
 
 #[tokio::test]

@@ -831,7 +831,7 @@ fn check_rejects_invalid_configs_naming_the_field() {
 /// channel declared binary-only (`hub.binary_channels`) it reaches Protobuf subscribers as is.
 #[tokio::test]
 async fn binary_payload_is_refused_outside_binary_channels() {
-    let server = server("hub:\n  binary_channels: [\"bin:*\"]").await;
+    let server = server("hub:\n  binary_channels: [\"bin-*\"]").await;
     let chan = unique_channel("binary");
     let mut publisher = server.ws(WsOptions::protobuf()).await;
     let mut json_sub = server.ws(WsOptions::json()).await;
@@ -854,7 +854,7 @@ async fn binary_payload_is_refused_outside_binary_channels() {
     let reply = json_sub.request(rpc("echo", &json!(1))).await;
     assert_eq!(reply.error, None, "the JSON subscriber stays: {reply:?}");
 
-    let bin = format!("bin:{chan}");
+    let bin = format!("bin-{chan}");
     assert_eq!(publisher.request(subscribe(&bin)).await.error, None);
     let reply = publisher.request(publish(&bin)).await;
     assert_eq!(reply.error, None, "{reply:?}");

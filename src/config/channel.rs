@@ -1,9 +1,8 @@
 //! `hub.channel`: channel namespaces and their permissions, with Centrifugo v6's option names.
 //!
-//! Without namespace options (`without_namespace` / `namespaces`) the hub keeps its historical
-//! open rules (every channel open to every client); with them, Centrifugo's secure defaults
-//! apply: nothing is allowed unless enabled. The rules themselves live in
-//! `crate::hub::namespace`.
+//! Defaults are secure, as in Centrifugo: nothing is allowed unless enabled (with no
+//! `hub.channel` at all every client subscribe, publish, history and presence is refused). The
+//! rules themselves live in `crate::hub::namespace`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -82,13 +81,15 @@ channel_options! {
     allow_history_for_subscriber: bool,
     /// Authenticated clients may read history.
     allow_history_for_client: bool,
-    /// With `allow_history_for_client`, anonymous clients may read history too.
+    /// Anonymous clients may read history too (with `allow_history_for_client` or, when
+    /// subscribed, `allow_history_for_subscriber`; as in Centrifugo).
     allow_history_for_anonymous: bool,
     /// Subscribed clients may read presence.
     allow_presence_for_subscriber: bool,
     /// Authenticated clients may read presence.
     allow_presence_for_client: bool,
-    /// With `allow_presence_for_client`, anonymous clients may read presence too.
+    /// Anonymous clients may read presence too (with `allow_presence_for_client` or, when
+    /// subscribed, `allow_presence_for_subscriber`; as in Centrifugo).
     allow_presence_for_anonymous: bool,
     /// `name#a,b` channels: the listed users may subscribe, nobody else.
     allow_user_limited_channels: bool,
@@ -206,21 +207,29 @@ mod tests {
 
     #[test]
     fn the_documented_example_parses() {
-        // The commented `hub.channel` example of configs/sidewire.yaml, uncommented.
+        // configs/sidewire.yaml with its commented `namespaces` example uncommented.
         let text = include_str!("../../configs/sidewire.yaml");
-        let example: String = text
-            .lines()
-            .skip_while(|l| !l.starts_with("    # without_namespace:"))
-            .take_while(|l| l.starts_with("    #"))
-            .map(|l| format!("    {}\n", &l[6..]))
-            .collect();
-        assert!(example.contains("namespaces:"), "{example}");
-        let config = super::super::Config::from_yaml(&format!("hub:\n  channel:\n{example}"))
+        let mut inside = false;
+        let mut example = String::new();
+        for line in text.lines() {
+            inside = line == "    # namespaces:" || (inside && line.starts_with("    #   "));
+            if inside {
+                example.push_str(&format!("    {}\n", &line[6..]));
+            } else {
+                example.push_str(line);
+                example.push('\n');
+            }
+        }
+        assert!(example.contains("\n    namespaces:\n"), "{example}");
+        let config = super::super::Config::from_yaml_with_env(&example, &[])
             .unwrap_or_else(|e| panic!("{e}\n{example}"));
         let channel = config.hub.channel;
         assert_eq!(channel.namespaces.len(), 2);
         assert_eq!(channel.namespaces[0].history_ttl, Duration::from_secs(300));
+        // The demo's permissive channels without a namespace.
         assert!(channel.without_namespace.allow_subscribe_for_anonymous);
+        assert!(channel.without_namespace.allow_publish_for_anonymous);
+        assert!(config.hub.client.allow_anonymous_connect_without_token);
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub struct ClientConfig {
     pub subscription_token: SubscriptionTokenConfig,
     /// Channels one client may be subscribed to at once; beyond it subscribe answers 106.
     pub channel_limit: usize,
+    /// A connect without a token is accepted as anonymous (empty user). Off (the default, as
+    /// in Centrifugo): such a connect is refused with disconnect 3501.
+    pub allow_anonymous_connect_without_token: bool,
+    /// Centrifugo's `client.insecure`, for development only: a connect without a token is
+    /// anonymous, connection tokens never expire, and every client operation that exists on a
+    /// channel is granted (namespaces, features and `$` channels are still checked).
+    pub insecure: bool,
 }
 
 impl Default for ClientConfig {
@@ -30,6 +37,8 @@ impl Default for ClientConfig {
             token: TokenConfig::default(),
             subscription_token: SubscriptionTokenConfig::default(),
             channel_limit: DEFAULT_CHANNEL_LIMIT,
+            allow_anonymous_connect_without_token: false,
+            insecure: false,
         }
     }
 }
@@ -176,6 +185,7 @@ mod tests {
                 ..SubscriptionTokenConfig::default()
             },
             channel_limit: 0,
+            ..ClientConfig::default()
         };
         let text = config.problems().join("\n");
         for field in [

@@ -59,8 +59,9 @@ pub const DEFAULT_STALE_CLOSE_DELAY: Duration = Duration::from_secs(10);
 pub const DEFAULT_QUEUE_MAX_SIZE: usize = 1_048_576;
 /// Default time allowed for one write to a client.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Default number of publications the hub keeps per channel.
-pub const DEFAULT_HISTORY_SIZE: usize = 100;
+/// Default hub-wide cap of a namespace's `history_size` (publications kept per channel): the
+/// largest accepted, so a namespace's own size applies, as in Centrifugo.
+pub const DEFAULT_HISTORY_SIZE: usize = channel::MAX_NAMESPACE_HISTORY_SIZE;
 /// Default lifetime of the hub's channel history.
 pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
 /// Headers of the connection request passed to the upstream by default.
@@ -459,7 +460,7 @@ pub struct HubConfig {
     /// `hub.http_api`: the server API's key and `insecure` flag (Centrifugo v6's
     /// `http_api.*`).
     pub http_api: http_api::HttpApiConfig,
-    /// Publications kept per channel.
+    /// Hub-wide cap of a namespace's `history_size` (publications kept per channel).
     pub history_size: usize,
     /// How long publications stay in history.
     #[serde(deserialize_with = "duration::deserialize")]

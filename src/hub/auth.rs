@@ -47,6 +47,9 @@ pub enum TokenCheck {
     Expired,
     /// Anything else (disconnect 3500).
     Invalid,
+    /// No token, and anonymous connections are not allowed (disconnect 3501, as Centrifugo's
+    /// connect without credentials).
+    Missing,
 }
 
 impl TokenCheck {
@@ -167,7 +170,7 @@ impl TokenKeys {
         })
     }
 
-    /// Whether any key is configured (else connections are anonymous and unchecked).
+    /// Whether any key is configured (else every token is invalid).
     pub fn enabled(&self) -> bool {
         self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some()
     }

@@ -208,9 +208,7 @@ impl Hub {
 /// and sub_refresh: subscription token), before any state lock is taken.
 fn verify_command_token(state: &HubState, command: &Command) -> Option<Verified> {
     if let Some(refresh) = &command.refresh {
-        return Some(Verified::Connection(
-            state.verify_connection(&refresh.token),
-        ));
+        return Some(Verified::Connection(state.verify_refresh(&refresh.token)));
     }
     if let Some(request) = &command.sub_refresh {
         return Some(Verified::Subscription(

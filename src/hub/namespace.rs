@@ -3,8 +3,9 @@
 //! A channel's namespace is the prefix before the first `:` (after a leading `$`); a channel
 //! without `:` takes `without_namespace`. An unknown namespace answers 102, a channel that does
 //! not match the namespace's `channel_regex` 107, history or presence where they are off 108,
-//! a missing grant 103. Without a `hub.channel` section every channel stays open to every
-//! client (only `$` private channels are refused), as before namespaces existed.
+//! a missing grant 103. Defaults are secure, as in Centrifugo: with nothing configured every
+//! client operation is refused (103). `hub.client.insecure` grants every operation that
+//! exists (Centrifugo's `client.insecure`), `$` channels still needing a subscription token.
 
 use std::collections::HashMap;
 
@@ -68,76 +69,60 @@ impl Compiled {
     }
 }
 
+/// The compiled `hub.channel` rules (and `hub.client.insecure`).
 #[derive(Debug)]
-struct Rules {
+pub struct Namespaces {
     without_namespace: Compiled,
     named: HashMap<String, Compiled>,
+    /// `hub.client.insecure`: every existing operation is granted.
+    insecure: bool,
 }
 
-/// The compiled `hub.channel` rules; [`Namespaces::open`] when the section is absent.
-#[derive(Debug, Default)]
-pub struct Namespaces {
-    rules: Option<Rules>,
+impl Default for Namespaces {
+    fn default() -> Namespaces {
+        Namespaces::new(&ChannelConfig::default(), false)
+    }
 }
-
-/// Channel options after resolution: `None` in open mode (no `hub.channel`).
-pub type Resolved<'a> = Option<&'a ChannelOptions>;
 
 impl Namespaces {
-    /// Open mode: every channel allowed to every client except `$` private channels.
-    pub fn open() -> Namespaces {
-        Namespaces { rules: None }
-    }
-
-    /// Compiles `hub.channel` (open mode when it configures no namespace options at all).
-    pub fn new(config: &ChannelConfig) -> Namespaces {
-        let unconfigured =
-            config.namespaces.is_empty() && config.without_namespace == ChannelOptions::default();
-        let rules = (!unconfigured).then(|| Rules {
+    /// Compiles `hub.channel`; `insecure` is `hub.client.insecure`.
+    pub fn new(config: &ChannelConfig, insecure: bool) -> Namespaces {
+        Namespaces {
             without_namespace: Compiled::new(config.without_namespace.clone()),
             named: config
                 .namespaces
                 .iter()
                 .map(|n| (n.name.clone(), Compiled::new(n.options())))
                 .collect(),
-        });
-        Namespaces { rules }
+            insecure,
+        }
     }
 
-    fn compiled<'a, 'b>(
-        &'a self,
-        channel: &'b str,
-    ) -> Result<Option<(&'a Compiled, &'b str)>, ErrorCode> {
-        let Some(rules) = &self.rules else {
-            return Ok(None);
-        };
+    fn compiled<'a, 'b>(&'a self, channel: &'b str) -> Result<(&'a Compiled, &'b str), ErrorCode> {
         let bare = channel.strip_prefix(PRIVATE_PREFIX).unwrap_or(channel);
         match bare.split_once(NAMESPACE_BOUNDARY) {
-            None => Ok(Some((&rules.without_namespace, bare))),
-            Some((name, rest)) => rules
+            None => Ok((&self.without_namespace, bare)),
+            Some((name, rest)) => self
                 .named
                 .get(name)
-                .map(|compiled| Some((compiled, rest)))
+                .map(|compiled| (compiled, rest))
                 .ok_or(ErrorCode::UnknownChannel),
         }
     }
 
     /// The options of `channel`'s namespace: 102 when the namespace is unknown, 107 when the
-    /// channel does not match its `channel_regex`; `Ok(None)` in open mode.
-    pub fn resolve(&self, channel: &str) -> Result<Resolved<'_>, ErrorCode> {
+    /// channel does not match its `channel_regex`.
+    pub fn resolve(&self, channel: &str) -> Result<&ChannelOptions, ErrorCode> {
         match self.compiled(channel)? {
-            None => Ok(None),
-            Some((compiled, rest)) if compiled.name_matches(rest) => Ok(Some(&compiled.options)),
-            Some(_) => Err(ErrorCode::BadRequest),
+            (compiled, rest) if compiled.name_matches(rest) => Ok(&compiled.options),
+            _ => Err(ErrorCode::BadRequest),
         }
     }
 
     /// Whether `operation` exists on `channel` at all, for the server API (which needs no
     /// grant): 102 unknown namespace, 107 regex mismatch, 108 history or presence off.
     pub fn available(&self, channel: &str, operation: Operation) -> Result<(), ErrorCode> {
-        let Some(options) = self.resolve(channel)? else {
-            return Ok(());
-        };
+        let options = self.resolve(channel)?;
         match operation {
             Operation::History if !history_enabled(options) => Err(ErrorCode::NotAvailable),
             Operation::Presence if !options.presence => Err(ErrorCode::NotAvailable),
@@ -153,19 +138,17 @@ impl Namespaces {
         operation: Operation,
         asker: Asker,
     ) -> Result<(), ErrorCode> {
-        let Some(options) = self.resolve(channel)? else {
-            return open_rule(channel);
-        };
-        permit(options, channel, operation, asker)
-    }
-}
-
-/// The rule of open mode: everything but `$` private channels.
-fn open_rule(channel: &str) -> Result<(), ErrorCode> {
-    if channel.starts_with(PRIVATE_PREFIX) {
-        Err(ErrorCode::PermissionDenied)
-    } else {
-        Ok(())
+        let options = self.resolve(channel)?;
+        match permit(options, channel, operation, asker) {
+            // Centrifugo's last resort: `client.insecure` grants what no option does, but
+            // neither a feature that is off (108) nor a `$` channel without its token.
+            Err(ErrorCode::PermissionDenied)
+                if self.insecure && !channel.starts_with(PRIVATE_PREFIX) =>
+            {
+                Ok(())
+            }
+            outcome => outcome,
+        }
     }
 }
 
@@ -222,15 +205,16 @@ fn permit(
                 && (options.allow_publish_for_client
                     || (options.allow_publish_for_subscriber && asker.subscribed))
         }
+        // As Centrifugo: an anonymous client needs `_for_anonymous` on either path.
         Operation::History => {
-            (options.allow_history_for_client
-                && (authenticated || options.allow_history_for_anonymous))
-                || (options.allow_history_for_subscriber && asker.subscribed)
+            (authenticated || options.allow_history_for_anonymous)
+                && (options.allow_history_for_client
+                    || (options.allow_history_for_subscriber && asker.subscribed))
         }
         Operation::Presence => {
-            (options.allow_presence_for_client
-                && (authenticated || options.allow_presence_for_anonymous))
-                || (options.allow_presence_for_subscriber && asker.subscribed)
+            (authenticated || options.allow_presence_for_anonymous)
+                && (options.allow_presence_for_client
+                    || (options.allow_presence_for_subscriber && asker.subscribed))
         }
     };
     if allowed {
@@ -260,30 +244,72 @@ mod tests {
         subscribed: true,
     };
 
+    const OPERATIONS: [Operation; 4] = [
+        Operation::Subscribe,
+        Operation::Publish,
+        Operation::History,
+        Operation::Presence,
+    ];
+
     fn namespaces(named: Vec<NamespaceConfig>) -> Namespaces {
-        Namespaces::new(&ChannelConfig {
-            without_namespace: ChannelOptions::default(),
-            namespaces: named,
-            ..ChannelConfig::default()
-        })
+        Namespaces::new(
+            &ChannelConfig {
+                without_namespace: ChannelOptions::default(),
+                namespaces: named,
+                ..ChannelConfig::default()
+            },
+            false,
+        )
     }
 
     #[test]
-    fn open_mode_allows_everything_but_private_channels() {
-        let open = Namespaces::open();
-        for op in [
-            Operation::Subscribe,
-            Operation::Publish,
-            Operation::History,
-            Operation::Presence,
-        ] {
-            assert_eq!(open.check("any:thing#1", op, ANON), Ok(()));
+    fn nothing_configured_allows_nothing() {
+        let none = Namespaces::default();
+        for op in OPERATIONS {
+            for asker in [ANON, USER, SUBSCRIBER] {
+                assert_eq!(
+                    none.check("plain", op, asker).err().map(|c| c as u32),
+                    Some(match op {
+                        Operation::History | Operation::Presence => 108,
+                        _ => 103,
+                    }),
+                    "{op:?}"
+                );
+            }
+        }
+        assert_eq!(
+            none.resolve("unknown:x").err(),
+            Some(ErrorCode::UnknownChannel)
+        );
+    }
+
+    #[test]
+    fn insecure_grants_what_exists_but_not_private_channels() {
+        let config = ChannelConfig {
+            without_namespace: ChannelOptions {
+                presence: true,
+                ..Default::default()
+            },
+            ..ChannelConfig::default()
+        };
+        let insecure = Namespaces::new(&config, true);
+        for asker in [ANON, USER] {
+            assert_eq!(insecure.check("c", Operation::Subscribe, asker), Ok(()));
+            assert_eq!(insecure.check("c", Operation::Publish, asker), Ok(()));
+            assert_eq!(insecure.check("c", Operation::Presence, asker), Ok(()));
             assert_eq!(
-                open.check("$secret", op, USER),
+                insecure.check("c", Operation::History, asker),
+                Err(ErrorCode::NotAvailable)
+            );
+            assert_eq!(
+                insecure.check("$c", Operation::Subscribe, asker),
                 Err(ErrorCode::PermissionDenied)
             );
+            assert_eq!(
+                insecure.check("nope:c", Operation::Subscribe, asker),
+                Err(ErrorCode::UnknownChannel)
+            );
         }
-        assert_eq!(open.resolve("unknown:x"), Ok(None));
     }
 
     #[test]
@@ -294,17 +320,14 @@ mod tests {
             channel_regex: "^[a-z]+$".into(),
             ..Default::default()
         }]);
-        assert!(ns.resolve("chat:room").is_ok_and(|o| o.is_some()));
+        assert!(ns.resolve("chat:room").is_ok());
         assert_eq!(ns.resolve("news:x"), Err(ErrorCode::UnknownChannel));
         assert_eq!(ns.resolve("$news:x"), Err(ErrorCode::UnknownChannel));
         assert!(ns.resolve("$chat:room").is_ok());
         // The regex sees the part after `chat:` only.
         assert_eq!(ns.resolve("chat:room:1"), Err(ErrorCode::BadRequest));
         assert_eq!(ns.resolve("chat:Room"), Err(ErrorCode::BadRequest));
-        assert_eq!(
-            ns.resolve("plain").map(|o| o.cloned()),
-            Ok(Some(ChannelOptions::default()))
-        );
+        assert_eq!(ns.resolve("plain").cloned(), Ok(ChannelOptions::default()));
         // Secure defaults without a grant.
         assert_eq!(
             ns.check("plain", Operation::Subscribe, USER),
@@ -419,7 +442,11 @@ mod tests {
             Err(ErrorCode::UnknownChannel)
         );
         assert_eq!(
-            Namespaces::open().available("nope:a", Operation::History),
+            Namespaces::default().available("plain", Operation::History),
+            Err(ErrorCode::NotAvailable)
+        );
+        assert_eq!(
+            Namespaces::default().available("plain", Operation::Publish),
             Ok(())
         );
     }

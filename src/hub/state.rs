@@ -168,7 +168,7 @@ impl Settings {
         let sub_keys = usable(TokenKeys::for_subscriptions(&config.client));
         Settings {
             binary: BinaryChannels::new(&config.binary_channels),
-            namespaces: Namespaces::new(&config.channel),
+            namespaces: Namespaces::new(&config.channel, config.client.insecure),
             keys,
             sub_keys,
             config,
@@ -182,7 +182,7 @@ impl Settings {
             || self
                 .namespaces
                 .resolve(channel)
-                .is_ok_and(|o| o.is_some_and(|o| o.allow_binary_data))
+                .is_ok_and(|o| o.allow_binary_data)
     }
 }
 
@@ -331,13 +331,39 @@ impl HubState {
         self.enforce_history();
     }
 
-    /// Verifies a connection token against the keys in force (no lock held while verifying).
+    /// Verifies a connect command's token against the keys in force (no lock held while
+    /// verifying), as Centrifugo: no token is anonymous only with
+    /// `hub.client.allow_anonymous_connect_without_token` or `insecure` (else
+    /// [`TokenCheck::Missing`]); a token is always verified (no key: invalid); `insecure`
+    /// drops its expiry.
     pub fn verify_connection(&self, token: &str) -> TokenCheck {
         let settings = self.settings();
-        if settings.keys.enabled() {
-            settings.keys.check_connection(token)
-        } else {
-            TokenCheck::anonymous()
+        let client = &settings.config.client;
+        if token.is_empty() {
+            return if client.allow_anonymous_connect_without_token || client.insecure {
+                TokenCheck::anonymous()
+            } else {
+                TokenCheck::Missing
+            };
+        }
+        match settings.keys.check_connection(token) {
+            TokenCheck::Valid(mut claims) if client.insecure => {
+                claims.expires_at = None;
+                TokenCheck::Valid(claims)
+            }
+            check => check,
+        }
+    }
+
+    /// Verifies a refresh command's connection token (no token: invalid).
+    pub fn verify_refresh(&self, token: &str) -> TokenCheck {
+        let settings = self.settings();
+        match settings.keys.check_connection(token) {
+            TokenCheck::Valid(mut claims) if settings.config.client.insecure => {
+                claims.expires_at = None;
+                TokenCheck::Valid(claims)
+            }
+            check => check,
         }
     }
 
@@ -561,8 +587,9 @@ impl HubState {
             sub_expiries: HashMap::new(),
         };
         let valid = match check {
-            TokenCheck::Invalid => Err(None),
-            TokenCheck::Expired => Err(Some(ErrorCode::TokenExpired)),
+            TokenCheck::Invalid => Err(Err(&Disconnect::INVALID_TOKEN)),
+            TokenCheck::Missing => Err(Err(&Disconnect::BAD_REQUEST)),
+            TokenCheck::Expired => Err(Ok(ErrorCode::TokenExpired)),
             TokenCheck::Valid(claims) => Ok(claims),
         };
         if let Ok(claims) = &valid {
@@ -591,8 +618,8 @@ impl HubState {
             None => sessions.count += 1,
         }
         match valid {
-            Err(None) => self.disconnect(key, &Disconnect::INVALID_TOKEN),
-            Err(Some(code)) => self.reply_error(key, command.id, code),
+            Err(Err(disconnect)) => self.disconnect(key, disconnect),
+            Err(Ok(code)) => self.reply_error(key, command.id, code),
             Ok(ConnectionClaims {
                 user,
                 expires_at,
@@ -896,6 +923,18 @@ impl HubState {
     ) -> Result<(), ErrorCode> {
         let SubscribeCommand { id, request, token } = command;
         let namespaces = &settings.namespaces;
+        // As Centrifugo (the library validates before any permission): a second subscribe
+        // answers 105 and one beyond the limit 106, whatever the grants. Checked again below
+        // under the lock that adds the channel.
+        validate_channel(&request.channel, settings.config.channel.max_length)?;
+        if let Some(session) = self.sessions().get(key) {
+            if session.channels.contains(request.channel.as_str()) {
+                return Err(ErrorCode::AlreadySubscribed);
+            }
+            if session.channels.len() >= settings.config.client.channel_limit {
+                return Err(ErrorCode::LimitExceeded);
+            }
+        }
         // A subscription token grants the subscription (and is required on `$` channels);
         // otherwise the namespace's permissions decide.
         let token_expiry = if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
@@ -916,13 +955,12 @@ impl HubState {
         };
         client_readable(settings, protobuf, &request.channel)?;
         let mut request = request;
-        if let Some(options) = namespaces.resolve(&request.channel)? {
-            // Namespace options replace what the client asked for.
-            request.join_leave =
-                options.force_push_join_leave || (options.join_leave && request.join_leave);
-            if options.force_recovery && history_enabled(options) {
-                request.recoverable = true;
-            }
+        let options = namespaces.resolve(&request.channel)?;
+        // Namespace options replace what the client asked for.
+        request.join_leave =
+            options.force_push_join_leave || (options.join_leave && request.join_leave);
+        if options.force_recovery && history_enabled(options) {
+            request.recoverable = true;
         }
         self.enforce_history();
         let mut sessions = self.sessions();
@@ -1074,10 +1112,11 @@ impl HubState {
         let config = &settings.config;
         validate_channel(channel, config.channel.max_length)?;
         let namespace = settings.namespaces.resolve(channel)?;
-        let history_size = match namespace {
-            None => config.history_size,
-            Some(options) if history_enabled(options) => options.history_size,
-            Some(_) => 0,
+        // The namespace's size, under the hub-wide cap `hub.history_size`.
+        let history_size = if history_enabled(namespace) {
+            namespace.history_size.min(config.history_size)
+        } else {
+            0
         };
         check_data(&data, settings.binary(channel))?;
         let mut publication = Publication {
@@ -1230,7 +1269,6 @@ impl HubState {
     }
 
     fn refresh(&self, settings: &Settings, key: SessionKey, id: u32, check: TokenCheck) {
-        let secret_set = settings.keys.enabled();
         let mut sessions = self.sessions();
         let Some(session) = sessions.get_mut(key) else {
             return;
@@ -1239,12 +1277,9 @@ impl HubState {
             TokenCheck::Valid(ConnectionClaims {
                 user, expires_at, ..
             }) if user == session.user => {
-                if secret_set {
-                    session.expires_at = expires_at;
-                }
+                session.expires_at = expires_at;
                 let client = session.client.clone();
-                let expires_at = session.expires_at;
-                if secret_set && let Some(at) = expires_at {
+                if let Some(at) = expires_at {
                     sessions.schedule_expiry(at, key);
                 }
                 drop(sessions);
@@ -1265,7 +1300,7 @@ impl HubState {
                 );
             }
             TokenCheck::Expired => self.reply_error(key, id, ErrorCode::TokenExpired),
-            TokenCheck::Valid { .. } | TokenCheck::Invalid => {
+            TokenCheck::Valid { .. } | TokenCheck::Invalid | TokenCheck::Missing => {
                 self.disconnect(key, &Disconnect::INVALID_TOKEN);
                 self.remove_session(&mut sessions, key);
             }
@@ -1520,10 +1555,23 @@ mod tests {
     use super::*;
     use crate::protocol::client::{PublishRequest, SubscribeRequest};
 
+    /// A hub config where every client operation is allowed (Centrifugo's `client.insecure`
+    /// plus presence, join/leave and history on channels without a namespace).
+    fn permissive() -> HubConfig {
+        let mut config = HubConfig::default();
+        config.client.insecure = true;
+        let options = &mut config.channel.without_namespace;
+        options.presence = true;
+        options.join_leave = true;
+        options.history_size = 100;
+        options.history_ttl = std::time::Duration::from_secs(300);
+        config
+    }
+
     fn state(link_queue_max_bytes: usize) -> (HubState, Arc<LinkQueue>) {
         let config = HubConfig {
             link_queue_max_bytes,
-            ..HubConfig::default()
+            ..permissive()
         };
         let state = HubState::new(config, Arc::new(HubCounters::default()));
         let queue = Arc::new(LinkQueue::new(link_queue_max_bytes));
@@ -1683,7 +1731,7 @@ mod tests {
         let (state, queue) = state(1 << 20);
         let mut config = HubConfig {
             max_channels: 3,
-            ..HubConfig::default()
+            ..permissive()
         };
         config.client.channel_limit = 2;
         state.set_config(config);

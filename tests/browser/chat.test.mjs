@@ -55,6 +55,11 @@ describe('examples/chat in headless Chromium', { timeout: 180000 }, () => {
       `  url: ${JSON.stringify(backend.url)}`,
       'hub:',
       `  http_api: {key: ${JSON.stringify(API_KEY)}}`,
+      // The example's opt-ins (examples/chat/sidewire.yaml): anonymous visitors subscribe
+      // with join/leave and read presence; only the app publishes.
+      '  client: {allow_anonymous_connect_without_token: true}',
+      '  channel:',
+      '    without_namespace: {presence: true, join_leave: true, allow_subscribe_for_client: true, allow_subscribe_for_anonymous: true, allow_presence_for_subscriber: true, allow_presence_for_anonymous: true}',
     ]);
     api.url = sw.adminUrl;
     browser = await launchChromium();

@@ -15,7 +15,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::common::{scrape, wait_metric};
-use crate::support::{Server, WAIT, WsClient, WsOptions, bin, eventually, publish, unique_channel};
+use crate::support::{
+    Server, WAIT, WsClient, WsOptions, bin, eventually, publish, unique_channel, with_test_defaults,
+};
 
 /// Generous bound for "closed by a 1 s timer".
 const CLOSED_WITHIN: Duration = Duration::from_secs(6);
@@ -61,7 +63,7 @@ impl ShellChild {
     pub async fn start(prefix: &str, args: &str, yaml: &str, ready: &str) -> (ShellChild, String) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sidewire.yaml");
-        std::fs::write(&path, yaml).expect("write config");
+        std::fs::write(&path, with_test_defaults(yaml)).expect("write config");
         let script = format!(
             "{prefix} exec '{}' {args} --config '{}'",
             bin(),

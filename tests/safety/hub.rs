@@ -261,7 +261,7 @@ async fn private_channel_history_presence_publish_need_subscribe_right() {
 
 #[tokio::test]
 async fn non_json_publish_is_refused_with_107_and_json_subscribers_stay() {
-    let server = Server::start(&hub_section("binary_channels: [\"bin:*\"]")).await;
+    let server = Server::start(&hub_section("binary_channels: [\"bin-*\"]")).await;
     let channel = unique_channel("json-only");
     let mut subscriber = server.ws(WsOptions::json()).await;
     subscriber.handshake().await;
@@ -286,7 +286,7 @@ async fn non_json_publish_is_refused_with_107_and_json_subscribers_stay() {
     subscriber.expect_publication(&channel, 1).await;
 
     // A binary-only channel takes any bytes, for Protobuf subscribers only.
-    let binary_channel = format!("bin:{}", unique_channel("raw"));
+    let binary_channel = format!("bin-{}", unique_channel("raw"));
     assert_eq!(
         error_code(&binary.request(subscribe(&binary_channel)).await),
         None

@@ -95,10 +95,84 @@ async fn spawn_until_line(
     yaml: &str,
     ready_prefix: &'static str,
 ) -> Result<(Proc, String), String> {
+    spawn_exact_until_line(label, args, &with_test_defaults(yaml), ready_prefix).await
+}
+
+/// [`spawn_until_line`] with `yaml` exactly as given (no [`with_test_defaults`]).
+async fn spawn_exact_until_line(
+    label: &str,
+    args: &[&str],
+    yaml: &str,
+    ready_prefix: &'static str,
+) -> Result<(Proc, String), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let path = dir.path().join("sidewire.yaml");
     std::fs::write(&path, yaml).map_err(|e| format!("write config: {e}"))?;
     spawn_with_config_until_line(label, args, dir, path, ready_prefix).await
+}
+
+/// The permissive channel options the harness gives channels without a namespace when a
+/// test configures no namespaces: every operation for every client kind, presence,
+/// join/leave and history (the hub's defaults before secure defaults).
+pub const PERMISSIVE_WITHOUT_NAMESPACE: &str = r#"{
+  "presence": true, "join_leave": true, "history_size": 100, "history_ttl": "300s",
+  "allow_subscribe_for_client": true, "allow_subscribe_for_anonymous": true,
+  "allow_publish_for_client": true, "allow_publish_for_anonymous": true,
+  "allow_history_for_client": true, "allow_history_for_anonymous": true,
+  "allow_presence_for_client": true, "allow_presence_for_anonymous": true
+}"#;
+
+/// `yaml` with the opt-ins the hub's secure defaults ask for, where the test set nothing
+/// itself: `hub.client.allow_anonymous_connect_without_token: true` unless `hub.client` sets
+/// it or `insecure`, and [`PERMISSIVE_WITHOUT_NAMESPACE`] unless `hub.channel` sets
+/// `without_namespace` or `namespaces`. Text that is not a YAML mapping is returned as is
+/// (tests of bad configs). The result is JSON, which is YAML.
+pub fn with_test_defaults(yaml: &str) -> String {
+    let mut tree = match serde_saphyr::from_str::<Value>(yaml) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(Value::Null) => Value::Object(Default::default()),
+        _ => return yaml.to_owned(),
+    };
+    let Some(root) = tree.as_object_mut() else {
+        return yaml.to_owned();
+    };
+    let hub = root
+        .entry("hub")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if hub.is_null() {
+        *hub = Value::Object(Default::default());
+    }
+    let Some(hub) = hub.as_object_mut() else {
+        return yaml.to_owned();
+    };
+    for (section, skip_if, key, value) in [
+        (
+            "client",
+            &["allow_anonymous_connect_without_token", "insecure"][..],
+            "allow_anonymous_connect_without_token",
+            Value::Bool(true),
+        ),
+        (
+            "channel",
+            &["without_namespace", "namespaces"][..],
+            "without_namespace",
+            serde_json::from_str(PERMISSIVE_WITHOUT_NAMESPACE).expect("constant JSON"),
+        ),
+    ] {
+        let entry = hub
+            .entry(section)
+            .or_insert_with(|| Value::Object(Default::default()));
+        if entry.is_null() {
+            *entry = Value::Object(Default::default());
+        }
+        let Some(entry) = entry.as_object_mut() else {
+            return yaml.to_owned();
+        };
+        if !skip_if.iter().any(|k| entry.contains_key(*k)) {
+            entry.insert(key.to_owned(), value);
+        }
+    }
+    tree.to_string()
 }
 
 /// Spawns `sidewire <args> --config <path>` (a file the caller wrote, kept alive by `dir`)
@@ -265,6 +339,20 @@ impl Server {
         }
     }
 
+    /// Starts a sidecar with `yaml` exactly (plus the listener lines): none of the opt-ins of
+    /// [`with_test_defaults`], so the hub's secure defaults apply.
+    pub async fn start_exact(yaml: &str) -> Server {
+        let yaml = format!("listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n{yaml}\n");
+        let (proc, line) = spawn_exact_until_line("sidewire", &[], &yaml, "sidewire listening ")
+            .await
+            .unwrap_or_else(|e| panic!("sidewire did not start: {e}"));
+        Server {
+            client_addr: addr_in_line(&line, "client").expect("client address"),
+            admin_addr: addr_in_line(&line, "admin").expect("admin address"),
+            proc,
+        }
+    }
+
     /// Like [`Server::start`], returning the failure instead of panicking.
     pub async fn try_start(yaml: &str) -> Result<Server, String> {
         let yaml = format!("listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n{yaml}\n");
@@ -316,7 +404,9 @@ impl Server {
     /// `admin_listen` lines, then `yaml`. Use it when rewriting the file for a reload, so the
     /// listener lines stay the same.
     pub fn config_text(yaml: &str) -> String {
-        format!("listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n{yaml}\n")
+        with_test_defaults(&format!(
+            "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n{yaml}\n"
+        ))
     }
 
     /// Starts a sidecar on a config file the caller already wrote at `path` (for example a

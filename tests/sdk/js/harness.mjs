@@ -85,6 +85,9 @@ export function uniqueUser(prefix = 'user') {
   return `${prefix}-${randomBytes(5).toString('hex')}`;
 }
 
+/** Channel options (flow YAML) of `hub.channel.without_namespace` in the suites: everything on. */
+export const PERMISSIVE_CHANNELS = '{presence: true, join_leave: true, history_size: 100, history_ttl: "300s", allow_subscribe_for_client: true, allow_subscribe_for_anonymous: true, allow_publish_for_client: true, allow_publish_for_anonymous: true, allow_history_for_client: true, allow_history_for_anonymous: true, allow_presence_for_client: true, allow_presence_for_anonymous: true}';
+
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 
 /** HS256 JWT (header {alg:HS256,typ:JWT}) with `sub` = user, for `hub.client.token.hmac_secret_key`. */
@@ -122,7 +125,13 @@ export async function startServer({ extraConfig = '', tokenSecret = null } = {})
     'websocket: true',
     'http_stream: true',
     'sse: true',
-    ...(tokenSecret ? ['hub:', `  client: {token: {hmac_secret_key: ${JSON.stringify(tokenSecret)}}}`] : []),
+    // The hub's defaults are secure (as Centrifugo's): the suites opt in to anonymous
+    // connects and to channels open to every client (history, presence, join/leave on).
+    'hub:',
+    tokenSecret
+      ? `  client: {allow_anonymous_connect_without_token: true, token: {hmac_secret_key: ${JSON.stringify(tokenSecret)}}}`
+      : '  client: {allow_anonymous_connect_without_token: true}',
+    `  channel: {without_namespace: ${PERMISSIVE_CHANNELS}}`,
     ...(process.env.SIDEWIRE_TEST_LOG ? ['log:', '  level: "sidewire=debug,info"'] : []),
     extraConfig,
     '',

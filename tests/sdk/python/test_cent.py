@@ -102,6 +102,10 @@ def server(tmp_path_factory):
         'hub:\n'
         f'  http_api: {{key: "{API_KEY}"}}\n'
         f'  client: {{token: {{hmac_secret_key: "{SECRET}"}}}}\n'
+        # Secure defaults (as Centrifugo's): the users' channels are opened explicitly.
+        '  channel: {without_namespace: {allow_subscribe_for_client: true, '
+        'allow_publish_for_client: true, presence: true, allow_presence_for_client: true, '
+        'history_size: 100, history_ttl: "300s", allow_history_for_client: true}}\n'
     )
     stderr_path = tmp / "stderr.log"
     stderr_file = open(stderr_path, "wb")

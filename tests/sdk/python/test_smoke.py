@@ -35,6 +35,15 @@ from centrifuge import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# `hub.channel.without_namespace` of the test server (flow YAML): every operation allowed.
+PERMISSIVE_CHANNELS = (
+    '{presence: true, join_leave: true, history_size: 100, history_ttl: "300s", '
+    'allow_subscribe_for_client: true, allow_subscribe_for_anonymous: true, '
+    'allow_publish_for_client: true, allow_publish_for_anonymous: true, '
+    'allow_history_for_client: true, allow_history_for_anonymous: true, '
+    'allow_presence_for_client: true, allow_presence_for_anonymous: true}'
+)
+
 SIDEWIRE_BIN = Path(os.environ["SIDEWIRE_BIN"]).resolve() if os.environ.get("SIDEWIRE_BIN") \
     else REPO_ROOT / "target" / "debug" / "sidewire"
 
@@ -88,6 +97,10 @@ def server(tmp_path_factory):
         'listen: "127.0.0.1:0"\n'
         'admin_listen: "127.0.0.1:0"\n'
         'allowed_origins: ["*"]\n'
+        # Secure defaults (as Centrifugo's): opt in to anonymous connects and open channels.
+        'hub:\n'
+        '  client: {allow_anonymous_connect_without_token: true}\n'
+        f'  channel: {{without_namespace: {PERMISSIVE_CHANNELS}}}\n'
     )
     stderr_path = tmp / "stderr.log"
     stderr_file = open(stderr_path, "wb")

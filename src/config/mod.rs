@@ -5,9 +5,11 @@
 //! [`Config::validate`]; nothing binds a port before that.
 
 pub mod channel;
+pub mod client;
 pub mod duration;
 pub mod engine;
 pub mod env;
+pub mod proxy;
 pub mod schema;
 pub mod secret;
 pub mod sources;
@@ -511,6 +513,12 @@ pub struct HubConfig {
     /// PEM EC (P-256) public key: ES256 tokens are accepted (Centrifugo's
     /// `client.token.ecdsa_public_key`). May come from `hub.token_ecdsa_public_key_file`.
     pub token_ecdsa_public_key: Option<String>,
+    /// `hub.client`: client options with Centrifugo v6 names (the connect and refresh hooks).
+    pub client: client::ClientConfig,
+    /// `hub.rpc`: the RPC hook and the RPC namespaces routed to it.
+    pub rpc: proxy::RpcConfig,
+    /// Hook calls in flight across the hub; beyond it a call fails at once with error 100.
+    pub proxy_max_in_flight: usize,
 }
 
 impl Default for HubConfig {
@@ -539,6 +547,9 @@ impl Default for HubConfig {
             token_issuer: None,
             token_rsa_public_key: None,
             token_ecdsa_public_key: None,
+            client: client::ClientConfig::default(),
+            rpc: proxy::RpcConfig::default(),
+            proxy_max_in_flight: proxy::DEFAULT_PROXY_MAX_IN_FLIGHT,
         }
     }
 }
@@ -880,6 +891,11 @@ impl Config {
         problems.extend(self.uni_problems());
         if let Some(channel) = &self.hub.channel {
             problems.extend(channel.problems());
+        }
+        problems.extend(self.hub.client.problems());
+        problems.extend(proxy::rpc_problems(&self.hub.rpc));
+        if self.hub.proxy_max_in_flight == 0 {
+            problems.push("hub.proxy_max_in_flight: must be at least 1".to_owned());
         }
         if problems.is_empty() {
             Ok(())

@@ -262,6 +262,7 @@ mod tests {
         Namespaces::new(Some(&ChannelConfig {
             without_namespace: ChannelOptions::default(),
             namespaces: named,
+            ..Default::default()
         }))
     }
 

@@ -264,6 +264,39 @@ mod tests {
         assert!(!RpcConfig::default().proxied("echo"));
     }
 
+    /// The commented block of configs/sidewire.yaml starting at `  # {key}:`, uncommented.
+    fn documented(key: &str) -> String {
+        let text = include_str!("../../configs/sidewire.yaml");
+        let header = format!("  # {key}:");
+        let block: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != header)
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || l.starts_with("  #   "))
+            .map(|(_, l)| l)
+            .collect();
+        block.iter().map(|l| format!("  {}\n", &l[4..])).collect()
+    }
+
+    #[test]
+    fn the_documented_examples_parse_and_validate() {
+        let yaml = format!("hub:\n{}{}", documented("client"), documented("rpc"));
+        let config = super::super::Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let connect = &config.hub.client.proxy.connect;
+        assert!(connect.enabled, "{yaml}");
+        assert_eq!(connect.http_headers, ["cookie", "authorization"]);
+        assert_eq!(
+            connect.http.static_headers.get("x-proxy-secret").map(String::as_str),
+            Some("change-me")
+        );
+        assert!(config.hub.client.proxy.refresh.enabled);
+        assert!(config.hub.rpc.proxied("getUser") && config.hub.rpc.proxied("app:x"));
+        assert_eq!(
+            config.hub.proxy_max_in_flight,
+            DEFAULT_PROXY_MAX_IN_FLIGHT
+        );
+    }
+
     #[test]
     fn problems_name_the_hook_field() {
         let rpc = RpcConfig {

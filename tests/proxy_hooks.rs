@@ -56,7 +56,9 @@ impl Drop for HookBackend {
 
 impl HookBackend {
     async fn start(answer: Arc<Answerer>) -> HookBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
         let recorded = calls.clone();
@@ -149,7 +151,9 @@ fn backend_logic(path: &str, body: &Value, headers: &http::HeaderMap) -> Answer 
             "slow" => Answer::Hang,
             "broken" => Answer::Status(500),
             "nobody" => Answer::Json(json!({})),
-            "stray" => Answer::Json(json!({"result": {"user": "stray", "channels": ["nowhere:x"]}})),
+            "stray" => {
+                Answer::Json(json!({"result": {"user": "stray", "channels": ["nowhere:x"]}}))
+            }
             "short" => Answer::Json(json!({"result": {"user": "short", "expire_at": now() + 1}})),
             "brief" => Answer::Json(json!({"result": {"user": "brief", "expire_at": now() + 1}})),
             user => Answer::Json(json!({"result": {
@@ -169,7 +173,9 @@ fn backend_logic(path: &str, body: &Value, headers: &http::HeaderMap) -> Answer 
         "/subscribe" => {
             let channel = body["channel"].as_str().unwrap_or_default();
             if channel.starts_with("sub:open") {
-                Answer::Json(json!({"result": {"data": {"granted": channel}, "info": {"role": "reader"}}}))
+                Answer::Json(
+                    json!({"result": {"data": {"granted": channel}, "info": {"role": "reader"}}}),
+                )
             } else if channel.starts_with("sub:short") {
                 Answer::Json(json!({"result": {"expire_at": now() + 1}}))
             } else if channel.starts_with("sub:gone") {
@@ -186,10 +192,14 @@ fn backend_logic(path: &str, body: &Value, headers: &http::HeaderMap) -> Answer 
         },
         "/rpc" => match body["method"].as_str().unwrap_or_default() {
             "app:sum" => {
-                let sum = body["data"]["a"].as_i64().unwrap_or(0) + body["data"]["b"].as_i64().unwrap_or(0);
+                let sum = body["data"]["a"].as_i64().unwrap_or(0)
+                    + body["data"]["b"].as_i64().unwrap_or(0);
                 Answer::Json(json!({"result": {"data": {"sum": sum}}}))
             }
             "app:hang" => Answer::Hang,
+            // Over the 1 MiB bound on hook responses.
+            "app:huge" => Answer::Json(json!({"result": {"data": {"blob": "x".repeat(2 << 20)}}})),
+            "app:garbage" => Answer::Json(json!(["not", "an", "answer"])),
             _ => Answer::Json(json!({"error": {"code": 1005, "message": "unknown method"}})),
         },
         _ => Answer::Status(404),
@@ -319,7 +329,13 @@ async fn connect_hook_authenticates_by_cookie_and_subscribes_server_side() {
     assert!(call.headers.get("user-agent").is_none());
 
     // The server-side subscription delivers publications.
-    api_ok(server.admin_addr, "publish", &json!({"channel": "news:alice", "data": {"n": 1}}), None).await;
+    api_ok(
+        server.admin_addr,
+        "publish",
+        &json!({"channel": "news:alice", "data": {"n": 1}}),
+        None,
+    )
+    .await;
     let publication = publication_on(&mut client, "news:alice").await;
     assert_eq!(json_of(&publication.data), json!({"n": 1}));
 }
@@ -376,7 +392,10 @@ async fn connect_hook_error_and_disconnect_reach_the_client() {
 
     // A server-side channel of an unknown namespace: 102 (Centrifugo).
     let mut stray = client_as(&server, "stray").await;
-    assert_eq!(error_code(&stray.connect_with(ConnectRequest::default()).await), 102);
+    assert_eq!(
+        error_code(&stray.connect_with(ConnectRequest::default()).await),
+        102
+    );
 }
 
 #[tokio::test]
@@ -391,8 +410,15 @@ async fn hook_failures_answer_error_100_without_hanging() {
     // The hook hangs: the 500ms timeout answers 100, well before the 10s command timeout.
     let started = Instant::now();
     let mut slow = client_as(&server, "slow").await;
-    assert_eq!(error_code(&slow.connect_with(ConnectRequest::default()).await), 100);
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert_eq!(
+        error_code(&slow.connect_with(ConnectRequest::default()).await),
+        100
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 
     let text = metrics_text(&server).await;
     for sample in [
@@ -427,7 +453,10 @@ async fn subscribe_hook_grants_or_refuses_and_sees_the_user() {
             ..Default::default()
         }))
         .await;
-    let result = reply.subscribe.clone().unwrap_or_else(|| panic!("{reply:?}"));
+    let result = reply
+        .subscribe
+        .clone()
+        .unwrap_or_else(|| panic!("{reply:?}"));
     assert_eq!(json_of(&result.data), json!({"granted": "sub:open-1"}));
     let denied = client.request(subscribe("sub:closed")).await;
     let error = denied.error.clone().unwrap_or_else(|| panic!("{denied:?}"));
@@ -443,7 +472,7 @@ async fn subscribe_hook_grants_or_refuses_and_sees_the_user() {
     // The subscribe hook's http_headers is empty: no cookie.
     assert!(call.headers.get("cookie").is_none());
 
-    // Channel info from the hook shows in presence? Not enabled here; a disconnect does close.
+    // A `disconnect` answer closes the connection with its code.
     client
         .send_commands(&[Command {
             id: 99,
@@ -464,16 +493,23 @@ async fn publish_hook_rewrites_or_refuses_and_decides_alone() {
     client.handshake().await;
     let reply = client.request(subscribe("pub:ok")).await;
     assert!(reply.error.is_none(), "{reply:?}");
-    let reply = client.request(publish("pub:ok", &json!({"text": "hi"}))).await;
+    let reply = client
+        .request(publish("pub:ok", &json!({"text": "hi"})))
+        .await;
     assert!(reply.publish.is_some(), "{reply:?}");
     let publication = publication_on(&mut client, "pub:ok").await;
-    assert_eq!(json_of(&publication.data), json!({"rewritten": {"text": "hi"}}));
+    assert_eq!(
+        json_of(&publication.data),
+        json!({"rewritten": {"text": "hi"}})
+    );
     // The publication carries the publisher's info.
     assert_eq!(publication.info.map(|i| i.user), Some("dave".to_owned()));
 
     // No data in the result: the client's data is published.
     client.request(subscribe("pub:keep")).await;
-    client.request(publish("pub:keep", &json!({"same": 1}))).await;
+    client
+        .request(publish("pub:keep", &json!({"same": 1})))
+        .await;
     let publication = publication_on(&mut client, "pub:keep").await;
     assert_eq!(json_of(&publication.data), json!({"same": 1}));
 
@@ -489,18 +525,33 @@ async fn rpc_is_routed_by_namespace_and_echo_stays_built_in() {
     let (backend, server) = setup("").await;
     let mut client = client_as(&server, "erin").await;
     client.handshake().await;
-    let reply = client.request(rpc_command("app:sum", &json!({"a": 2, "b": 3}))).await;
+    let reply = client
+        .request(rpc_command("app:sum", &json!({"a": 2, "b": 3})))
+        .await;
     let result = reply.rpc.clone().unwrap_or_else(|| panic!("{reply:?}"));
     assert_eq!(json_of(&result.data), json!({"sum": 5}));
     let reply = client.request(rpc_command("app:nothing", &json!({}))).await;
     assert_eq!(error_code(&reply), 1005);
     // Methods without a namespace are not proxied here: the built-in echo answers.
     let reply = client.request(rpc_command("echo", &json!({"x": 1}))).await;
-    assert_eq!(json_of(&reply.rpc.unwrap_or_default().data), json!({"x": 1}));
+    assert_eq!(
+        json_of(&reply.rpc.unwrap_or_default().data),
+        json!({"x": 1})
+    );
     let reply = client.request(rpc_command("other:x", &json!({}))).await;
     assert_eq!(error_code(&reply), 104);
+    // An oversized or malformed hook answer: error 100, counted as a `response` error.
+    let reply = client.request(rpc_command("app:huge", &json!({}))).await;
+    assert_eq!(error_code(&reply), 100);
+    let reply = client.request(rpc_command("app:garbage", &json!({}))).await;
+    assert_eq!(error_code(&reply), 100);
+    let text = metrics_text(&server).await;
+    assert!(
+        text.contains(r#"sidewire_hub_proxy_errors_total{hook="rpc",kind="response"} 2"#),
+        "response errors"
+    );
     let calls = backend.calls("/rpc");
-    assert_eq!(calls.len(), 2);
+    assert_eq!(calls.len(), 4);
     assert_eq!(calls[0].body["method"], "app:sum");
     assert_eq!(calls[0].body["user"], "erin");
     assert_eq!(header_of(&calls[0], "cookie"), "theme=dark; user=erin");
@@ -523,7 +574,10 @@ async fn emulation_post_headers_never_reach_the_backend() {
     assert_eq!(calls.len(), 1);
     assert_eq!(header_of(&calls[0], "cookie"), "user=frank");
     assert_eq!(calls[0].body["transport"], "http_stream");
-    assert_eq!(backend.calls("/connect")[0].body["transport"], "http_stream");
+    assert_eq!(
+        backend.calls("/connect")[0].body["transport"],
+        "http_stream"
+    );
 }
 
 #[tokio::test]
@@ -563,7 +617,9 @@ async fn calls_in_flight_are_bounded_and_over_limit_answers_100_at_once() {
         "timeout count"
     );
     // The bound frees up again: a new call gets through.
-    let reply = client.request(rpc_command("app:sum", &json!({"a": 1, "b": 2}))).await;
+    let reply = client
+        .request(rpc_command("app:sum", &json!({"a": 1, "b": 2})))
+        .await;
     assert!(reply.rpc.is_some(), "{reply:?}");
 }
 
@@ -574,7 +630,10 @@ async fn refresh_hook_prolongs_or_ends_expiring_connections() {
     let mut short = client_as(&server, "short").await;
     let reply = short.connect_with(ConnectRequest::default()).await;
     let result = reply.connect.clone().unwrap_or_else(|| panic!("{reply:?}"));
-    assert!(!result.expires, "the hub refreshes, not the client: {result:?}");
+    assert!(
+        !result.expires,
+        "the hub refreshes, not the client: {result:?}"
+    );
     eventually(Duration::from_secs(8), "refresh hook called", || async {
         !backend.calls("/refresh").is_empty()
     })
@@ -584,7 +643,9 @@ async fn refresh_hook_prolongs_or_ends_expiring_connections() {
     assert_eq!(call.body["client"], json!(result.client));
     // Past the old expiry and a few sweeps later, still connected.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let reply = short.request(rpc_command("echo", &json!({"still": "here"}))).await;
+    let reply = short
+        .request(rpc_command("echo", &json!({"still": "here"})))
+        .await;
     assert!(reply.rpc.is_some(), "{reply:?}");
     assert_eq!(backend.calls("/refresh").len(), 1);
 
@@ -601,7 +662,10 @@ async fn sub_refresh_hook_ends_an_expired_subscription() {
     let mut client = client_as(&server, "heidi").await;
     client.handshake().await;
     let reply = client.request(subscribe("sub:short")).await;
-    let result = reply.subscribe.clone().unwrap_or_else(|| panic!("{reply:?}"));
+    let result = reply
+        .subscribe
+        .clone()
+        .unwrap_or_else(|| panic!("{reply:?}"));
     assert!(!result.expires, "sub_refresh is server-side: {result:?}");
     let push = client
         .expect_push("unsubscribe sub:short", Duration::from_secs(8), |p| {
@@ -686,8 +750,14 @@ impl StreamSession {
             _driver: driver,
         };
         let reply = stream.expect(|m| m["id"] == 1).await;
-        stream.session = reply["connect"]["session"].as_str().unwrap_or_default().to_owned();
-        stream.node = reply["connect"]["node"].as_str().unwrap_or_default().to_owned();
+        stream.session = reply["connect"]["session"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        stream.node = reply["connect"]["node"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         assert!(!stream.session.is_empty(), "{reply}");
         stream
     }

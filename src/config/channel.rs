@@ -156,7 +156,10 @@ impl ChannelConfig {
             self.without_namespace.clone(),
         )];
         for (index, namespace) in self.namespaces.iter().enumerate() {
-            all.push((format!("hub.channel.namespaces[{index}]"), namespace.options()));
+            all.push((
+                format!("hub.channel.namespaces[{index}]"),
+                namespace.options(),
+            ));
         }
         all
     }
@@ -165,15 +168,24 @@ impl ChannelConfig {
         let all = self.all_options();
         type Flag = fn(&ChannelOptions) -> bool;
         let hooks: [(&str, &super::proxy::HookConfig, &str, Flag); 3] = [
-            ("subscribe", &self.proxy.subscribe, "subscribe_proxy_enabled", |o| {
-                o.subscribe_proxy_enabled
-            }),
-            ("publish", &self.proxy.publish, "publish_proxy_enabled", |o| {
-                o.publish_proxy_enabled
-            }),
-            ("sub_refresh", &self.proxy.sub_refresh, "sub_refresh_proxy_enabled", |o| {
-                o.sub_refresh_proxy_enabled
-            }),
+            (
+                "subscribe",
+                &self.proxy.subscribe,
+                "subscribe_proxy_enabled",
+                |o| o.subscribe_proxy_enabled,
+            ),
+            (
+                "publish",
+                &self.proxy.publish,
+                "publish_proxy_enabled",
+                |o| o.publish_proxy_enabled,
+            ),
+            (
+                "sub_refresh",
+                &self.proxy.sub_refresh,
+                "sub_refresh_proxy_enabled",
+                |o| o.sub_refresh_proxy_enabled,
+            ),
         ];
         for (name, hook, flag_name, flag) in hooks {
             let user = all

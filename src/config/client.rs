@@ -17,7 +17,10 @@ impl ClientConfig {
     /// Problems of `hub.client`, each naming its dotted field.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        for (name, hook) in [("connect", &self.proxy.connect), ("refresh", &self.proxy.refresh)] {
+        for (name, hook) in [
+            ("connect", &self.proxy.connect),
+            ("refresh", &self.proxy.refresh),
+        ] {
             let field = format!("hub.client.proxy.{name}");
             let why = format!("{field}.enabled");
             problems.extend(super::proxy::hook_problems(

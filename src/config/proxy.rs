@@ -230,7 +230,9 @@ pub fn rpc_problems(rpc: &RpcConfig) -> Vec<String> {
             problems.push(format!("{field}: duplicate namespace {:?}", namespace.name));
         }
     }
-    let why = rpc.any_proxied().then_some("an RPC namespace with proxy_enabled");
+    let why = rpc
+        .any_proxied()
+        .then_some("an RPC namespace with proxy_enabled");
     problems.extend(hook_problems("hub.rpc.proxy", &rpc.proxy, why));
     problems
 }
@@ -281,20 +283,22 @@ mod tests {
     #[test]
     fn the_documented_examples_parse_and_validate() {
         let yaml = format!("hub:\n{}{}", documented("client"), documented("rpc"));
-        let config = super::super::Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let config =
+            super::super::Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let connect = &config.hub.client.proxy.connect;
         assert!(connect.enabled, "{yaml}");
         assert_eq!(connect.http_headers, ["cookie", "authorization"]);
         assert_eq!(
-            connect.http.static_headers.get("x-proxy-secret").map(String::as_str),
+            connect
+                .http
+                .static_headers
+                .get("x-proxy-secret")
+                .map(String::as_str),
             Some("change-me")
         );
         assert!(config.hub.client.proxy.refresh.enabled);
         assert!(config.hub.rpc.proxied("getUser") && config.hub.rpc.proxied("app:x"));
-        assert_eq!(
-            config.hub.proxy_max_in_flight,
-            DEFAULT_PROXY_MAX_IN_FLIGHT
-        );
+        assert_eq!(config.hub.proxy_max_in_flight, DEFAULT_PROXY_MAX_IN_FLIGHT);
     }
 
     #[test]

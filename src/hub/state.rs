@@ -34,7 +34,7 @@ use super::link_queue::{LinkQueue, Queued, Repairs};
 use super::namespace::{Asker, Namespaces, Operation, USER_BOUNDARY, history_enabled};
 use super::policy::{BinaryChannels, PRIVATE_PREFIX, check_data, validate_channel};
 use super::proxy::{
-    ConnectGrant, PublishGrant, RefreshGrant, Refusal, SubRefreshGrant, SubscribeGrant, Subject,
+    ConnectGrant, PublishGrant, RefreshGrant, Refusal, SubRefreshGrant, Subject, SubscribeGrant,
 };
 use crate::config::HubConfig;
 use crate::linkproto::{
@@ -42,9 +42,10 @@ use crate::linkproto::{
     upstream_frame,
 };
 use crate::protocol::client::{
-    ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, HistoryResult, Join, Leave, Message,
-    PresenceResult, PresenceStatsResult, Publication, PublishResult, Push, RefreshResult, Reply,
-    RpcResult, SubRefreshResult, SubscribeRequest, SubscribeResult, Unsubscribe, UnsubscribeResult,
+    ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, HistoryResult, Join, Leave,
+    Message, PresenceResult, PresenceStatsResult, Publication, PublishResult, Push, RefreshResult,
+    Reply, RpcResult, SubRefreshResult, SubscribeRequest, SubscribeResult, Unsubscribe,
+    UnsubscribeResult,
 };
 use crate::protocol::{Disconnect, ErrorCode};
 use crate::session::handle::SERVER_VERSION;
@@ -188,7 +189,7 @@ pub enum ConnectVia {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProxyGrant {
     /// Subscribe as the subscribe hook granted.
-    Subscribe(SubscribeRequest, SubscribeGrant),
+    Subscribe(Box<SubscribeRequest>, SubscribeGrant),
     /// Publish to `channel` what the publish hook granted.
     Publish(String, PublishGrant),
     /// Answer the RPC with this data.
@@ -1607,8 +1608,7 @@ impl HubState {
         let Some(session) = sessions.get_mut(key) else {
             return;
         };
-        if session.client != expiring.subject.client || session.expires_at != Some(expiring.at)
-        {
+        if session.client != expiring.subject.client || session.expires_at != Some(expiring.at) {
             return;
         }
         let disconnect = match outcome {
@@ -1674,7 +1674,12 @@ impl HubState {
                     let subscribed = session.channels.remove(&channel);
                     drop(sessions);
                     if subscribed {
-                        self.unsubscribe_pushed(key, &channel, UNSUBSCRIBE_EXPIRED, "subscription expired");
+                        self.unsubscribe_pushed(
+                            key,
+                            &channel,
+                            UNSUBSCRIBE_EXPIRED,
+                            "subscription expired",
+                        );
                     }
                 }
             },
@@ -1778,9 +1783,7 @@ impl HubState {
                 .resolve(&request.channel)
                 .ok()
                 .flatten()?;
-            return options
-                .publish_proxy_enabled
-                .then_some(Operation::Publish);
+            return options.publish_proxy_enabled.then_some(Operation::Publish);
         }
         None
     }
@@ -1802,7 +1805,7 @@ impl HubState {
             Ok(ProxyGrant::Subscribe(request, grant)) => {
                 let command = SubscribeCommand {
                     id,
-                    request,
+                    request: *request,
                     token: None,
                     proxy: Some(grant),
                 };

@@ -617,8 +617,9 @@ impl WsClient {
                 .insert("Origin", HeaderValue::from_str(origin).unwrap());
         }
         for (name, value) in &options.headers {
-            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| HandshakeFailure::Other(e.to_string()))?;
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| HandshakeFailure::Other(e.to_string()))?;
             let value =
                 HeaderValue::from_str(value).map_err(|e| HandshakeFailure::Other(e.to_string()))?;
             request.headers_mut().append(name, value);

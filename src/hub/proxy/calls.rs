@@ -36,7 +36,8 @@ impl Hub {
             server_refresh: proxies.refresh_enabled(),
         };
         let Some(permit) = proxies.permit("connect") else {
-            return self.with_state(|state| state.finish_open(&pending, Err(Refusal::internal()), via));
+            return self
+                .with_state(|state| state.finish_open(&pending, Err(Refusal::internal()), via));
         };
         let hub = self.clone();
         tokio::spawn(async move {
@@ -48,7 +49,11 @@ impl Hub {
 
     /// Sends `command` to its hook when one decides it (subscribe, publish, rpc) and returns
     /// `None`; else gives it back for the hub's own rules.
-    pub(crate) fn command_through_hook(&self, key: SessionKey, command: Command) -> Option<Command> {
+    pub(crate) fn command_through_hook(
+        &self,
+        key: SessionKey,
+        command: Command,
+    ) -> Option<Command> {
         let proxies = self.proxies();
         let hook = match self.with_state(|state| state.channel_hook(&command)) {
             Some(Operation::Subscribe) if proxies.subscribe_enabled() => "subscribe",
@@ -73,7 +78,7 @@ impl Hub {
                 proxies
                     .subscribe(&subject, &request.channel, &request.data, &request.token)
                     .await
-                    .map(|grant| ProxyGrant::Subscribe(request, grant))
+                    .map(|grant| ProxyGrant::Subscribe(Box::new(request), grant))
             } else if let Some(request) = command.publish {
                 proxies
                     .publish(&subject, &request.channel, request.data)

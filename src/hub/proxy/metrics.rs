@@ -63,7 +63,9 @@ impl Default for ProxyMetrics {
             let _ = metrics.calls.get_or_create(&HookLabels { hook });
             let _ = metrics.duration.get_or_create(&HookLabels { hook });
             for kind in ERROR_KINDS {
-                let _ = metrics.errors.get_or_create(&HookErrorLabels { hook, kind });
+                let _ = metrics
+                    .errors
+                    .get_or_create(&HookErrorLabels { hook, kind });
             }
         }
         metrics

@@ -145,6 +145,8 @@ pub struct Proxies {
     rpc_routes: RpcConfig,
     /// Union of every hook's `http_headers`: the connection headers a session keeps.
     header_names: Vec<String>,
+    /// Shared by every session that keeps no header (no allocation per session).
+    no_headers: Arc<[(String, String)]>,
 }
 
 impl Proxies {
@@ -162,6 +164,7 @@ impl Proxies {
             rpc: None,
             rpc_routes: RpcConfig::default(),
             header_names: Vec::new(),
+            no_headers: Arc::from(Vec::new()),
         }
     }
 
@@ -220,6 +223,7 @@ impl Proxies {
             rpc,
             rpc_routes: config.rpc.clone(),
             header_names,
+            no_headers: Arc::from(Vec::new()),
         })
     }
 
@@ -256,6 +260,9 @@ impl Proxies {
     /// The connection-request headers a session keeps for its hooks (only those some hook
     /// forwards; none when no hook forwards any).
     pub fn keep_headers(&self, headers: &HashMap<String, String>) -> Arc<[(String, String)]> {
+        if self.header_names.is_empty() {
+            return self.no_headers.clone();
+        }
         self.header_names
             .iter()
             .filter_map(|name| headers.get(name).map(|v| (name.clone(), v.clone())))
@@ -494,7 +501,12 @@ impl Proxies {
     }
 
     /// Calls the RPC hook with `method` and `data`; the reply data.
-    pub async fn rpc(&self, subject: &Subject, method: &str, data: &[u8]) -> Result<Bytes, Refusal> {
+    pub async fn rpc(
+        &self,
+        subject: &Subject,
+        method: &str,
+        data: &[u8],
+    ) -> Result<Bytes, Refusal> {
         let body = types::RpcRequest {
             base: subject.base(),
             user: subject.user.clone(),

@@ -436,9 +436,17 @@ async fn a_connection_token_takes_the_jwt_path() {
     let secret = "hooks-secret";
     let (backend, server) = setup(&format!("  token_hmac_secret: \"{secret}\"")).await;
     let mut client = client_as(&server, "alice").await;
-    let token = hs256_token(secret, "jwt-user", 3600);
-    client.handshake_with(connect_token(&token)).await;
+    let token = hs256_token(secret, "jwt-user", 1);
+    let reply = client.connect_with(connect_token(&token)).await;
+    let result = reply.connect.clone().unwrap_or_else(|| panic!("{reply:?}"));
     assert!(backend.calls("/connect").is_empty());
+    // With the refresh hook on, the hub (not the client) refreshes token connections too.
+    assert!(!result.expires, "{result:?}");
+    let (code, _) = client.expect_close(Duration::from_secs(8)).await;
+    assert_eq!(code, 3005, "the hook answered `expired`");
+    let calls = backend.calls("/refresh");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body["user"], "jwt-user");
 }
 
 #[tokio::test]

@@ -178,11 +178,8 @@ pub struct PendingOpen {
 pub enum ConnectVia {
     /// A connection token (or none, anonymous).
     Token,
-    /// The connect hook; `server_refresh` when the refresh hook prolongs the connection.
-    Hook {
-        /// The refresh hook is on: the reply says `expires: false`.
-        server_refresh: bool,
-    },
+    /// The connect hook.
+    Hook,
 }
 
 /// What a hook decided for a client command (see [`HubState::proxied_command`]).
@@ -712,7 +709,7 @@ impl HubState {
     /// server-side subscriptions, connect reply). Ignored when the session is gone or was
     /// replaced meanwhile. Through the hook, a server-side channel of an unknown namespace
     /// refuses the connect with 102 (as Centrifugo); with the refresh hook on, the reply says
-    /// `expires: false` (the hub refreshes at expiry, the client never does).
+    /// `expires: false` (the hub refreshes at expiry through the hook, the client never does).
     pub fn finish_open(
         &self,
         pending: &PendingOpen,
@@ -722,7 +719,7 @@ impl HubState {
         let settings = self.settings();
         let key = pending.key;
         let mut decision = decision;
-        if let (ConnectVia::Hook { .. }, Ok(grant)) = (via, &decision)
+        if let (ConnectVia::Hook, Ok(grant)) = (via, &decision)
             && grant
                 .claims
                 .channels
@@ -768,13 +765,11 @@ impl HubState {
         let subs =
             self.server_side_subscribe(&settings, &mut sessions, key, &channels, &info, protobuf);
         drop(sessions);
-        let client_refreshes = !matches!(
-            via,
-            ConnectVia::Hook {
-                server_refresh: true
-            }
-        );
-        let expires = expires_at.is_some() && client_refreshes;
+        // With the refresh hook on, the hub prolongs every connection at its expiry (as
+        // Centrifugo, token connections included): the client is told it never expires.
+        let refresh = &settings.config.client.proxy.refresh;
+        let server_refresh = refresh.enabled && !refresh.endpoint.is_empty();
+        let expires = expires_at.is_some() && !server_refresh;
         let result = ConnectResult {
             client,
             version: SERVER_VERSION.to_owned(),

@@ -32,9 +32,7 @@ impl Hub {
         let Some(pending) = self.with_state(|state| state.open_pending(link, open, headers)) else {
             return;
         };
-        let via = ConnectVia::Hook {
-            server_refresh: proxies.refresh_enabled(),
-        };
+        let via = ConnectVia::Hook;
         let Some(permit) = proxies.permit("connect") else {
             return self
                 .with_state(|state| state.finish_open(&pending, Err(Refusal::internal()), via));

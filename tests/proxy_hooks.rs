@@ -35,6 +35,7 @@ struct Call {
 /// How the fake backend answers.
 enum Answer {
     Json(Value),
+    Delayed(Duration, Value),
     Status(u16),
     Hang,
 }
@@ -87,6 +88,11 @@ impl HookBackend {
                                 Answer::Json(value) => hyper::Response::builder()
                                     .header("content-type", "application/json")
                                     .body(Full::new(Bytes::from(value.to_string()))),
+                                Answer::Delayed(delay, value) => {
+                                    tokio::time::sleep(delay).await;
+                                    hyper::Response::builder()
+                                        .body(Full::new(Bytes::from(value.to_string())))
+                                }
                                 Answer::Status(code) => hyper::Response::builder()
                                     .status(code)
                                     .body(Full::new(Bytes::from_static(b"nope"))),
@@ -175,6 +181,11 @@ fn backend_logic(path: &str, body: &Value, headers: &http::HeaderMap) -> Answer 
             if channel.starts_with("sub:open") {
                 Answer::Json(
                     json!({"result": {"data": {"granted": channel}, "info": {"role": "reader"}}}),
+                )
+            } else if channel.starts_with("sub:slow") {
+                Answer::Delayed(
+                    Duration::from_millis(400),
+                    json!({"result": {"data": {"granted": channel}}}),
                 )
             } else if channel.starts_with("sub:short") {
                 Answer::Json(json!({"result": {"expire_at": now() + 1}}))
@@ -492,6 +503,43 @@ async fn subscribe_hook_grants_or_refuses_and_sees_the_user() {
         }])
         .await;
     assert_eq!(client.expect_close(WAIT).await.0, 4502);
+}
+
+#[tokio::test]
+async fn an_unsubscribe_cancels_a_subscribe_waiting_for_its_hook() {
+    let (_backend, server) = setup("").await;
+    let mut client = client_as(&server, "ivan").await;
+    client.handshake().await;
+    let commands = [
+        Command {
+            id: 10,
+            ..subscribe("sub:slow-a")
+        },
+        Command {
+            id: 11,
+            ..unsubscribe("sub:slow-a")
+        },
+        Command {
+            id: 12,
+            ..subscribe("sub:slow-b")
+        },
+        Command {
+            id: 13,
+            ..subscribe("sub:slow-b")
+        },
+    ];
+    client.send_commands(&commands).await;
+    assert!(client.expect_reply(11, WAIT).await.unsubscribe.is_some());
+    // A second subscribe while the first waits for the hook: 105.
+    assert_eq!(error_code(&client.expect_reply(13, WAIT).await), 105);
+    // The cancelled one is answered (temporary error), never applied.
+    assert_eq!(error_code(&client.expect_reply(10, WAIT).await), 100);
+    let reply = client.expect_reply(12, WAIT).await;
+    assert!(reply.subscribe.is_some(), "{reply:?}");
+    let channels = api_ok(server.admin_addr, "channels", &json!({}), None).await;
+    let listed = &channels["channels"];
+    assert!(listed.get("sub:slow-b").is_some(), "{channels}");
+    assert!(listed.get("sub:slow-a").is_none(), "{channels}");
 }
 
 #[tokio::test]

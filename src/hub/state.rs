@@ -94,6 +94,9 @@ struct HubSession {
     meta: Option<serde_json::Value>,
     /// Subscription-token expiry (unix seconds) per channel subscribed with one.
     sub_expiries: HashMap<Arc<str>, u64>,
+    /// Subscribes waiting for the subscribe hook: channel and command id (at most the
+    /// sidecar's unanswered-command bound).
+    hook_subscribes: Vec<(String, u32)>,
 }
 
 impl HubSession {
@@ -671,6 +674,7 @@ impl HubState {
             conn_info: Bytes::new(),
             meta: None,
             sub_expiries: HashMap::new(),
+            hook_subscribes: Vec::new(),
         };
         let pending = PendingOpen {
             key,
@@ -1233,6 +1237,8 @@ impl HubState {
         let mut sessions = self.sessions();
         let subscribed = sessions.get_mut(key).is_some_and(|s| {
             s.sub_expiries.remove(channel);
+            // An unsubscribe cancels a subscribe still waiting for its hook.
+            s.hook_subscribes.retain(|(pending, _)| pending != channel);
             s.channels.remove(channel)
         });
         if subscribed {
@@ -1781,6 +1787,39 @@ impl HubState {
             return options.publish_proxy_enabled.then_some(Operation::Publish);
         }
         None
+    }
+
+    /// Marks subscribe `id` to `channel` as waiting for the subscribe hook: 105 when the
+    /// session is subscribed to it or already waiting for it, 100 when it is gone.
+    pub fn begin_hook_subscribe(
+        &self,
+        key: SessionKey,
+        channel: &str,
+        id: u32,
+    ) -> Result<(), ErrorCode> {
+        let mut sessions = self.sessions();
+        let session = sessions.get_mut(key).ok_or(ErrorCode::Internal)?;
+        if session.channels.contains(channel)
+            || session.hook_subscribes.iter().any(|(c, _)| c == channel)
+        {
+            return Err(ErrorCode::AlreadySubscribed);
+        }
+        session.hook_subscribes.push((channel.to_owned(), id));
+        Ok(())
+    }
+
+    /// Ends the wait of subscribe `id` to `channel`; false when an unsubscribe (or the end of
+    /// the session) cancelled it meanwhile.
+    pub fn end_hook_subscribe(&self, key: SessionKey, channel: &str, id: u32) -> bool {
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(key) else {
+            return false;
+        };
+        let before = session.hook_subscribes.len();
+        session
+            .hook_subscribes
+            .retain(|(c, pending)| !(c == channel && *pending == id));
+        session.hook_subscribes.len() < before
     }
 
     /// Completes a client command a hook decided: the refusal, or the subscribe, publish or

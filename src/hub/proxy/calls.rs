@@ -66,17 +66,38 @@ impl Hub {
             return Some(command);
         };
         let id = command.id;
+        // A subscribe waits for its hook as "pending": a second subscribe to the channel meanwhile
+        // answers 105, an unsubscribe cancels it (its grant is then not applied).
+        let pending = command.subscribe.as_ref().map(|s| s.channel.clone());
+        if let Some(channel) = &pending
+            && let Err(code) = self.with_state(|state| state.begin_hook_subscribe(key, channel, id))
+        {
+            self.with_state(|state| state.proxied_command(key, id, Err(Refusal::code(code))));
+            return None;
+        }
+        let end_pending = move |hub: &Hub| match &pending {
+            Some(channel) => hub.with_state(|state| state.end_hook_subscribe(key, channel, id)),
+            None => true,
+        };
         let Some(permit) = proxies.permit(hook) else {
+            end_pending(self);
             self.with_state(|state| state.proxied_command(key, id, Err(Refusal::internal())));
             return None;
         };
         let hub = self.clone();
         tokio::spawn(async move {
             let outcome = if let Some(request) = command.subscribe {
-                proxies
+                let outcome = proxies
                     .subscribe(&subject, &request.channel, &request.data, &request.token)
                     .await
-                    .map(|grant| ProxyGrant::Subscribe(Box::new(request), grant))
+                    .map(|grant| ProxyGrant::Subscribe(Box::new(request), grant));
+                if end_pending(&hub) {
+                    outcome
+                } else {
+                    // Cancelled by an unsubscribe: answered, never applied (a temporary
+                    // error, so an SDK that subscribes again meanwhile just retries).
+                    Err(Refusal::internal())
+                }
             } else if let Some(request) = command.publish {
                 proxies
                     .publish(&subject, &request.channel, request.data)

@@ -528,3 +528,83 @@ impl<'de> serde::Deserialize<'de> for OptionalConnect {
         types::ConnectResult::deserialize(deserializer).map(|r| OptionalConnect(Some(r)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::proxy::{ClientHookConfig, HookConfig, RpcNamespaceConfig};
+
+    fn hook(endpoint: &str, headers: &[&str]) -> HookConfig {
+        HookConfig {
+            endpoint: endpoint.to_owned(),
+            http_headers: headers.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hooks_are_on_only_when_enabled_and_routed() {
+        let mut config = HubConfig::default();
+        let none = Proxies::new(&config, ProxyMetrics::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!none.connect_enabled() && !none.refresh_enabled() && !none.rpc_proxied("x"));
+        assert!(none.client.is_none(), "no client without a hook");
+
+        config.client.proxy.connect = ClientHookConfig {
+            enabled: false,
+            endpoint: "http://127.0.0.1:1/connect".into(),
+            ..Default::default()
+        };
+        config.rpc.proxy = hook("http://127.0.0.1:1/rpc", &["Authorization"]);
+        config.rpc.namespaces = vec![RpcNamespaceConfig {
+            name: "app".into(),
+            proxy_enabled: true,
+        }];
+        let proxies =
+            Proxies::new(&config, ProxyMetrics::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!proxies.connect_enabled(), "endpoint without enabled");
+        assert!(proxies.rpc_proxied("app:m") && !proxies.rpc_proxied("m"));
+
+        config.client.proxy.connect.enabled = true;
+        config.client.proxy.connect.http_headers = vec!["cookie".into()];
+        let proxies =
+            Proxies::new(&config, ProxyMetrics::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(proxies.connect_enabled());
+        let headers: HashMap<String, String> = [
+            ("cookie", "a=1"),
+            ("authorization", "Bearer x"),
+            ("user-agent", "ua"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let kept = proxies.keep_headers(&headers);
+        assert_eq!(
+            &kept[..],
+            &[
+                ("authorization".to_owned(), "Bearer x".to_owned()),
+                ("cookie".to_owned(), "a=1".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn permits_are_bounded_and_come_back() {
+        let config = HubConfig {
+            proxy_max_in_flight: 2,
+            ..Default::default()
+        };
+        let metrics = ProxyMetrics::default();
+        let proxies = Proxies::new(&config, metrics.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let first = proxies.permit("rpc");
+        let second = proxies.permit("rpc");
+        assert!(first.is_some() && second.is_some());
+        assert!(proxies.permit("rpc").is_none());
+        let overloaded = HookErrorLabels {
+            hook: "rpc",
+            kind: "overloaded",
+        };
+        assert_eq!(metrics.errors.get_or_create(&overloaded).get(), 1);
+        drop(first);
+        assert!(proxies.permit("rpc").is_some());
+    }
+}

@@ -330,6 +330,21 @@ fn register_hub(registry: &mut Registry, hub: &HubCounters) {
         "Channels the hub knows",
         ConstGauge::new(i64::try_from(read(&hub.channels)).unwrap_or(i64::MAX)),
     );
+    registry.register(
+        "hub_proxy_calls",
+        "Proxy hook calls to the backend, by hook",
+        hub.proxy.calls.clone(),
+    );
+    registry.register(
+        "hub_proxy_errors",
+        "Proxy hook calls that failed (client got error 100), by hook and kind",
+        hub.proxy.errors.clone(),
+    );
+    registry.register(
+        "hub_proxy_duration_seconds",
+        "Duration of proxy hook calls, by hook",
+        hub.proxy.duration.clone(),
+    );
 }
 
 #[cfg(test)]
@@ -373,6 +388,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sidewire_hub_channels 0"), "{text}");
+        assert!(
+            text.contains("sidewire_hub_proxy_calls_total{hook=\"connect\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sidewire_hub_proxy_duration_seconds_count{hook=\"rpc\"} 0"),
+            "{text}"
+        );
         assert!(!metrics.encode().contains("sidewire_hub_"));
     }
 }

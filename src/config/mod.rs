@@ -11,6 +11,7 @@ pub mod engine;
 pub mod env;
 pub mod http_api;
 pub mod renamed;
+pub mod proxy;
 pub mod schema;
 pub mod secret;
 pub mod sources;
@@ -498,6 +499,10 @@ pub struct HubConfig {
     /// `hub.channel`: the channel name limit, namespaces and permissions (Centrifugo v6's
     /// `channel.*`).
     pub channel: channel::ChannelConfig,
+    /// `hub.rpc`: the RPC hook and the RPC namespaces routed to it.
+    pub rpc: proxy::RpcConfig,
+    /// Hook calls in flight across the hub; beyond it a call fails at once with error 100.
+    pub proxy_max_in_flight: usize,
 }
 
 impl Default for HubConfig {
@@ -519,6 +524,8 @@ impl Default for HubConfig {
             binary_channels: Vec::new(),
             link_token: None,
             channel: channel::ChannelConfig::default(),
+            rpc: proxy::RpcConfig::default(),
+            proxy_max_in_flight: proxy::DEFAULT_PROXY_MAX_IN_FLIGHT,
         }
     }
 }
@@ -833,6 +840,10 @@ impl Config {
         );
         problems.extend(self.uni_problems());
         problems.extend(self.hub.channel.problems());
+        problems.extend(proxy::rpc_problems(&self.hub.rpc));
+        if self.hub.proxy_max_in_flight == 0 {
+            problems.push("hub.proxy_max_in_flight: must be at least 1".to_owned());
+        }
         if problems.is_empty() {
             Ok(())
         } else {

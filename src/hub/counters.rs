@@ -22,6 +22,8 @@ pub struct HubCounters {
     pub history_bytes: AtomicU64,
     /// Gauge: channels known.
     pub channels: AtomicU64,
+    /// Proxy hook calls, errors and latency, by hook.
+    pub proxy: super::proxy::metrics::ProxyMetrics,
 }
 
 impl HubCounters {

@@ -15,12 +15,14 @@ pub mod link_auth;
 pub mod link_queue;
 pub mod namespace;
 pub mod policy;
+pub mod proxy;
 pub mod state;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -47,6 +49,8 @@ struct Inner {
     state: HubState,
     counters: Arc<HubCounters>,
     next_link: AtomicU64,
+    /// The proxy hooks of the config in force.
+    proxies: ArcSwap<proxy::Proxies>,
 }
 
 /// Cheap handle to the hub; clones share it.
@@ -59,11 +63,13 @@ impl Hub {
     /// A hub with its upkeep task, which stops when the process is closing.
     pub fn start(config: HubConfig, mut phase: PhaseWatch) -> Hub {
         let counters = Arc::new(HubCounters::default());
+        let proxies = proxy::Proxies::build(&config, &counters);
         let hub = Hub {
             inner: Arc::new(Inner {
                 state: HubState::new(config, counters.clone()),
                 counters,
                 next_link: AtomicU64::new(1),
+                proxies: ArcSwap::from_pointee(proxies),
             }),
         };
         let upkeep = hub.clone();
@@ -73,7 +79,7 @@ impl Hub {
             tokio::pin!(closing);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => upkeep.with_state(HubState::sweep),
+                    _ = tick.tick() => upkeep.sweep(),
                     _ = &mut closing => break,
                 }
             }
@@ -92,7 +98,14 @@ impl Hub {
 
     /// Applies a new hub config (token secret, API key, limits) to later operations.
     pub fn set_config(&self, config: HubConfig) {
+        let proxies = proxy::Proxies::build(&config, &self.inner.counters);
+        self.inner.proxies.store(Arc::new(proxies));
         self.inner.state.set_config(config);
+    }
+
+    /// The proxy hooks in force.
+    fn proxies(&self) -> Arc<proxy::Proxies> {
+        self.inner.proxies.load_full()
     }
 
     /// Runs `operation` on the state (which locks only what each operation needs).
@@ -184,11 +197,20 @@ impl Hub {
                     .and_then(|c| c.connect.as_ref())
                     .map(|c| c.token.as_str())
                     .unwrap_or_default();
+                let proxies = self.proxies();
+                if token.is_empty() && proxies.connect_enabled() {
+                    return self.open_through_hook(link, open, proxies);
+                }
                 let check = self.with_state(|state| state.verify_connection(token));
-                self.with_state(|state| state.open(link, open, check));
+                let headers = proxies.keep_headers(&open.headers);
+                self.with_state(|state| state.open(link, open, check, headers));
             }
             sidecar_frame::Frame::Command(command) => {
                 if let Some(inner) = command.command {
+                    let Some(inner) = self.command_through_hook((link, command.session), inner)
+                    else {
+                        return;
+                    };
                     self.with_state(|state| {
                         let token = verify_command_token(state, &inner);
                         state.command((link, command.session), inner, token);

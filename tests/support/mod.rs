@@ -590,6 +590,8 @@ pub struct WsOptions {
     pub encoding: Encoding,
     /// `SO_RCVBUF` of the client socket (small values make a non-reading client back up fast).
     pub recv_buffer: Option<u32>,
+    /// Extra request headers (e.g. `Cookie`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl WsOptions {
@@ -602,6 +604,7 @@ impl WsOptions {
             subprotocols: None,
             encoding: Encoding::Json,
             recv_buffer: None,
+            headers: Vec::new(),
         }
     }
 
@@ -625,6 +628,12 @@ impl WsOptions {
     /// Sets the Origin header.
     pub fn origin(mut self, origin: &str) -> WsOptions {
         self.origin = Some(origin.to_owned());
+        self
+    }
+
+    /// Adds a request header.
+    pub fn header(mut self, name: &str, value: &str) -> WsOptions {
+        self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -696,6 +705,14 @@ impl WsClient {
             request
                 .headers_mut()
                 .insert("Origin", HeaderValue::from_str(origin).unwrap());
+        }
+        for (name, value) in &options.headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| HandshakeFailure::Other(e.to_string()))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|e| HandshakeFailure::Other(e.to_string()))?;
+            request.headers_mut().append(name, value);
         }
         if let Some(protocols) = &options.subprotocols {
             request.headers_mut().insert(

@@ -445,7 +445,13 @@ async fn hook_failures_answer_error_100_without_hanging() {
 #[tokio::test]
 async fn a_connection_token_takes_the_jwt_path() {
     let secret = "hooks-secret";
-    let (backend, server) = setup(&format!("  token_hmac_secret: \"{secret}\"")).await;
+    let backend = HookBackend::start(Arc::new(backend_logic)).await;
+    let yaml = hooks_yaml(&backend, "").replacen(
+        "  client:\n",
+        &format!("  client:\n    token:\n      hmac_secret_key: \"{secret}\"\n"),
+        1,
+    );
+    let server = Server::start(&yaml).await;
     let mut client = client_as(&server, "alice").await;
     let token = hs256_token(secret, "jwt-user", 1);
     let reply = client.connect_with(connect_token(&token)).await;

@@ -222,19 +222,14 @@ impl HubState {
                     return;
                 }
                 let in_order = epoch == state.epoch && offset == state.top + 1;
+                let mut stranded = Vec::new();
                 if !in_order {
-                    let members: Vec<_> = state.subscribers.keys().copied().collect();
+                    // A gap or a new epoch: the cache starts again from this publication,
+                    // and local subscribers recover.
+                    stranded = state.subscribers.keys().copied().collect();
                     state.epoch = epoch;
-                    state.top = offset;
                     let mut ledger = self.ledger();
                     while state.pop_front(&mut ledger).is_some() {}
-                    drop(ledger);
-                    if !members.is_empty() {
-                        drop(shard);
-                        tracing::debug!(channel, "engine: stream gap, subscribers recover");
-                        self.unsubscribe_insufficient(&name, members);
-                    }
-                    return;
                 }
                 state.top = offset;
                 let history_size = match settings.namespaces.resolve(channel) {
@@ -248,6 +243,12 @@ impl HubState {
                     while state.history.len() > history_size {
                         state.pop_front(&mut ledger);
                     }
+                }
+                if !stranded.is_empty() {
+                    drop(shard);
+                    tracing::debug!(channel, "engine: stream gap, subscribers recover");
+                    self.unsubscribe_insufficient(&name, stranded);
+                    return;
                 }
                 let push = Push {
                     channel: channel.to_owned(),

@@ -61,7 +61,11 @@ fn start_hub(config: &Config, phase: &PhaseWatch) -> Result<Hub, AppError> {
             crate::engine::redis::RedisEngine::open(&config.engine.redis)?,
         )),
     };
-    Ok(Hub::start_with_engine(config.hub.clone(), phase.clone(), engine))
+    Ok(Hub::start_with_engine(
+        config.hub.clone(),
+        phase.clone(),
+        engine,
+    ))
 }
 
 /// Result of applying a config.

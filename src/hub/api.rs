@@ -563,7 +563,8 @@ async fn publish(
         // Shared engine: the cache is per node and not held across the engine's await, so
         // two concurrent duplicates may both publish (Centrifugo keeps the result in Redis).
         let now = tokio::time::Instant::now();
-        let cached = hub.with_state(|s| s.with_idempotency(|c| c.get(channel, idempotency_key, now)));
+        let cached =
+            hub.with_state(|s| s.with_idempotency(|c| c.get(channel, idempotency_key, now)));
         match cached {
             Some(result) => result,
             None => {

@@ -94,9 +94,8 @@ impl Hub {
             Some(sidecar_frame::Frame::Open(open)) => self.open_shared(engine, link, open).await,
             Some(sidecar_frame::Frame::Command(command)) => {
                 let key = (link, command.session);
-                match command.command {
-                    Some(inner) => self.command_shared(engine, key, inner).await,
-                    None => {}
+                if let Some(inner) = command.command {
+                    self.command_shared(engine, key, inner).await;
                 }
             }
             other => self.apply(link, SidecarFrame { frame: other }),
@@ -118,7 +117,10 @@ impl Hub {
                 if validate_channel(channel, max).is_err() {
                     continue;
                 }
-                match self.prepare_channel(engine, channel, HistoryRead::None).await {
+                match self
+                    .prepare_channel(engine, channel, HistoryRead::None)
+                    .await
+                {
                     Ok((interest, _)) => interests.push(interest),
                     Err(_) => tracing::debug!(channel, "engine: token channel not prepared"),
                 }
@@ -163,8 +165,7 @@ impl Hub {
                 Err(code) => Err(code),
             }
         } else if let Some(request) = &command.presence {
-            match self.with_state(|s| s.client_check(key, &request.channel, Operation::Presence))
-            {
+            match self.with_state(|s| s.client_check(key, &request.channel, Operation::Presence)) {
                 Ok(_) => self.presence(&request.channel).await.map(|result| Reply {
                     presence: Some(result),
                     ..Default::default()
@@ -172,8 +173,7 @@ impl Hub {
                 Err(code) => Err(code),
             }
         } else if let Some(request) = &command.presence_stats {
-            match self.with_state(|s| s.client_check(key, &request.channel, Operation::Presence))
-            {
+            match self.with_state(|s| s.client_check(key, &request.channel, Operation::Presence)) {
                 Ok(_) => self
                     .presence_stats(&request.channel)
                     .await

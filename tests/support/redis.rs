@@ -184,7 +184,11 @@ impl RedisCluster {
 
     /// The YAML list of seed addresses.
     pub fn addresses_yaml(&self) -> String {
-        let list: Vec<String> = self.nodes.iter().map(|n| format!("'{}'", n.url())).collect();
+        let list: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("'{}'", n.url()))
+            .collect();
         format!("[{}]", list.join(", "))
     }
 }

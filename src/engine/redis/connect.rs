@@ -285,7 +285,9 @@ mod tests {
     fn a_bad_address_names_its_field() {
         let error = client_config(&redis("cluster_address: ['redis://']")).unwrap_err();
         assert!(
-            error.to_string().contains("engine.redis.cluster_address[0]"),
+            error
+                .to_string()
+                .contains("engine.redis.cluster_address[0]"),
             "{error}"
         );
     }

@@ -266,7 +266,11 @@ impl RedisEngine {
 
     /// Reads the channel's position (creating its epoch when new) and the history `read`
     /// asks for.
-    pub async fn stream(&self, channel: &str, read: HistoryRead) -> Result<StreamState, EngineError> {
+    pub async fn stream(
+        &self,
+        channel: &str,
+        read: HistoryRead,
+    ) -> Result<StreamState, EngineError> {
         let keys = vec![self.keys.stream(channel), self.keys.meta(channel)];
         let (mode, count) = match read {
             HistoryRead::None => ("0", 0),
@@ -332,8 +336,7 @@ impl RedisEngine {
     /// Makes sure this node receives the channel's pub/sub. The caller marks its interest
     /// in the channel (visible to [`RedisEngine::unsubscribe_unwanted`]) before calling.
     pub async fn ensure_subscribed(&self, channel: &str) -> Result<(), EngineError> {
-        if !self.resubscribing.load(Ordering::Acquire) && lock(&self.subscribed).contains(channel)
-        {
+        if !self.resubscribing.load(Ordering::Acquire) && lock(&self.subscribed).contains(channel) {
             return Ok(());
         }
         let _changing = self.changing.lock().await;

@@ -191,6 +191,10 @@ impl Runtime {
         if config.max_connections_per_ip != old.config.max_connections_per_ip {
             restart_required.push("max_connections_per_ip");
         }
+        if config.engine != old.config.engine {
+            // The hub's engine and its Redis connections are made once, at start.
+            restart_required.push("engine");
+        }
         let backend = if config.backend == old.config.backend {
             old.backend.clone()
         } else {

@@ -20,12 +20,16 @@ const SECRET: &str = "engine-test-secret";
 
 fn replica_yaml(redis_lines: &str) -> String {
     let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    replica_yaml_with(redis_lines, &prefix, "")
+}
+
+fn replica_yaml_with(redis_lines: &str, prefix: &str, hub_extra: &str) -> String {
     format!(
         "engine:\n  type: redis\n  redis:\n    prefix: \"{prefix}\"\n    presence_ttl: 2s\n    \
          io_timeout: 1s\n{redis_lines}\n{}",
         hub_section(&format!(
             "api_key: \"{KEY}\"\ntoken_hmac_secret: \"{SECRET}\"\nhistory_size: 1000\n\
-             history_ttl: 300s"
+             history_ttl: 300s\n{hub_extra}"
         ))
     )
 }
@@ -568,4 +572,56 @@ async fn server_api_acts_on_every_replica() {
     .await;
     let (code, reason) = alice.expect_close(WAIT).await;
     assert_eq!((code, reason.as_str()), (4321, "bye"));
+}
+
+/// Pub/sub channels Redis has subscribers for under `prefix`.
+fn pubsub_channels(redis: &RedisServer, prefix: &str) -> usize {
+    redis_support::raw_command(redis.port, &format!("PUBSUB CHANNELS {prefix}.pub.*"))
+        .map(|reply| reply.lines().filter(|l| l.starts_with('$')).count())
+        .unwrap_or(usize::MAX)
+}
+
+#[tokio::test]
+async fn a_client_cannot_make_a_node_listen_beyond_its_limits() {
+    let redis = RedisServer::start();
+    let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let server = Server::start(&replica_yaml_with(
+        &single(&redis),
+        &prefix,
+        "max_channels: 2",
+    ))
+    .await;
+    server.wait_ready(Duration::from_secs(10)).await;
+    let mut client = server.ws(WsOptions::json()).await;
+    client
+        .handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
+    let channels: Vec<String> = (0..3).map(|i| unique_channel(&format!("h{i}"))).collect();
+    for channel in &channels[..2] {
+        subscribed(
+            &mut client,
+            SubscribeRequest {
+                channel: channel.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    // The third channel is over hub.max_channels: refused before any Redis subscription.
+    let reply = client.request(subscribe(&channels[2])).await;
+    assert_eq!(reply.error.map(|e| e.code), Some(106), "third subscribe");
+    assert_eq!(pubsub_channels(&redis, &prefix), 2);
+    // Leaving the channels lets the node stop listening to them.
+    for channel in &channels[..2] {
+        let reply = client.request(unsubscribe(channel)).await;
+        assert_eq!(reply.error, None);
+    }
+    let redis = &redis;
+    let prefix = prefix.as_str();
+    eventually(
+        Duration::from_secs(10),
+        "pub/sub unsubscribed",
+        || async move { pubsub_channels(redis, prefix) == 0 },
+    )
+    .await;
 }

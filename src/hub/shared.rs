@@ -132,6 +132,10 @@ impl Hub {
 
     async fn command_shared(&self, engine: &RedisEngine, key: (u64, u64), command: Command) {
         let token = self.with_state(|state| super::verify_command_token(state, &command));
+        if !self.with_state(|s| s.session_usable(key)) {
+            // Unknown or refused sessions: the in-process path answers (disconnect 3501).
+            return self.with_state(|s| s.command(key, command, token));
+        }
         let id = command.id;
         if let Some(request) = &command.subscribe {
             let max = self.config().channel_max_length;
@@ -380,9 +384,13 @@ async fn listen(hub: Hub, engine: Arc<RedisEngine>, mut phase: PhaseWatch) {
                 Err(RecvError::Closed) => break,
                 Ok((error, _)) => {
                     tracing::warn!(%error, "engine: pub/sub connection lost");
+                    engine.mark_lost();
                     lost = true;
                 }
-                Err(RecvError::Lagged(_)) => lost = true,
+                Err(RecvError::Lagged(_)) => {
+                    engine.mark_lost();
+                    lost = true;
+                }
             },
             reconnect = reconnects.recv() => {
                 if matches!(reconnect, Err(RecvError::Closed)) {

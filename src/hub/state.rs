@@ -483,6 +483,11 @@ impl HubState {
         &self.counters
     }
 
+    /// Whether session `key` is live and connected (its connect was accepted).
+    pub fn session_usable(&self, key: SessionKey) -> bool {
+        self.sessions().get(key).is_some_and(|s| s.usable)
+    }
+
     /// Whether `user` has a session here.
     pub fn has_user(&self, user: &str) -> bool {
         self.sessions().users.contains_key(user)

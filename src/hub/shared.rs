@@ -493,9 +493,15 @@ async fn work_events(
                         }
                         added
                     }
-                    SharedEvent::Removed { channel, info } => {
+                    SharedEvent::Removed {
+                        channel,
+                        info,
+                        leave,
+                    } => {
                         let removed = engine.presence_remove(channel, &info.client).await;
-                        let _ = engine.publish_presence_event(channel, false, info).await;
+                        if *leave {
+                            let _ = engine.publish_presence_event(channel, false, info).await;
+                        }
                         removed
                     }
                 };

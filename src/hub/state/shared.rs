@@ -41,12 +41,14 @@ pub enum SharedEvent {
         /// Whether to publish a join.
         join: bool,
     },
-    /// A local subscriber left: presence entry removed, leave published.
+    /// A local subscriber left: presence entry removed, and a leave when `leave`.
     Removed {
         /// Channel.
         channel: Arc<str>,
         /// The subscriber.
         info: ClientInfo,
+        /// Whether to publish a leave.
+        leave: bool,
     },
 }
 

@@ -24,6 +24,8 @@ pub struct HubCounters {
     pub channels: AtomicU64,
     /// Proxy hook calls, errors and latency, by hook.
     pub proxy: super::proxy::metrics::ProxyMetrics,
+    /// Presence / join / leave events for the shared engine dropped on a full queue.
+    pub engine_events_dropped: AtomicU64,
 }
 
 impl HubCounters {

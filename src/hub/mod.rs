@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod channel;
+pub mod control;
 pub mod counters;
 pub mod drain;
 pub mod grpc;
@@ -16,6 +17,7 @@ pub mod link_queue;
 pub mod namespace;
 pub mod policy;
 pub mod proxy;
+mod shared;
 pub mod state;
 
 use std::sync::Arc;
@@ -61,17 +63,37 @@ pub struct Hub {
 
 impl Hub {
     /// A hub with its upkeep task, which stops when the process is closing.
-    pub fn start(config: HubConfig, mut phase: PhaseWatch) -> Hub {
+    pub fn start(config: HubConfig, phase: PhaseWatch) -> Hub {
+        Hub::start_with_engine(config, phase, None)
+    }
+
+    /// A hub over `engine` (Redis) when given, else the memory engine; with an engine, its
+    /// listener, presence and pub/sub upkeep tasks run too.
+    pub fn start_with_engine(
+        config: HubConfig,
+        mut phase: PhaseWatch,
+        engine: Option<Arc<crate::engine::redis::RedisEngine>>,
+    ) -> Hub {
         let counters = Arc::new(HubCounters::default());
         let proxies = proxy::Proxies::build(&config, &counters);
+        let (state, events) = match engine.clone() {
+            Some(engine) => {
+                let (state, events) = HubState::new_shared(config, counters.clone(), engine);
+                (state, Some(events))
+            }
+            None => (HubState::new(config, counters.clone()), None),
+        };
         let hub = Hub {
             inner: Arc::new(Inner {
-                state: HubState::new(config, counters.clone()),
+                state,
                 counters,
                 next_link: AtomicU64::new(1),
                 proxies: ArcSwap::from_pointee(proxies),
             }),
         };
+        if let (Some(engine), Some(events)) = (engine, events) {
+            hub.start_shared(engine, events, phase.clone());
+        }
         let upkeep = hub.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -153,8 +175,10 @@ impl Hub {
             forwarder.remove_link(link);
         });
         let hub = self.clone();
+        let engine = self.engine();
         tokio::spawn(async move {
             let mut inbound = inbound;
+            let mut lanes = engine.map(|engine| shared::Lanes::start(&hub, engine, link));
             loop {
                 let frame = tokio::select! {
                     frame = inbound.next() => frame,
@@ -164,7 +188,13 @@ impl Hub {
                 if queue.is_dead() {
                     break;
                 }
-                hub.apply(link, frame);
+                match &mut lanes {
+                    None => hub.apply(link, frame),
+                    Some(lanes) => lanes.send(frame).await,
+                }
+            }
+            if let Some(lanes) = lanes {
+                lanes.finish().await;
             }
             hub.remove_link(link);
             tracing::info!(link, "hub: link closed");

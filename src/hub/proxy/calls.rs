@@ -41,7 +41,15 @@ impl Hub {
         tokio::spawn(async move {
             let outcome = proxies.connect(&pending.subject, &pending.request).await;
             drop(permit);
+            // With a shared engine, the hook's server-side channels are listened to first.
+            let interests = match (&outcome, hub.engine()) {
+                (Ok(grant), Some(engine)) => {
+                    hub.prepare_channels(&engine, &grant.claims.channels).await
+                }
+                _ => Vec::new(),
+            };
             hub.with_state(|state| state.finish_open(&pending, outcome, via));
+            drop(interests);
         });
     }
 
@@ -72,7 +80,7 @@ impl Hub {
         if let Some(channel) = &pending
             && let Err(code) = self.with_state(|state| state.begin_hook_subscribe(key, channel, id))
         {
-            self.with_state(|state| state.proxied_command(key, id, Err(Refusal::code(code))));
+            self.with_state(|state| state.proxied_command(key, id, Err(Refusal::code(code)), None));
             return None;
         }
         let end_pending = move |hub: &Hub| match &pending {
@@ -81,7 +89,7 @@ impl Hub {
         };
         let Some(permit) = proxies.permit(hook) else {
             end_pending(self);
-            self.with_state(|state| state.proxied_command(key, id, Err(Refusal::internal())));
+            self.with_state(|state| state.proxied_command(key, id, Err(Refusal::internal()), None));
             return None;
         };
         let hub = self.clone();
@@ -112,7 +120,12 @@ impl Hub {
                 Err(Refusal::internal())
             };
             drop(permit);
-            hub.with_state(|state| state.proxied_command(key, id, outcome));
+            match hub.engine() {
+                // A shared engine reads the stream before a granted subscribe and carries a
+                // granted publish to every replica.
+                Some(engine) => hub.apply_grant_shared(&engine, key, id, outcome).await,
+                None => hub.with_state(|state| state.proxied_command(key, id, outcome, None)),
+            }
         });
         None
     }

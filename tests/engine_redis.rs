@@ -625,3 +625,53 @@ async fn a_client_cannot_make_a_node_listen_beyond_its_limits() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn password_and_database_come_from_the_url() {
+    let redis = RedisServer::start_with_password("s3cret");
+    let lines = format!(
+        "    address: \"redis://:s3cret@127.0.0.1:{}/3\"",
+        redis.port
+    );
+    let servers = replicas(2, &lines).await;
+    let channel = unique_channel("auth");
+    let mut a = servers[1].ws(WsOptions::json()).await;
+    a.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
+    subscribed(
+        &mut a,
+        SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let result = call(
+        &servers[0],
+        "publish",
+        json!({ "channel": channel, "data": {} }),
+    )
+    .await;
+    assert_eq!(result["offset"].as_u64(), Some(1));
+    a.expect_publication(&channel, 1).await;
+    // The keys live in database 3, none in database 0.
+    let dbsize = |db: &str| -> u64 {
+        let output = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "-a",
+                "s3cret",
+                "--no-auth-warning",
+            ])
+            .args(["-n", db, "DBSIZE"])
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("DBSIZE of {db}: {output:?}"))
+    };
+    assert!(dbsize("3") > 0, "database 3 holds no key");
+    assert_eq!(dbsize("0"), 0, "keys in database 0");
+}

@@ -675,3 +675,66 @@ async fn password_and_database_come_from_the_url() {
     assert!(dbsize("3") > 0, "database 3 holds no key");
     assert_eq!(dbsize("0"), 0, "keys in database 0");
 }
+
+#[tokio::test]
+async fn standalone_hubs_share_channels_through_redis() {
+    let redis = RedisServer::start();
+    let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let engine = format!(
+        "engine:\n  type: redis\n  redis:\n    prefix: \"{prefix}\"\n    address: \"{}\"",
+        redis.url()
+    );
+    let hub_lines = format!(
+        "api_key: \"{KEY}\"\ntoken_hmac_secret: \"{SECRET}\"\nhistory_size: 100\nhistory_ttl: 300s"
+    );
+    let mut hubs = Vec::new();
+    let mut sidecars = Vec::new();
+    for _ in 0..2 {
+        let hub = support::Hub::try_start_with("127.0.0.1:0".parse().unwrap(), &engine, &hub_lines)
+            .await
+            .unwrap_or_else(|e| panic!("sidewire hub did not start: {e}"));
+        let sidecar = Server::start(&format!(
+            "upstream:\n  endpoint: \"{}\"\n  reconnect_backoff_min: \"50ms\"\n  reconnect_backoff_max: \"500ms\"\n",
+            hub.endpoint()
+        ))
+        .await;
+        sidecar.wait_ready(Duration::from_secs(10)).await;
+        hubs.push(hub);
+        sidecars.push(sidecar);
+    }
+    let channel = unique_channel("standalone");
+    let mut client = sidecars[0].ws(WsOptions::json()).await;
+    client
+        .handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
+    subscribed(
+        &mut client,
+        SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Published through the other hub's API.
+    let result = api_ok(
+        hubs[1].api_addr,
+        "publish",
+        &json!({ "channel": channel, "data": { "x": 1 } }),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(result["offset"].as_u64(), Some(1));
+    client.expect_publication(&channel, 1).await;
+    let history = api_ok(
+        hubs[0].api_addr,
+        "history",
+        &json!({ "channel": channel, "limit": -1 }),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(
+        history["publications"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+}

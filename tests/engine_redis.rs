@@ -699,6 +699,12 @@ async fn standalone_hubs_share_channels_through_redis() {
         ))
         .await;
         sidecar.wait_ready(Duration::from_secs(10)).await;
+        // The hub's API listener answers /readyz: 200 once its engine is connected.
+        let api = hub.api_addr;
+        eventually(Duration::from_secs(10), "hub ready", || async move {
+            matches!(try_http(api, "GET", "/readyz", &[], None).await, Ok((200, _)))
+        })
+        .await;
         hubs.push(hub);
         sidecars.push(sidecar);
     }

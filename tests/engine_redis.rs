@@ -702,7 +702,10 @@ async fn standalone_hubs_share_channels_through_redis() {
         // The hub's API listener answers /readyz: 200 once its engine is connected.
         let api = hub.api_addr;
         eventually(Duration::from_secs(10), "hub ready", || async move {
-            matches!(try_http(api, "GET", "/readyz", &[], None).await, Ok((200, _)))
+            matches!(
+                try_http(api, "GET", "/readyz", &[], None).await,
+                Ok((200, _))
+            )
         })
         .await;
         hubs.push(hub);

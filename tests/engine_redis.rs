@@ -625,3 +625,125 @@ async fn a_client_cannot_make_a_node_listen_beyond_its_limits() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn password_and_database_come_from_the_url() {
+    let redis = RedisServer::start_with_password("s3cret");
+    let lines = format!(
+        "    address: \"redis://:s3cret@127.0.0.1:{}/3\"",
+        redis.port
+    );
+    let servers = replicas(2, &lines).await;
+    let channel = unique_channel("auth");
+    let mut a = servers[1].ws(WsOptions::json()).await;
+    a.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
+    subscribed(
+        &mut a,
+        SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let result = call(
+        &servers[0],
+        "publish",
+        json!({ "channel": channel, "data": {} }),
+    )
+    .await;
+    assert_eq!(result["offset"].as_u64(), Some(1));
+    a.expect_publication(&channel, 1).await;
+    // The keys live in database 3, none in database 0.
+    let dbsize = |db: &str| -> u64 {
+        let output = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "-a",
+                "s3cret",
+                "--no-auth-warning",
+            ])
+            .args(["-n", db, "DBSIZE"])
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("DBSIZE of {db}: {output:?}"))
+    };
+    assert!(dbsize("3") > 0, "database 3 holds no key");
+    assert_eq!(dbsize("0"), 0, "keys in database 0");
+}
+
+#[tokio::test]
+async fn standalone_hubs_share_channels_through_redis() {
+    let redis = RedisServer::start();
+    let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let engine = format!(
+        "engine:\n  type: redis\n  redis:\n    prefix: \"{prefix}\"\n    address: \"{}\"",
+        redis.url()
+    );
+    let hub_lines = format!(
+        "api_key: \"{KEY}\"\ntoken_hmac_secret: \"{SECRET}\"\nhistory_size: 100\nhistory_ttl: 300s"
+    );
+    let mut hubs = Vec::new();
+    let mut sidecars = Vec::new();
+    for _ in 0..2 {
+        let hub = support::Hub::try_start_with("127.0.0.1:0".parse().unwrap(), &engine, &hub_lines)
+            .await
+            .unwrap_or_else(|e| panic!("sidewire hub did not start: {e}"));
+        let sidecar = Server::start(&format!(
+            "upstream:\n  endpoint: \"{}\"\n  reconnect_backoff_min: \"50ms\"\n  reconnect_backoff_max: \"500ms\"\n",
+            hub.endpoint()
+        ))
+        .await;
+        sidecar.wait_ready(Duration::from_secs(10)).await;
+        // The hub's API listener answers /readyz: 200 once its engine is connected.
+        let api = hub.api_addr;
+        eventually(Duration::from_secs(10), "hub ready", || async move {
+            matches!(
+                try_http(api, "GET", "/readyz", &[], None).await,
+                Ok((200, _))
+            )
+        })
+        .await;
+        hubs.push(hub);
+        sidecars.push(sidecar);
+    }
+    let channel = unique_channel("standalone");
+    let mut client = sidecars[0].ws(WsOptions::json()).await;
+    client
+        .handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
+    subscribed(
+        &mut client,
+        SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Published through the other hub's API.
+    let result = api_ok(
+        hubs[1].api_addr,
+        "publish",
+        &json!({ "channel": channel, "data": { "x": 1 } }),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(result["offset"].as_u64(), Some(1));
+    client.expect_publication(&channel, 1).await;
+    let history = api_ok(
+        hubs[0].api_addr,
+        "history",
+        &json!({ "channel": channel, "limit": -1 }),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(
+        history["publications"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+}

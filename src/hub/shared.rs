@@ -556,7 +556,8 @@ async fn listen(hub: Hub, engine: Arc<RedisEngine>, mut phase: PhaseWatch) {
 async fn resubscribe(engine: &RedisEngine) {
     let mut delay = Duration::from_millis(50);
     while let Err(error) = engine.resubscribe_all().await {
-        tracing::warn!(%error, "engine: resubscribe failed, retrying");
+        // Expected while connecting; the connection's own errors are logged as they happen.
+        tracing::debug!(%error, "engine: resubscribe failed, retrying");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
     }

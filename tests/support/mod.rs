@@ -493,9 +493,18 @@ impl Hub {
 
     /// Starts a hub whose Link listens on `link` (its API on an ephemeral port).
     pub async fn try_start_on(link: SocketAddr, hub_lines: &str) -> Result<Hub, String> {
+        Hub::try_start_with(link, "", hub_lines).await
+    }
+
+    /// Like [`Hub::try_start_on`], with `top_level` YAML (e.g. an `engine:` section) added.
+    pub async fn try_start_with(
+        link: SocketAddr,
+        top_level: &str,
+        hub_lines: &str,
+    ) -> Result<Hub, String> {
         let lines = format!("link_listen: \"{link}\"\napi_listen: \"127.0.0.1:0\"\n{hub_lines}");
         let yaml = format!(
-            "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n{}",
+            "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n{top_level}\n{}",
             hub_section(&lines)
         );
         let (proc, line) =

@@ -55,21 +55,28 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     cluster: bool,
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts a standalone Redis on a fresh port.
     pub fn start() -> RedisServer {
-        RedisServer::start_with(false)
+        RedisServer::start_with(false, None)
     }
 
-    fn start_with(cluster: bool) -> RedisServer {
+    /// Starts a standalone Redis that requires `password` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        RedisServer::start_with(false, Some(password.to_owned()))
+    }
+
+    fn start_with(cluster: bool, password: Option<String>) -> RedisServer {
         require("redis-server");
         let mut server = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             cluster,
+            password,
         };
         server.spawn();
         server
@@ -85,6 +92,9 @@ impl RedisServer {
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(password) = &self.password {
+            command.arg("--requirepass").arg(password);
+        }
         if self.cluster {
             command.args([
                 "--cluster-enabled",
@@ -97,7 +107,10 @@ impl RedisServer {
         }
         self.child = Some(command.spawn().expect("spawn redis-server"));
         let deadline = Instant::now() + START_TIMEOUT;
-        while raw_command(self.port, "PING").is_none_or(|r| !r.contains("PONG")) {
+        // Without the password PING answers NOAUTH: alive all the same.
+        while raw_command(self.port, "PING")
+            .is_none_or(|r| !r.contains("PONG") && !r.contains("NOAUTH"))
+        {
             assert!(
                 Instant::now() < deadline,
                 "redis-server on {} did not answer PING",
@@ -114,7 +127,11 @@ impl RedisServer {
 
     /// Stops Redis after saving its data (SHUTDOWN SAVE), waits for the exit.
     pub fn stop_saving(&mut self) {
-        let _ = raw_command(self.port, "SHUTDOWN SAVE");
+        let shutdown = match &self.password {
+            Some(password) => format!("AUTH {password}\r\nSHUTDOWN SAVE"),
+            None => "SHUTDOWN SAVE".to_owned(),
+        };
+        let _ = raw_command(self.port, &shutdown);
         if let Some(mut child) = self.child.take() {
             let deadline = Instant::now() + START_TIMEOUT;
             while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
@@ -155,7 +172,9 @@ impl RedisCluster {
     /// Starts three cluster-enabled nodes and joins them; waits for `cluster_state:ok`.
     pub fn start() -> RedisCluster {
         require("redis-cli");
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(true)).collect();
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_with(true, None))
+            .collect();
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         for node in &nodes {

@@ -456,6 +456,96 @@ mod tests {
         assert!(got.is_empty());
     }
 
+    /// Hub state over a Redis engine that never connects (nothing here reaches Redis), one
+    /// Link, and session 1 subscribed to `c` at position (epoch "e", 3).
+    async fn shared_state() -> (HubState, Arc<crate::hub::link_queue::LinkQueue>) {
+        use crate::config::engine::RedisConfig;
+        let redis = RedisConfig {
+            address: "redis://127.0.0.1:1".to_owned(),
+            ..RedisConfig::default()
+        };
+        let engine = Arc::new(RedisEngine::open(&redis).expect("engine"));
+        let (state, _events) = HubState::new_shared(
+            crate::config::HubConfig::default(),
+            Arc::new(HubCounters::default()),
+            engine,
+        );
+        let queue = Arc::new(crate::hub::link_queue::LinkQueue::new(1 << 20));
+        state.add_link(1, queue.clone());
+        let open = crate::linkproto::SessionOpen {
+            session: 1,
+            client: "c1".to_owned(),
+            ..Default::default()
+        };
+        state.open(1, open, crate::hub::auth::TokenCheck::anonymous());
+        state.mark_interest("c").expect("interest");
+        let read = stream(3, "e", 1..=3);
+        state.baseline("c", &read);
+        let subscribe = crate::protocol::client::Command {
+            id: 1,
+            subscribe: Some(crate::protocol::client::SubscribeRequest {
+                channel: "c".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        state.command_prepared((1, 1), subscribe, None, Some(read));
+        state.release_interest("c");
+        drain(&queue).await;
+        (state, queue)
+    }
+
+    async fn drain(queue: &crate::hub::link_queue::LinkQueue) -> Vec<upstream_frame::Frame> {
+        let mut frames = Vec::new();
+        while queue.queued_bytes() > 0 {
+            if let Some(frame) = queue.pop().await.and_then(|f| f.frame) {
+                frames.push(frame);
+            }
+        }
+        frames
+    }
+
+    fn delivered(epoch: &str, offset: u64) -> Envelope {
+        Envelope::Publication {
+            epoch: epoch.to_owned(),
+            publication: publication(offset),
+            kept: true,
+        }
+    }
+
+    fn pushed_offsets(frames: &[upstream_frame::Frame]) -> Vec<u64> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                upstream_frame::Frame::Push(p) => p.push.as_ref()?.r#pub.as_ref().map(|p| p.offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn deliveries_go_out_once_in_order_and_a_gap_asks_for_recovery() {
+        let (state, queue) = shared_state().await;
+        // Already covered by the subscribe position, then new ones, then a duplicate.
+        for offset in [2, 3, 4, 5, 5, 4] {
+            state.deliver("c", delivered("e", offset));
+        }
+        assert_eq!(pushed_offsets(&drain(&queue).await), vec![4, 5]);
+        // A gap (7 after 5): nothing is pushed, the subscription ends with 2500.
+        state.deliver("c", delivered("e", 7));
+        let frames = drain(&queue).await;
+        assert!(pushed_offsets(&frames).is_empty(), "{frames:?}");
+        assert!(frames.iter().any(|f| matches!(f,
+            upstream_frame::Frame::Reply(r) if r.reply.as_ref()
+                .and_then(|r| r.push.as_ref())
+                .and_then(|p| p.unsubscribe.as_ref())
+                .is_some_and(|u| u.code == UNSUBSCRIBE_INSUFFICIENT_STATE))));
+        assert!(!state.channel_wanted("c"));
+        // Channels this node does not hold are ignored.
+        state.deliver("other", delivered("e", 1));
+        assert!(drain(&queue).await.is_empty());
+    }
+
     #[test]
     fn history_reply_follows_the_memory_engine_rules() {
         let read = || stream(10, "e", 6..=10);

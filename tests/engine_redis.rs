@@ -28,7 +28,7 @@ fn replica_yaml_with(redis_lines: &str, prefix: &str, hub_extra: &str) -> String
         "engine:\n  type: redis\n  redis:\n    prefix: \"{prefix}\"\n    presence_ttl: 2s\n    \
          io_timeout: 1s\n{redis_lines}\n{}",
         hub_section(&format!(
-            "api_key: \"{KEY}\"\ntoken_hmac_secret: \"{SECRET}\"\nhistory_size: 1000\n\
+            "http_api:\n  key: \"{KEY}\"\nclient:\n  token:\n    hmac_secret_key: \"{SECRET}\"\nhistory_size: 1000\n\
              history_ttl: 300s\n{hub_extra}"
         ))
     )
@@ -685,7 +685,7 @@ async fn standalone_hubs_share_channels_through_redis() {
         redis.url()
     );
     let hub_lines = format!(
-        "api_key: \"{KEY}\"\ntoken_hmac_secret: \"{SECRET}\"\nhistory_size: 100\nhistory_ttl: 300s"
+        "http_api:\n  key: \"{KEY}\"\nclient:\n  token:\n    hmac_secret_key: \"{SECRET}\"\nhistory_size: 100\nhistory_ttl: 300s"
     );
     let mut hubs = Vec::new();
     let mut sidecars = Vec::new();

@@ -14,6 +14,7 @@
 //! operation mutates across a fallible step, so state behind a poisoned lock is consistent and
 //! used as is.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -83,8 +84,8 @@ struct HubSession {
     pending: bool,
     /// Protobuf client (may receive binary-only channels).
     protobuf: bool,
-    /// Transport name (for hook requests).
-    transport: String,
+    /// Transport name (for hook requests); no allocation for the known ones.
+    transport: Cow<'static, str>,
     /// Connection-request headers kept for hooks (empty when no hook forwards any).
     headers: Arc<[(String, String)]>,
     /// Subscribed channels (at most `hub.client.channel_limit`).
@@ -781,7 +782,7 @@ impl HubState {
             usable: false,
             pending: true,
             protobuf: open.encoding == Encoding::Protobuf as i32,
-            transport: open.transport,
+            transport: transport_name(open.transport),
             headers,
             channels: HashSet::new(),
             expires_at: None,
@@ -2159,6 +2160,22 @@ fn subscription_grant(
         } if granted_user == user && granted == channel => Ok(expires_at),
         SubTokenCheck::Expired => Err(ErrorCode::TokenExpired),
         SubTokenCheck::Valid { .. } | SubTokenCheck::Invalid => Err(ErrorCode::PermissionDenied),
+    }
+}
+
+/// The transport name of a SessionOpen, static for the sidecar's own transports.
+fn transport_name(name: String) -> Cow<'static, str> {
+    const KNOWN: [&str; 6] = [
+        "websocket",
+        "http_stream",
+        "sse",
+        "uni_websocket",
+        "uni_http_stream",
+        "uni_sse",
+    ];
+    match KNOWN.iter().find(|known| **known == name) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name),
     }
 }
 

@@ -8,6 +8,9 @@
 #   - PyPI `cent` (the server-API client): every Centrifugo OSS server API method, with pytest
 #   - centrifuge-js -> sidecar -> the Python Link upstream of examples/upstream-python
 #     (tests/sdk/js/python-upstream.test.mjs; needs grpcio + grpcio-tools from PyPI)
+#   - centrifuge-js and centrifuge-python -> sidecar (proxy hooks) -> examples/centrifugo-backend,
+#     a Node backend written for Centrifugo (tests/sdk/js/centrifugo-backend.test.mjs,
+#     tests/sdk/python/test_proxy_backend.py; need only node)
 #
 # Usage (from anywhere):  tests/sdk/run.sh
 # Needs a built binary: $SIDEWIRE_BIN if set, else <repo>/target/debug/sidewire.

@@ -12,6 +12,7 @@ pub mod client;
 pub mod metrics;
 pub mod types;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,7 +37,7 @@ pub struct Subject {
     /// Client id.
     pub client: String,
     /// Transport name.
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     /// Protobuf client.
     pub protobuf: bool,
     /// User id (empty: anonymous, or not known yet on connect).

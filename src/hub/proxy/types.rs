@@ -2,6 +2,7 @@
 //! (`internal/proxyproto`): every request carries `client`, `transport`, `protocol` and
 //! `encoding`; every response is one of `result`, `error` or `disconnect`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use base64::Engine as _;
@@ -16,7 +17,7 @@ pub struct Base {
     /// Client id (UUID) of the connection.
     pub client: String,
     /// `websocket`, `http_stream`, `sse`, ….
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     /// `json` or `protobuf`: the client's protocol.
     pub protocol: &'static str,
     /// Encoding of `data` in the request: always `json` (Centrifugo's default, without

@@ -47,6 +47,9 @@ pub enum AppError {
     /// The hub's Link token could not be loaded.
     #[error(transparent)]
     LinkAuth(#[from] crate::hub::link_auth::LinkAuthError),
+    /// The Redis clients for emulation routing could not be built.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ConnectError),
 }
 
 /// Result of applying a config.
@@ -172,6 +175,9 @@ impl Runtime {
         if config.max_connections_per_ip != old.config.max_connections_per_ip {
             restart_required.push("max_connections_per_ip");
         }
+        if config.engine != old.config.engine {
+            restart_required.push("engine");
+        }
         let backend = if config.backend == old.config.backend {
             old.backend.clone()
         } else {
@@ -293,6 +299,12 @@ impl Sidecar {
             metrics.clone(),
             scheme,
         ));
+        if edge.settings().config.engine.kind == crate::config::engine::EngineKind::Redis {
+            let redis = edge.settings().config.engine.redis.clone();
+            let cluster =
+                crate::cluster::Cluster::start(&redis, node.clone(), edge.emulation.clone())?;
+            edge.set_cluster(cluster);
+        }
         let admin_listen = local_addr(&admin, edge.settings().config.admin_listen);
         if edge.settings().config.upstream.is_none() {
             ApiAccess::decide(admin_listen, &edge.settings().config.hub)

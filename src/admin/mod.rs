@@ -73,9 +73,12 @@ impl Admin {
                 let settings = self.edge.settings();
                 let link_up = settings.link.state() == LinkState::Up;
                 let draining = self.edge.is_draining();
-                let ready = link_up && !draining;
-                let body =
-                    format!(r#"{{"ready":{ready},"link_up":{link_up},"draining":{draining}}}"#);
+                // With the Redis engine, emulation routing (and the hub's shared state) needs it.
+                let engine_up = self.edge.cluster().is_none_or(|cluster| cluster.is_ready());
+                let ready = link_up && engine_up && !draining;
+                let body = format!(
+                    r#"{{"ready":{ready},"link_up":{link_up},"engine_up":{engine_up},"draining":{draining}}}"#
+                );
                 let code = if ready {
                     StatusCode::OK
                 } else {

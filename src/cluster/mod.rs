@@ -1,0 +1,418 @@
+//! Replicas behind a balancer with no affinity: with `engine.type: redis`, an `/emulation`
+//! POST that names another node's session is carried through Redis to that node (a per-node
+//! control channel, as Centrifugo's survey), which hands the commands to the session and
+//! answers; the POST is answered only then. Works the same with the embedded hub and with an
+//! external upstream: routing is the sidecar's job.
+//!
+//! Channels (`<prefix>` is `engine.redis.prefix`): `<prefix>.cluster.nodes` carries every
+//! node's announcement (every `ANNOUNCE_INTERVAL`); `<prefix>.cluster.node.<id>` carries the
+//! requests to node `<id>` and the answers to it.
+//!
+//! Guarantees: a routed POST waits at most `ROUTE_TIMEOUT` (then 500) and fails at once while
+//! Redis is unreachable; at most `MAX_ROUTED_IN_FLIGHT` routed POSTs wait at once (then 503);
+//! a node delivers requests in the order Redis hands them over, and at most
+//! `MAX_WAITING_DELIVERIES` wait for room in full session queues (then "busy"); no lock is
+//! held across an await.
+
+pub mod connect;
+pub mod nodes;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use thiserror::Error;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::engine::RedisConfig;
+use crate::session::emulation::{EmulationRegistry, TryDeliverError};
+pub use connect::ConnectError;
+use nodes::{ANNOUNCE_INTERVAL, KnownNodes};
+pub use wire::Outcome;
+use wire::{Control, MAX_ID_LEN};
+
+/// Longest a routed POST waits for the owning node's answer (then 500).
+pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the owning node waits for room in a full session queue before answering "busy"
+/// (shorter than `ROUTE_TIMEOUT`, so the answer still arrives).
+pub const ROUTED_DELIVER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Routed POSTs that may wait for answers at once on one node (then 503).
+pub const MAX_ROUTED_IN_FLIGHT: usize = 4_096;
+/// Requests from other nodes that may wait for room in full session queues at once.
+pub const MAX_WAITING_DELIVERIES: usize = 1_024;
+/// Answers queued for publishing; past it an answer is dropped (its POST times out).
+const ANSWER_QUEUE: usize = 4_096;
+/// Pause before retrying a failed subscribe.
+const SUBSCRIBE_RETRY: Duration = Duration::from_millis(500);
+/// Shortest gap between two announcements asked for by `hello`s (a burst of joining nodes
+/// costs one announcement).
+const HELLO_ANSWER_GAP: Duration = Duration::from_millis(200);
+
+/// Why a routed POST got no answer from the owning node.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum RouteError {
+    /// The node is not known (never announced, or silent for longer than the node TTL): 404.
+    #[error("unknown node")]
+    UnknownNode,
+    /// Redis is unreachable or refused the publish: 500.
+    #[error("engine unavailable")]
+    Unavailable,
+    /// No answer within `ROUTE_TIMEOUT`: 500.
+    #[error("no answer from the owning node in time")]
+    Timeout,
+    /// Too many routed POSTs already wait on this node: 503.
+    #[error("too many routed requests in flight")]
+    Overloaded,
+}
+
+/// This node's end of the control channel.
+pub struct Cluster {
+    node: Arc<str>,
+    prefix: String,
+    nodes_channel: String,
+    own_channel: String,
+    /// PUBLISH's receiver count is exact only on a single server (not on Redis Cluster).
+    exact_receivers: bool,
+    publisher: Client,
+    subscriber: SubscriberClient,
+    subscribed: AtomicBool,
+    known: Mutex<KnownNodes>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    next_id: AtomicU64,
+    routed: Semaphore,
+    waiting: Arc<Semaphore>,
+    answers: mpsc::Sender<(Box<str>, Control)>,
+    announce_now: Notify,
+    hello: AtomicBool,
+    emulation: EmulationRegistry,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a routed request's pending entry however the POST ends (answer, timeout, client
+/// gone).
+struct PendingGuard<'a> {
+    cluster: &'a Cluster,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.cluster.pending().remove(&self.id);
+    }
+}
+
+impl Cluster {
+    /// Builds the clients and starts connecting in the background (Redis may be down: the
+    /// clients keep retrying, `is_ready` says false meanwhile). Needs a tokio runtime.
+    pub fn start(
+        redis: &RedisConfig,
+        node: Arc<str>,
+        emulation: EmulationRegistry,
+    ) -> Result<Arc<Cluster>, ConnectError> {
+        let publisher = connect::command_client(redis)?;
+        let subscriber = connect::subscriber_client(redis)?;
+        let (answers, answer_queue) = mpsc::channel(ANSWER_QUEUE);
+        let cluster = Arc::new(Cluster {
+            nodes_channel: format!("{}.cluster.nodes", redis.prefix),
+            own_channel: format!("{}.cluster.node.{node}", redis.prefix),
+            prefix: redis.prefix.clone(),
+            exact_receivers: redis.cluster_address.is_empty(),
+            node,
+            publisher,
+            subscriber,
+            subscribed: AtomicBool::new(false),
+            known: Mutex::new(KnownNodes::default()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            routed: Semaphore::new(MAX_ROUTED_IN_FLIGHT),
+            waiting: Arc::new(Semaphore::new(MAX_WAITING_DELIVERIES)),
+            answers,
+            announce_now: Notify::new(),
+            hello: AtomicBool::new(true),
+            emulation,
+        });
+        // Listen for (re)connections and messages before connecting, so none is missed.
+        let reconnects = cluster.subscriber.reconnect_rx();
+        let messages = cluster.subscriber.message_rx();
+        let _ = cluster.publisher.connect();
+        let _ = cluster.subscriber.connect();
+        tokio::spawn(cluster.clone().subscribe_loop(reconnects));
+        tokio::spawn(cluster.clone().message_loop(messages));
+        tokio::spawn(cluster.clone().announce_loop());
+        tokio::spawn(cluster.clone().answer_loop(answer_queue));
+        tracing::info!(node = %cluster.node, prefix = %cluster.prefix, "cluster: emulation routing through redis");
+        Ok(cluster)
+    }
+
+    /// Whether both Redis connections are up and the control channels are subscribed.
+    pub fn is_ready(&self) -> bool {
+        self.publisher.is_connected()
+            && self.subscriber.is_connected()
+            && self.subscribed.load(Ordering::Acquire)
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Outcome>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn known(&self) -> MutexGuard<'_, KnownNodes> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn channel_of(&self, node: &str) -> String {
+        format!("{}.cluster.node.{node}", self.prefix)
+    }
+
+    /// Whether `node` announced itself recently.
+    pub fn knows(&self, node: &str) -> bool {
+        self.known().knows(node, Instant::now())
+    }
+
+    /// Sends an emulation POST's data to the node holding `session` and waits until that
+    /// node has put it into the session's queue (or found no such session, or gave up).
+    pub async fn route(
+        &self,
+        node: &str,
+        session: &str,
+        data: Bytes,
+    ) -> Result<Outcome, RouteError> {
+        if node.is_empty() || node.len() > MAX_ID_LEN || !self.knows(node) {
+            return Err(RouteError::UnknownNode);
+        }
+        if session.is_empty() || session.len() > MAX_ID_LEN {
+            // No node can hold such a session; Centrifugo answers 204.
+            return Ok(Outcome::UnknownSession);
+        }
+        if !self.is_ready() {
+            return Err(RouteError::Unavailable);
+        }
+        let Ok(_permit) = self.routed.try_acquire() else {
+            return Err(RouteError::Overloaded);
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, answer) = oneshot::channel();
+        self.pending().insert(id, sender);
+        let _guard = PendingGuard { cluster: self, id };
+        let request = wire::encode(&Control::Emulate {
+            id,
+            from: self.node.as_ref().into(),
+            session: session.into(),
+            data,
+        });
+        let deadline = Instant::now() + ROUTE_TIMEOUT;
+        let published = tokio::time::timeout_at(
+            deadline,
+            self.publisher
+                .publish::<i64, _, _>(self.channel_of(node), request),
+        )
+        .await;
+        match published {
+            Err(_) => return Err(RouteError::Timeout),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "cluster: publishing a routed emulation request failed");
+                return Err(RouteError::Unavailable);
+            }
+            Ok(Ok(0)) if self.exact_receivers => return Err(RouteError::UnknownNode),
+            Ok(Ok(_)) => {}
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) | Err(_) => Err(RouteError::Timeout),
+        }
+    }
+
+    async fn subscribe_loop(
+        self: Arc<Self>,
+        mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match reconnects.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+            self.subscribed.store(false, Ordering::Release);
+            let channels = vec![self.nodes_channel.clone(), self.own_channel.clone()];
+            loop {
+                match self.subscriber.subscribe(channels.clone()).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "cluster: subscribing to the control channels failed; retrying");
+                        tokio::time::sleep(SUBSCRIBE_RETRY).await;
+                    }
+                }
+            }
+            self.subscribed.store(true, Ordering::Release);
+            tracing::info!("cluster: control channels subscribed");
+            // Ask the others to announce themselves: after an outage they may have expired.
+            self.hello.store(true, Ordering::Release);
+            self.announce_now.notify_one();
+        }
+    }
+
+    async fn message_loop(
+        self: Arc<Self>,
+        mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let message = match messages.recv().await {
+                Ok(message) => message,
+                Err(RecvError::Lagged(skipped)) => {
+                    tracing::warn!(
+                        skipped,
+                        "cluster: control messages dropped (reader too slow)"
+                    );
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let Some(payload) = message.value.into_bytes() else {
+                continue;
+            };
+            match wire::decode(payload) {
+                Ok(control) => self.on_control(control),
+                Err(error) => {
+                    tracing::debug!(%error, channel = %&*message.channel, "cluster: ignoring a control message")
+                }
+            }
+        }
+    }
+
+    fn on_control(self: &Arc<Self>, control: Control) {
+        match control {
+            Control::Announce { node, hello } => {
+                if *node == *self.node {
+                    return;
+                }
+                let new = self.known().see(&node, Instant::now());
+                if new {
+                    tracing::info!(%node, "cluster: node joined");
+                }
+                if hello {
+                    self.announce_now.notify_one();
+                }
+            }
+            Control::Emulate {
+                id,
+                from,
+                session,
+                data,
+            } => self.on_emulate(id, from, &session, data),
+            Control::Answer { id, outcome } => {
+                let waiter = self.pending().remove(&id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(outcome);
+                }
+            }
+        }
+    }
+
+    /// Hands a routed request to the session: at once when its queue has room (so requests
+    /// keep the order Redis delivered them in), else in a bounded waiting task.
+    fn on_emulate(self: &Arc<Self>, id: u64, from: Box<str>, session: &str, data: Bytes) {
+        match self.emulation.try_deliver(session, data) {
+            Ok(()) => self.answer(from, id, Outcome::Delivered),
+            Err(TryDeliverError::UnknownSession) => self.answer(from, id, Outcome::UnknownSession),
+            Err(TryDeliverError::Full(data)) => match self.waiting.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let cluster = self.clone();
+                    let session: Box<str> = session.into();
+                    tokio::spawn(async move {
+                        let outcome = match cluster
+                            .emulation
+                            .deliver_within(&session, data, ROUTED_DELIVER_TIMEOUT)
+                            .await
+                        {
+                            Ok(()) => Outcome::Delivered,
+                            Err(crate::session::emulation::DeliverError::UnknownSession) => {
+                                Outcome::UnknownSession
+                            }
+                            Err(crate::session::emulation::DeliverError::Busy) => Outcome::Busy,
+                        };
+                        drop(permit);
+                        cluster.answer(from, id, outcome);
+                    });
+                }
+                Err(_) => self.answer(from, id, Outcome::Busy),
+            },
+        }
+    }
+
+    fn answer(&self, to: Box<str>, id: u64, outcome: Outcome) {
+        if self
+            .answers
+            .try_send((to, Control::Answer { id, outcome }))
+            .is_err()
+        {
+            tracing::warn!("cluster: answer queue full; a routed emulation POST will time out");
+        }
+    }
+
+    async fn answer_loop(self: Arc<Self>, mut queue: mpsc::Receiver<(Box<str>, Control)>) {
+        while let Some((to, answer)) = queue.recv().await {
+            let channel = self.channel_of(&to);
+            if let Err(error) = self
+                .publisher
+                .publish::<i64, _, _>(channel, wire::encode(&answer))
+                .await
+            {
+                tracing::debug!(%error, "cluster: publishing an answer failed");
+            }
+        }
+    }
+
+    async fn announce_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ANNOUNCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.announce_now.notified() => {
+                    tokio::time::sleep(HELLO_ANSWER_GAP).await;
+                }
+            }
+            self.known().prune(Instant::now());
+            if !self.is_ready() {
+                continue;
+            }
+            let hello = self.hello.swap(false, Ordering::AcqRel);
+            let message = wire::encode(&Control::Announce {
+                node: self.node.as_ref().into(),
+                hello,
+            });
+            match self
+                .publisher
+                .publish::<i64, _, _>(self.nodes_channel.clone(), message)
+                .await
+            {
+                Ok(_) => {}
+                Err(error) => {
+                    if hello {
+                        self.hello.store(true, Ordering::Release);
+                    }
+                    tracing::debug!(%error, "cluster: announcing this node failed");
+                }
+            }
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`link`]: the multiplexed stream to the upstream, reconnects, local fan-out;
 //! - [`protocol`]: client protocol v2 types, JSON dialect, framing, codes;
 //! - [`hub`]: the reference upstream (embedded or `sidewire hub`);
+//! - [`engine`]: state shared by replicas (memory or Redis);
 //! - [`passthrough`]: every other path, reverse-proxied to the backend;
 //! - [`admin`]: health, readiness, the embedded hub's server API;
 //! - [`config`]: YAML schema, defaults, validation;
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod edge;
+pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;

@@ -73,11 +73,16 @@ impl Admin {
                 let settings = self.edge.settings();
                 let link_up = settings.link.state() == LinkState::Up;
                 let draining = self.edge.is_draining();
-                // With the Redis engine, emulation routing (and the hub's shared state) needs it.
-                let engine_up = self.edge.cluster().is_none_or(|cluster| cluster.is_ready());
-                let ready = link_up && engine_up && !draining;
+                let engine_up = self
+                    .hub
+                    .as_ref()
+                    .and_then(Hub::engine)
+                    .is_none_or(|e| e.connected())
+                    // Emulation routing between replicas needs its control channel too.
+                    && self.edge.cluster().is_none_or(|cluster| cluster.is_ready());
+                let ready = link_up && !draining && engine_up;
                 let body = format!(
-                    r#"{{"ready":{ready},"link_up":{link_up},"engine_up":{engine_up},"draining":{draining}}}"#
+                    r#"{{"ready":{ready},"link_up":{link_up},"draining":{draining},"engine_up":{engine_up}}}"#
                 );
                 let code = if ready {
                     StatusCode::OK
@@ -154,6 +159,7 @@ pub async fn api_call(
         &parts.headers,
         &body,
     )
+    .await
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@
 //! `MAX_WAITING_DELIVERIES` wait for room in full session queues (then "busy"); no lock is
 //! held across an await.
 
-pub mod connect;
 pub mod nodes;
 pub mod wire;
 
@@ -24,15 +23,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use thiserror::Error;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::engine::RedisConfig;
+pub use crate::engine::redis::ConnectError;
+use crate::engine::redis::{RedisClients, Topology};
 use crate::session::emulation::{EmulationRegistry, TryDeliverError};
-pub use connect::ConnectError;
 use nodes::{ANNOUNCE_INTERVAL, KnownNodes};
 pub use wire::Outcome;
 use wire::{Control, MAX_ID_LEN};
@@ -79,8 +78,9 @@ pub struct Cluster {
     own_channel: String,
     /// PUBLISH's receiver count is exact only on a single server (not on Redis Cluster).
     exact_receivers: bool,
-    publisher: Client,
-    subscriber: SubscriberClient,
+    /// Its own connections (from the engine's connect module), so the hub's pub/sub traffic
+    /// never queues in front of control messages.
+    redis: RedisClients,
     subscribed: AtomicBool,
     known: Mutex<KnownNodes>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
@@ -123,17 +123,15 @@ impl Cluster {
         node: Arc<str>,
         emulation: EmulationRegistry,
     ) -> Result<Arc<Cluster>, ConnectError> {
-        let publisher = connect::command_client(redis)?;
-        let subscriber = connect::subscriber_client(redis)?;
+        let clients = RedisClients::open(redis)?;
         let (answers, answer_queue) = mpsc::channel(ANSWER_QUEUE);
         let cluster = Arc::new(Cluster {
             nodes_channel: format!("{}.cluster.nodes", redis.prefix),
             own_channel: format!("{}.cluster.node.{node}", redis.prefix),
             prefix: redis.prefix.clone(),
-            exact_receivers: redis.cluster_address.is_empty(),
+            exact_receivers: clients.topology == Topology::Single,
             node,
-            publisher,
-            subscriber,
+            redis: clients,
             subscribed: AtomicBool::new(false),
             known: Mutex::new(KnownNodes::default()),
             pending: Mutex::new(HashMap::new()),
@@ -145,11 +143,10 @@ impl Cluster {
             hello: AtomicBool::new(true),
             emulation,
         });
-        // Listen for (re)connections and messages before connecting, so none is missed.
-        let reconnects = cluster.subscriber.reconnect_rx();
-        let messages = cluster.subscriber.message_rx();
-        let _ = cluster.publisher.connect();
-        let _ = cluster.subscriber.connect();
+        // A reconnection event also fires for the first connection, which `open` only
+        // started: listening now misses none.
+        let reconnects = cluster.redis.subscriber.reconnect_rx();
+        let messages = cluster.redis.subscriber.message_rx();
         tokio::spawn(cluster.clone().subscribe_loop(reconnects));
         tokio::spawn(cluster.clone().message_loop(messages));
         tokio::spawn(cluster.clone().announce_loop());
@@ -160,9 +157,7 @@ impl Cluster {
 
     /// Whether both Redis connections are up and the control channels are subscribed.
     pub fn is_ready(&self) -> bool {
-        self.publisher.is_connected()
-            && self.subscriber.is_connected()
-            && self.subscribed.load(Ordering::Acquire)
+        self.redis.connected() && self.subscribed.load(Ordering::Acquire)
     }
 
     /// This node's id.
@@ -221,7 +216,9 @@ impl Cluster {
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         let published = tokio::time::timeout_at(
             deadline,
-            self.publisher
+            self.redis
+                .commands
+                .with_options(&self.redis.options)
                 .publish::<i64, _, _>(self.channel_of(node), request),
         )
         .await;
@@ -245,15 +242,22 @@ impl Cluster {
         mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
     ) {
         use tokio::sync::broadcast::error::RecvError;
+        let mut first = true;
         loop {
-            match reconnects.recv().await {
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
+            if first {
+                // The first connection may be up already; a failed attempt is retried below.
+                first = false;
+                let _ = self.redis.subscriber.wait_for_connect().await;
+            } else {
+                match reconnects.recv().await {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
             }
             self.subscribed.store(false, Ordering::Release);
             let channels = vec![self.nodes_channel.clone(), self.own_channel.clone()];
             loop {
-                match self.subscriber.subscribe(channels.clone()).await {
+                match self.redis.subscriber.subscribe(channels.clone()).await {
                     Ok(()) => break,
                     Err(error) => {
                         tracing::warn!(%error, "cluster: subscribing to the control channels failed; retrying");
@@ -372,7 +376,9 @@ impl Cluster {
         while let Some((to, answer)) = queue.recv().await {
             let channel = self.channel_of(&to);
             if let Err(error) = self
-                .publisher
+                .redis
+                .commands
+                .with_options(&self.redis.options)
                 .publish::<i64, _, _>(channel, wire::encode(&answer))
                 .await
             {
@@ -401,7 +407,9 @@ impl Cluster {
                 hello,
             });
             match self
-                .publisher
+                .redis
+                .commands
+                .with_options(&self.redis.options)
                 .publish::<i64, _, _>(self.nodes_channel.clone(), message)
                 .await
             {

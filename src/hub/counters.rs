@@ -22,6 +22,8 @@ pub struct HubCounters {
     pub history_bytes: AtomicU64,
     /// Gauge: channels known.
     pub channels: AtomicU64,
+    /// Presence / join / leave events for the shared engine dropped on a full queue.
+    pub engine_events_dropped: AtomicU64,
 }
 
 impl HubCounters {

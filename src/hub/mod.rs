@@ -15,6 +15,7 @@ pub mod link_auth;
 pub mod link_queue;
 pub mod namespace;
 pub mod policy;
+mod shared;
 pub mod state;
 
 use std::sync::Arc;
@@ -57,15 +58,35 @@ pub struct Hub {
 
 impl Hub {
     /// A hub with its upkeep task, which stops when the process is closing.
-    pub fn start(config: HubConfig, mut phase: PhaseWatch) -> Hub {
+    pub fn start(config: HubConfig, phase: PhaseWatch) -> Hub {
+        Hub::start_with_engine(config, phase, None)
+    }
+
+    /// A hub over `engine` (Redis) when given, else the memory engine; with an engine, its
+    /// listener, presence and pub/sub upkeep tasks run too.
+    pub fn start_with_engine(
+        config: HubConfig,
+        mut phase: PhaseWatch,
+        engine: Option<Arc<crate::engine::redis::RedisEngine>>,
+    ) -> Hub {
         let counters = Arc::new(HubCounters::default());
+        let (state, events) = match engine.clone() {
+            Some(engine) => {
+                let (state, events) = HubState::new_shared(config, counters.clone(), engine);
+                (state, Some(events))
+            }
+            None => (HubState::new(config, counters.clone()), None),
+        };
         let hub = Hub {
             inner: Arc::new(Inner {
-                state: HubState::new(config, counters.clone()),
+                state,
                 counters,
                 next_link: AtomicU64::new(1),
             }),
         };
+        if let (Some(engine), Some(events)) = (engine, events) {
+            hub.start_shared(engine, events, phase.clone());
+        }
         let upkeep = hub.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -140,6 +161,7 @@ impl Hub {
             forwarder.remove_link(link);
         });
         let hub = self.clone();
+        let engine = self.engine();
         tokio::spawn(async move {
             let mut inbound = inbound;
             loop {
@@ -151,7 +173,10 @@ impl Hub {
                 if queue.is_dead() {
                     break;
                 }
-                hub.apply(link, frame);
+                match &engine {
+                    None => hub.apply(link, frame),
+                    Some(engine) => hub.apply_shared(engine, link, frame).await,
+                }
             }
             hub.remove_link(link);
             tracing::info!(link, "hub: link closed");

@@ -50,6 +50,9 @@ pub use super::channel::SessionKey;
 pub use server::{CONNECTION_EXPIRED, NodeCounts, UNSUBSCRIBE_SERVER};
 
 mod server;
+mod shared;
+
+pub use shared::{SHARED_EVENT_QUEUE, Shared, SharedEvent, history_reply};
 
 /// Number of channel shards.
 pub const SHARDS: usize = 64;
@@ -103,6 +106,8 @@ struct SubscribeCommand {
     id: u32,
     request: SubscribeRequest,
     token: Option<SubTokenCheck>,
+    /// With a shared engine: the stream read (with history when recovering) before commit.
+    prepared: Option<crate::engine::redis::StreamState>,
 }
 
 /// A token a command carried, verified by the caller outside every lock.
@@ -265,6 +270,8 @@ pub struct HubState {
     node_uid: String,
     /// When this hub started (`uptime` of the `info` method).
     started: std::time::Instant,
+    /// The shared engine (Redis); `None` is the memory engine: everything in this process.
+    shared: Option<Shared>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -286,6 +293,56 @@ impl HubState {
             idempotency: Mutex::new(IdempotencyCache::default()),
             node_uid: uuid::Uuid::new_v4().to_string(),
             started: std::time::Instant::now(),
+            shared: None,
+        }
+    }
+
+    /// Empty state over a shared engine; the receiver yields the presence / join / leave work
+    /// to run against it (bounded by [`SHARED_EVENT_QUEUE`]).
+    pub fn new_shared(
+        config: HubConfig,
+        counters: Arc<HubCounters>,
+        engine: Arc<crate::engine::redis::RedisEngine>,
+    ) -> (HubState, tokio::sync::mpsc::Receiver<SharedEvent>) {
+        let (events, receiver) = tokio::sync::mpsc::channel(SHARED_EVENT_QUEUE);
+        let mut state = HubState::new(config, counters);
+        state.shared = Some(Shared { engine, events });
+        (state, receiver)
+    }
+
+    /// A subscriber was added to `channel`: with the memory engine a join push to local
+    /// subscribers that asked (when `join`); with a shared engine presence and join go
+    /// through the engine.
+    fn joined(&self, state: &Channel, channel: &Arc<str>, info: &ClientInfo, join: bool) {
+        if self.shared.is_some() {
+            return self.shared_event(SharedEvent::Added {
+                channel: channel.clone(),
+                info: info.clone(),
+                join,
+            });
+        }
+        if join && state.join_leave_subscribers > 0 {
+            let push = Push {
+                channel: channel.to_string(),
+                join: Some(Join {
+                    info: Some(info.clone()),
+                }),
+                ..Default::default()
+            };
+            self.broadcast(state, channel, push);
+        }
+    }
+
+    /// A subscriber left `channel` (see [`HubState::joined`]).
+    fn left(&self, state: &Channel, channel: &str, info: ClientInfo) {
+        if self.shared.is_some() {
+            return self.shared_event(SharedEvent::Removed {
+                channel: Arc::from(channel),
+                info,
+            });
+        }
+        if state.join_leave_subscribers > 0 {
+            self.broadcast(state, channel, leave_push(channel, info));
         }
     }
 
@@ -414,10 +471,8 @@ impl HubState {
                     leaves.push(subscriber.info);
                 }
             }
-            if channel.join_leave_subscribers > 0 {
-                for info in leaves {
-                    self.broadcast(channel, &name, leave_push(&name, info));
-                }
+            for info in leaves {
+                self.left(channel, &name, info);
             }
             self.forget_if_idle(&mut shard, &name);
         }
@@ -426,6 +481,11 @@ impl HubState {
     /// Counters shared with the hub handle.
     pub fn counters(&self) -> &Arc<HubCounters> {
         &self.counters
+    }
+
+    /// Whether session `key` is live.
+    pub fn has_session(&self, key: SessionKey) -> bool {
+        self.sessions().get(key).is_some()
     }
 
     /// Number of live sessions.
@@ -685,6 +745,10 @@ impl HubState {
                     join_leave: false,
                 },
             );
+            if self.shared.is_some() {
+                let name: Arc<str> = Arc::from(channel.as_str());
+                self.joined(state, &name, info, false);
+            }
         }
         results
     }
@@ -730,9 +794,7 @@ impl HubState {
         let Some(subscriber) = state.remove_subscriber(key) else {
             return;
         };
-        if state.join_leave_subscribers > 0 {
-            self.broadcast(state, channel, leave_push(channel, subscriber.info));
-        }
+        self.left(state, channel, subscriber.info);
         self.forget_if_idle(&mut shard, channel);
     }
 
@@ -761,6 +823,18 @@ impl HubState {
     /// A command of an open session; `token` is the verified token it carried (refresh,
     /// subscribe, sub_refresh), if any.
     pub fn command(&self, key: SessionKey, command: Command, token: Option<Verified>) {
+        self.command_prepared(key, command, token, None);
+    }
+
+    /// [`HubState::command`] with what a shared engine read for it beforehand (a subscribe's
+    /// stream position and history).
+    pub fn command_prepared(
+        &self,
+        key: SessionKey,
+        command: Command,
+        token: Option<Verified>,
+        prepared: Option<crate::engine::redis::StreamState>,
+    ) {
         let settings = self.settings();
         let (info, protobuf) = {
             let mut sessions = self.sessions();
@@ -781,7 +855,12 @@ impl HubState {
                 Some(Verified::Subscription(check)) => Some(check),
                 _ => None,
             };
-            let command = SubscribeCommand { id, request, token };
+            let command = SubscribeCommand {
+                id,
+                request,
+                token,
+                prepared,
+            };
             if let Err(code) = self.subscribe(&settings, key, command, info, protobuf) {
                 self.reply_error(key, id, code);
             }
@@ -887,7 +966,12 @@ impl HubState {
         info: ClientInfo,
         protobuf: bool,
     ) -> Result<(), ErrorCode> {
-        let SubscribeCommand { id, request, token } = command;
+        let SubscribeCommand {
+            id,
+            request,
+            token,
+            prepared,
+        } = command;
         let namespaces = &settings.namespaces;
         // A subscription token grants the subscription (and is required on `$` channels);
         // otherwise the namespace's permissions decide.
@@ -954,9 +1038,14 @@ impl HubState {
             ttl: ttl_of(token_expiry),
             ..Default::default()
         };
-        if request.recover
-            && let Some(publications) = channel.since(&request.epoch, request.offset)
-        {
+        let recovered = if !request.recover {
+            None
+        } else if self.shared.is_some() {
+            HubState::shared_recovery(channel, prepared.as_ref(), &request.epoch, request.offset)
+        } else {
+            channel.since(&request.epoch, request.offset)
+        };
+        if let Some(publications) = recovered {
             result.publications = publications;
             result.recovered = true;
         }
@@ -983,14 +1072,7 @@ impl HubState {
         }
         self.reply_with(settings, key, reply);
         self.membership(key, &request.channel, true, request.join_leave);
-        if channel.join_leave_subscribers > 0 {
-            let push = Push {
-                channel: request.channel.clone(),
-                join: Some(Join { info: Some(info) }),
-                ..Default::default()
-            };
-            self.broadcast(channel, &request.channel, push);
-        }
+        self.joined(channel, &name, &info, true);
         Ok(())
     }
 
@@ -1054,6 +1136,89 @@ impl HubState {
         self.publish_with(&self.settings(), channel, data, None, options)
     }
 
+    /// A publication that passed the checks every publish shares (name, namespace, data,
+    /// frame size), with the history size its channel keeps.
+    fn checked_publication(
+        settings: &Settings,
+        channel: &str,
+        data: Bytes,
+        info: Option<ClientInfo>,
+        tags: HashMap<String, String>,
+    ) -> Result<(Publication, usize), ErrorCode> {
+        let config = &settings.config;
+        validate_channel(channel, config.channel_max_length)?;
+        let namespace = settings.namespaces.resolve(channel)?;
+        let history_size = match namespace {
+            None => config.history_size,
+            Some(options) if history_enabled(options) => options.history_size,
+            Some(_) => 0,
+        };
+        check_data(&data, settings.binary(channel))?;
+        let publication = Publication {
+            data,
+            info,
+            tags,
+            ..Default::default()
+        };
+        // Offset not yet known: count its varint at the widest.
+        let push_len = publication.encoded_len() + channel.len() * 2 + 32;
+        if push_len > config.max_frame_bytes {
+            return Err(ErrorCode::LimitExceeded);
+        }
+        Ok((publication, history_size))
+    }
+
+    /// What a shared engine needs to publish: the checked publication, the history size
+    /// (0 with `skip_history`) and TTL.
+    pub fn shared_publication(
+        &self,
+        channel: &str,
+        data: Bytes,
+        info: Option<ClientInfo>,
+        options: PublishOptions,
+    ) -> Result<(Publication, usize, std::time::Duration), ErrorCode> {
+        let settings = self.settings();
+        let (publication, size) =
+            Self::checked_publication(&settings, channel, data, info, options.tags)?;
+        let size = if options.skip_history { 0 } else { size };
+        Ok((publication, size, settings.config.history_ttl))
+    }
+
+    /// The client-side checks of a publish, history or presence command of session `key`
+    /// (with a shared engine, before the engine runs it): the session's info on success.
+    pub fn client_check(
+        &self,
+        key: SessionKey,
+        channel: &str,
+        operation: Operation,
+    ) -> Result<ClientInfo, ErrorCode> {
+        let settings = self.settings();
+        let (info, protobuf) = {
+            let sessions = self.sessions();
+            let session = sessions.get(key).ok_or(ErrorCode::Internal)?;
+            if !session.usable {
+                return Err(ErrorCode::PermissionDenied);
+            }
+            (session.info(), session.protobuf)
+        };
+        self.client_access(&settings, key, &info, channel, operation)?;
+        if operation == Operation::History {
+            client_readable(&settings, protobuf, channel)?;
+        }
+        Ok(info)
+    }
+
+    /// Sends a reply (or an error) to session `key` (used once a shared engine answered).
+    pub fn answer(&self, key: SessionKey, id: u32, reply: Result<Reply, ErrorCode>) {
+        match reply {
+            Ok(mut reply) => {
+                reply.id = id;
+                self.reply(key, reply);
+            }
+            Err(code) => self.reply_error(key, id, code),
+        }
+    }
+
     /// Publishes after the shared checks (name, data, channel cap, frame size): next offset,
     /// history, one push per Link with subscribers, all under the channel's shard lock.
     fn publish_with(
@@ -1064,26 +1229,8 @@ impl HubState {
         info: Option<ClientInfo>,
         options: PublishOptions,
     ) -> Result<(u64, String), ErrorCode> {
-        let config = &settings.config;
-        validate_channel(channel, config.channel_max_length)?;
-        let namespace = settings.namespaces.resolve(channel)?;
-        let history_size = match namespace {
-            None => config.history_size,
-            Some(options) if history_enabled(options) => options.history_size,
-            Some(_) => 0,
-        };
-        check_data(&data, settings.binary(channel))?;
-        let mut publication = Publication {
-            data,
-            info,
-            tags: options.tags,
-            ..Default::default()
-        };
-        // Offset not yet known: count its varint at the widest.
-        let push_len = publication.encoded_len() + channel.len() * 2 + 32;
-        if push_len > config.max_frame_bytes {
-            return Err(ErrorCode::LimitExceeded);
-        }
+        let (mut publication, history_size) =
+            Self::checked_publication(settings, channel, data, info, options.tags)?;
         let position = {
             let mut shard = self.shard(channel);
             let name: Arc<str> = match shard.get_key_value(channel) {

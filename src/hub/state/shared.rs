@@ -1,0 +1,382 @@
+//! The hub's side of a shared engine (Redis): local channels mirror the engine's stream.
+//!
+//! With a shared engine a local [`Channel`] is this node's view of the stream: `epoch` and
+//! `top` are the last publication this node delivered (every publication arrives through the
+//! engine's pub/sub, the publisher's own included), `history` a local cache of the newest
+//! kept publications (bounded like the memory engine's history) that fills the gap between a
+//! history read and the commit of a recovering subscription. Invariant: a local subscriber
+//! was answered `offset = top` at its commit and then receives every later publication, in
+//! order; a gap or an epoch change in what arrives ends every local subscription with 2500
+//! ("insufficient state"), so SDKs recover from the engine's history.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Channel, HubState, UNSUBSCRIBE_INSUFFICIENT_STATE, lock};
+use crate::engine::redis::{Envelope, RedisEngine, StreamState};
+use crate::hub::counters::HubCounters;
+use crate::hub::namespace::history_enabled;
+use crate::linkproto::{SessionReply, upstream_frame};
+use crate::protocol::ErrorCode;
+use crate::protocol::client::{
+    ClientInfo, HistoryResult, Join, Leave, Publication, Push, Reply, Unsubscribe,
+};
+
+/// Presence and join/leave work queued for the engine, at most this many at once; beyond it
+/// events are dropped (a lost add is restored by the periodic presence refresh, a lost remove
+/// expires after `presence_ttl`).
+pub const SHARED_EVENT_QUEUE: usize = 65_536;
+
+/// Presence / join / leave work for the engine.
+#[derive(Debug, Clone)]
+pub enum SharedEvent {
+    /// A local subscriber was added: presence entry, and a join when `join`.
+    Added {
+        /// Channel.
+        channel: Arc<str>,
+        /// The subscriber.
+        info: ClientInfo,
+        /// Whether to publish a join.
+        join: bool,
+    },
+    /// A local subscriber left: presence entry removed, leave published.
+    Removed {
+        /// Channel.
+        channel: Arc<str>,
+        /// The subscriber.
+        info: ClientInfo,
+    },
+}
+
+/// A shared engine as the hub state holds it.
+#[derive(Debug)]
+pub struct Shared {
+    /// The engine.
+    pub engine: Arc<RedisEngine>,
+    /// Presence / join / leave work (bounded).
+    pub events: mpsc::Sender<SharedEvent>,
+}
+
+impl HubState {
+    /// The shared engine, when there is one.
+    pub fn engine(&self) -> Option<&Arc<RedisEngine>> {
+        self.shared.as_ref().map(|s| &s.engine)
+    }
+
+    pub(super) fn shared_event(&self, event: SharedEvent) {
+        if let Some(shared) = &self.shared
+            && shared.events.try_send(event).is_err()
+        {
+            HubCounters::bump(&self.counters.engine_events_dropped);
+        }
+    }
+
+    /// Marks a subscription under way on `channel` (creating the local channel, 106 at
+    /// `hub.max_channels`): the channel and its pub/sub stay until [`HubState::release_interest`].
+    pub fn mark_interest(&self, channel: &str) -> Result<(), ErrorCode> {
+        let settings = self.settings();
+        let mut shard = self.shard(channel);
+        let name: Arc<str> = match shard.get_key_value(channel) {
+            Some((name, _)) => name.clone(),
+            None => {
+                self.reserve_channel(&settings)?;
+                Arc::from(channel)
+            }
+        };
+        shard.entry(name).or_default().pending += 1;
+        Ok(())
+    }
+
+    /// Ends what [`HubState::mark_interest`] started.
+    pub fn release_interest(&self, channel: &str) {
+        let mut shard = self.shard(channel);
+        if let Some(state) = shard.get_mut(channel) {
+            state.pending = state.pending.saturating_sub(1);
+        }
+        self.forget_if_idle(&mut shard, channel);
+    }
+
+    /// Whether this node still needs the channel's pub/sub (local subscribers or
+    /// subscriptions under way).
+    pub fn channel_wanted(&self, channel: &str) -> bool {
+        self.shard(channel)
+            .get(channel)
+            .is_some_and(|c| !c.subscribers.is_empty() || c.pending > 0)
+    }
+
+    /// Sets the local channel's position from a read of the engine when no local subscriber
+    /// depends on it yet (publications delivered since the read are kept: the newer wins
+    /// within one epoch).
+    pub fn baseline(&self, channel: &str, stream: &StreamState) {
+        let mut shard = self.shard(channel);
+        let Some(state) = shard.get_mut(channel) else {
+            return;
+        };
+        if !state.subscribers.is_empty() {
+            return;
+        }
+        if state.epoch == stream.epoch && state.top >= stream.top {
+            return;
+        }
+        // The local cache no longer joins up with the stream: drop it.
+        state.epoch = stream.epoch.clone();
+        state.top = stream.top;
+        let mut ledger = self.ledger();
+        while state.pop_front(&mut ledger).is_some() {}
+    }
+
+    /// Recovery for a subscription with a shared engine: the local cache when it covers the
+    /// client's position, else the engine's history (read before the commit) completed by
+    /// the local cache up to `top`. `None` when the position cannot be recovered.
+    pub(super) fn shared_recovery(
+        state: &Channel,
+        stream: Option<&StreamState>,
+        epoch: &str,
+        offset: u64,
+    ) -> Option<Vec<Publication>> {
+        if epoch != state.epoch || offset > state.top {
+            return None;
+        }
+        if let Some(publications) = state.since(epoch, offset) {
+            return Some(publications);
+        }
+        let stream = stream?;
+        if stream.epoch != state.epoch || offset > stream.top {
+            return None;
+        }
+        let first_kept = stream
+            .publications
+            .first()
+            .map_or(stream.top + 1, |p| p.offset);
+        if offset + 1 < first_kept {
+            return None;
+        }
+        let mut publications: Vec<Publication> = stream
+            .publications
+            .iter()
+            .filter(|p| p.offset > offset && p.offset <= state.top)
+            .cloned()
+            .collect();
+        if stream.top < state.top {
+            let local_first = state
+                .history
+                .front()
+                .map_or(state.top + 1, |s| s.publication.offset);
+            if local_first > stream.top + 1 {
+                return None;
+            }
+            publications.extend(
+                state
+                    .history
+                    .iter()
+                    .filter(|s| s.publication.offset > stream.top)
+                    .map(|s| s.publication.clone()),
+            );
+        }
+        Some(publications)
+    }
+
+    /// Applies one pub/sub message of `channel` (ignored when this node has no local
+    /// channel): a publication in order is cached and pushed to local subscribers; an
+    /// earlier one is dropped; a gap or a new epoch ends local subscriptions with 2500; joins
+    /// and leaves reach local subscribers that asked for them.
+    pub fn deliver(&self, channel: &str, envelope: Envelope) {
+        let settings = self.settings();
+        let mut shard = self.shard(channel);
+        let Some(name) = shard.get_key_value(channel).map(|(n, _)| n.clone()) else {
+            return;
+        };
+        let Some(state) = shard.get_mut(channel) else {
+            return;
+        };
+        match envelope {
+            Envelope::Join(info) => {
+                if state.join_leave_subscribers > 0 {
+                    let push = Push {
+                        channel: channel.to_owned(),
+                        join: Some(Join { info: Some(info) }),
+                        ..Default::default()
+                    };
+                    self.broadcast(state, channel, push);
+                }
+            }
+            Envelope::Leave(info) => {
+                if state.join_leave_subscribers > 0 {
+                    let push = Push {
+                        channel: channel.to_owned(),
+                        leave: Some(Leave { info: Some(info) }),
+                        ..Default::default()
+                    };
+                    self.broadcast(state, channel, push);
+                }
+            }
+            Envelope::Publication {
+                epoch,
+                publication,
+                kept,
+            } => {
+                let offset = publication.offset;
+                if epoch == state.epoch && offset <= state.top {
+                    return;
+                }
+                let in_order = epoch == state.epoch && offset == state.top + 1;
+                if !in_order {
+                    let members: Vec<_> = state.subscribers.keys().copied().collect();
+                    state.epoch = epoch;
+                    state.top = offset;
+                    let mut ledger = self.ledger();
+                    while state.pop_front(&mut ledger).is_some() {}
+                    drop(ledger);
+                    if !members.is_empty() {
+                        drop(shard);
+                        tracing::debug!(channel, "engine: stream gap, subscribers recover");
+                        self.unsubscribe_insufficient(&name, members);
+                    }
+                    return;
+                }
+                state.top = offset;
+                let history_size = match settings.namespaces.resolve(channel) {
+                    Ok(None) => settings.config.history_size,
+                    Ok(Some(options)) if history_enabled(options) => options.history_size,
+                    _ => 0,
+                };
+                if kept && history_size > 0 {
+                    let mut ledger = self.ledger();
+                    ledger.store(&name, state, publication.clone(), Instant::now());
+                    while state.history.len() > history_size {
+                        state.pop_front(&mut ledger);
+                    }
+                }
+                let push = Push {
+                    channel: channel.to_owned(),
+                    r#pub: Some(publication),
+                    ..Default::default()
+                };
+                self.broadcast(state, channel, push);
+            }
+        }
+    }
+
+    /// Every local subscription of every channel ends with 2500 (after a pub/sub reconnect
+    /// or a lagging listener: publications may have been missed). Channel by channel, one
+    /// shard lock at a time.
+    pub fn resync_all(&self) {
+        for index in 0..self.shards.len() {
+            let channels: Vec<(Arc<str>, Vec<super::SessionKey>)> = {
+                let shard = lock(&self.shards[index]);
+                shard
+                    .iter()
+                    .filter(|(_, c)| !c.subscribers.is_empty())
+                    .map(|(n, c)| (n.clone(), c.subscribers.keys().copied().collect()))
+                    .collect()
+            };
+            for (name, members) in channels {
+                self.unsubscribe_insufficient(&name, members);
+            }
+        }
+    }
+
+    /// Ends the given local subscriptions of `name` with unsubscribe 2500.
+    pub(super) fn unsubscribe_insufficient(&self, name: &str, members: Vec<super::SessionKey>) {
+        for key in members {
+            let mut sessions = self.sessions();
+            let subscribed = sessions.get_mut(key).is_some_and(|s| {
+                s.sub_expiries.remove(name);
+                s.channels.remove(name)
+            });
+            if !subscribed {
+                continue;
+            }
+            drop(sessions);
+            self.membership(key, name, false, false);
+            self.emit_session(
+                key,
+                upstream_frame::Frame::Reply(SessionReply {
+                    session: key.1,
+                    reply: Some(Reply {
+                        push: Some(Push {
+                            channel: name.to_owned(),
+                            unsubscribe: Some(Unsubscribe {
+                                code: UNSUBSCRIBE_INSUFFICIENT_STATE,
+                                reason: "insufficient state".to_owned(),
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                }),
+            );
+            self.remove_subscriber(name, key);
+            HubCounters::bump(&self.counters.insufficient_state_unsubscribes);
+        }
+    }
+
+    /// Every local subscriber with its channel (for the presence refresh), one shard lock at
+    /// a time.
+    pub fn local_presence(&self) -> Vec<(Arc<str>, ClientInfo)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for (name, channel) in shard.iter() {
+                for subscriber in channel.subscribers.values() {
+                    all.push((name.clone(), subscriber.info.clone()));
+                }
+            }
+        }
+        all
+    }
+
+    /// Channels with local subscribers or subscriptions under way.
+    pub fn wanted_channels(&self) -> Vec<Arc<str>> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            all.extend(
+                shard
+                    .iter()
+                    .filter(|(_, c)| !c.subscribers.is_empty() || c.pending > 0)
+                    .map(|(n, _)| n.clone()),
+            );
+        }
+        all
+    }
+}
+
+/// A history reply from the engine's kept publications (oldest first): the memory engine's
+/// rules (`limit` > 0 at most that many, < 0 all, 0 none; `since` a position, 112 when gone;
+/// `reverse` newest first).
+pub fn history_reply(
+    stream: StreamState,
+    limit: i32,
+    since: Option<(&str, u64)>,
+    reverse: bool,
+) -> Result<HistoryResult, ErrorCode> {
+    let StreamState {
+        top,
+        epoch,
+        mut publications,
+    } = stream;
+    if let Some((since_epoch, offset)) = since {
+        let first_kept = publications.first().map_or(top + 1, |p| p.offset);
+        if since_epoch != epoch || offset > top || offset + 1 < first_kept {
+            return Err(ErrorCode::UnrecoverablePosition);
+        }
+        publications.retain(|p| p.offset > offset);
+    }
+    if reverse {
+        publications.reverse();
+    }
+    let limit = match limit {
+        0 => 0,
+        n if n < 0 => publications.len(),
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    publications.truncate(limit);
+    Ok(HistoryResult {
+        publications,
+        epoch,
+        offset: top,
+    })
+}

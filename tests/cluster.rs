@@ -38,10 +38,10 @@ const DISCOVERY: Duration = Duration::from_secs(10);
 /// Emulation outcomes counted by `/metrics`.
 const EMULATION_REQUESTS: &str = "sidewire_emulation_requests_total";
 
-fn replica_yaml(redis: &RedisServer, prefix: &str) -> String {
+fn replica_yaml(redis: &RedisServer, prefix: &str, extra: &str) -> String {
     format!(
         "http_stream: true\nsse: true\nallowed_origins: [\"{ALLOWED_ORIGIN}\"]\n\
-         engine:\n  type: redis\n  redis:\n    address: \"{}\"\n    prefix: \"{prefix}\"\n",
+         engine:\n  type: redis\n  redis:\n    address: \"{}\"\n    prefix: \"{prefix}\"\n{extra}",
         redis.url()
     )
 }
@@ -57,11 +57,16 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with("").await
+    }
+
+    /// Like `start`, with `extra` YAML in every replica's config.
+    async fn start_with(extra: &str) -> Cluster {
         let redis = RedisServer::start().await;
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         let mut replicas = Vec::new();
         for _ in 0..REPLICAS {
-            let server = Server::start(&replica_yaml(&redis, &prefix)).await;
+            let server = Server::start(&replica_yaml(&redis, &prefix, extra)).await;
             server.wait_ready(Duration::from_secs(10)).await;
             replicas.push(server);
         }
@@ -377,4 +382,40 @@ async fn redis_outage_fails_fast_and_recovers() {
             .await;
         assert!(reply.subscribe.is_some(), "{reply:?}");
     }
+}
+
+/// Routing is the sidecar's job: three sidecars relaying to one external `sidewire hub` over
+/// the Link route their POSTs through Redis the same way.
+#[tokio::test]
+async fn routing_works_with_an_external_upstream() {
+    let hub = support::Hub::start("").await;
+    let cluster =
+        Cluster::start_with(&format!("upstream:\n  endpoint: \"{}\"\n", hub.endpoint())).await;
+    let addr = cluster.balancer.addr;
+    let routed_before = outcome_total(&cluster.replicas, "routed").await;
+    let channel = unique_channel("external");
+    let mut stream = StreamClient::sse(addr, None).await;
+    let reply = stream.request(subscribe(&channel), 2).await;
+    assert!(reply.subscribe.is_some(), "{reply:?}");
+    let reply = stream
+        .request(publish(&channel, &json!({"via": "link"})), 3)
+        .await;
+    assert!(reply.publish.is_some(), "{reply:?}");
+    assert_eq!(
+        stream.expect_publication(&channel).await,
+        json!({"via": "link"})
+    );
+    support::api_ok(
+        hub.api_addr,
+        "publish",
+        &json!({"channel": channel, "data": {"via": "api"}}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        stream.expect_publication(&channel).await,
+        json!({"via": "api"})
+    );
+    let routed = outcome_total(&cluster.replicas, "routed").await;
+    assert!(routed > routed_before, "no POST was routed: {routed}");
 }

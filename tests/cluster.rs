@@ -419,3 +419,67 @@ async fn routing_works_with_an_external_upstream() {
     let routed = outcome_total(&cluster.replicas, "routed").await;
     assert!(routed > routed_before, "no POST was routed: {routed}");
 }
+
+/// A replica started while Redis is down is not ready, keeps trying, and joins (ready,
+/// routable both ways) when Redis appears: no restart.
+#[tokio::test]
+async fn a_replica_started_before_redis_joins_when_it_appears() {
+    let mut redis = RedisServer::start().await;
+    redis.stop();
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let early = Server::start(&replica_yaml(&redis, &prefix, "")).await;
+    let admin = early.admin_addr;
+    eventually(
+        Duration::from_secs(5),
+        "readiness reports the engine down",
+        || async move {
+            let (status, body) = http_get(admin, "/readyz").await;
+            status == 503 && body.contains(r#""engine_up":false"#)
+        },
+    )
+    .await;
+    redis.restart().await;
+    early.wait_ready(Duration::from_secs(15)).await;
+    let late = Server::start(&replica_yaml(&redis, &prefix, "")).await;
+    late.wait_ready(Duration::from_secs(10)).await;
+    let early_node = StreamClient::http_stream(early.client_addr, Encoding::Json, None)
+        .await
+        .node;
+    let mut stream = StreamClient::http_stream(late.client_addr, Encoding::Json, None).await;
+    eventually(
+        DISCOVERY,
+        "the early replica routes to the late one",
+        || {
+            let (addr, node) = (early.client_addr, stream.node.clone());
+            async move { probe(addr, &node).await == 204 }
+        },
+    )
+    .await;
+    eventually(
+        DISCOVERY,
+        "the late replica routes to the early one",
+        || {
+            let (addr, node) = (late.client_addr, early_node.clone());
+            async move { probe(addr, &node).await == 204 }
+        },
+    )
+    .await;
+    // A command for the late replica's session, POSTed to the early replica.
+    let channel = unique_channel("late");
+    let data = frame_commands(Encoding::Json, &[with_id(subscribe(&channel), 2)]);
+    let fetched = fetch(
+        early.client_addr,
+        emulation_request(
+            early.client_addr,
+            Encoding::Json,
+            &stream.node,
+            &stream.session,
+            &data,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(fetched.status, 204, "{}", fetched.text());
+    let reply = stream.expect_reply(2).await;
+    assert!(reply.subscribe.is_some(), "{reply:?}");
+}

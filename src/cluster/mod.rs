@@ -123,6 +123,26 @@ impl Cluster {
         node: Arc<str>,
         emulation: EmulationRegistry,
     ) -> Result<Arc<Cluster>, ConnectError> {
+        let (cluster, answer_queue) = Cluster::build(redis, node, emulation)?;
+        // A reconnection event also fires for the first connection, which `open` only
+        // started: listening now misses none.
+        let reconnects = cluster.redis.subscriber.reconnect_rx();
+        let messages = cluster.redis.subscriber.message_rx();
+        tokio::spawn(cluster.clone().subscribe_loop(reconnects));
+        tokio::spawn(cluster.clone().message_loop(messages));
+        tokio::spawn(cluster.clone().announce_loop());
+        tokio::spawn(cluster.clone().answer_loop(answer_queue));
+        tracing::info!(node = %cluster.node, prefix = %cluster.prefix, "cluster: emulation routing through redis");
+        Ok(cluster)
+    }
+
+    /// The router without its tasks, and the queue of answers to publish.
+    #[allow(clippy::type_complexity)]
+    fn build(
+        redis: &RedisConfig,
+        node: Arc<str>,
+        emulation: EmulationRegistry,
+    ) -> Result<(Arc<Cluster>, mpsc::Receiver<(Box<str>, Control)>), ConnectError> {
         let clients = RedisClients::open(redis)?;
         let (answers, answer_queue) = mpsc::channel(ANSWER_QUEUE);
         let cluster = Arc::new(Cluster {
@@ -143,16 +163,7 @@ impl Cluster {
             hello: AtomicBool::new(true),
             emulation,
         });
-        // A reconnection event also fires for the first connection, which `open` only
-        // started: listening now misses none.
-        let reconnects = cluster.redis.subscriber.reconnect_rx();
-        let messages = cluster.redis.subscriber.message_rx();
-        tokio::spawn(cluster.clone().subscribe_loop(reconnects));
-        tokio::spawn(cluster.clone().message_loop(messages));
-        tokio::spawn(cluster.clone().announce_loop());
-        tokio::spawn(cluster.clone().answer_loop(answer_queue));
-        tracing::info!(node = %cluster.node, prefix = %cluster.prefix, "cluster: emulation routing through redis");
-        Ok(cluster)
+        Ok((cluster, answer_queue))
     }
 
     /// Whether both Redis connections are up and the control channels are subscribed.
@@ -422,5 +433,127 @@ impl Cluster {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A router whose Redis is unreachable (nothing listens on port 1): routing decisions and
+    /// the owner side can be driven without Redis.
+    fn offline(
+        registry: &EmulationRegistry,
+    ) -> (Arc<Cluster>, mpsc::Receiver<(Box<str>, Control)>) {
+        let redis = RedisConfig {
+            address: "redis://127.0.0.1:1".into(),
+            ..RedisConfig::default()
+        };
+        Cluster::build(&redis, Arc::from("self"), registry.clone()).expect("config builds")
+    }
+
+    fn emulate(id: u64, session: &str, data: &'static [u8]) -> Control {
+        Control::Emulate {
+            id,
+            from: "origin".into(),
+            session: session.into(),
+            data: Bytes::from_static(data),
+        }
+    }
+
+    async fn answer(queue: &mut mpsc::Receiver<(Box<str>, Control)>) -> (Box<str>, u64, Outcome) {
+        match queue.recv().await {
+            Some((to, Control::Answer { id, outcome })) => (to, id, outcome),
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn routing_refuses_fast_without_redis_or_a_known_node() {
+        let registry = EmulationRegistry::default();
+        let (cluster, _answers) = offline(&registry);
+        assert!(!cluster.is_ready());
+        let route = |node: &'static str, session: &'static str| {
+            let cluster = cluster.clone();
+            async move { cluster.route(node, session, Bytes::new()).await }
+        };
+        assert_eq!(route("other", "s").await, Err(RouteError::UnknownNode));
+        assert_eq!(route("", "s").await, Err(RouteError::UnknownNode));
+        cluster.on_control(Control::Announce {
+            node: "other".into(),
+            hello: false,
+        });
+        assert!(cluster.knows("other"));
+        // Known node, but Redis is down: 500 at once, nothing left pending.
+        assert_eq!(route("other", "s").await, Err(RouteError::Unavailable));
+        assert!(cluster.pending().is_empty());
+        // No node can hold an empty session: 204 without a round trip.
+        assert_eq!(route("other", "").await, Ok(Outcome::UnknownSession));
+        // Its own announcements are not recorded.
+        cluster.on_control(Control::Announce {
+            node: "self".into(),
+            hello: true,
+        });
+        assert!(!cluster.knows("self"));
+    }
+
+    #[tokio::test]
+    async fn routed_requests_reach_the_session_in_order_and_are_answered() {
+        let registry = EmulationRegistry::default();
+        let (_guard, mut commands) = registry.register("s".into());
+        let (cluster, mut answers) = offline(&registry);
+        cluster.on_control(emulate(1, "s", b"first"));
+        cluster.on_control(emulate(2, "s", b"second"));
+        cluster.on_control(emulate(3, "gone", b"x"));
+        assert_eq!(
+            answer(&mut answers).await,
+            ("origin".into(), 1, Outcome::Delivered)
+        );
+        assert_eq!(
+            answer(&mut answers).await,
+            ("origin".into(), 2, Outcome::Delivered)
+        );
+        assert_eq!(
+            answer(&mut answers).await,
+            ("origin".into(), 3, Outcome::UnknownSession)
+        );
+        assert_eq!(commands.recv().await, Bytes::from_static(b"first"));
+        assert_eq!(commands.recv().await, Bytes::from_static(b"second"));
+        // An answer for a request nobody waits for is dropped quietly.
+        cluster.on_control(Control::Answer {
+            id: 99,
+            outcome: Outcome::Delivered,
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_session_is_answered_busy_and_waiting_deliveries_are_bounded() {
+        let registry = EmulationRegistry::default();
+        let (_guard, mut commands) = registry.register("s".into());
+        let (cluster, mut answers) = offline(&registry);
+        for id in 0..crate::session::emulation::EMULATION_QUEUE_FRAMES as u64 {
+            cluster.on_control(emulate(id, "s", b"fill"));
+            assert_eq!(answer(&mut answers).await.2, Outcome::Delivered);
+        }
+        // Full queue: the request waits (bounded) and is answered busy when time runs out.
+        cluster.on_control(emulate(100, "s", b"late"));
+        let (_, id, outcome) = answer(&mut answers).await;
+        assert_eq!((id, outcome), (100, Outcome::Busy));
+        // All waiting slots taken: the next one is answered busy at once.
+        let hold = cluster
+            .waiting
+            .clone()
+            .acquire_many_owned(MAX_WAITING_DELIVERIES as u32)
+            .await
+            .unwrap();
+        cluster.on_control(emulate(101, "s", b"refused"));
+        let (_, id, outcome) = answer(&mut answers).await;
+        assert_eq!((id, outcome), (101, Outcome::Busy));
+        drop(hold);
+        // A waiting request is delivered as soon as the session takes a frame.
+        cluster.on_control(emulate(102, "s", b"waits"));
+        assert_eq!(commands.recv().await, Bytes::from_static(b"fill"));
+        let (_, id, outcome) = answer(&mut answers).await;
+        assert_eq!((id, outcome), (102, Outcome::Delivered));
     }
 }

@@ -17,6 +17,7 @@ mod balancer;
 #[allow(dead_code)]
 mod client;
 #[path = "support/redis.rs"]
+#[allow(dead_code)]
 mod redis_server;
 
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 
 use balancer::Balancer;
 use client::*;
-use redis_server::RedisServer;
+use redis_server::{RedisCluster, RedisServer};
 use support::{Server, eventually, http_get, json_of, publish, rpc, subscribe, unique_channel};
 
 /// Replicas in every test.
@@ -38,17 +39,40 @@ const DISCOVERY: Duration = Duration::from_secs(10);
 /// Emulation outcomes counted by `/metrics`.
 const EMULATION_REQUESTS: &str = "sidewire_emulation_requests_total";
 
-fn replica_yaml(redis: &RedisServer, prefix: &str, extra: &str) -> String {
+/// The Redis the replicas share: one server, or a three-node Redis Cluster.
+enum Redis {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    /// The `engine.redis` line naming it.
+    fn address_line(&self) -> String {
+        match self {
+            Redis::Single(server) => format!("address: \"{}\"", server.url()),
+            Redis::Cluster(cluster) => format!("cluster_address: {}", cluster.addresses_yaml()),
+        }
+    }
+
+    fn single(&mut self) -> &mut RedisServer {
+        match self {
+            Redis::Single(server) => server,
+            Redis::Cluster(_) => panic!("a single Redis server was expected"),
+        }
+    }
+}
+
+fn replica_yaml(redis: &Redis, prefix: &str, extra: &str) -> String {
     format!(
         "http_stream: true\nsse: true\nallowed_origins: [\"{ALLOWED_ORIGIN}\"]\n\
-         engine:\n  type: redis\n  redis:\n    address: \"{}\"\n    prefix: \"{prefix}\"\n{extra}",
-        redis.url()
+         engine:\n  type: redis\n  redis:\n    {}\n    prefix: \"{prefix}\"\n{extra}",
+        redis.address_line()
     )
 }
 
 /// Redis, three ready replicas that know each other, and the balancer in front.
 struct Cluster {
-    redis: RedisServer,
+    redis: Redis,
     replicas: Vec<Server>,
     /// Node id of each replica (from a connect reply).
     nodes: Vec<String>,
@@ -62,7 +86,11 @@ impl Cluster {
 
     /// Like `start`, with `extra` YAML in every replica's config.
     async fn start_with(extra: &str) -> Cluster {
-        let redis = RedisServer::start().await;
+        Cluster::start_on(Redis::Single(RedisServer::start()), extra).await
+    }
+
+    /// Replicas on `redis`, with `extra` YAML in every replica's config.
+    async fn start_on(redis: Redis, extra: &str) -> Cluster {
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         let mut replicas = Vec::new();
         for _ in 0..REPLICAS {
@@ -339,7 +367,7 @@ async fn clients_of_a_killed_replica_reconnect_through_the_balancer() {
 async fn redis_outage_fails_fast_and_recovers() {
     let mut cluster = Cluster::start().await;
     let admin = cluster.replicas[0].admin_addr;
-    cluster.redis.stop();
+    cluster.redis.single().kill();
     eventually(
         Duration::from_secs(10),
         "readiness false without Redis",
@@ -362,7 +390,7 @@ async fn redis_outage_fails_fast_and_recovers() {
         started.elapsed()
     );
 
-    cluster.redis.restart().await;
+    cluster.redis.single().start_again();
     for server in &cluster.replicas {
         server.wait_ready(Duration::from_secs(15)).await;
     }
@@ -424,8 +452,8 @@ async fn routing_works_with_an_external_upstream() {
 /// routable both ways) when Redis appears: no restart.
 #[tokio::test]
 async fn a_replica_started_before_redis_joins_when_it_appears() {
-    let mut redis = RedisServer::start().await;
-    redis.stop();
+    let mut redis = Redis::Single(RedisServer::start());
+    redis.single().kill();
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let early = Server::start(&replica_yaml(&redis, &prefix, "")).await;
     let admin = early.admin_addr;
@@ -438,7 +466,7 @@ async fn a_replica_started_before_redis_joins_when_it_appears() {
         },
     )
     .await;
-    redis.restart().await;
+    redis.single().start_again();
     early.wait_ready(Duration::from_secs(15)).await;
     let late = Server::start(&replica_yaml(&redis, &prefix, "")).await;
     late.wait_ready(Duration::from_secs(10)).await;
@@ -482,4 +510,28 @@ async fn a_replica_started_before_redis_joins_when_it_appears() {
     assert_eq!(fetched.status, 204, "{}", fetched.text());
     let reply = stream.expect_reply(2).await;
     assert!(reply.subscribe.is_some(), "{reply:?}");
+}
+
+/// The same routing on a three-node Redis Cluster (the control channels are plain pub/sub,
+/// which a Redis Cluster forwards to every node).
+#[tokio::test]
+async fn routing_works_on_a_redis_cluster() {
+    let cluster = Cluster::start_on(Redis::Cluster(RedisCluster::start()), "").await;
+    let addr = cluster.balancer.addr;
+    let channel = unique_channel("redis-cluster");
+    let mut stream = StreamClient::http_stream(addr, Encoding::Protobuf, None).await;
+    let reply = stream.request(subscribe(&channel), 2).await;
+    assert!(reply.subscribe.is_some(), "{reply:?}");
+    for id in 3..9 {
+        let reply = stream
+            .request(publish(&channel, &json!({ "n": id })), id)
+            .await;
+        assert!(reply.publish.is_some(), "{reply:?}");
+        assert_eq!(
+            stream.expect_publication(&channel).await,
+            json!({ "n": id })
+        );
+    }
+    let routed = outcome_total(&cluster.replicas, "routed").await;
+    assert!(routed >= 4.0, "routed POSTs: {routed}");
 }

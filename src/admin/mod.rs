@@ -93,7 +93,11 @@ impl Admin {
             }
             "/metrics" => {
                 let counters = self.hub.as_ref().map(Hub::counters);
-                let text = self.edge.metrics.encode_with_hub(counters.as_deref());
+                let engine = self.hub.as_ref().and_then(Hub::engine);
+                let text = self
+                    .edge
+                    .metrics
+                    .encode_with_engine(counters.as_deref(), engine.as_deref());
                 let mut response = Response::new(full(text));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use wildmatch::WildMatch;
 
 use super::Hub;
+use super::control::ControlOp;
 use super::namespace::Operation;
 use super::policy::{validate_channel, validate_disconnect_code};
 use super::state::PublishOptions;
@@ -35,7 +36,7 @@ pub const MAX_BATCH_COMMANDS: usize = 1000;
 /// Most channels listed by the `channels` method (the hub holds at most `hub.max_channels`).
 pub const MAX_CHANNELS_LISTED: usize = 100_000;
 /// Node name reported by the `info` method.
-const NODE_NAME: &str = "sidewire";
+pub(crate) const NODE_NAME: &str = "sidewire";
 
 /// The methods served, in Centrifugo's naming.
 pub const METHODS: &[&str] = &[
@@ -396,14 +397,27 @@ async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError
             };
             checked_channel(hub, &b.channel)?;
             hub.with_state(|s| s.channel_available(&b.channel, Operation::Subscribe))?;
-            hub.server_subscribe(&b.target.user, client, &b.channel, data)
+            hub.server_subscribe(&b.target.user, client, &b.channel, data.clone())
                 .await?;
+            hub.broadcast_control(ControlOp::Subscribe {
+                user: b.target.user.clone(),
+                client: client.map(str::to_owned),
+                channel: b.channel.clone(),
+                data: String::from_utf8_lossy(&data).into_owned(),
+            })
+            .await?;
             Ok(json!({}))
         }
         "unsubscribe" => {
             let b: UnsubscribeBody = parse(params)?;
             let client = b.target.client()?;
             hub.with_state(|s| s.server_unsubscribe(&b.target.user, client, &b.channel))?;
+            hub.broadcast_control(ControlOp::Unsubscribe {
+                user: b.target.user.clone(),
+                client: client.map(str::to_owned),
+                channel: b.channel.clone(),
+            })
+            .await?;
             Ok(json!({}))
         }
         "disconnect" => {
@@ -419,6 +433,14 @@ async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError
             hub.with_state(|s| {
                 s.disconnect_user(&b.target.user, client, &b.whitelist, &disconnect)
             });
+            hub.broadcast_control(ControlOp::Disconnect {
+                user: b.target.user.clone(),
+                client: client.map(str::to_owned),
+                keep: b.whitelist.clone(),
+                code: disconnect.code,
+                reason: disconnect.reason.to_string(),
+            })
+            .await?;
             Ok(json!({}))
         }
         "refresh" => {
@@ -429,6 +451,13 @@ async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError
                 Some(at) => Some(u64::try_from(at).map_err(|_| ErrorCode::BadRequest)?),
             };
             hub.with_state(|s| s.refresh_sessions(&b.target.user, client, b.expired, expire_at));
+            hub.broadcast_control(ControlOp::Refresh {
+                user: b.target.user.clone(),
+                client: client.map(str::to_owned),
+                expired: b.expired,
+                expire_at,
+            })
+            .await?;
             Ok(json!({}))
         }
         "presence" => {
@@ -479,6 +508,10 @@ async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError
                 .map(|(name, clients)| (name, json!({ "num_clients": clients })))
                 .collect();
             Ok(json!({ "channels": channels }))
+        }
+        "info" if hub.engine().is_some() => {
+            let nodes = hub.nodes().await?;
+            Ok(json!({ "nodes": nodes }))
         }
         "info" => {
             let (counts, uid, uptime) =

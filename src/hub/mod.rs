@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod channel;
+pub mod control;
 pub mod counters;
 pub mod drain;
 pub mod grpc;

@@ -294,6 +294,24 @@ impl Hub {
         })
     }
 
+    /// Every live node's `info` entry (this node's first, read fresh).
+    pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, ErrorCode> {
+        let (uid, own) = self.with_state(|s| (s.node_uid().to_owned(), node_info(s)));
+        let mut nodes: Vec<serde_json::Value> =
+            vec![serde_json::from_slice(&own).map_err(|_| ErrorCode::Internal)?];
+        if let Some(engine) = self.engine() {
+            for info in engine.nodes().await? {
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&info) else {
+                    continue;
+                };
+                if value["uid"].as_str() != Some(uid.as_str()) {
+                    nodes.push(value);
+                }
+            }
+        }
+        Ok(nodes)
+    }
+
     /// Server-side subscribe (see [`HubState::server_subscribe`]); with a shared engine the
     /// channel's pub/sub and position are prepared first.
     pub async fn server_subscribe(
@@ -322,6 +340,12 @@ async fn listen(hub: Hub, engine: Arc<RedisEngine>, mut phase: PhaseWatch) {
     let subscriber = engine.clients().subscriber.clone();
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
+    let mut errors = subscriber.error_rx();
+    // Set when the pub/sub connection failed: the next (re)connect may have missed
+    // publications. The first connection of the process has nothing to repair.
+    let mut lost = false;
+    let control = engine.control_name();
+    resubscribe(&engine).await;
     let closing = lifecycle::closing(&mut phase);
     tokio::pin!(closing);
     loop {
@@ -330,6 +354,14 @@ async fn listen(hub: Hub, engine: Arc<RedisEngine>, mut phase: PhaseWatch) {
                 Ok(message) => {
                     engine.count_message();
                     let name: &str = &message.channel;
+                    if name == control {
+                        if let Some(bytes) = message.value.as_bytes() {
+                            let hub = hub.clone();
+                            let bytes = bytes.to_vec();
+                            tokio::spawn(async move { hub.apply_control(&bytes).await });
+                        }
+                        continue;
+                    }
                     let Some(channel) = engine.channel_of(name).map(str::to_owned) else {
                         continue;
                     };
@@ -345,13 +377,23 @@ async fn listen(hub: Hub, engine: Arc<RedisEngine>, mut phase: PhaseWatch) {
                 }
                 Err(RecvError::Closed) => break,
             },
+            error = errors.recv() => match error {
+                Err(RecvError::Closed) => break,
+                Ok((error, _)) => {
+                    tracing::warn!(%error, "engine: pub/sub connection lost");
+                    lost = true;
+                }
+                Err(RecvError::Lagged(_)) => lost = true,
+            },
             reconnect = reconnects.recv() => {
                 if matches!(reconnect, Err(RecvError::Closed)) {
                     break;
                 }
-                tracing::info!("engine: pub/sub reconnected, restoring subscriptions");
+                tracing::info!("engine: pub/sub connected, restoring subscriptions");
                 resubscribe(&engine).await;
-                hub.with_state(HubState::resync_all);
+                if std::mem::take(&mut lost) {
+                    hub.with_state(HubState::resync_all);
+                }
             }
             _ = &mut closing => break,
         }
@@ -424,6 +466,10 @@ async fn upkeep(hub: Hub, engine: Arc<RedisEngine>, mut phase: PhaseWatch) {
     loop {
         tokio::select! {
             _ = refresh.tick() => {
+                let (uid, info) = hub.with_state(|s| (s.node_uid().to_owned(), node_info(s)));
+                if let Err(error) = engine.announce(&uid, info, engine.presence_ttl()).await {
+                    tracing::debug!(%error, "engine: node announcement failed");
+                }
                 let entries = hub.with_state(HubState::local_presence);
                 for batch in entries.chunks(PRESENCE_BATCH) {
                     let writes = batch.iter().map(|(channel, info)| engine.presence_add(channel, info));
@@ -441,4 +487,20 @@ async fn upkeep(hub: Hub, engine: Arc<RedisEngine>, mut phase: PhaseWatch) {
             _ = &mut closing => break,
         }
     }
+}
+
+/// This node's entry of the `info` method, as JSON.
+pub(super) fn node_info(state: &HubState) -> bytes::Bytes {
+    let counts = state.node_counts();
+    let value = serde_json::json!({
+        "uid": state.node_uid(),
+        "name": super::api::NODE_NAME,
+        "version": crate::session::handle::SERVER_VERSION,
+        "num_clients": counts.num_clients,
+        "num_users": counts.num_users,
+        "num_channels": counts.num_channels,
+        "num_subs": counts.num_subs,
+        "uptime": state.uptime_secs(),
+    });
+    bytes::Bytes::from(value.to_string())
 }

@@ -483,6 +483,11 @@ impl HubState {
         &self.counters
     }
 
+    /// Whether `user` has a session here.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.sessions().users.contains_key(user)
+    }
+
     /// Whether session `key` is live.
     pub fn has_session(&self, key: SessionKey) -> bool {
         self.sessions().get(key).is_some()

@@ -1,113 +1,194 @@
-//! A throwaway `redis-server` on an ephemeral loopback port for the multi-replica tests
-//! (`--save '' --appendonly no`: nothing touches the disk). Killed on drop; `stop` and
-//! `restart` (same port) simulate an outage.
-#![allow(dead_code)]
+//! Real Redis for tests: a single `redis-server` on an ephemeral loopback port (no automatic
+//! persistence: `--save '' --appendonly no`; `restart` saves explicitly so history survives),
+//! and a 3-node Redis Cluster (`--cluster-enabled yes`, `redis-cli --cluster create`).
+//! A missing `redis-server` fails the test loudly: nothing is skipped.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
+/// Time allowed for Redis to answer PING after starting.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Time allowed for redis-server to answer PING after it is spawned.
-const REDIS_STARTUP: Duration = Duration::from_secs(10);
-
-/// A running redis-server.
-pub struct RedisServer {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    child: Option<Child>,
+fn require(binary: &str) {
+    let found = Command::new(binary)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{binary} is required by the Redis engine tests (apt-get install redis-server redis-tools)"
+    );
 }
 
-/// A free loopback port (bound then released; the tests run few enough servers for the race
-/// to be harmless).
+/// A free loopback port whose cluster bus port (+10000) is free too.
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local addr").port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Sends one inline command and returns the raw reply (for PING / SHUTDOWN / CLUSTER INFO).
+pub fn raw_command(port: u16, command: &str) -> Option<String> {
+    let address: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut buffer = vec![0u8; 8192];
+    let read = stream.read(&mut buffer).ok()?;
+    Some(String::from_utf8_lossy(&buffer[..read]).into_owned())
+}
+
+/// One `redis-server` process (killed on drop).
+pub struct RedisServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    cluster: bool,
 }
 
 impl RedisServer {
-    /// Starts redis-server on a free port and waits until it answers PING.
-    pub async fn start() -> RedisServer {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut server = RedisServer { addr, child: None };
-        server.spawn().await;
+    /// Starts a standalone Redis on a fresh port.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    fn start_with(cluster: bool) -> RedisServer {
+        require("redis-server");
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            cluster,
+        };
+        server.spawn();
         server
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.cluster {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]);
+        }
+        self.child = Some(command.spawn().expect("spawn redis-server"));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while raw_command(self.port, "PING").is_none_or(|r| !r.contains("PONG")) {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {} did not answer PING",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
+        format!("redis://127.0.0.1:{}", self.port)
     }
 
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.addr.port().to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("redis-server must be installed (.ci/run installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + REDIS_STARTUP;
-        loop {
-            if ping(self.addr).await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {} did not answer PING within {REDIS_STARTUP:?}",
-                self.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Kills the server (SIGKILL): every connection drops.
-    pub fn stop(&mut self) {
+    /// Stops Redis after saving its data (SHUTDOWN SAVE), waits for the exit.
+    pub fn stop_saving(&mut self) {
+        let _ = raw_command(self.port, "SHUTDOWN SAVE");
         if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + START_TIMEOUT;
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts the server again on the same port.
-    pub async fn restart(&mut self) {
-        self.stop();
-        self.spawn().await;
+    /// Starts Redis again on the same port with the saved data.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// Kills Redis (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
     }
 }
 
-/// Whether a server at `addr` answers `PING` with `+PONG` (bounded).
-pub async fn ping(addr: SocketAddr) -> bool {
-    let exchange = async {
-        let mut tcp = TcpStream::connect(addr).await.ok()?;
-        tcp.write_all(b"PING\r\n").await.ok()?;
-        let mut buffer = [0u8; 7];
-        tcp.read_exact(&mut buffer).await.ok()?;
-        Some(&buffer == b"+PONG\r\n")
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), exchange).await,
-        Ok(Some(true))
-    )
+/// A 3-master Redis Cluster (no replicas).
+pub struct RedisCluster {
+    /// The nodes.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled nodes and joins them; waits for `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        require("redis-cli");
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(true)).collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        for node in &nodes {
+            while raw_command(node.port, "CLUSTER INFO")
+                .is_none_or(|r| !r.contains("cluster_state:ok"))
+            {
+                assert!(Instant::now() < deadline, "cluster did not reach state ok");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The YAML list of seed addresses.
+    pub fn addresses_yaml(&self) -> String {
+        let list: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("'{}'", n.url()))
+            .collect();
+        format!("[{}]", list.join(", "))
+    }
 }

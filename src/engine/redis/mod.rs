@@ -42,6 +42,9 @@ pub enum EngineError {
     /// Redis refused or did not answer in time (the client gets error 100).
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    /// The connection is down: refused at once instead of waiting for a reconnect.
+    #[error("redis: not connected")]
+    Disconnected,
     /// Redis answered something this engine did not write.
     #[error("redis: unexpected reply: {0}")]
     Reply(&'static str),
@@ -179,8 +182,12 @@ impl RedisEngine {
     where
         F: std::future::Future<Output = Result<T, fred::error::Error>>,
     {
-        let started = Instant::now();
         self.counters.commands.fetch_add(1, Ordering::Relaxed);
+        if !self.clients.commands.is_connected() || !self.clients.subscriber.is_connected() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(EngineError::Disconnected);
+        }
+        let started = Instant::now();
         let result = future.await;
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.counters
@@ -401,6 +408,9 @@ impl RedisEngine {
         let _changing = self.changing.lock().await;
         self.counters.resyncs.fetch_add(1, Ordering::Relaxed);
         let all: Vec<String> = lock(&self.subscribed).iter().cloned().collect();
+        let subscriber = self.clients.subscriber.with_options(&self.clients.options);
+        self.measured(subscriber.subscribe(self.keys.control()))
+            .await?;
         let mut result = Ok(());
         for chunk in all.chunks(SUBSCRIBE_BATCH) {
             let names = chunk.iter().map(|c| self.keys.pubsub(c)).collect();
@@ -413,6 +423,52 @@ impl RedisEngine {
             self.resubscribing.store(false, Ordering::Release);
         }
         result
+    }
+
+    /// Name of the control pub/sub channel.
+    pub fn control_name(&self) -> String {
+        self.keys.control()
+    }
+
+    /// Publishes a control message to every node.
+    pub async fn publish_control(&self, message: Bytes) -> Result<(), EngineError> {
+        let client = self.clients.commands.with_options(&self.clients.options);
+        self.measured(client.publish::<(), _, _>(self.keys.control(), message))
+            .await
+    }
+
+    /// Subscribes the control channel (also restored by [`RedisEngine::resubscribe_all`]).
+    pub async fn subscribe_control(&self) -> Result<(), EngineError> {
+        let _changing = self.changing.lock().await;
+        let subscriber = self.clients.subscriber.with_options(&self.clients.options);
+        self.measured(subscriber.subscribe(self.keys.control()))
+            .await
+    }
+
+    /// Announces this node (its info JSON) for `ttl`.
+    pub async fn announce(&self, uid: &str, info: Bytes, ttl: Duration) -> Result<(), EngineError> {
+        let args: Vec<Value> = vec![
+            Value::from(uid),
+            Value::Bytes(info),
+            Value::from(i64::try_from(unix_now() + ttl.as_secs().max(1)).unwrap_or(i64::MAX)),
+            Value::from(ttl_secs(ttl * 2)),
+        ];
+        self.script(scripts::PRESENCE_ADD, self.keys.nodes(), args)
+            .await
+            .map(drop)
+    }
+
+    /// Info JSON of every live node.
+    pub async fn nodes(&self) -> Result<Vec<Bytes>, EngineError> {
+        let args: Vec<Value> = vec![Value::from(i64::try_from(unix_now()).unwrap_or(0))];
+        let reply = self
+            .script(scripts::PRESENCE_GET, self.keys.nodes(), args)
+            .await?;
+        Ok(reply
+            .into_array()
+            .chunks(2)
+            .filter_map(|pair| pair.get(1)?.as_bytes().map(Bytes::copy_from_slice))
+            .collect())
     }
 
     /// The sidewire channel a pub/sub channel name belongs to.

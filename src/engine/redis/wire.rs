@@ -53,6 +53,19 @@ impl Keys {
         ]
     }
 
+    /// The control pub/sub channel every node listens to.
+    pub fn control(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
+    /// Node announcements: hash (uid → info JSON) and expiry sorted set, one slot.
+    pub fn nodes(&self) -> Vec<String> {
+        vec![
+            format!("{}.nodes.data.{{nodes}}", self.prefix),
+            format!("{}.nodes.expire.{{nodes}}", self.prefix),
+        ]
+    }
+
     /// The sidewire channel of a pub/sub channel name.
     pub fn channel_of_pubsub<'a>(&self, name: &'a str) -> Option<&'a str> {
         name.strip_prefix(self.prefix.as_str())?

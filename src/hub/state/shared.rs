@@ -222,19 +222,14 @@ impl HubState {
                     return;
                 }
                 let in_order = epoch == state.epoch && offset == state.top + 1;
+                let mut stranded = Vec::new();
                 if !in_order {
-                    let members: Vec<_> = state.subscribers.keys().copied().collect();
+                    // A gap or a new epoch: the cache starts again from this publication,
+                    // and local subscribers recover.
+                    stranded = state.subscribers.keys().copied().collect();
                     state.epoch = epoch;
-                    state.top = offset;
                     let mut ledger = self.ledger();
                     while state.pop_front(&mut ledger).is_some() {}
-                    drop(ledger);
-                    if !members.is_empty() {
-                        drop(shard);
-                        tracing::debug!(channel, "engine: stream gap, subscribers recover");
-                        self.unsubscribe_insufficient(&name, members);
-                    }
-                    return;
                 }
                 state.top = offset;
                 let history_size = match settings.namespaces.resolve(channel) {
@@ -248,6 +243,12 @@ impl HubState {
                     while state.history.len() > history_size {
                         state.pop_front(&mut ledger);
                     }
+                }
+                if !stranded.is_empty() {
+                    drop(shard);
+                    tracing::debug!(channel, "engine: stream gap, subscribers recover");
+                    self.unsubscribe_insufficient(&name, stranded);
+                    return;
                 }
                 let push = Push {
                     channel: channel.to_owned(),
@@ -379,4 +380,95 @@ pub fn history_reply(
         epoch,
         offset: top,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::channel::Ledger;
+
+    fn publication(offset: u64) -> Publication {
+        Publication {
+            offset,
+            data: bytes::Bytes::from(format!("{{\"o\":{offset}}}")),
+            ..Default::default()
+        }
+    }
+
+    fn stream(top: u64, epoch: &str, kept: std::ops::RangeInclusive<u64>) -> StreamState {
+        StreamState {
+            top,
+            epoch: epoch.to_owned(),
+            publications: kept.map(publication).collect(),
+        }
+    }
+
+    fn offsets(publications: &[Publication]) -> Vec<u64> {
+        publications.iter().map(|p| p.offset).collect()
+    }
+
+    /// A local channel at `top` in epoch "e" caching `cached`.
+    fn local(top: u64, cached: std::ops::RangeInclusive<u64>, ledger: &mut Ledger) -> Channel {
+        let mut channel = Channel::new();
+        channel.epoch = "e".to_owned();
+        for offset in cached {
+            ledger.store(&Arc::from("c"), &mut channel, publication(offset), Instant::now());
+        }
+        channel.top = top;
+        channel
+    }
+
+    #[test]
+    fn recovery_joins_engine_history_and_the_local_cache() {
+        let mut ledger = Ledger::default();
+        // The engine read saw up to 8; the node has delivered up to 10 since (cached 9..=10).
+        let channel = local(10, 9..=10, &mut ledger);
+        let read = stream(8, "e", 1..=8);
+        let got = HubState::shared_recovery(&channel, Some(&read), "e", 5).expect("recovered");
+        assert_eq!(offsets(&got), vec![6, 7, 8, 9, 10]);
+        // A cache that does not join up with the read is refused (lost publications).
+        let channel = local(10, 10..=10, &mut ledger);
+        assert!(HubState::shared_recovery(&channel, Some(&read), "e", 5).is_none());
+    }
+
+    #[test]
+    fn recovery_stops_at_the_local_top_and_refuses_lost_positions() {
+        let mut ledger = Ledger::default();
+        // The read is ahead of what this node delivered: later ones arrive by pub/sub.
+        let channel = local(6, 7..=6, &mut ledger);
+        let read = stream(9, "e", 3..=9);
+        let got = HubState::shared_recovery(&channel, Some(&read), "e", 4).expect("recovered");
+        assert_eq!(offsets(&got), vec![5, 6]);
+        // Position trimmed away, another epoch, a future offset: not recoverable.
+        assert!(HubState::shared_recovery(&channel, Some(&read), "e", 1).is_none());
+        assert!(HubState::shared_recovery(&channel, Some(&read), "x", 4).is_none());
+        assert!(HubState::shared_recovery(&channel, Some(&read), "e", 7).is_none());
+        // Nothing missed: recovered with no publications.
+        let got = HubState::shared_recovery(&channel, Some(&read), "e", 6).expect("recovered");
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn history_reply_follows_the_memory_engine_rules() {
+        let read = || stream(10, "e", 6..=10);
+        let all = history_reply(read(), -1, None, false).expect("history");
+        assert_eq!(offsets(&all.publications), vec![6, 7, 8, 9, 10]);
+        assert_eq!((all.offset, all.epoch.as_str()), (10, "e"));
+        let newest = history_reply(read(), 2, None, true).expect("history");
+        assert_eq!(offsets(&newest.publications), vec![10, 9]);
+        let since = history_reply(read(), -1, Some(("e", 7)), false).expect("history");
+        assert_eq!(offsets(&since.publications), vec![8, 9, 10]);
+        assert_eq!(
+            history_reply(read(), -1, Some(("e", 2)), false),
+            Err(ErrorCode::UnrecoverablePosition)
+        );
+        assert_eq!(
+            history_reply(read(), -1, Some(("other", 8)), false),
+            Err(ErrorCode::UnrecoverablePosition)
+        );
+        assert!(history_reply(read(), 0, None, false)
+            .expect("history")
+            .publications
+            .is_empty());
+    }
 }

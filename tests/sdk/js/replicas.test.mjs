@@ -26,9 +26,6 @@ const REPLICAS = 3;
 const TEST_TIMEOUT_MS = 30000;
 const READY_TIMEOUT_MS = 15000;
 
-// Set to false once the hub's server-side disconnect/subscribe/unsubscribe cross replicas.
-const SERVER_SIDE_COMMANDS_TODO = 'needs cross-replica server-side commands in the Redis engine';
-
 const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
 
 /** Polls `check` every 50 ms until it resolves truthy, at most `ms`. */
@@ -321,11 +318,8 @@ describe('centrifuge-js through a round-robin balancer, three replicas on Redis'
           got.forEach((p, i) => assert.deepStrictEqual(codec.decodeJson(p.data), missed[i]));
         });
 
-      // Needs the Redis engine's cross-replica server-side commands (issue 10 item 2, the hub
-      // side, wip-engine): until the hub acts on a disconnect wherever the user's sessions
-      // are, this runs and is reported as TODO, not as passing.
       it('a server API disconnect on replica 0 reaches a client held by another replica, which recovers',
-        { timeout: TEST_TIMEOUT_MS, todo: SERVER_SIDE_COMMANDS_TODO }, async () => {
+        { timeout: TEST_TIMEOUT_MS }, async () => {
           await eventually(10000, 'no live session left on any replica', async () =>
             (await Promise.all(replicas.map(sessionsLive))).every((n) => n === 0));
           // A client whose session is not on replica 0 (round robin: at most a few tries).

@@ -47,6 +47,8 @@ pub const MAX_ROUTED_IN_FLIGHT: usize = 4_096;
 pub const MAX_WAITING_DELIVERIES: usize = 1_024;
 /// Answers queued for publishing; past it an answer is dropped (its POST times out).
 const ANSWER_QUEUE: usize = 4_096;
+/// Most answers published concurrently.
+const ANSWER_BATCH: usize = 64;
 /// Pause before retrying a failed subscribe.
 const SUBSCRIBE_RETRY: Duration = Duration::from_millis(500);
 /// Shortest gap between two announcements asked for by `hello`s (a burst of joining nodes
@@ -383,18 +385,24 @@ impl Cluster {
         }
     }
 
+    /// Publishes answers: whatever is queued goes out together (up to `ANSWER_BATCH` at once,
+    /// pipelined on the connection), so one slow round trip does not hold the others back.
     async fn answer_loop(self: Arc<Self>, mut queue: mpsc::Receiver<(Box<str>, Control)>) {
-        while let Some((to, answer)) = queue.recv().await {
-            let channel = self.channel_of(&to);
-            if let Err(error) = self
-                .redis
-                .commands
-                .with_options(&self.redis.options)
-                .publish::<i64, _, _>(channel, wire::encode(&answer))
-                .await
-            {
-                tracing::debug!(%error, "cluster: publishing an answer failed");
-            }
+        let mut batch = Vec::with_capacity(ANSWER_BATCH);
+        while queue.recv_many(&mut batch, ANSWER_BATCH).await > 0 {
+            let publishes = batch.drain(..).map(|(to, answer)| {
+                let channel = self.channel_of(&to);
+                let client = self.redis.commands.with_options(&self.redis.options);
+                async move {
+                    if let Err(error) = client
+                        .publish::<i64, _, _>(channel, wire::encode(&answer))
+                        .await
+                    {
+                        tracing::debug!(%error, "cluster: publishing an answer failed");
+                    }
+                }
+            });
+            futures_util::future::join_all(publishes).await;
         }
     }
 

@@ -535,3 +535,31 @@ async fn routing_works_on_a_redis_cluster() {
     let routed = outcome_total(&cluster.replicas, "routed").await;
     assert!(routed >= 4.0, "routed POSTs: {routed}");
 }
+
+/// The balancer itself: requests on one keep-alive client connection still go round robin
+/// (no affinity by connection), so the tests above really cross replicas.
+#[tokio::test]
+async fn the_balancer_spreads_requests_of_one_keep_alive_connection() {
+    let cluster = Cluster::start().await;
+    let addr = cluster.balancer.addr;
+    let mut conn = Conn::open(addr).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 * REPLICAS {
+        let fetched = conn
+            .fetch(request(addr, "GET", "/emulation", &[], Payload::Empty))
+            .await;
+        assert_eq!(fetched.status, 405, "{}", fetched.text());
+        seen.push(
+            fetched
+                .header("x-balancer-replica")
+                .expect("the balancer names the replica"),
+        );
+    }
+    let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), REPLICAS, "{seen:?}");
+    assert_eq!(
+        seen[..REPLICAS],
+        seen[REPLICAS..],
+        "not round robin: {seen:?}"
+    );
+}

@@ -192,6 +192,7 @@ impl Runtime {
             restart_required.push("max_connections_per_ip");
         }
         if config.engine != old.config.engine {
+            // The hub's engine and its Redis connections are made once, at start.
             restart_required.push("engine");
         }
         let backend = if config.backend == old.config.backend {

@@ -4,9 +4,9 @@
 //! restart under load loses nothing for clients that recover, and readiness is false while
 //! Redis is away.
 
-mod support;
 #[path = "support/redis.rs"]
 mod redis_support;
+mod support;
 
 use std::time::Duration;
 
@@ -20,12 +20,16 @@ const SECRET: &str = "engine-test-secret";
 
 fn replica_yaml(redis_lines: &str) -> String {
     let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    replica_yaml_with(redis_lines, &prefix, "")
+}
+
+fn replica_yaml_with(redis_lines: &str, prefix: &str, hub_extra: &str) -> String {
     format!(
         "engine:\n  type: redis\n  redis:\n    prefix: \"{prefix}\"\n    presence_ttl: 2s\n    \
          io_timeout: 1s\n{redis_lines}\n{}",
         hub_section(&format!(
             "api_key: \"{KEY}\"\ntoken_hmac_secret: \"{SECRET}\"\nhistory_size: 1000\n\
-             history_ttl: 300s"
+             history_ttl: 300s\n{hub_extra}"
         ))
     )
 }
@@ -61,9 +65,11 @@ async fn offsets_until(client: &mut WsClient, channel: &str, last: u64) -> Vec<u
     let mut seen = Vec::new();
     while seen.last() != Some(&last) {
         let push = client
-            .expect_push(&format!("publication on {channel} up to {last}"), WAIT, |p| {
-                p.channel == channel && p.r#pub.is_some()
-            })
+            .expect_push(
+                &format!("publication on {channel} up to {last}"),
+                WAIT,
+                |p| p.channel == channel && p.r#pub.is_some(),
+            )
             .await;
         seen.push(push.r#pub.map(|p| p.offset).unwrap_or_default());
     }
@@ -95,7 +101,8 @@ async fn replicas_share_publications_history_presence_and_join_leave() {
     let channel = unique_channel("shared");
 
     let mut a = r1.ws(WsOptions::json()).await;
-    a.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600))).await;
+    a.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
     subscribed(
         &mut a,
         SubscribeRequest {
@@ -106,7 +113,9 @@ async fn replicas_share_publications_history_presence_and_join_leave() {
     )
     .await;
     let mut b = r2.ws(WsOptions::json()).await;
-    let b_id = b.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600))).await;
+    let b_id = b
+        .handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
     subscribed(
         &mut b,
         SubscribeRequest {
@@ -131,7 +140,12 @@ async fn replicas_share_publications_history_presence_and_join_leave() {
     let mut epoch = String::new();
     for i in 0..20u64 {
         let server = if i % 2 == 0 { r1 } else { r2 };
-        let result = call(server, "publish", json!({ "channel": channel, "data": { "i": i } })).await;
+        let result = call(
+            server,
+            "publish",
+            json!({ "channel": channel, "data": { "i": i } }),
+        )
+        .await;
         assert_eq!(result["offset"].as_u64(), Some(i + 1), "{result}");
         epoch = result["epoch"].as_str().unwrap_or_default().to_owned();
     }
@@ -159,7 +173,9 @@ async fn replicas_share_publications_history_presence_and_join_leave() {
 
     // Recovery on the other replica from a position in the middle.
     let mut c = r2.ws(WsOptions::json()).await;
-    let c_id = c.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600))).await;
+    let c_id = c
+        .handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
     let recovered = subscribed(
         &mut c,
         SubscribeRequest {
@@ -180,7 +196,9 @@ async fn replicas_share_publications_history_presence_and_join_leave() {
 
     // Join and leave of a client on replica 1 reach the join_leave subscriber on replica 2.
     let mut d = r1.ws(WsOptions::json()).await;
-    let d_id = d.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600))).await;
+    let d_id = d
+        .handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
     subscribed(
         &mut d,
         SubscribeRequest {
@@ -221,11 +239,27 @@ async fn a_killed_replica_presence_expires() {
     let mut servers = replicas(2, &single(&redis)).await;
     let channel = unique_channel("kill");
     let mut a = servers[0].ws(WsOptions::json()).await;
-    a.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600))).await;
-    subscribed(&mut a, SubscribeRequest { channel: channel.clone(), ..Default::default() }).await;
+    a.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
+    subscribed(
+        &mut a,
+        SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut b = servers[1].ws(WsOptions::json()).await;
-    b.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600))).await;
-    subscribed(&mut b, SubscribeRequest { channel: channel.clone(), ..Default::default() }).await;
+    b.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
+    subscribed(
+        &mut b,
+        SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
     let r1 = &servers[0];
     eventually(Duration::from_secs(5), "presence of both replicas", || {
         let channel = channel.clone();
@@ -235,10 +269,14 @@ async fn a_killed_replica_presence_expires() {
     servers[1].kill();
     let r1 = &servers[0];
     // presence_ttl is 2s: the dead replica's entry is gone soon after, never refreshed.
-    eventually(Duration::from_secs(10), "dead replica's presence expired", || {
-        let channel = channel.clone();
-        async move { presence_count(r1, &channel).await == 1 }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "dead replica's presence expired",
+        || {
+            let channel = channel.clone();
+            async move { presence_count(r1, &channel).await == 1 }
+        },
+    )
     .await;
     // The survivor's own entry is refreshed past the TTL.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -252,7 +290,8 @@ async fn redis_restart_under_load_loses_nothing_for_recovering_clients() {
     let channel = unique_channel("restart");
     let publisher_admin = servers[0].admin_addr;
     let mut sub = servers[1].ws(WsOptions::json()).await;
-    sub.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600))).await;
+    sub.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
     let first = subscribed(
         &mut sub,
         SubscribeRequest {
@@ -309,9 +348,16 @@ async fn redis_restart_under_load_loses_nothing_for_recovering_clients() {
         redis
     });
     let r1 = &servers[0];
-    eventually(Duration::from_secs(10), "readyz false while Redis is down", || async move {
-        matches!(try_http(r1.admin_addr, "GET", "/readyz", &[], None).await, Ok((503, _)))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "readyz false while Redis is down",
+        || async move {
+            matches!(
+                try_http(r1.admin_addr, "GET", "/readyz", &[], None).await,
+                Ok((503, _))
+            )
+        },
+    )
     .await;
     let mut redis = stopper.join().expect("stop redis");
     // Keep reading during the outage (what arrives before the connection drops).
@@ -384,7 +430,10 @@ async fn redis_restart_under_load_loses_nothing_for_recovering_clients() {
         }
     }
     let (accepted, failed) = outcome.expect("publisher result");
-    assert!(resubscribed >= 1, "no insufficient-state unsubscribe after the restart");
+    assert!(
+        resubscribed >= 1,
+        "no insufficient-state unsubscribe after the restart"
+    );
     let missing: Vec<u64> = accepted
         .iter()
         .filter(|s| !received.contains(s))
@@ -410,21 +459,32 @@ async fn cluster_replicas_share_publications_and_history() {
     // Several channels, so several slots (and nodes) are involved.
     let channels: Vec<String> = (0..4).map(|i| unique_channel(&format!("c{i}"))).collect();
     let mut a = r1.ws(WsOptions::json()).await;
-    a.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600))).await;
+    a.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
     let mut b = r2.ws(WsOptions::json()).await;
-    b.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600))).await;
+    b.handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
     for channel in &channels {
         for client in [&mut a, &mut b] {
-            subscribed(client, SubscribeRequest { channel: channel.clone(), ..Default::default() })
-                .await;
+            subscribed(
+                client,
+                SubscribeRequest {
+                    channel: channel.clone(),
+                    ..Default::default()
+                },
+            )
+            .await;
         }
     }
     for round in 0..5u64 {
         for channel in &channels {
             let server = if round % 2 == 0 { r1 } else { r2 };
-            let result =
-                call(server, "publish", json!({ "channel": channel, "data": { "r": round } }))
-                    .await;
+            let result = call(
+                server,
+                "publish",
+                json!({ "channel": channel, "data": { "r": round } }),
+            )
+            .await;
             assert_eq!(result["offset"].as_u64(), Some(round + 1));
         }
     }
@@ -433,7 +493,11 @@ async fn cluster_replicas_share_publications_and_history() {
         assert_eq!(offsets_until(&mut a, channel, 5).await, expected);
         assert_eq!(offsets_until(&mut b, channel, 5).await, expected);
         let history = call(r2, "history", json!({ "channel": channel, "limit": -1 })).await;
-        assert_eq!(history["publications"].as_array().map(Vec::len), Some(5), "{history}");
+        assert_eq!(
+            history["publications"].as_array().map(Vec::len),
+            Some(5),
+            "{history}"
+        );
     }
     eventually(Duration::from_secs(5), "presence on the cluster", || {
         let channel = channels[0].clone();
@@ -453,17 +517,32 @@ async fn server_api_acts_on_every_replica() {
     alice.handshake_with(connect_token(&token)).await;
 
     // Server-side subscribe through replica 1 reaches alice's session on replica 2.
-    call(r1, "subscribe", json!({ "user": "alice", "channel": channel })).await;
+    call(
+        r1,
+        "subscribe",
+        json!({ "user": "alice", "channel": channel }),
+    )
+    .await;
     alice
         .expect_push("server-side subscribe", WAIT, |p| {
             p.channel == channel && p.subscribe.is_some()
         })
         .await;
-    call(r1, "publish", json!({ "channel": channel, "data": {"x": 1} })).await;
+    call(
+        r1,
+        "publish",
+        json!({ "channel": channel, "data": {"x": 1} }),
+    )
+    .await;
     alice.expect_publication(&channel, 1).await;
 
     // Unsubscribe through replica 1.
-    call(r1, "unsubscribe", json!({ "user": "alice", "channel": channel })).await;
+    call(
+        r1,
+        "unsubscribe",
+        json!({ "user": "alice", "channel": channel }),
+    )
+    .await;
     alice
         .expect_push("server-side unsubscribe", WAIT, |p| {
             p.channel == channel && p.unsubscribe.as_ref().is_some_and(|u| u.code == 2000)
@@ -472,11 +551,15 @@ async fn server_api_acts_on_every_replica() {
 
     // info lists both nodes.
     let info = call(r1, "info", json!({})).await;
-    eventually(Duration::from_secs(5), "info lists two nodes", || async move {
-        call(r1, "info", json!({})).await["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 2)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "info lists two nodes",
+        || async move {
+            call(r1, "info", json!({})).await["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2)
+        },
+    )
     .await;
     assert!(info["nodes"][0]["uid"].is_string(), "{info}");
 
@@ -489,4 +572,56 @@ async fn server_api_acts_on_every_replica() {
     .await;
     let (code, reason) = alice.expect_close(WAIT).await;
     assert_eq!((code, reason.as_str()), (4321, "bye"));
+}
+
+/// Pub/sub channels Redis has subscribers for under `prefix`.
+fn pubsub_channels(redis: &RedisServer, prefix: &str) -> usize {
+    redis_support::raw_command(redis.port, &format!("PUBSUB CHANNELS {prefix}.pub.*"))
+        .map(|reply| reply.lines().filter(|l| l.starts_with('$')).count())
+        .unwrap_or(usize::MAX)
+}
+
+#[tokio::test]
+async fn a_client_cannot_make_a_node_listen_beyond_its_limits() {
+    let redis = RedisServer::start();
+    let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let server = Server::start(&replica_yaml_with(
+        &single(&redis),
+        &prefix,
+        "max_channels: 2",
+    ))
+    .await;
+    server.wait_ready(Duration::from_secs(10)).await;
+    let mut client = server.ws(WsOptions::json()).await;
+    client
+        .handshake_with(connect_token(&hs256_token(SECRET, "user", 3600)))
+        .await;
+    let channels: Vec<String> = (0..3).map(|i| unique_channel(&format!("h{i}"))).collect();
+    for channel in &channels[..2] {
+        subscribed(
+            &mut client,
+            SubscribeRequest {
+                channel: channel.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    // The third channel is over hub.max_channels: refused before any Redis subscription.
+    let reply = client.request(subscribe(&channels[2])).await;
+    assert_eq!(reply.error.map(|e| e.code), Some(106), "third subscribe");
+    assert_eq!(pubsub_channels(&redis, &prefix), 2);
+    // Leaving the channels lets the node stop listening to them.
+    for channel in &channels[..2] {
+        let reply = client.request(unsubscribe(channel)).await;
+        assert_eq!(reply.error, None);
+    }
+    let redis = &redis;
+    let prefix = prefix.as_str();
+    eventually(
+        Duration::from_secs(10),
+        "pub/sub unsubscribed",
+        || async move { pubsub_channels(redis, prefix) == 0 },
+    )
+    .await;
 }

@@ -355,9 +355,10 @@ fn register_engine(
     engine: Option<&RedisEngine>,
     engine_events_dropped: u64,
 ) {
-    let read = |pick: fn(&crate::engine::redis::EngineCounters) -> &std::sync::atomic::AtomicU64| {
-        engine.map_or(0, |e| HubCounters::read(pick(e.counters())))
-    };
+    let read =
+        |pick: fn(&crate::engine::redis::EngineCounters) -> &std::sync::atomic::AtomicU64| {
+            engine.map_or(0, |e| HubCounters::read(pick(e.counters())))
+        };
     registry.register(
         "engine_commands",
         "Commands sent to the shared engine (Redis)",

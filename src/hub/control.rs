@@ -80,7 +80,8 @@ impl Hub {
         };
         let node = self.with_state(|s| s.node_uid().to_owned());
         let message = ControlMessage { node, op };
-        let bytes = serde_json::to_vec(&message).map_err(|_| crate::protocol::ErrorCode::Internal)?;
+        let bytes =
+            serde_json::to_vec(&message).map_err(|_| crate::protocol::ErrorCode::Internal)?;
         engine.publish_control(Bytes::from(bytes)).await?;
         Ok(())
     }
@@ -103,14 +104,17 @@ impl Hub {
                 reason,
             } => {
                 let disconnect = Disconnect::new(code, reason);
-                self.with_state(|s| s.disconnect_user(&user, client.as_deref(), &keep, &disconnect));
+                self.with_state(|s| {
+                    s.disconnect_user(&user, client.as_deref(), &keep, &disconnect)
+                });
             }
             ControlOp::Unsubscribe {
                 user,
                 client,
                 channel,
             } => {
-                let _ = self.with_state(|s| s.server_unsubscribe(&user, client.as_deref(), &channel));
+                let _ =
+                    self.with_state(|s| s.server_unsubscribe(&user, client.as_deref(), &channel));
             }
             ControlOp::Subscribe {
                 user,
@@ -132,7 +136,9 @@ impl Hub {
                 expired,
                 expire_at,
             } => {
-                self.with_state(|s| s.refresh_sessions(&user, client.as_deref(), expired, expire_at));
+                self.with_state(|s| {
+                    s.refresh_sessions(&user, client.as_deref(), expired, expire_at)
+                });
             }
         }
     }
@@ -156,6 +162,8 @@ mod tests {
         assert!(text.contains("\"op\":\"unsubscribe\""), "{text}");
         let back: ControlMessage = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, message);
-        assert!(serde_json::from_str::<ControlMessage>("{\"node\":\"x\",\"op\":\"boom\"}").is_err());
+        assert!(
+            serde_json::from_str::<ControlMessage>("{\"node\":\"x\",\"op\":\"boom\"}").is_err()
+        );
     }
 }

@@ -165,6 +165,7 @@ impl Hub {
         let engine = self.engine();
         tokio::spawn(async move {
             let mut inbound = inbound;
+            let mut lanes = engine.map(|engine| shared::Lanes::start(&hub, engine, link));
             loop {
                 let frame = tokio::select! {
                     frame = inbound.next() => frame,
@@ -174,10 +175,13 @@ impl Hub {
                 if queue.is_dead() {
                     break;
                 }
-                match &engine {
+                match &mut lanes {
                     None => hub.apply(link, frame),
-                    Some(engine) => hub.apply_shared(engine, link, frame).await,
+                    Some(lanes) => lanes.send(frame).await,
                 }
+            }
+            if let Some(lanes) = lanes {
+                lanes.finish().await;
             }
             hub.remove_link(link);
             tracing::info!(link, "hub: link closed");

@@ -6,10 +6,11 @@
 //! - the event worker writes presence entries and joins / leaves (bounded queue, in order);
 //! - the upkeep refreshes this node's presence entries every third of `presence_ttl` and
 //!   unsubscribes the pub/sub of channels without local subscribers;
-//! - a Link's frames are applied one after the other: a command that needs the engine
-//!   (subscribe, publish, history, presence) is awaited before the next frame, so each
-//!   session's commands keep their order (an engine that is down answers at once with
-//!   error 100: commands are sent fail-fast, bounded by `io_timeout`).
+//! - a Link's frames go to [`Lanes`] by session: within a lane frames are applied one after
+//!   the other and a command that needs the engine (subscribe, publish, history, presence)
+//!   is awaited before the next, so each session's commands keep their order (an engine that
+//!   is down answers at once with error 100: commands are sent fail-fast, bounded by
+//!   `io_timeout`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,60 @@ const EVENT_CONCURRENCY: usize = 64;
 const SWEEP_PERIOD: Duration = Duration::from_secs(2);
 /// Presence entries refreshed per batch.
 const PRESENCE_BATCH: usize = 256;
+
+/// Lanes of a Link's frames with a shared engine: frames of one session always take the same
+/// lane and are applied one after the other (so its commands keep their order while engine
+/// commands are awaited); sessions on different lanes proceed side by side.
+const LINK_LANES: usize = 16;
+/// Frames queued per lane; a full lane holds the Link's reader back (backpressure).
+const LANE_FRAMES: usize = 64;
+
+/// The lanes of one Link.
+pub(super) struct Lanes {
+    senders: Vec<mpsc::Sender<SidecarFrame>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Lanes {
+    /// Starts the lanes of `link`.
+    pub(super) fn start(hub: &Hub, engine: Arc<RedisEngine>, link: u64) -> Lanes {
+        let mut senders = Vec::with_capacity(LINK_LANES);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..LINK_LANES {
+            let (sender, mut receiver) = mpsc::channel::<SidecarFrame>(LANE_FRAMES);
+            let hub = hub.clone();
+            let engine = engine.clone();
+            tasks.spawn(async move {
+                while let Some(frame) = receiver.recv().await {
+                    hub.apply_shared(&engine, link, frame).await;
+                }
+            });
+            senders.push(sender);
+        }
+        Lanes { senders, tasks }
+    }
+
+    /// Queues a frame on its session's lane (waits while that lane is full).
+    pub(super) async fn send(&mut self, frame: SidecarFrame) {
+        let session = match &frame.frame {
+            Some(sidecar_frame::Frame::Open(open)) => open.session,
+            Some(sidecar_frame::Frame::Command(command)) => command.session,
+            Some(sidecar_frame::Frame::Close(close)) => close.session,
+            _ => 0,
+        };
+        let lane = usize::try_from(session % LINK_LANES as u64).unwrap_or(0);
+        if let Some(sender) = self.senders.get(lane) {
+            // A lane ends only with the Link; nothing to do with the frame then.
+            let _ = sender.send(frame).await;
+        }
+    }
+
+    /// Lets the lanes apply what they hold, then ends them.
+    pub(super) async fn finish(mut self) {
+        self.senders.clear();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
 
 /// Keeps a channel (and its pub/sub) alive while a subscription is under way.
 pub(super) struct Interest {
@@ -88,15 +143,14 @@ impl Hub {
         Ok((interest, stream))
     }
 
-    /// Applies one Link frame with a shared engine (see the module doc).
+    /// Applies one Link frame with a shared engine (see the module doc and [`Lanes`]).
     pub(super) async fn apply_shared(&self, engine: &RedisEngine, link: u64, frame: SidecarFrame) {
         match frame.frame {
             Some(sidecar_frame::Frame::Open(open)) => self.open_shared(engine, link, open).await,
             Some(sidecar_frame::Frame::Command(command)) => {
                 let key = (link, command.session);
-                match command.command {
-                    Some(inner) => self.command_shared(engine, key, inner).await,
-                    None => {}
+                if let Some(inner) = command.command {
+                    self.command_shared(engine, key, inner).await;
                 }
             }
             other => self.apply(link, SidecarFrame { frame: other }),
@@ -133,6 +187,10 @@ impl Hub {
 
     async fn command_shared(&self, engine: &RedisEngine, key: (u64, u64), command: Command) {
         let token = self.with_state(|state| super::verify_command_token(state, &command));
+        if !self.with_state(|s| s.session_usable(key)) {
+            // Unknown or refused sessions: the in-process path answers (disconnect 3501).
+            return self.with_state(|s| s.command(key, command, token));
+        }
         let id = command.id;
         if let Some(request) = &command.subscribe {
             let max = self.config().channel_max_length;
@@ -381,9 +439,13 @@ async fn listen(hub: Hub, engine: Arc<RedisEngine>, mut phase: PhaseWatch) {
                 Err(RecvError::Closed) => break,
                 Ok((error, _)) => {
                     tracing::warn!(%error, "engine: pub/sub connection lost");
+                    engine.mark_lost();
                     lost = true;
                 }
-                Err(RecvError::Lagged(_)) => lost = true,
+                Err(RecvError::Lagged(_)) => {
+                    engine.mark_lost();
+                    lost = true;
+                }
             },
             reconnect = reconnects.recv() => {
                 if matches!(reconnect, Err(RecvError::Closed)) {
@@ -431,9 +493,15 @@ async fn work_events(
                         }
                         added
                     }
-                    SharedEvent::Removed { channel, info } => {
+                    SharedEvent::Removed {
+                        channel,
+                        info,
+                        leave,
+                    } => {
                         let removed = engine.presence_remove(channel, &info.client).await;
-                        let _ = engine.publish_presence_event(channel, false, info).await;
+                        if *leave {
+                            let _ = engine.publish_presence_event(channel, false, info).await;
+                        }
                         removed
                     }
                 };

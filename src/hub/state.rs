@@ -318,7 +318,7 @@ impl HubState {
             return self.shared_event(SharedEvent::Added {
                 channel: channel.clone(),
                 info: info.clone(),
-                join,
+                join: join && self.join_leave_possible(channel),
             });
         }
         if join && state.join_leave_subscribers > 0 {
@@ -333,12 +333,24 @@ impl HubState {
         }
     }
 
+    /// Whether any subscriber of `channel` may receive joins and leaves: its namespace
+    /// allows them (or forces them), or no namespace applies (clients ask). Only then does a
+    /// shared engine carry them.
+    fn join_leave_possible(&self, channel: &str) -> bool {
+        match self.settings().namespaces.resolve(channel) {
+            Ok(None) => true,
+            Ok(Some(options)) => options.join_leave || options.force_push_join_leave,
+            Err(_) => false,
+        }
+    }
+
     /// A subscriber left `channel` (see [`HubState::joined`]).
     fn left(&self, state: &Channel, channel: &str, info: ClientInfo) {
         if self.shared.is_some() {
             return self.shared_event(SharedEvent::Removed {
                 channel: Arc::from(channel),
                 info,
+                leave: self.join_leave_possible(channel),
             });
         }
         if state.join_leave_subscribers > 0 {
@@ -481,6 +493,11 @@ impl HubState {
     /// Counters shared with the hub handle.
     pub fn counters(&self) -> &Arc<HubCounters> {
         &self.counters
+    }
+
+    /// Whether session `key` is live and connected (its connect was accepted).
+    pub fn session_usable(&self, key: SessionKey) -> bool {
+        self.sessions().get(key).is_some_and(|s| s.usable)
     }
 
     /// Whether `user` has a session here.

@@ -32,9 +32,11 @@ pub const MIN_RECONNECT_DELAY_MS: u32 = 50;
 pub const MAX_RECONNECT_DELAY_MS: u32 = 1_000;
 /// Commands fred may hold in its queue towards the router task before refusing more
 /// (`Backpressure`).
-pub const MAX_COMMAND_BUFFER: usize = 16_384;
-/// Capacity of the broadcast channel that carries pub/sub messages to listeners.
-pub const PUBSUB_BROADCAST_CAPACITY: usize = 65_536;
+pub const MAX_COMMAND_BUFFER: usize = 4_096;
+/// Capacity of the broadcast channel that carries pub/sub messages to listeners (messages a
+/// listener has read are freed at once; a listener further behind than this lags and every
+/// local subscription recovers, so at most this many messages wait).
+pub const PUBSUB_BROADCAST_CAPACITY: usize = 16_384;
 
 /// Why Redis could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -107,6 +107,9 @@ pub struct RedisEngine {
     changing: tokio::sync::Mutex<()>,
     /// True while the subscriptions are being restored after a reconnect.
     resubscribing: AtomicBool,
+    /// True once the control channel and every channel are subscribed on the current
+    /// pub/sub connection (readiness needs it).
+    listening: AtomicBool,
     counters: EngineCounters,
 }
 
@@ -149,6 +152,7 @@ impl RedisEngine {
             subscribed: Mutex::new(HashSet::new()),
             changing: tokio::sync::Mutex::new(()),
             resubscribing: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
             counters: EngineCounters::default(),
         }
     }
@@ -163,9 +167,16 @@ impl RedisEngine {
         &self.counters
     }
 
-    /// Whether both connections are up (readiness).
+    /// Whether both connections are up and the pub/sub subscriptions are in place
+    /// (readiness).
     pub fn connected(&self) -> bool {
-        self.clients.connected()
+        self.clients.connected() && self.listening.load(Ordering::Acquire)
+    }
+
+    /// The pub/sub connection failed: not ready until [`RedisEngine::resubscribe_all`]
+    /// succeeds again.
+    pub fn mark_lost(&self) {
+        self.listening.store(false, Ordering::Release);
     }
 
     /// Lifetime of presence entries.
@@ -421,6 +432,7 @@ impl RedisEngine {
         }
         if result.is_ok() {
             self.resubscribing.store(false, Ordering::Release);
+            self.listening.store(true, Ordering::Release);
         }
         result
     }

@@ -74,8 +74,10 @@ impl Keys {
     }
 }
 
-/// A decoded pub/sub message.
+/// A decoded pub/sub message (transient: moved straight into the channel, so the size of
+/// the publication variant costs nothing worth an allocation).
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Envelope {
     /// A publication with its offset set; `kept` when it is in history.
     Publication {

@@ -41,12 +41,14 @@ pub enum SharedEvent {
         /// Whether to publish a join.
         join: bool,
     },
-    /// A local subscriber left: presence entry removed, leave published.
+    /// A local subscriber left: presence entry removed, and a leave when `leave`.
     Removed {
         /// Channel.
         channel: Arc<str>,
         /// The subscriber.
         info: ClientInfo,
+        /// Whether to publish a leave.
+        leave: bool,
     },
 }
 
@@ -408,11 +410,16 @@ mod tests {
     }
 
     /// A local channel at `top` in epoch "e" caching `cached`.
-    fn local(top: u64, cached: std::ops::RangeInclusive<u64>, ledger: &mut Ledger) -> Channel {
+    fn local(top: u64, cached: impl IntoIterator<Item = u64>, ledger: &mut Ledger) -> Channel {
         let mut channel = Channel::new();
         channel.epoch = "e".to_owned();
         for offset in cached {
-            ledger.store(&Arc::from("c"), &mut channel, publication(offset), Instant::now());
+            ledger.store(
+                &Arc::from("c"),
+                &mut channel,
+                publication(offset),
+                Instant::now(),
+            );
         }
         channel.top = top;
         channel
@@ -435,7 +442,7 @@ mod tests {
     fn recovery_stops_at_the_local_top_and_refuses_lost_positions() {
         let mut ledger = Ledger::default();
         // The read is ahead of what this node delivered: later ones arrive by pub/sub.
-        let channel = local(6, 7..=6, &mut ledger);
+        let channel = local(6, std::iter::empty(), &mut ledger);
         let read = stream(9, "e", 3..=9);
         let got = HubState::shared_recovery(&channel, Some(&read), "e", 4).expect("recovered");
         assert_eq!(offsets(&got), vec![5, 6]);
@@ -466,9 +473,11 @@ mod tests {
             history_reply(read(), -1, Some(("other", 8)), false),
             Err(ErrorCode::UnrecoverablePosition)
         );
-        assert!(history_reply(read(), 0, None, false)
-            .expect("history")
-            .publications
-            .is_empty());
+        assert!(
+            history_reply(read(), 0, None, false)
+                .expect("history")
+                .publications
+                .is_empty()
+        );
     }
 }

@@ -316,6 +316,12 @@ impl Sidecar {
             metrics.clone(),
             scheme,
         ));
+        if edge.settings().config.engine.kind == crate::config::engine::EngineKind::Redis {
+            let redis = edge.settings().config.engine.redis.clone();
+            let cluster =
+                crate::cluster::Cluster::start(&redis, node.clone(), edge.emulation.clone())?;
+            edge.set_cluster(cluster);
+        }
         let admin_listen = local_addr(&admin, edge.settings().config.admin_listen);
         if edge.settings().config.upstream.is_none() {
             ApiAccess::decide(admin_listen, &edge.settings().config.hub)

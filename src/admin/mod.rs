@@ -78,7 +78,9 @@ impl Admin {
                     .hub
                     .as_ref()
                     .and_then(Hub::engine)
-                    .is_none_or(|e| e.connected());
+                    .is_none_or(|e| e.connected())
+                    // Emulation routing between replicas needs its control channel too.
+                    && self.edge.cluster().is_none_or(|cluster| cluster.is_ready());
                 let ready = link_up && !draining && engine_up;
                 let body = format!(
                     r#"{{"ready":{ready},"link_up":{link_up},"draining":{draining},"engine_up":{engine_up}}}"#

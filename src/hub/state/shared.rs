@@ -477,7 +477,7 @@ mod tests {
             client: "c1".to_owned(),
             ..Default::default()
         };
-        state.open(1, open, crate::hub::auth::TokenCheck::anonymous());
+        state.open(1, open, crate::hub::auth::TokenCheck::anonymous(), Arc::from([]));
         state.mark_interest("c").expect("interest");
         let read = stream(3, "e", 1..=3);
         state.baseline("c", &read);

@@ -465,8 +465,12 @@ mod tests {
             ..RedisConfig::default()
         };
         let engine = Arc::new(RedisEngine::open(&redis).expect("engine"));
+        // The hub's defaults are secure: let anonymous clients subscribe to `c`.
+        let mut config = crate::config::HubConfig::default();
+        config.channel.without_namespace.allow_subscribe_for_client = true;
+        config.channel.without_namespace.allow_subscribe_for_anonymous = true;
         let (state, _events) = HubState::new_shared(
-            crate::config::HubConfig::default(),
+            config,
             Arc::new(HubCounters::default()),
             engine,
         );

@@ -666,4 +666,93 @@ mod tests {
         drop(client);
         assert_eq!(conn.next().await, WsEvent::Closed);
     }
+
+    /// A stock client (tokio-tungstenite): pings are answered, a large fragmented-by-the-
+    /// client message arrives whole, and the client's close gets its close reply.
+    #[tokio::test]
+    async fn interoperates_with_tungstenite() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+        let (server, client) = duplex(1 << 16);
+        let mut conn = WsConn::new(server, 1 << 20);
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let big = "z".repeat(100_000);
+        let sending = tokio::spawn(async move {
+            client
+                .send(Message::Frame(WsFrame::message(
+                    "€".as_bytes()[..1].to_vec(),
+                    OpCode::Data(Data::Text),
+                    false,
+                )))
+                .await
+                .unwrap();
+            client
+                .send(Message::Ping(Bytes::from_static(b"p")))
+                .await
+                .unwrap();
+            client
+                .send(Message::Frame(WsFrame::message(
+                    "€".as_bytes()[1..].to_vec(),
+                    OpCode::Data(Data::Continue),
+                    true,
+                )))
+                .await
+                .unwrap();
+            client
+                .send(Message::text("z".repeat(100_000)))
+                .await
+                .unwrap();
+            client
+        });
+        assert_eq!(conn.next().await, WsEvent::Message(Bytes::from("€")));
+        assert_eq!(conn.next().await, WsEvent::Message(Bytes::from(big)));
+        let mut client = sending.await.unwrap();
+        conn.send(false, &[b"bin"], b"").await.unwrap();
+        // The pong went out before the binary message.
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Pong(Bytes::from_static(b"p"))
+        );
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Binary(Bytes::from_static(b"bin"))
+        );
+        client.close(None).await.unwrap();
+        assert_eq!(conn.next().await, WsEvent::Closed);
+        // The client sees our close reply and the end of the stream.
+        assert!(matches!(
+            client.next().await,
+            Some(Ok(Message::Close(_))) | None
+        ));
+    }
+
+    /// A client that floods pings and never reads cannot make the connection queue pongs:
+    /// reading stops while a reply cannot be written.
+    #[tokio::test]
+    async fn ping_flood_without_reading_is_bounded() {
+        let (server, mut client) = duplex(512);
+        let mut conn = WsConn::new(server, 1024);
+        let flood = tokio::spawn(async move {
+            let ping = client_frame(true, 9, &[b'p'; 125]);
+            for _ in 0..10_000 {
+                if client.write_all(&ping).await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        let waited = tokio::time::timeout(Duration::from_millis(300), conn.next()).await;
+        assert!(waited.is_err(), "no message was sent: {waited:?}");
+        assert!(conn.out.len() <= 2 * 127, "{} bytes queued", conn.out.len());
+        assert!(
+            !flood.is_finished(),
+            "the flood should be stuck on a full pipe"
+        );
+        flood.abort();
+    }
 }

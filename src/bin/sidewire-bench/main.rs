@@ -17,6 +17,7 @@ mod report;
 mod rpc;
 mod stats;
 mod stream;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -39,6 +39,7 @@ trap cleanup EXIT
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+    -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" \
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 
 base_config() {
@@ -47,6 +48,8 @@ listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
 allowed_origins: ["*"]
 queue_max_size: 67108864
+http_stream: true
+sse: true
 log:
   level: "warn"
 CFG

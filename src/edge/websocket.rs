@@ -138,7 +138,9 @@ pub(crate) fn accept_handshake(
 }
 
 /// Runs `session` on the WebSocket once `request`'s connection is upgraded (after the 101 is
-/// sent); an upgrade that fails is logged and dropped.
+/// sent); an upgrade that fails is logged and dropped. The session gets a task of its own once
+/// the upgrade is done, so that its task holds only the session (not the upgrade future nor the
+/// closure's captures beside it).
 pub(crate) fn run_upgraded<F, S>(request: &mut Request<Incoming>, peer: SocketAddr, session: F)
 where
     F: FnOnce(TokioIo<Upgraded>) -> S + Send + 'static,
@@ -147,7 +149,9 @@ where
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => session(TokioIo::new(upgraded)).await,
+            Ok(upgraded) => {
+                tokio::spawn(session(TokioIo::new(upgraded)));
+            }
             Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
         }
     });

@@ -252,7 +252,7 @@ pub fn close_frame(code: u16, reason: &str) -> BytesMut {
         cut -= 1;
     }
     let code = code.to_be_bytes();
-    server_frame(Opcode::Close, &[&code[..], reason[..cut].as_bytes()], b"")
+    server_frame(Opcode::Close, &[&code[..], &reason.as_bytes()[..cut]], b"")
 }
 
 /// Validates a client close payload: `Ok(None)` for no status code, `Ok(Some(code))` for a

@@ -331,7 +331,9 @@ mod memory_tests {
 
     /// Bytes of state one idle WebSocket session keeps in its task (debug build), beyond the
     /// heap buffers. Measured 2026-11-28: 2040 bytes (9240 before the frame handling and the
-    /// goodbye were boxed: they hold whole Commands).
+    /// goodbye were boxed: they hold whole Commands); 2026-12-01: 2016 bytes with the owned
+    /// framing (`WsConn`, 120 bytes as a transport) and `session::run` no longer keeping its
+    /// arguments beside the session built from them.
     const MAX_SESSION_FUTURE_BYTES: usize = 2560;
 
     #[tokio::test]

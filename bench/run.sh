@@ -442,6 +442,15 @@ END=$(date +%s)
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- RESULTS.md ----------------------------------------------------------------------------
+# Hand-written sections (between a line `<!-- hand-written -->` and a line
+# `<!-- /hand-written -->`, e.g. the scale and TLS runs of bench/scale.sh) survive regeneration:
+# they are appended again after the generated part.
+HAND_WRITTEN="$WORK/hand-written.md"
+: >"$HAND_WRITTEN"
+if [[ -f "$BENCH_DIR/RESULTS.md" ]]; then
+    sed -n '/^<!-- hand-written -->$/,/^<!-- \/hand-written -->$/p' "$BENCH_DIR/RESULTS.md" \
+        >"$HAND_WRITTEN"
+fi
 MEM_TOTAL=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 # BENCH_COMMIT overrides the description of the tree (e.g. for a `git archive` export).
@@ -549,6 +558,9 @@ PY
     sed "s|$ROOT/||g" "$COMMANDS"
     echo '```'
 } >"$BENCH_DIR/RESULTS.md"
+if [[ -s "$HAND_WRITTEN" ]]; then
+    { echo; cat "$HAND_WRITTEN"; } >>"$BENCH_DIR/RESULTS.md"
+fi
 cp "$RESULTS" "$BENCH_DIR/results.jsonl"
 python3 "$BENCH_DIR/chart.py" "$BENCH_DIR/results.jsonl" "$BENCH_DIR/chart.svg"
 echo "== wrote bench/RESULTS.md and bench/results.jsonl ($((END - START)) s)"

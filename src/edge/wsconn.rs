@@ -363,8 +363,9 @@ where
         };
         let total = header.header_len + header.len;
         if self.partial.len() < total {
-            // Make room for the rest of the frame at once (it is within the limit).
-            self.partial.reserve(total - self.partial.len());
+            // No reservation for the announced length: a client that sends only a header
+            // must not make the connection hold `limit` bytes; the buffer grows with what
+            // actually arrives.
             return Ok(None);
         }
         self.partial.advance(header.header_len);
@@ -754,5 +755,25 @@ mod tests {
             "the flood should be stuck on a full pipe"
         );
         flood.abort();
+    }
+
+    /// A header announcing a large frame costs only the bytes that actually arrived.
+    #[tokio::test]
+    async fn announced_length_is_not_reserved() {
+        let (mut conn, mut client) = pair(1 << 20);
+        let frame = client_frame(true, 2, &vec![9; 1 << 19]);
+        client.write_all(&frame[..100]).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(100), conn.next()).await;
+        assert!(waited.is_err());
+        assert!(
+            conn.partial.capacity() < 4096,
+            "{}",
+            conn.partial.capacity()
+        );
+        client.write_all(&frame[100..]).await.unwrap();
+        assert_eq!(
+            conn.next().await,
+            WsEvent::Message(Bytes::from(vec![9; 1 << 19]))
+        );
     }
 }

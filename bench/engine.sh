@@ -56,7 +56,9 @@ hub:
   channel:
     without_namespace:
       presence: true
+      allow_subscribe_for_client: true
       allow_subscribe_for_anonymous: true
+      allow_publish_for_client: true
       allow_publish_for_anonymous: true
 log:
   level: "warn"

@@ -12,8 +12,10 @@ use prost::Message as _;
 use sidewire::protocol::Encoding;
 use sidewire::protocol::client::{Command, ConnectRequest, Reply, SubscribeRequest};
 use sidewire::protocol::frame::encode_message;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::tls::{BenchStream, TlsTarget};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -77,17 +79,32 @@ pub struct Target {
     pub dialect: Dialect,
     /// Bound on connect + handshake + subscribe of one client.
     pub setup_timeout: Duration,
+    /// TLS for `wss://` URLs.
+    pub tls: Option<TlsTarget>,
 }
 
 impl Target {
-    /// Parses `ws://127.0.0.1:PORT/path`; refuses anything but a loopback IP literal.
-    pub fn new(url: &str, dialect: Dialect, setup_timeout: Duration) -> Result<Target> {
-        let addr = loopback_addr(url, "ws://")?;
+    /// Parses `ws://127.0.0.1:PORT/path` (or `wss://`, trusting `ca_file`); refuses anything
+    /// but a loopback IP literal.
+    pub fn new(
+        url: &str,
+        dialect: Dialect,
+        setup_timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Target> {
+        let (addr, tls) = if url.starts_with("wss://") {
+            let addr = loopback_addr(url, "wss://")?;
+            let ca_file = ca_file.ok_or_else(|| anyhow!("wss:// needs --ca-file"))?;
+            (addr, Some(TlsTarget::new(ca_file, &addr.ip().to_string())?))
+        } else {
+            (loopback_addr(url, "ws://")?, None)
+        };
         Ok(Target {
             url: url.to_owned(),
             addr,
             dialect,
             setup_timeout,
+            tls,
         })
     }
 }
@@ -133,6 +150,9 @@ pub struct ConnArgs {
     /// Name of the server under test in the output (sidewire, floor, pushpin, ...).
     #[arg(long, default_value = "sidewire")]
     pub label: String,
+    /// PEM certificate(s) trusted for `wss://` URLs (e.g. a self-signed one for 127.0.0.1).
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl ConnArgs {
@@ -145,13 +165,18 @@ impl ConnArgs {
         } else {
             Dialect::Centrifugo(self.encoding.into())
         };
-        Target::new(&self.url, dialect, self.setup_timeout)
+        Target::new(
+            &self.url,
+            dialect,
+            self.setup_timeout,
+            self.ca_file.as_deref(),
+        )
     }
 }
 
 /// An open client connection.
 pub struct Client {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<BenchStream>,
     dialect: Dialect,
     /// Answer server pings (the connect reply said `pong: true`).
     pong: bool,
@@ -215,13 +240,17 @@ impl Client {
         };
         let tcp = socket.connect(target.addr).await.context("tcp connect")?;
         tcp.set_nodelay(true)?;
+        let stream = match &target.tls {
+            Some(tls) => tls.connect(tcp).await?,
+            None => BenchStream::Plain(tcp),
+        };
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             .write_buffer_size(0)
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
         let (ws, _response) =
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await
                 .context("websocket handshake")?;
         Ok(Client {

@@ -121,6 +121,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
             url,
             target.dialect,
             target.setup_timeout,
+            args.conn.ca_file.as_deref(),
         )?));
     }
     let publishers = args.publishers;

@@ -18,6 +18,7 @@ mod report;
 mod rpc;
 mod stats;
 mod stream;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -45,10 +45,9 @@ pub const DEFAULT_UNI_SSE_PATH: &str = "/connection/uni_sse";
 pub const DEFAULT_MAX_REQUEST_BODY_SIZE: usize = 65_536;
 /// Default limit of one WebSocket message (the whole batch of commands), bytes.
 pub const DEFAULT_MESSAGE_SIZE_LIMIT: usize = 65_536;
-/// Default read buffer of one WebSocket, bytes. tungstenite allocates it eagerly for every
-/// connection (its own default of 128 KiB costs ~134 KiB per idle connection). Measured
-/// 2026-11-28, 10 000 idle connections, release build: 4096 → 8.7 KiB, 2048 → 6.6 KiB per
-/// connection (RSS delta). Larger messages are still accepted, read in several chunks.
+/// Default of the former per-WebSocket read buffer, bytes. Since the server owns its framing
+/// (`edge::wsconn`), reads go through one buffer per worker thread and an idle connection holds
+/// none, so the key is accepted (and validated) but no longer changes anything.
 pub const DEFAULT_WEBSOCKET_READ_BUFFER_SIZE: usize = 2048;
 /// Default app-level ping period.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
@@ -177,8 +176,8 @@ pub struct Config {
     pub emulation_max_request_body_size: usize,
     /// Largest WebSocket message accepted from a client, bytes (larger: close 1009).
     pub message_size_limit: usize,
-    /// Read buffer of each WebSocket, bytes: the largest per-connection allocation. Raise it
-    /// when clients send large messages often.
+    /// Former read buffer of each WebSocket, bytes: accepted for compatibility, unused (reads
+    /// go through one buffer per worker thread; an idle connection holds no buffer).
     pub websocket_read_buffer_size: usize,
     /// App-level ping period; `0s` turns pings off.
     #[serde(deserialize_with = "duration::deserialize")]

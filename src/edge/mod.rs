@@ -17,6 +17,8 @@ pub mod uni;
 pub mod uni_stream;
 pub mod uni_websocket;
 pub mod websocket;
+pub mod wsconn;
+pub mod wsframe;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -11,18 +11,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::uni::{UniMessage, connect_command, disconnect_push, to_uni};
-use super::websocket::{accept_handshake, handshake_response, run_upgraded, session_config};
+use super::websocket::{accept_handshake, handshake_response, refusal, run_upgraded};
+use super::wsconn::{WsConn, WsEvent};
 use super::{Edge, Settings};
 use crate::http::Body;
 use crate::protocol::{Disconnect, Encoding};
@@ -58,25 +55,29 @@ pub fn handle(
     );
     // Uni clients cannot answer pings: advertise `pong: false` and expect none.
     params.settings.pong_timeout = Duration::ZERO;
-    let ws_config = session_config(settings, limit);
     let link = settings.link.clone();
     let phase = edge.phase.clone();
-    run_upgraded(&mut request, ws_config, peer, move |ws| {
-        session::run(UniWsTransport::new(ws), link, params, phase)
+    run_upgraded(&mut request, peer, move |io| {
+        session::run(
+            UniWsTransport::new(WsConn::new(io, limit)),
+            link,
+            params,
+            phase,
+        )
     });
     handshake_response(&key, None)
 }
 
 /// A uni session's WebSocket. Generic over the byte stream so tests can run it in memory.
 pub struct UniWsTransport<S = TokioIo<Upgraded>> {
-    ws: WebSocketStream<S>,
+    ws: WsConn<S>,
     connected: bool,
     refused: Option<Disconnect>,
 }
 
 impl<S> UniWsTransport<S> {
     /// Wraps an established server-side WebSocket whose first message is still unread.
-    pub fn new(ws: WebSocketStream<S>) -> UniWsTransport<S> {
+    pub fn new(ws: WsConn<S>) -> UniWsTransport<S> {
         UniWsTransport {
             ws,
             connected: false,
@@ -95,17 +96,9 @@ where
         }
         loop {
             let data = match self.ws.next().await {
-                None | Some(Ok(Message::Close(_))) => return Inbound::Gone,
-                Some(Ok(Message::Text(text))) => Bytes::from(text),
-                Some(Ok(Message::Binary(bytes))) => bytes,
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Err(WsError::Capacity(_))) => {
-                    return Inbound::Violation(Disconnect::MESSAGE_TOO_BIG);
-                }
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "uni websocket read failed");
-                    return Inbound::Gone;
-                }
+                WsEvent::Message(bytes) => bytes,
+                WsEvent::Closed => return Inbound::Gone,
+                WsEvent::Refused(error) => return refusal(error),
             };
             if self.connected {
                 // A uni client has nothing more to say; Centrifugo ignores it too.
@@ -127,13 +120,10 @@ where
         for message in batch {
             match to_uni(message) {
                 UniMessage::Write(push) => {
-                    let text = Utf8Bytes::try_from(push).map_err(|_| {
+                    std::str::from_utf8(&push).map_err(|_| {
                         io::Error::new(io::ErrorKind::InvalidData, "non-UTF-8 JSON")
                     })?;
-                    self.ws
-                        .feed(Message::Text(text))
-                        .await
-                        .map_err(io::Error::other)?;
+                    self.ws.feed(true, &push);
                     wrote = true;
                 }
                 UniMessage::Refused(disconnect) => {
@@ -143,7 +133,7 @@ where
             }
         }
         if wrote {
-            self.ws.flush().await.map_err(io::Error::other)?;
+            self.ws.flush().await?;
         }
         Ok(())
     }
@@ -156,33 +146,30 @@ where
             return;
         }
         let code = u16::try_from(disconnect.code).unwrap_or(1011);
-        let frame = CloseFrame {
-            code: code.into(),
-            reason: Utf8Bytes::from(disconnect.reason.to_string()),
-        };
-        let push = disconnect_push(&disconnect);
         // A client that stopped reading cannot block the close: push and close frame get
         // CLOSE_WRITE_TIMEOUT, then the socket is dropped.
-        let written = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
-            if let Some(push) = push.and_then(|push| Utf8Bytes::try_from(push).ok()) {
-                self.ws.feed(Message::Text(push)).await?;
-            }
-            self.ws.close(Some(frame)).await
-        })
-        .await;
-        if !matches!(written, Ok(Ok(()))) {
-            return;
+        if let Some(push) = disconnect_push(&disconnect)
+            && std::str::from_utf8(&push).is_ok()
+        {
+            self.ws.feed(true, &push);
         }
-        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
-            while let Some(Ok(_)) | Some(Err(WsError::Capacity(_))) = self.ws.next().await {}
-        })
-        .await;
+        self.ws
+            .close(
+                code,
+                &disconnect.reason,
+                CLOSE_WRITE_TIMEOUT,
+                CLOSE_REPLY_WAIT,
+            )
+            .await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     async fn pair() -> (
@@ -190,7 +177,7 @@ mod tests {
         WebSocketStream<tokio::io::DuplexStream>,
     ) {
         let (server, client) = tokio::io::duplex(1 << 16);
-        let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let server = WsConn::new(server, 1 << 16);
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (UniWsTransport::new(server), client)
     }

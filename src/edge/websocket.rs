@@ -3,26 +3,23 @@
 //!
 //! Guarantees: JSON unless the client offers `centrifuge-protobuf` (echoed back) or asks with
 //! `?cf_protocol=protobuf`; a subprotocol is never sent unless offered; messages over
-//! `message_size_limit` close with 1009; per-connection buffers stay small
-//! (`websocket_read_buffer_size`, allocated eagerly by tungstenite, is the largest).
+//! `message_size_limit` close with 1009; an idle connection holds no read or write buffer
+//! (framing in `wsconn`).
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
+use super::wsconn::{WsConn, WsEvent};
+use super::wsframe::FrameError;
 use super::{Edge, Settings};
 use crate::http::{Body, empty, status};
 use crate::protocol::{Disconnect, Encoding};
@@ -106,12 +103,17 @@ pub fn handle(
         request.headers(),
         settings.config.message_size_limit,
     );
-    let ws_config = session_config(settings, settings.config.message_size_limit);
+    let limit = settings.config.message_size_limit;
     let link = settings.link.clone();
     let phase = edge.phase.clone();
     let encoding = negotiated.encoding;
-    run_upgraded(&mut request, ws_config, peer, move |ws| {
-        session::run(WsTransport { ws, encoding }, link, params, phase)
+    run_upgraded(&mut request, peer, move |io| {
+        session::run(
+            WsTransport::new(WsConn::new(io, limit), encoding),
+            link,
+            params,
+            phase,
+        )
     });
     handshake_response(&key, negotiated.subprotocol)
 }
@@ -135,46 +137,20 @@ pub(crate) fn accept_handshake(
     Ok(key)
 }
 
-/// A session's WebSocket settings: the configured read buffer, writes unbuffered and bounded
-/// at twice `queue_max_size`, messages and frames up to `message_limit`.
-pub(crate) fn session_config(settings: &Settings, message_limit: usize) -> WebSocketConfig {
-    let read_buffer = settings.config.websocket_read_buffer_size;
-    WebSocketConfig::default()
-        .read_buffer_size(read_buffer)
-        .write_buffer_size(0)
-        .max_write_buffer_size(
-            settings
-                .config
-                .queue_max_size
-                .saturating_mul(2)
-                .max(read_buffer),
-        )
-        .max_message_size(Some(message_limit))
-        .max_frame_size(Some(message_limit))
-}
-
 /// Runs `session` on the WebSocket once `request`'s connection is upgraded (after the 101 is
-/// sent); an upgrade that fails is logged and dropped.
-pub(crate) fn run_upgraded<F, S>(
-    request: &mut Request<Incoming>,
-    ws_config: WebSocketConfig,
-    peer: SocketAddr,
-    session: F,
-) where
-    F: FnOnce(WebSocketStream<TokioIo<Upgraded>>) -> S + Send + 'static,
+/// sent); an upgrade that fails is logged and dropped. The session gets a task of its own once
+/// the upgrade is done, so that its task holds only the session (not the upgrade future nor the
+/// closure's captures beside it).
+pub(crate) fn run_upgraded<F, S>(request: &mut Request<Incoming>, peer: SocketAddr, session: F)
+where
+    F: FnOnce(TokioIo<Upgraded>) -> S + Send + 'static,
     S: std::future::Future<Output = ()> + Send + 'static,
 {
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                session(ws).await;
+                tokio::spawn(session(TokioIo::new(upgraded)));
             }
             Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
         }
@@ -228,14 +204,23 @@ pub fn handshake_response(key: &HeaderValue, subprotocol: Option<&'static str>) 
 /// concatenated varint-delimited binary messages. Generic over the byte stream so tests can
 /// run it on in-memory pipes.
 pub struct WsTransport<S = TokioIo<Upgraded>> {
-    ws: WebSocketStream<S>,
+    ws: WsConn<S>,
     encoding: Encoding,
 }
 
 impl<S> WsTransport<S> {
     /// Wraps an established server-side WebSocket.
-    pub fn new(ws: WebSocketStream<S>, encoding: Encoding) -> WsTransport<S> {
+    pub fn new(ws: WsConn<S>, encoding: Encoding) -> WsTransport<S> {
         WsTransport { ws, encoding }
+    }
+}
+
+/// The session's answer to a refused client frame or message.
+pub(crate) fn refusal(error: FrameError) -> Inbound {
+    tracing::debug!(%error, "websocket frame refused");
+    match error {
+        FrameError::TooBig { .. } => Inbound::Violation(Disconnect::MESSAGE_TOO_BIG),
+        other => Inbound::Violation(Disconnect::new(u32::from(other.close_code()), "")),
     }
 }
 
@@ -244,47 +229,25 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async fn recv(&mut self) -> Inbound {
-        loop {
-            return match self.ws.next().await {
-                None | Some(Ok(Message::Close(_))) => Inbound::Gone,
-                Some(Ok(Message::Text(text))) => Inbound::Frame(Bytes::from(text)),
-                Some(Ok(Message::Binary(bytes))) => Inbound::Frame(bytes),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Err(WsError::Capacity(_))) => Inbound::Violation(Disconnect::MESSAGE_TOO_BIG),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "websocket read failed");
-                    Inbound::Gone
-                }
-            };
+        match self.ws.next().await {
+            WsEvent::Message(bytes) => Inbound::Frame(bytes),
+            WsEvent::Closed => Inbound::Gone,
+            WsEvent::Refused(error) => refusal(error),
         }
     }
 
     async fn send(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
-        let payload = if batch.len() == 1 {
-            batch.into_iter().next().unwrap_or_default()
-        } else {
-            let separator: &[u8] = match self.encoding {
-                Encoding::Json => b"\n",
-                Encoding::Protobuf => b"",
-            };
-            let size = batch.iter().map(Bytes::len).sum::<usize>() + batch.len();
-            let mut joined = BytesMut::with_capacity(size);
-            for (index, message) in batch.iter().enumerate() {
-                if index > 0 {
-                    joined.extend_from_slice(separator);
+        match self.encoding {
+            Encoding::Json => {
+                for message in &batch {
+                    std::str::from_utf8(message).map_err(|_| {
+                        io::Error::new(io::ErrorKind::InvalidData, "non-UTF-8 JSON")
+                    })?;
                 }
-                joined.extend_from_slice(message);
+                self.ws.send(true, &batch, b"\n").await
             }
-            joined.freeze()
-        };
-        let message = match self.encoding {
-            Encoding::Json => Message::Text(
-                Utf8Bytes::try_from(payload)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "non-UTF-8 JSON"))?,
-            ),
-            Encoding::Protobuf => Message::Binary(payload),
-        };
-        self.ws.send(message).await.map_err(io::Error::other)
+            Encoding::Protobuf => self.ws.send(false, &batch, b"").await,
+        }
     }
 
     async fn close(&mut self, disconnect: Disconnect) {
@@ -292,22 +255,17 @@ where
             return;
         }
         let code = u16::try_from(disconnect.code).unwrap_or(1011);
-        let frame = CloseFrame {
-            code: code.into(),
-            reason: Utf8Bytes::from(disconnect.reason.to_string()),
-        };
         // A client that stopped reading cannot block the close: the frame gets
-        // CLOSE_WRITE_TIMEOUT, then the socket is dropped.
-        match tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.close(Some(frame))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return,
-        }
-        // Wait for the client's close reply so that our close frame is not lost to a reset
-        // caused by unread input.
-        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
-            while let Some(Ok(_)) | Some(Err(WsError::Capacity(_))) = self.ws.next().await {}
-        })
-        .await;
+        // CLOSE_WRITE_TIMEOUT, then the socket is dropped; the client's close reply is awaited
+        // so that our close frame is not lost to a reset caused by unread input.
+        self.ws
+            .close(
+                code,
+                &disconnect.reason,
+                CLOSE_WRITE_TIMEOUT,
+                CLOSE_REPLY_WAIT,
+            )
+            .await;
     }
 }
 
@@ -373,21 +331,15 @@ mod memory_tests {
 
     /// Bytes of state one idle WebSocket session keeps in its task (debug build), beyond the
     /// heap buffers. Measured 2026-11-28: 2040 bytes (9240 before the frame handling and the
-    /// goodbye were boxed: they hold whole Commands).
+    /// goodbye were boxed: they hold whole Commands); 2026-12-01: 2016 bytes with the owned
+    /// framing (`WsConn`, 120 bytes as a transport) and `session::run` no longer keeping its
+    /// arguments beside the session built from them.
     const MAX_SESSION_FUTURE_BYTES: usize = 2560;
 
     #[tokio::test]
     async fn session_task_state_stays_small() {
         let (server, _client) = tokio::io::duplex(64);
-        let ws = WebSocketStream::from_raw_socket(
-            server,
-            Role::Server,
-            Some(
-                WebSocketConfig::default()
-                    .read_buffer_size(crate::config::DEFAULT_WEBSOCKET_READ_BUFFER_SIZE),
-            ),
-        )
-        .await;
+        let ws = WsConn::new(server, 65536);
         let (_phase_tx, phase) = lifecycle::channel();
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::start(HubConfig::default(), phase.clone());

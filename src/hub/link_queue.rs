@@ -30,6 +30,9 @@ pub enum Queued {
     Closed,
 }
 
+/// Ring capacity, in frames, kept once the queue is empty again; above it the ring is freed.
+const KEEP_FRAMES_CAPACITY: usize = 64;
+
 /// Channels and sessions to repair once the queue has room again.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Repairs {
@@ -173,6 +176,10 @@ impl LinkQueue {
                 }
                 if let Some((frame, size)) = inner.frames.pop_front() {
                     inner.bytes -= size;
+                    if inner.frames.is_empty() && inner.frames.capacity() > KEEP_FRAMES_CAPACITY {
+                        // A burst (thousands of connects at once) grew the ring: give it back.
+                        inner.frames = VecDeque::new();
+                    }
                     return Some(frame);
                 }
             }
@@ -293,6 +300,25 @@ mod tests {
         queue.forget_session(9);
         assert!(queue.pop().await.is_some());
         assert_eq!(queue.take_repairs(), Repairs::default());
+    }
+
+    #[tokio::test]
+    async fn a_burst_ring_is_freed_once_drained() {
+        let queue = LinkQueue::new(usize::MAX);
+        for id in 0..1000 {
+            assert_eq!(queue.push_session(id, reply(id)), Queued::Sent);
+        }
+        assert!(queue.lock().frames.capacity() >= 1000);
+        for _ in 0..1000 {
+            assert!(queue.pop().await.is_some());
+        }
+        assert_eq!(queue.lock().frames.capacity(), 0);
+        // Small queues keep their ring.
+        queue.push_session(1, reply(1));
+        queue.push_session(1, reply(1));
+        assert!(queue.pop().await.is_some());
+        assert!(queue.pop().await.is_some());
+        assert!(queue.lock().frames.capacity() > 0);
     }
 
     #[tokio::test]

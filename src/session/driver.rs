@@ -128,14 +128,18 @@ impl Timers {
     }
 }
 
-/// Runs one client session to its end over `transport`.
-pub async fn run<T: Transport>(
-    mut transport: T,
+/// Runs one client session to its end over `transport`. The session is set up (and counted)
+/// when this is called; the returned future runs it. Built this way, the future holds each
+/// piece of session state once (arguments of an `async fn` stay in its state next to whatever
+/// they are moved into), which keeps every idle session's task small.
+pub fn run<T: Transport>(
+    transport: T,
     link: Link,
     params: SessionParams,
     mut phase: PhaseWatch,
-) {
-    let settings = params.settings.clone();
+) -> impl Future<Output = ()> + Send {
+    let settings = &params.settings;
+    let write_timeout = settings.write_timeout;
     let handle = Arc::new(
         SessionHandle::new(
             link.next_session_id(),
@@ -150,14 +154,15 @@ pub async fn run<T: Transport>(
         )
         .with_command_timeout(settings.command_timeout),
     );
-    let mut session = Session {
+    let stale_at = Instant::now() + settings.stale_close_delay;
+    let session = Session {
         handle: handle.clone(),
         link,
         params,
         link_session: None,
         connected_seen: false,
         timers: Timers {
-            stale_at: Some(Instant::now() + settings.stale_close_delay),
+            stale_at: Some(stale_at),
             ..Timers::default()
         },
     };
@@ -170,6 +175,27 @@ pub async fn run<T: Transport>(
     metrics.sessions_live.inc();
     metrics.sessions_opened.get_or_create(&labels).inc();
     phase.mark_changed();
+    drive(
+        transport,
+        session,
+        handle,
+        phase,
+        metrics,
+        labels,
+        write_timeout,
+    )
+}
+
+/// The session loop proper (see [`run`]).
+async fn drive<T: Transport>(
+    mut transport: T,
+    mut session: Session,
+    handle: Arc<SessionHandle>,
+    mut phase: PhaseWatch,
+    metrics: Arc<Metrics>,
+    labels: TransportLabels,
+    write_timeout: Duration,
+) {
     let mut watching_phase = true;
     let mut timer = pin!(sleep_until(far_future()));
     let mut armed: Option<Instant> = None;
@@ -200,7 +226,7 @@ pub async fn run<T: Transport>(
             }
             _ = handle.outbox.changed() => {
                 session.on_outbox_activity();
-                match flush(&mut transport, &handle, settings.write_timeout, &metrics).await {
+                match flush(&mut transport, &handle, write_timeout, &metrics).await {
                     Flushed::More => handle.outbox.wake(),
                     Flushed::Idle => {}
                     Flushed::Closed(end) => break end,

@@ -371,3 +371,35 @@ async fn gentoken_connection_and_subscription_tokens_work_end_to_end() {
     assert_eq!(members[0]["user"], "carol", "{result}");
     assert_eq!(members[0]["conn_info"], json!({"n": "C"}), "{result}");
 }
+
+/// A connection token's `b64info` is the client's `conn_info`, and a subscription token's
+/// `info` its `chan_info` in that channel (Centrifugo's channel info), as the server API's
+/// presence shows.
+#[tokio::test]
+async fn b64info_and_subscription_token_info_reach_presence() {
+    let server = hmac_server("").await;
+    let mut client = server.ws(WsOptions::json()).await;
+    // base64 of {"b":1}
+    let token = hs256(json!({"sub": "alice", "b64info": "eyJiIjoxfQ=="}));
+    client.handshake_with(connect_token(&token)).await;
+    let channel = format!("${}", unique_channel("info"));
+    let sub = hs256(json!({"sub": "alice", "channel": channel, "info": {"role": "mod"}}));
+    let reply = client.request(subscribe_token(&channel, &sub)).await;
+    assert_eq!(reply.error, None, "{reply:?}");
+    let result = api_ok(
+        server.admin_addr,
+        "presence",
+        &json!({"channel": channel}),
+        Some(API_KEY),
+    )
+    .await;
+    let members = result["presence"]
+        .as_object()
+        .expect("presence map")
+        .clone();
+    assert_eq!(members.len(), 1, "{result}");
+    let member = members.values().next().expect("one member");
+    assert_eq!(member["user"], "alice", "{member}");
+    assert_eq!(member["conn_info"], json!({"b": 1}), "{member}");
+    assert_eq!(member["chan_info"], json!({"role": "mod"}), "{member}");
+}

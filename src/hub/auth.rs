@@ -70,6 +70,9 @@ pub enum SubTokenCheck {
         channel: String,
         /// `exp` claim, unix seconds.
         expires_at: Option<u64>,
+        /// `info` (JSON) or `b64info` (decoded): the subscriber's `chan_info` in presence and
+        /// join/leave (empty: none).
+        info: Bytes,
     },
     /// `exp` has passed (error 109).
     Expired,
@@ -225,11 +228,17 @@ impl TokenKeys {
     /// matched by the caller). A token without a `channel` claim is invalid.
     pub fn check_subscription(&self, token: &str) -> SubTokenCheck {
         match self.decode::<SubClaims>(token) {
-            Ok(claims) if !claims.channel.is_empty() => SubTokenCheck::Valid {
-                user: claims.sub,
-                channel: claims.channel,
-                expires_at: claims.exp,
-            },
+            Ok(claims) if !claims.channel.is_empty() => {
+                match info_bytes(claims.info.as_deref(), claims.b64info.as_deref()) {
+                    Some(info) => SubTokenCheck::Valid {
+                        user: claims.sub,
+                        channel: claims.channel,
+                        expires_at: claims.exp,
+                        info,
+                    },
+                    None => SubTokenCheck::Invalid,
+                }
+            }
             Err(true) => SubTokenCheck::Expired,
             _ => SubTokenCheck::Invalid,
         }
@@ -254,15 +263,23 @@ struct Claims {
     meta: Option<serde_json::Value>,
 }
 
+/// The `info` claim's JSON, else the decoded `b64info`, else empty; `None` when `b64info` is
+/// not base64 (the token is then invalid).
+fn info_bytes(info: Option<&serde_json::value::RawValue>, b64info: Option<&str>) -> Option<Bytes> {
+    match (info, b64info) {
+        (Some(raw), _) if raw.get() != "null" => Some(Bytes::from(raw.get().to_owned())),
+        (_, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .map(Bytes::from),
+        _ => Some(Bytes::new()),
+    }
+}
+
 impl Claims {
     fn into_check(self) -> TokenCheck {
-        let info = match (&self.info, &self.b64info) {
-            (Some(raw), _) if raw.get() != "null" => Bytes::from(raw.get().to_owned()),
-            (_, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64) {
-                Ok(bytes) => Bytes::from(bytes),
-                Err(_) => return TokenCheck::Invalid,
-            },
-            _ => Bytes::new(),
+        let Some(info) = info_bytes(self.info.as_deref(), self.b64info.as_deref()) else {
+            return TokenCheck::Invalid;
         };
         let mut channels: Vec<String> = Vec::new();
         for channel in self.channels.into_iter().chain(self.subs.into_keys()) {
@@ -288,6 +305,10 @@ struct SubClaims {
     channel: String,
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    b64info: Option<String>,
 }
 
 /// Verifies an HS256/384/512 connection token with `secret` (no audience or issuer check).

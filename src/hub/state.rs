@@ -935,15 +935,18 @@ impl HubState {
                 return Err(ErrorCode::LimitExceeded);
             }
         }
-        // A subscription token grants the subscription (and is required on `$` channels);
-        // otherwise the namespace's permissions decide.
+        let mut info = info;
+        // A subscription token grants the subscription (and is required on `$` channels),
+        // with its `info` as the channel info; otherwise the namespace's permissions decide.
         let token_expiry = if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
             validate_channel(&request.channel, settings.config.channel.max_length)?;
-            subscription_grant(
+            let (expiry, chan_info) = subscription_grant(
                 token.unwrap_or(SubTokenCheck::Invalid),
                 &info.user,
                 &request.channel,
-            )?
+            )?;
+            info.chan_info = chan_info;
+            expiry
         } else {
             let asker = Asker {
                 user: &info.user,
@@ -1475,6 +1478,7 @@ impl HubState {
                 user,
                 channel: granted,
                 expires_at,
+                ..
             } if user == session.user && granted == channel => expires_at,
             SubTokenCheck::Valid { .. } | SubTokenCheck::Invalid => {
                 self.disconnect(key, &Disconnect::INVALID_TOKEN);
@@ -1510,19 +1514,20 @@ impl HubState {
     }
 }
 
-/// The expiry a subscription token grants for `channel` to `user`: 109 when expired, 103 when
-/// missing, invalid, or for another user or channel.
+/// The expiry and channel info a subscription token grants for `channel` to `user`: 109 when
+/// expired, 103 when missing, invalid, or for another user or channel.
 fn subscription_grant(
     check: SubTokenCheck,
     user: &str,
     channel: &str,
-) -> Result<Option<u64>, ErrorCode> {
+) -> Result<(Option<u64>, Bytes), ErrorCode> {
     match check {
         SubTokenCheck::Valid {
             user: granted_user,
             channel: granted,
             expires_at,
-        } if granted_user == user && granted == channel => Ok(expires_at),
+            info,
+        } if granted_user == user && granted == channel => Ok((expires_at, info)),
         SubTokenCheck::Expired => Err(ErrorCode::TokenExpired),
         SubTokenCheck::Valid { .. } | SubTokenCheck::Invalid => Err(ErrorCode::PermissionDenied),
     }

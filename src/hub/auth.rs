@@ -21,7 +21,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use thiserror::Error;
 
+use std::sync::Arc;
+
 use crate::config::client::{ClientConfig, TokenConfig};
+use crate::hub::jwks::Jwks;
 
 /// The verified claims of a connection token.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -100,6 +103,24 @@ pub struct TokenKeys {
     ecdsa: Option<DecodingKey>,
     audience: Option<String>,
     issuer: Option<String>,
+    /// Keys fetched from `jwks_public_endpoint`, looked up by the token's `kid`.
+    jwks: Option<Arc<Jwks>>,
+}
+
+/// A verification key: configured, or fetched (shared with the JWKS cache).
+enum Key<'a> {
+    Configured(&'a DecodingKey),
+    Fetched(Arc<DecodingKey>),
+}
+
+impl std::ops::Deref for Key<'_> {
+    type Target = DecodingKey;
+    fn deref(&self) -> &DecodingKey {
+        match self {
+            Key::Configured(key) => key,
+            Key::Fetched(key) => key,
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -110,6 +131,7 @@ impl std::fmt::Debug for TokenKeys {
             .field("ecdsa", &self.ecdsa.is_some())
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -170,22 +192,44 @@ impl TokenKeys {
             ecdsa,
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
+            jwks: config
+                .jwks_public_endpoint
+                .as_deref()
+                .map(|url| Arc::new(Jwks::new(url))),
         })
+    }
+
+    /// Starts fetching the JWKS, if one is configured (on the current tokio runtime).
+    pub fn start(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.start();
+        }
     }
 
     /// Whether any key is configured (else every token is invalid).
     pub fn enabled(&self) -> bool {
-        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some()
+        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some() || self.jwks.is_some()
     }
 
-    /// The key and validation for the token's header algorithm, if that algorithm is allowed.
-    fn validation(&self, token: &str) -> Option<(&DecodingKey, Validation)> {
+    /// The key and validation for the token's header algorithm, if that algorithm is allowed:
+    /// a token with a `kid` takes the JWKS key of that id (when a JWKS is configured, and its
+    /// algorithm must be the key's), else the configured key of its algorithm.
+    fn validation(&self, token: &str) -> Option<(Key<'_>, Validation)> {
         let header = decode_header(token).ok()?;
-        let key = match header.alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref()?,
-            Algorithm::RS256 => self.rsa.as_ref()?,
-            Algorithm::ES256 => self.ecdsa.as_ref()?,
-            _ => return None,
+        let key = match (&self.jwks, &header.kid) {
+            (Some(jwks), Some(kid)) => {
+                let (algorithm, key) = jwks.key(kid)?;
+                if algorithm != header.alg {
+                    return None;
+                }
+                Key::Fetched(key)
+            }
+            _ => Key::Configured(match header.alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref()?,
+                Algorithm::RS256 => self.rsa.as_ref()?,
+                Algorithm::ES256 => self.ecdsa.as_ref()?,
+                _ => return None,
+            }),
         };
         let mut validation = Validation::new(header.alg);
         validation.required_spec_claims = HashSet::new();
@@ -210,7 +254,7 @@ impl TokenKeys {
             return Err(false);
         }
         let (key, validation) = self.validation(token).ok_or(false)?;
-        decode::<T>(token, key, &validation)
+        decode::<T>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|error| matches!(error.kind(), ErrorKind::ExpiredSignature))
     }

@@ -165,7 +165,16 @@ impl Settings {
             })
         };
         let keys = usable(TokenKeys::from_config(&config.client));
-        let sub_keys = usable(TokenKeys::for_subscriptions(&config.client));
+        // One JWKS fetcher when subscription tokens share the connection keys.
+        let sub_keys = if config.client.subscription_token.enabled {
+            usable(TokenKeys::for_subscriptions(&config.client))
+        } else {
+            keys.clone()
+        };
+        keys.start();
+        if config.client.subscription_token.enabled {
+            sub_keys.start();
+        }
         Settings {
             binary: BinaryChannels::new(&config.binary_channels),
             namespaces: Namespaces::new(&config.channel, config.client.insecure),

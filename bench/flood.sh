@@ -17,13 +17,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 LABEL=${LABEL:-sidewire}
 if [[ -z "${SIDEWIRE_BIN:-}" ]]; then
-    cargo build --release --bins
-    SIDEWIRE_BIN="$ROOT/target/release/sidewire"
+    cargo build --release --workspace --bins
+    SIDEWIRE_BIN="$TARGET_DIR/release/sidewire"
 fi
-BENCH="${BENCH_BIN:-$ROOT/target/release/sidewire-bench}"
-[[ -x "$BENCH" ]] || cargo build --release --bin sidewire-bench
+BENCH="${BENCH_BIN:-$TARGET_DIR/release/sidewire-bench}"
+[[ -x "$BENCH" ]] || cargo build --release -p sidewire-bench
 WORK=$(mktemp -d)
 SERVER=""
 cleanup() {

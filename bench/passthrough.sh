@@ -4,7 +4,7 @@
 # 2-byte body. Loopback only, bounded durations. Prints one JSON line per target on stdout.
 #
 # Usage: bench/passthrough.sh [seconds=10] [connections=64]
-# Needs: target/release/sidewire, nginx and wrk (apt-get install nginx-light wrk).
+# Needs: $CARGO_TARGET_DIR (default target)/release/sidewire, nginx and wrk (apt-get install nginx-light wrk).
 # Pinning: the proxy under test on CPU 0; wrk and the backend on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,7 +77,7 @@ backend: {url: "http://127.0.0.1:$BACKEND_PORT"}
 log: {level: "warn"}
 YAML
 # One worker thread on one pinned CPU, like nginx's single worker.
-TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/sidewire --config "$WORK/sidewire.yaml" >"$WORK/sidewire.out" 2>"$WORK/sidewire.err" &
+TOKIO_WORKER_THREADS=1 taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/sidewire" --config "$WORK/sidewire.yaml" >"$WORK/sidewire.out" 2>"$WORK/sidewire.err" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q listening "$WORK/sidewire.out" && break; sleep 0.05; done
 SIDEWIRE="$(sed -n 's/.*client=\([^ ]*\).*/\1/p' "$WORK/sidewire.out")"

@@ -10,13 +10,13 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo build"
-cargo build --locked --bins
+cargo build --locked --workspace --bins
 
 echo "== cargo test"
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets
 
 echo "== real SDK suites"
-SIDEWIRE_BIN="$(pwd)/target/debug/sidewire" bash tests/sdk/run.sh
+SIDEWIRE_BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/debug/sidewire" bash tests/sdk/run.sh

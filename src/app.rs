@@ -47,6 +47,25 @@ pub enum AppError {
     /// The hub's Link token could not be loaded.
     #[error(transparent)]
     LinkAuth(#[from] crate::hub::link_auth::LinkAuthError),
+    /// The Redis engine could not be set up.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::redis::ConnectError),
+}
+
+/// Starts the hub over the engine `engine.type` names (Redis connects in the background;
+/// readiness waits for it).
+fn start_hub(config: &Config, phase: &PhaseWatch) -> Result<Hub, AppError> {
+    let engine = match config.engine.kind {
+        crate::config::engine::EngineKind::Memory => None,
+        crate::config::engine::EngineKind::Redis => Some(Arc::new(
+            crate::engine::redis::RedisEngine::open(&config.engine.redis)?,
+        )),
+    };
+    Ok(Hub::start_with_engine(
+        config.hub.clone(),
+        phase.clone(),
+        engine,
+    ))
 }
 
 /// Result of applying a config.
@@ -172,6 +191,10 @@ impl Runtime {
         if config.max_connections_per_ip != old.config.max_connections_per_ip {
             restart_required.push("max_connections_per_ip");
         }
+        if config.engine != old.config.engine {
+            // The hub's engine and its Redis connections are made once, at start.
+            restart_required.push("engine");
+        }
         let backend = if config.backend == old.config.backend {
             old.backend.clone()
         } else {
@@ -274,7 +297,7 @@ impl Sidecar {
         let admin = bind("admin_listen", config.admin_listen).await?;
         let node: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         let metrics = Arc::new(Metrics::default());
-        let hub = Hub::start(config.hub.clone(), phase.clone());
+        let hub = start_hub(&config, &phase)?;
         let resolver = config.tls.as_ref().map(CertResolver::new).transpose()?;
         let tls = resolver.as_ref().map(TlsAcceptor::new).transpose()?;
         let backend = config.backend.as_ref().map(Backend::new).transpose()?;
@@ -293,6 +316,12 @@ impl Sidecar {
             metrics.clone(),
             scheme,
         ));
+        if edge.settings().config.engine.kind == crate::config::engine::EngineKind::Redis {
+            let redis = edge.settings().config.engine.redis.clone();
+            let cluster =
+                crate::cluster::Cluster::start(&redis, node.clone(), edge.emulation.clone())?;
+            edge.set_cluster(cluster);
+        }
         let admin_listen = local_addr(&admin, edge.settings().config.admin_listen);
         if edge.settings().config.upstream.is_none() {
             ApiAccess::decide(admin_listen, &edge.settings().config.hub)
@@ -432,7 +461,7 @@ impl StandaloneHub {
         let keepalive = hub::grpc::LinkKeepalive::from_config(&config.hub);
         let body_timeout = config.request_body_timeout;
         let link_auth = hub::link_auth::LinkAuth::from_config(&config.hub)?;
-        let hub = Hub::start(config.hub, phase.clone());
+        let hub = start_hub(&config, &phase)?;
         Ok(StandaloneHub {
             link,
             tls,
@@ -468,12 +497,18 @@ impl StandaloneHub {
                 let hub = hub.clone();
                 let access = access.clone();
                 let draining = ready_phase.borrow().is_shutting_down();
+                let engine_up = hub.engine().is_none_or(|e| e.connected());
                 async move {
                     if request.uri().path() == "/readyz" {
                         return if draining {
                             crate::http::json(
                                 http::StatusCode::SERVICE_UNAVAILABLE,
                                 r#"{"ready":false,"draining":true}"#,
+                            )
+                        } else if !engine_up {
+                            crate::http::json(
+                                http::StatusCode::SERVICE_UNAVAILABLE,
+                                r#"{"ready":false,"engine_up":false}"#,
                             )
                         } else {
                             crate::http::json(http::StatusCode::OK, r#"{"ready":true}"#)

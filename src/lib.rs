@@ -2,11 +2,13 @@
 //! front of any backend.
 //!
 //! Module map (one duty each):
-//! - [`edge`]: listeners, routing, origin policy, transports (WebSocket);
+//! - [`edge`]: listeners, routing, origin and CORS policy, connection caps, the transports
+//!   (WebSocket, HTTP-streaming, SSE, `/emulation`, and the unidirectional ones);
 //! - [`session`]: the transport-independent session loop and its bounded outbox;
 //! - [`link`]: the multiplexed stream to the upstream, reconnects, local fan-out;
 //! - [`protocol`]: client protocol v2 types, JSON dialect, framing, codes;
 //! - [`hub`]: the reference upstream (embedded or `sidewire hub`);
+//! - [`engine`]: state shared by replicas (memory or Redis);
 //! - [`passthrough`]: every other path, reverse-proxied to the backend;
 //! - [`admin`]: health, readiness, the embedded hub's server API;
 //! - [`config`]: YAML schema, defaults, validation;
@@ -19,8 +21,10 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod edge;
+pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;

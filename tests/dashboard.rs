@@ -120,13 +120,22 @@ fn grouping_labels(expr: &str) -> BTreeSet<String> {
 }
 
 /// The family a queried name reads, if it is stored under that name: a gauge by its own
-/// name, a counter by its name plus `_total`.
+/// name, a counter by its name plus `_total`, a histogram by its name plus `_bucket`, `_sum`
+/// or `_count`.
 fn family_of<'a>(name: &str, families: &'a BTreeMap<String, Family>) -> Result<&'a Family, String> {
     if let Some(family) = families.get(name) {
         return match family.kind.as_str() {
             "counter" => Err(format!("{name} is a counter: query {name}_total")),
+            "histogram" => Err(format!("{name} is a histogram: query {name}_bucket")),
             _ => Ok(family),
         };
+    }
+    let histogram = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| families.get(name.strip_suffix(suffix)?))
+        .filter(|family| family.kind == "histogram");
+    if let Some(family) = histogram {
+        return Ok(family);
     }
     match name
         .strip_suffix("_total")
@@ -331,10 +340,10 @@ async fn dashboard_covers_every_exported_metric() {
         .into_iter()
         .filter(|(name, _)| name.starts_with("sidewire_"))
         .filter(|(name, family)| {
-            let stored = if family.kind == "counter" {
-                format!("{name}_total")
-            } else {
-                name.clone()
+            let stored = match family.kind.as_str() {
+                "counter" => format!("{name}_total"),
+                "histogram" => format!("{name}_bucket"),
+                _ => name.clone(),
             };
             !queried.contains(&stored)
         })

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
+use crate::engine::redis::RedisEngine;
 use crate::hub::counters::HubCounters;
 
 /// Transport and encoding of a connection.
@@ -129,6 +130,17 @@ impl Metrics {
 
     /// Encodes every metric, plus the embedded hub's `sidewire_hub_*` counters when given.
     pub fn encode_with_hub(&self, hub: Option<&HubCounters>) -> String {
+        self.encode_with_engine(hub, None)
+    }
+
+    /// Encodes every metric, plus the embedded hub's `sidewire_hub_*` counters and its
+    /// engine's `sidewire_engine_*` ones when a hub is given (the memory engine reports no
+    /// commands and `engine_connected` 1).
+    pub fn encode_with_engine(
+        &self,
+        hub: Option<&HubCounters>,
+        engine: Option<&RedisEngine>,
+    ) -> String {
         let mut registry = Registry::with_prefix("sidewire");
         // Known reasons are exported from the start (at 0), so rates work from the first
         // drop and dashboards find the family.
@@ -139,6 +151,11 @@ impl Metrics {
         }
         if let Some(hub) = hub {
             register_hub(&mut registry, hub);
+            register_engine(
+                &mut registry,
+                engine,
+                HubCounters::read(&hub.engine_events_dropped),
+            );
         }
         registry.register(
             "connections",
@@ -330,6 +347,69 @@ fn register_hub(registry: &mut Registry, hub: &HubCounters) {
         "Channels the hub knows",
         ConstGauge::new(i64::try_from(read(&hub.channels)).unwrap_or(i64::MAX)),
     );
+    registry.register(
+        "hub_proxy_calls",
+        "Proxy hook calls to the backend, by hook",
+        hub.proxy.calls.clone(),
+    );
+    registry.register(
+        "hub_proxy_errors",
+        "Proxy hook calls that failed (client got error 100), by hook and kind",
+        hub.proxy.errors.clone(),
+    );
+    registry.register(
+        "hub_proxy_duration_seconds",
+        "Duration of proxy hook calls, by hook",
+        hub.proxy.duration.clone(),
+    );
+}
+
+/// Registers the engine's counters (zeros and connected for the memory engine).
+fn register_engine(
+    registry: &mut Registry,
+    engine: Option<&RedisEngine>,
+    engine_events_dropped: u64,
+) {
+    let read =
+        |pick: fn(&crate::engine::redis::EngineCounters) -> &std::sync::atomic::AtomicU64| {
+            engine.map_or(0, |e| HubCounters::read(pick(e.counters())))
+        };
+    registry.register(
+        "engine_commands",
+        "Commands sent to the shared engine (Redis)",
+        ConstCounter::new(read(|c| &c.commands)),
+    );
+    registry.register(
+        "engine_errors",
+        "Engine commands that failed (refused, timed out, disconnected)",
+        ConstCounter::new(read(|c| &c.errors)),
+    );
+    let micros = read(|c| &c.latency_micros);
+    registry.register(
+        "engine_command_seconds",
+        "Total time spent in engine commands (with engine_commands: the mean latency)",
+        ConstCounter::new(micros as f64 / 1_000_000.0),
+    );
+    registry.register(
+        "engine_pubsub_messages",
+        "Pub/sub messages received from the engine",
+        ConstCounter::new(read(|c| &c.messages_in)),
+    );
+    registry.register(
+        "engine_resyncs",
+        "Pub/sub resubscriptions after an engine reconnect",
+        ConstCounter::new(read(|c| &c.resyncs)),
+    );
+    registry.register(
+        "engine_events_dropped",
+        "Presence / join / leave updates for the engine dropped on a full queue",
+        ConstCounter::new(engine_events_dropped),
+    );
+    registry.register(
+        "engine_connected",
+        "1 while the engine is usable (always with the memory engine), else 0",
+        ConstGauge::new(i64::from(engine.is_none_or(RedisEngine::connected))),
+    );
 }
 
 #[cfg(test)]
@@ -373,6 +453,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sidewire_hub_channels 0"), "{text}");
+        assert!(
+            text.contains("sidewire_hub_proxy_calls_total{hook=\"connect\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sidewire_hub_proxy_duration_seconds_count{hook=\"rpc\"} 0"),
+            "{text}"
+        );
         assert!(!metrics.encode().contains("sidewire_hub_"));
     }
 }

@@ -1,5 +1,6 @@
-//! The admin listener (never the client port): `/healthz` (process alive), `/readyz` (Link up,
-//! config valid, not draining), `/metrics` (OpenMetrics text) and, when the hub is embedded,
+//! The admin listener (never the client port): `/healthz` (process alive), `/readyz` (the Link
+//! is up and the process is not draining; an invalid config never gets this far: it is refused
+//! at start and on reload), `/metrics` (OpenMetrics text) and, when the hub is embedded,
 //! its server API under `/api/`.
 
 pub mod metrics;
@@ -73,9 +74,17 @@ impl Admin {
                 let settings = self.edge.settings();
                 let link_up = settings.link.state() == LinkState::Up;
                 let draining = self.edge.is_draining();
-                let ready = link_up && !draining;
-                let body =
-                    format!(r#"{{"ready":{ready},"link_up":{link_up},"draining":{draining}}}"#);
+                let engine_up = self
+                    .hub
+                    .as_ref()
+                    .and_then(Hub::engine)
+                    .is_none_or(|e| e.connected())
+                    // Emulation routing between replicas needs its control channel too.
+                    && self.edge.cluster().is_none_or(|cluster| cluster.is_ready());
+                let ready = link_up && !draining && engine_up;
+                let body = format!(
+                    r#"{{"ready":{ready},"link_up":{link_up},"draining":{draining},"engine_up":{engine_up}}}"#
+                );
                 let code = if ready {
                     StatusCode::OK
                 } else {
@@ -85,7 +94,11 @@ impl Admin {
             }
             "/metrics" => {
                 let counters = self.hub.as_ref().map(Hub::counters);
-                let text = self.edge.metrics.encode_with_hub(counters.as_deref());
+                let engine = self.hub.as_ref().and_then(Hub::engine);
+                let text = self
+                    .edge
+                    .metrics
+                    .encode_with_engine(counters.as_deref(), engine.as_deref());
                 let mut response = Response::new(full(text));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -151,6 +164,7 @@ pub async fn api_call(
         &parts.headers,
         &body,
     )
+    .await
 }
 
 #[cfg(test)]

@@ -98,11 +98,13 @@ channel_options! {
     /// Any bytes may be published (protobuf clients only may subscribe); else data must be
     /// JSON. Sidewire's name: Centrifugo has no per-namespace binary flag.
     allow_binary_data: bool,
-    /// Subscribe proxy hook: parsed, but no hook exists yet, so subscribe answers 108.
+    /// Subscribes go to `hub.channel.proxy.subscribe` (which then decides instead of the
+    /// `allow_subscribe_*` flags; tokens and user-limited channels still come first).
     subscribe_proxy_enabled: bool,
-    /// Publish proxy hook: parsed, but no hook exists yet, so publish answers 108.
+    /// Publishes go to `hub.channel.proxy.publish`, which alone decides (and may rewrite the
+    /// data or skip history).
     publish_proxy_enabled: bool,
-    /// Sub-refresh proxy hook: parsed, not available yet.
+    /// Expiring proxy subscriptions are prolonged through `hub.channel.proxy.sub_refresh`.
     sub_refresh_proxy_enabled: bool,
 }
 
@@ -120,6 +122,8 @@ pub struct ChannelConfig {
     pub without_namespace: ChannelOptions,
     /// Named namespaces.
     pub namespaces: Vec<NamespaceConfig>,
+    /// `hub.channel.proxy`: the subscribe, publish and sub_refresh hooks.
+    pub proxy: super::proxy::ChannelProxyConfig,
 }
 
 impl Default for ChannelConfig {
@@ -128,6 +132,7 @@ impl Default for ChannelConfig {
             max_length: DEFAULT_MAX_LENGTH,
             without_namespace: ChannelOptions::default(),
             namespaces: Vec::new(),
+            proxy: super::proxy::ChannelProxyConfig::default(),
         }
     }
 }
@@ -164,7 +169,61 @@ impl ChannelConfig {
             }
             options_problems(&field, &namespace.options(), &mut problems);
         }
+        self.proxy_problems(&mut problems);
         problems
+    }
+}
+
+impl ChannelConfig {
+    /// Every option set (`without_namespace` first) with its dotted field.
+    fn all_options(&self) -> Vec<(String, ChannelOptions)> {
+        let mut all = vec![(
+            "hub.channel.without_namespace".to_owned(),
+            self.without_namespace.clone(),
+        )];
+        for (index, namespace) in self.namespaces.iter().enumerate() {
+            all.push((
+                format!("hub.channel.namespaces[{index}]"),
+                namespace.options(),
+            ));
+        }
+        all
+    }
+
+    fn proxy_problems(&self, problems: &mut Vec<String>) {
+        let all = self.all_options();
+        type Flag = fn(&ChannelOptions) -> bool;
+        let hooks: [(&str, &super::proxy::HookConfig, &str, Flag); 3] = [
+            (
+                "subscribe",
+                &self.proxy.subscribe,
+                "subscribe_proxy_enabled",
+                |o| o.subscribe_proxy_enabled,
+            ),
+            (
+                "publish",
+                &self.proxy.publish,
+                "publish_proxy_enabled",
+                |o| o.publish_proxy_enabled,
+            ),
+            (
+                "sub_refresh",
+                &self.proxy.sub_refresh,
+                "sub_refresh_proxy_enabled",
+                |o| o.sub_refresh_proxy_enabled,
+            ),
+        ];
+        for (name, hook, flag_name, flag) in hooks {
+            let user = all
+                .iter()
+                .find(|(_, options)| flag(options))
+                .map(|(field, _)| format!("{field}.{flag_name}"));
+            problems.extend(super::proxy::hook_problems(
+                &format!("hub.channel.proxy.{name}"),
+                hook,
+                user.as_deref(),
+            ));
+        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! `hub.client`: how clients connect to the embedded hub, with Centrifugo v6's option names
-//! (`client.token.*`, `client.subscription_token.*`, `client.channel_limit`).
+//! (`client.token.*`, `client.subscription_token.*`, `client.channel_limit`, `client.proxy.*`).
 //!
 //! Guarantee: every key here is validated by [`ClientConfig::problems`], each problem naming
 //! its dotted field.
 
 use serde::Deserialize;
+
+use super::proxy::ClientProxyConfig;
 
 /// Default number of channels one client may be subscribed to at once (Centrifugo's
 /// `client.channel_limit`).
@@ -29,6 +31,8 @@ pub struct ClientConfig {
     /// anonymous, connection tokens never expire, and every client operation that exists on a
     /// channel is granted (namespaces, features and `$` channels are still checked).
     pub insecure: bool,
+    /// `hub.client.proxy`: the connect and refresh hooks.
+    pub proxy: ClientProxyConfig,
 }
 
 impl Default for ClientConfig {
@@ -39,6 +43,7 @@ impl Default for ClientConfig {
             channel_limit: DEFAULT_CHANNEL_LIMIT,
             allow_anonymous_connect_without_token: false,
             insecure: false,
+            proxy: ClientProxyConfig::default(),
         }
     }
 }
@@ -166,6 +171,18 @@ impl ClientConfig {
         }
         if self.channel_limit < 1 {
             problems.push("hub.client.channel_limit: must be at least 1".to_owned());
+        }
+        for (name, hook) in [
+            ("connect", &self.proxy.connect),
+            ("refresh", &self.proxy.refresh),
+        ] {
+            let field = format!("hub.client.proxy.{name}");
+            let why = format!("{field}.enabled");
+            problems.extend(super::proxy::hook_problems(
+                &field,
+                &hook.hook(),
+                hook.enabled.then_some(why.as_str()),
+            ));
         }
         problems
     }

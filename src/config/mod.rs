@@ -10,6 +10,7 @@ pub mod duration;
 pub mod engine;
 pub mod env;
 pub mod http_api;
+pub mod proxy;
 pub mod renamed;
 pub mod schema;
 pub mod secret;
@@ -147,7 +148,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Client listener address (WebSocket endpoint and, later, passthrough).
+    /// Client listener address: every client transport and the passthrough to the backend.
     pub listen: SocketAddr,
     /// Admin listener address: `/healthz`, `/readyz`, and the embedded hub's `/api/*`.
     pub admin_listen: SocketAddr,
@@ -498,6 +499,10 @@ pub struct HubConfig {
     /// `hub.channel`: the channel name limit, namespaces and permissions (Centrifugo v6's
     /// `channel.*`).
     pub channel: channel::ChannelConfig,
+    /// `hub.rpc`: the RPC hook and the RPC namespaces routed to it.
+    pub rpc: proxy::RpcConfig,
+    /// Hook calls in flight across the hub; beyond it a call fails at once with error 100.
+    pub proxy_max_in_flight: usize,
 }
 
 impl Default for HubConfig {
@@ -519,6 +524,8 @@ impl Default for HubConfig {
             binary_channels: Vec::new(),
             link_token: None,
             channel: channel::ChannelConfig::default(),
+            rpc: proxy::RpcConfig::default(),
+            proxy_max_in_flight: proxy::DEFAULT_PROXY_MAX_IN_FLIGHT,
         }
     }
 }
@@ -833,6 +840,10 @@ impl Config {
         );
         problems.extend(self.uni_problems());
         problems.extend(self.hub.channel.problems());
+        problems.extend(proxy::rpc_problems(&self.hub.rpc));
+        if self.hub.proxy_max_in_flight == 0 {
+            problems.push("hub.proxy_max_in_flight: must be at least 1".to_owned());
+        }
         if problems.is_empty() {
             Ok(())
         } else {

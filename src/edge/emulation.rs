@@ -5,6 +5,12 @@
 //!
 //! Answers: 204 delivered (also for an unknown session, as Centrifugo), 400 malformed body,
 //! 404 unknown node, 413 too large, 503 session busy.
+//!
+//! With `engine.type: redis`, a POST naming another live node is routed to it
+//! ([`crate::cluster`]) and answered once that node has queued the commands: 204 then (or for
+//! an unknown session there), 404 for a node not heard from, 500 when Redis is unreachable or
+//! the node does not answer within [`crate::cluster::ROUTE_TIMEOUT`], 503 when the session is
+//! busy or too many routed POSTs are in flight.
 
 use std::sync::Arc;
 
@@ -17,6 +23,7 @@ use serde::Deserialize;
 use super::body::{is_protobuf, read_limited};
 use super::{Edge, Settings};
 use crate::admin::metrics::OutcomeLabels;
+use crate::cluster::{Outcome, RouteError};
 use crate::http::{Body, empty, status};
 use crate::protocol::client::EmulationRequest;
 use crate::session::emulation::DeliverError;
@@ -72,8 +79,13 @@ pub async fn handle(
         return status(StatusCode::BAD_REQUEST);
     };
     if node != *edge.node {
-        count("unknown_node");
-        return status(StatusCode::NOT_FOUND);
+        let Some(cluster) = edge.cluster() else {
+            count("unknown_node");
+            return status(StatusCode::NOT_FOUND);
+        };
+        let (outcome, code) = routed_answer(cluster.route(&node, &session, data).await);
+        count(outcome);
+        return status(code);
     }
     let code = match edge.emulation.deliver(&session, data).await {
         Ok(()) => {
@@ -92,6 +104,19 @@ pub async fn handle(
     let mut response = Response::new(empty());
     *response.status_mut() = code;
     response
+}
+
+/// The metrics outcome and the HTTP status for a routed POST.
+fn routed_answer(result: Result<Outcome, RouteError>) -> (&'static str, StatusCode) {
+    match result {
+        Ok(Outcome::Delivered) => ("routed", StatusCode::NO_CONTENT),
+        Ok(Outcome::UnknownSession) => ("routed_unknown_session", StatusCode::NO_CONTENT),
+        Ok(Outcome::Busy) => ("routed_busy", StatusCode::SERVICE_UNAVAILABLE),
+        Err(RouteError::UnknownNode) => ("unknown_node", StatusCode::NOT_FOUND),
+        Err(RouteError::Unavailable) => ("route_unavailable", StatusCode::INTERNAL_SERVER_ERROR),
+        Err(RouteError::Timeout) => ("route_timeout", StatusCode::INTERNAL_SERVER_ERROR),
+        Err(RouteError::Overloaded) => ("route_overloaded", StatusCode::SERVICE_UNAVAILABLE),
+    }
 }
 
 #[cfg(test)]
@@ -114,5 +139,37 @@ mod tests {
         assert_eq!(parse(&protobuf, true).unwrap().2, Bytes::from_static(&[0]));
         assert!(parse(b"{}", false).is_none());
         assert!(parse(b"\xff\xff", true).is_none());
+    }
+
+    #[test]
+    fn routed_answers_follow_centrifugo() {
+        assert_eq!(
+            routed_answer(Ok(Outcome::Delivered)).1,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            routed_answer(Ok(Outcome::UnknownSession)).1,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            routed_answer(Ok(Outcome::Busy)).1,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            routed_answer(Err(RouteError::UnknownNode)).1,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            routed_answer(Err(RouteError::Timeout)).1,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            routed_answer(Err(RouteError::Unavailable)).1,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            routed_answer(Err(RouteError::Overloaded)).1,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

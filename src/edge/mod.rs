@@ -77,6 +77,8 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// Scheme clients reached us with (`http` or `https`), for forwarding headers.
     pub scheme: &'static str,
+    /// Emulation routing between replicas (set once at start with `engine.type: redis`).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Edge {
@@ -95,7 +97,18 @@ impl Edge {
             phase,
             metrics,
             scheme,
+            cluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Turns on emulation routing between replicas (once; a second call is ignored).
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Emulation routing between replicas, when the engine is Redis.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// The current settings snapshot (hold it for the whole request).

@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use wildmatch::WildMatch;
 
 use super::Hub;
+use super::control::ControlOp;
 use super::namespace::Operation;
 use super::policy::{validate_channel, validate_disconnect_code};
 use super::state::PublishOptions;
@@ -35,7 +36,7 @@ pub const MAX_BATCH_COMMANDS: usize = 1000;
 /// Most channels listed by the `channels` method (the hub holds at most `hub.max_channels`).
 pub const MAX_CHANNELS_LISTED: usize = 100_000;
 /// Node name reported by the `info` method.
-const NODE_NAME: &str = "sidewire";
+pub(crate) const NODE_NAME: &str = "sidewire";
 
 /// The methods served, in Centrifugo's naming.
 pub const METHODS: &[&str] = &[
@@ -260,7 +261,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Answers one API call; `path` is the request path (`/api/publish`, ...).
-pub fn respond(
+pub async fn respond(
     hub: &Hub,
     api_key: Option<&str>,
     method: &Method,
@@ -294,9 +295,11 @@ pub fn respond(
         }
     };
     let answer = if name == "batch" {
-        batch(hub, params)
+        batch(hub, params).await
     } else {
-        call(hub, name, params).map(|result| json!({ "result": result }))
+        call(hub, name, params)
+            .await
+            .map(|result| json!({ "result": result }))
     };
     match answer {
         Ok(value) => json_response(StatusCode::OK, value.to_string()),
@@ -315,7 +318,7 @@ fn parse<T: DeserializeOwned>(params: Value) -> Result<T, CallError> {
 /// `{"commands":[{"<method>":{…}}, …]}` → `{"replies":[{"<method>":{…}} | {"error":{…}}, …]}`,
 /// in order; a command that is not one method with its params gets error 107, an unknown or
 /// nested `batch` method 104.
-fn batch(hub: &Hub, params: Value) -> Result<Value, CallError> {
+async fn batch(hub: &Hub, params: Value) -> Result<Value, CallError> {
     let body: BatchBody = parse(params)?;
     if body.commands.len() > MAX_BATCH_COMMANDS {
         return Err(CallError::Refused {
@@ -325,35 +328,35 @@ fn batch(hub: &Hub, params: Value) -> Result<Value, CallError> {
             )),
         });
     }
-    let replies: Vec<Value> = body
-        .commands
-        .into_iter()
-        .map(|command| {
-            let Value::Object(command) = command else {
-                return error_value(ErrorCode::BadRequest);
-            };
-            let mut entries = command.into_iter();
-            let (Some((name, params)), None) = (entries.next(), entries.next()) else {
-                return error_value(ErrorCode::BadRequest);
-            };
-            if name == "batch" || !METHODS.contains(&name.as_str()) {
-                return error_value(ErrorCode::MethodNotFound);
+    let mut replies: Vec<Value> = Vec::with_capacity(body.commands.len());
+    for command in body.commands {
+        let Value::Object(command) = command else {
+            replies.push(error_value(ErrorCode::BadRequest));
+            continue;
+        };
+        let mut entries = command.into_iter();
+        let (Some((name, params)), None) = (entries.next(), entries.next()) else {
+            replies.push(error_value(ErrorCode::BadRequest));
+            continue;
+        };
+        if name == "batch" || !METHODS.contains(&name.as_str()) {
+            replies.push(error_value(ErrorCode::MethodNotFound));
+            continue;
+        }
+        replies.push(match Box::pin(call(hub, &name, params)).await {
+            Ok(result) => {
+                let mut reply = Map::new();
+                reply.insert(name, result);
+                Value::Object(reply)
             }
-            match call(hub, &name, params) {
-                Ok(result) => {
-                    let mut reply = Map::new();
-                    reply.insert(name, result);
-                    Value::Object(reply)
-                }
-                Err(error) => error.to_value(),
-            }
-        })
-        .collect();
+            Err(error) => error.to_value(),
+        });
+    }
     Ok(json!({ "replies": replies }))
 }
 
 /// Runs one method (not `batch`) and returns its `result` object.
-fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
+async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
     match method {
         "publish" => {
             let b: PublishBody = parse(params)?;
@@ -362,7 +365,7 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
                 skip_history: b.skip_history,
                 tags: b.tags,
             };
-            publish(hub, &b.channel, data, options, &b.idempotency_key)
+            publish(hub, &b.channel, data, options, &b.idempotency_key).await
         }
         "broadcast" => {
             let b: BroadcastBody = parse(params)?;
@@ -370,20 +373,19 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
             if b.channels.is_empty() {
                 return Err(ErrorCode::BadRequest.into());
             }
-            let responses: Vec<Value> = b
-                .channels
-                .iter()
-                .map(|channel| {
-                    let options = PublishOptions {
-                        skip_history: b.skip_history,
-                        tags: b.tags.clone(),
-                    };
-                    match publish(hub, channel, data.clone(), options, &b.idempotency_key) {
+            let mut responses: Vec<Value> = Vec::with_capacity(b.channels.len());
+            for channel in &b.channels {
+                let options = PublishOptions {
+                    skip_history: b.skip_history,
+                    tags: b.tags.clone(),
+                };
+                responses.push(
+                    match publish(hub, channel, data.clone(), options, &b.idempotency_key).await {
                         Ok(result) => json!({ "result": result }),
                         Err(error) => error.to_value(),
-                    }
-                })
-                .collect();
+                    },
+                );
+            }
             Ok(json!({ "responses": responses }))
         }
         "subscribe" => {
@@ -395,13 +397,27 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
             };
             checked_channel(hub, &b.channel)?;
             hub.with_state(|s| s.channel_available(&b.channel, Operation::Subscribe))?;
-            hub.with_state(|s| s.server_subscribe(&b.target.user, client, &b.channel, data))?;
+            hub.server_subscribe(&b.target.user, client, &b.channel, data.clone())
+                .await?;
+            hub.broadcast_control(ControlOp::Subscribe {
+                user: b.target.user.clone(),
+                client: client.map(str::to_owned),
+                channel: b.channel.clone(),
+                data: String::from_utf8_lossy(&data).into_owned(),
+            })
+            .await?;
             Ok(json!({}))
         }
         "unsubscribe" => {
             let b: UnsubscribeBody = parse(params)?;
             let client = b.target.client()?;
             hub.with_state(|s| s.server_unsubscribe(&b.target.user, client, &b.channel))?;
+            hub.broadcast_control(ControlOp::Unsubscribe {
+                user: b.target.user.clone(),
+                client: client.map(str::to_owned),
+                channel: b.channel.clone(),
+            })
+            .await?;
             Ok(json!({}))
         }
         "disconnect" => {
@@ -417,6 +433,14 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
             hub.with_state(|s| {
                 s.disconnect_user(&b.target.user, client, &b.whitelist, &disconnect)
             });
+            hub.broadcast_control(ControlOp::Disconnect {
+                user: b.target.user.clone(),
+                client: client.map(str::to_owned),
+                keep: b.whitelist.clone(),
+                code: disconnect.code,
+                reason: disconnect.reason.to_string(),
+            })
+            .await?;
             Ok(json!({}))
         }
         "refresh" => {
@@ -427,20 +451,27 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
                 Some(at) => Some(u64::try_from(at).map_err(|_| ErrorCode::BadRequest)?),
             };
             hub.with_state(|s| s.refresh_sessions(&b.target.user, client, b.expired, expire_at));
+            hub.broadcast_control(ControlOp::Refresh {
+                user: b.target.user.clone(),
+                client: client.map(str::to_owned),
+                expired: b.expired,
+                expire_at,
+            })
+            .await?;
             Ok(json!({}))
         }
         "presence" => {
             let b: ChannelBody = parse(params)?;
             checked_channel(hub, &b.channel)?;
             hub.with_state(|s| s.channel_available(&b.channel, Operation::Presence))?;
-            let presence = hub.with_state(|s| s.presence(&b.channel));
+            let presence = hub.presence(&b.channel).await?;
             Ok(json!(presence))
         }
         "presence_stats" => {
             let b: ChannelBody = parse(params)?;
             checked_channel(hub, &b.channel)?;
             hub.with_state(|s| s.channel_available(&b.channel, Operation::Presence))?;
-            let stats = hub.with_state(|s| s.presence_stats(&b.channel));
+            let stats = hub.presence_stats(&b.channel).await?;
             Ok(json!(stats))
         }
         "history" => {
@@ -456,12 +487,12 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
             };
             checked_channel(hub, &request.channel)?;
             hub.with_state(|s| s.channel_available(&request.channel, Operation::History))?;
-            let result = hub.with_state(|s| s.history(&request))?;
+            let result = hub.history(&request).await?;
             Ok(json!(result))
         }
         "history_remove" => {
             let b: ChannelBody = parse(params)?;
-            hub.with_state(|s| s.history_remove(&b.channel))?;
+            hub.history_remove(&b.channel).await?;
             Ok(json!({}))
         }
         "channels" => {
@@ -477,6 +508,10 @@ fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
                 .map(|(name, clients)| (name, json!({ "num_clients": clients })))
                 .collect();
             Ok(json!({ "channels": channels }))
+        }
+        "info" if hub.engine().is_some() => {
+            let nodes = hub.nodes().await?;
+            Ok(json!({ "nodes": nodes }))
         }
         "info" => {
             let (counts, uid, uptime) =
@@ -515,7 +550,7 @@ fn checked_channel(hub: &Hub, channel: &str) -> Result<(), CallError> {
 /// Publishes once per `(channel, idempotency_key)` within the cache's TTL: a repeated key
 /// returns the first result without publishing again. The lookup, the publication and the
 /// insert happen under the cache's lock, so concurrent duplicates publish once.
-fn publish(
+async fn publish(
     hub: &Hub,
     channel: &str,
     data: Bytes,
@@ -523,7 +558,23 @@ fn publish(
     idempotency_key: &str,
 ) -> Result<Value, CallError> {
     let (offset, epoch) = if idempotency_key.is_empty() {
-        hub.with_state(|s| s.publish_api(channel, data, options))?
+        hub.publish_api(channel, data, options).await?
+    } else if hub.engine().is_some() {
+        // Shared engine: the cache is per node and not held across the engine's await, so
+        // two concurrent duplicates may both publish (Centrifugo keeps the result in Redis).
+        let now = tokio::time::Instant::now();
+        let cached =
+            hub.with_state(|s| s.with_idempotency(|c| c.get(channel, idempotency_key, now)));
+        match cached {
+            Some(result) => result,
+            None => {
+                let result = hub.publish_api(channel, data, options).await?;
+                hub.with_state(|s| {
+                    s.with_idempotency(|c| c.insert(channel, idempotency_key, result.clone(), now))
+                });
+                result
+            }
+        }
     } else {
         let now = tokio::time::Instant::now();
         hub.with_state(|s| {

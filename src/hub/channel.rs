@@ -60,6 +60,9 @@ pub struct Channel {
     pub links: HashMap<u64, HashSet<u64>>,
     /// Subscribers that asked for join/leave pushes.
     pub join_leave_subscribers: usize,
+    /// Subscriptions under way through a shared engine (they keep the channel, and its
+    /// engine pub/sub, alive until they commit or fail).
+    pub pending: u32,
 }
 
 impl Channel {
@@ -73,6 +76,7 @@ impl Channel {
             subscribers: HashMap::new(),
             links: HashMap::new(),
             join_leave_subscribers: 0,
+            pending: 0,
         }
     }
 
@@ -102,7 +106,7 @@ impl Channel {
 
     /// Whether the channel can be forgotten.
     pub fn is_idle(&self) -> bool {
-        self.subscribers.is_empty() && self.history.is_empty()
+        self.subscribers.is_empty() && self.history.is_empty() && self.pending == 0
     }
 
     /// Removes the oldest kept publication (a trim by `history_size`), keeping the ledger's

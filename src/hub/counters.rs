@@ -22,6 +22,10 @@ pub struct HubCounters {
     pub history_bytes: AtomicU64,
     /// Gauge: channels known.
     pub channels: AtomicU64,
+    /// Proxy hook calls, errors and latency, by hook.
+    pub proxy: super::proxy::metrics::ProxyMetrics,
+    /// Presence / join / leave events for the shared engine dropped on a full queue.
+    pub engine_events_dropped: AtomicU64,
 }
 
 impl HubCounters {

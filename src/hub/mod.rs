@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod channel;
+pub mod control;
 pub mod counters;
 pub mod drain;
 pub mod grpc;
@@ -16,12 +17,15 @@ pub mod link_auth;
 pub mod link_queue;
 pub mod namespace;
 pub mod policy;
+pub mod proxy;
+mod shared;
 pub mod state;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -48,6 +52,8 @@ struct Inner {
     state: HubState,
     counters: Arc<HubCounters>,
     next_link: AtomicU64,
+    /// The proxy hooks of the config in force.
+    proxies: ArcSwap<proxy::Proxies>,
 }
 
 /// Cheap handle to the hub; clones share it.
@@ -58,15 +64,37 @@ pub struct Hub {
 
 impl Hub {
     /// A hub with its upkeep task, which stops when the process is closing.
-    pub fn start(config: HubConfig, mut phase: PhaseWatch) -> Hub {
+    pub fn start(config: HubConfig, phase: PhaseWatch) -> Hub {
+        Hub::start_with_engine(config, phase, None)
+    }
+
+    /// A hub over `engine` (Redis) when given, else the memory engine; with an engine, its
+    /// listener, presence and pub/sub upkeep tasks run too.
+    pub fn start_with_engine(
+        config: HubConfig,
+        mut phase: PhaseWatch,
+        engine: Option<Arc<crate::engine::redis::RedisEngine>>,
+    ) -> Hub {
         let counters = Arc::new(HubCounters::default());
+        let proxies = proxy::Proxies::build(&config, &counters);
+        let (state, events) = match engine.clone() {
+            Some(engine) => {
+                let (state, events) = HubState::new_shared(config, counters.clone(), engine);
+                (state, Some(events))
+            }
+            None => (HubState::new(config, counters.clone()), None),
+        };
         let hub = Hub {
             inner: Arc::new(Inner {
-                state: HubState::new(config, counters.clone()),
+                state,
                 counters,
                 next_link: AtomicU64::new(1),
+                proxies: ArcSwap::from_pointee(proxies),
             }),
         };
+        if let (Some(engine), Some(events)) = (engine, events) {
+            hub.start_shared(engine, events, phase.clone());
+        }
         let upkeep = hub.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -74,7 +102,7 @@ impl Hub {
             tokio::pin!(closing);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => upkeep.with_state(HubState::sweep),
+                    _ = tick.tick() => upkeep.sweep(),
                     _ = &mut closing => break,
                 }
             }
@@ -93,7 +121,14 @@ impl Hub {
 
     /// Applies a new hub config (token secret, API key, limits) to later operations.
     pub fn set_config(&self, config: HubConfig) {
+        let proxies = proxy::Proxies::build(&config, &self.inner.counters);
+        self.inner.proxies.store(Arc::new(proxies));
         self.inner.state.set_config(config);
+    }
+
+    /// The proxy hooks in force.
+    fn proxies(&self) -> Arc<proxy::Proxies> {
+        self.inner.proxies.load_full()
     }
 
     /// Runs `operation` on the state (which locks only what each operation needs).
@@ -141,8 +176,10 @@ impl Hub {
             forwarder.remove_link(link);
         });
         let hub = self.clone();
+        let engine = self.engine();
         tokio::spawn(async move {
             let mut inbound = inbound;
+            let mut lanes = engine.map(|engine| shared::Lanes::start(&hub, engine, link));
             loop {
                 let frame = tokio::select! {
                     frame = inbound.next() => frame,
@@ -152,7 +189,13 @@ impl Hub {
                 if queue.is_dead() {
                     break;
                 }
-                hub.apply(link, frame);
+                match &mut lanes {
+                    None => hub.apply(link, frame),
+                    Some(lanes) => lanes.send(frame).await,
+                }
+            }
+            if let Some(lanes) = lanes {
+                lanes.finish().await;
             }
             hub.remove_link(link);
             tracing::info!(link, "hub: link closed");
@@ -185,11 +228,20 @@ impl Hub {
                     .and_then(|c| c.connect.as_ref())
                     .map(|c| c.token.as_str())
                     .unwrap_or_default();
+                let proxies = self.proxies();
+                if token.is_empty() && proxies.connect_enabled() {
+                    return self.open_through_hook(link, open, proxies);
+                }
                 let check = self.with_state(|state| state.verify_connection(token));
-                self.with_state(|state| state.open(link, open, check));
+                let headers = proxies.keep_headers(&open.headers);
+                self.with_state(|state| state.open(link, open, check, headers));
             }
             sidecar_frame::Frame::Command(command) => {
                 if let Some(inner) = command.command {
+                    let Some(inner) = self.command_through_hook((link, command.session), inner)
+                    else {
+                        return;
+                    };
                     self.with_state(|state| {
                         let token = verify_command_token(state, &inner);
                         state.command((link, command.session), inner, token);

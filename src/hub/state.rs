@@ -14,6 +14,7 @@
 //! operation mutates across a fallible step, so state behind a poisoned lock is consistent and
 //! used as is.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -31,17 +32,21 @@ use super::channel::{Channel, Ledger, Oldest, Subscriber};
 use super::counters::HubCounters;
 use super::idempotency::IdempotencyCache;
 use super::link_queue::{LinkQueue, Queued, Repairs};
-use super::namespace::{Asker, Namespaces, Operation, history_enabled};
+use super::namespace::{Asker, Namespaces, Operation, USER_BOUNDARY, history_enabled};
 use super::policy::{BinaryChannels, PRIVATE_PREFIX, check_data, validate_channel};
+use super::proxy::{
+    ConnectGrant, PublishGrant, RefreshGrant, Refusal, SubRefreshGrant, Subject, SubscribeGrant,
+};
 use crate::config::HubConfig;
 use crate::linkproto::{
     ChannelPush, Encoding, Membership, SessionDisconnect, SessionOpen, SessionReply, UpstreamFrame,
     upstream_frame,
 };
 use crate::protocol::client::{
-    ClientInfo, Command, ConnectResult, HistoryRequest, HistoryResult, Join, Leave, Message,
-    PresenceResult, PresenceStatsResult, Publication, PublishResult, Push, RefreshResult, Reply,
-    RpcResult, SubRefreshResult, SubscribeRequest, SubscribeResult, Unsubscribe, UnsubscribeResult,
+    ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, HistoryResult, Join, Leave,
+    Message, PresenceResult, PresenceStatsResult, Publication, PublishResult, Push, RefreshResult,
+    Reply, RpcResult, SubRefreshResult, SubscribeRequest, SubscribeResult, Unsubscribe,
+    UnsubscribeResult,
 };
 use crate::protocol::{Disconnect, ErrorCode};
 use crate::session::handle::SERVER_VERSION;
@@ -50,6 +55,9 @@ pub use super::channel::SessionKey;
 pub use server::{CONNECTION_EXPIRED, NodeCounts, UNSUBSCRIBE_SERVER};
 
 mod server;
+mod shared;
+
+pub use shared::{SHARED_EVENT_QUEUE, Shared, SharedEvent, history_reply};
 
 /// Number of channel shards.
 pub const SHARDS: usize = 64;
@@ -72,22 +80,41 @@ struct HubSession {
     user: String,
     /// False after a failed connect: any command then disconnects with 3501.
     usable: bool,
+    /// The connect is still being decided (by the connect hook).
+    pending: bool,
     /// Protobuf client (may receive binary-only channels).
     protobuf: bool,
+    /// Transport name (for hook requests); no allocation for the known ones.
+    transport: Cow<'static, str>,
+    /// Connection-request headers kept for hooks (empty when no hook forwards any).
+    headers: Arc<[(String, String)]>,
     /// Subscribed channels (at most `hub.client.channel_limit`).
     channels: HashSet<Arc<str>>,
     /// Unix seconds after which the connection expires (token `exp`).
     expires_at: Option<u64>,
     /// `info` / `b64info` of the connection token (the client's `conn_info`).
     conn_info: Bytes,
-    /// `meta` of the connection token: kept, never sent to clients.
-    #[allow(dead_code)]
+    /// `meta` of the connection token or connect hook: sent to hooks, never to clients.
     meta: Option<serde_json::Value>,
     /// Subscription-token expiry (unix seconds) per channel subscribed with one.
     sub_expiries: HashMap<Arc<str>, u64>,
+    /// Subscribes waiting for the subscribe hook: channel and command id (at most the
+    /// sidecar's unanswered-command bound).
+    hook_subscribes: Vec<(String, u32)>,
 }
 
 impl HubSession {
+    fn subject(&self) -> Subject {
+        Subject {
+            client: self.client.clone(),
+            transport: self.transport.clone(),
+            protobuf: self.protobuf,
+            user: self.user.clone(),
+            meta: self.meta.clone(),
+            headers: self.headers.clone(),
+        }
+    }
+
     fn info(&self) -> ClientInfo {
         ClientInfo {
             user: self.user.clone(),
@@ -98,11 +125,81 @@ impl HubSession {
     }
 }
 
-/// A subscribe command with the outcome of verifying its subscription token, if it had one.
+/// A subscribe command with the outcome of verifying its subscription token, if it had one,
+/// or the subscribe hook's grant.
 struct SubscribeCommand {
     id: u32,
     request: SubscribeRequest,
     token: Option<SubTokenCheck>,
+    proxy: Option<SubscribeGrant>,
+    /// With a shared engine: the stream read (with history when recovering) before commit.
+    prepared: Option<crate::engine::redis::StreamState>,
+}
+
+/// Which expiries the hub hands to hooks (see [`HubState::sweep`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepHooks {
+    /// The refresh hook is on.
+    pub refresh: bool,
+    /// The sub_refresh hook is configured.
+    pub sub_refresh: bool,
+}
+
+/// A connection (or, with `channel`, a subscription) past its expiry, for a hook.
+#[derive(Debug, Clone)]
+pub struct Expiring {
+    /// The session.
+    pub key: SessionKey,
+    /// The expiry that passed (unix seconds); a later one makes the hook's answer moot.
+    pub at: u64,
+    /// The subscription's channel (sub_refresh), or `None` (refresh).
+    pub channel: Option<Arc<str>>,
+    /// The connection.
+    pub subject: Subject,
+}
+
+/// Expiries handed to hooks by one sweep.
+#[derive(Debug, Default)]
+pub struct Due {
+    /// Connections for the refresh hook.
+    pub refresh: Vec<Expiring>,
+    /// Subscriptions for the sub_refresh hook.
+    pub sub_refresh: Vec<Expiring>,
+}
+
+/// A session registered by [`HubState::open_pending`] whose connect awaits a decision.
+#[derive(Debug, Clone)]
+pub struct PendingOpen {
+    /// The session.
+    pub key: SessionKey,
+    /// Its client id (a reused session id has another).
+    pub client: String,
+    /// Id of the connect command.
+    pub command_id: u32,
+    /// The connection, for the connect hook.
+    pub subject: Subject,
+    /// The client's connect request.
+    pub request: ConnectRequest,
+}
+
+/// Who decided a connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectVia {
+    /// A connection token (or none, anonymous).
+    Token,
+    /// The connect hook.
+    Hook,
+}
+
+/// What a hook decided for a client command (see [`HubState::proxied_command`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProxyGrant {
+    /// Subscribe as the subscribe hook granted.
+    Subscribe(Box<SubscribeRequest>, SubscribeGrant),
+    /// Publish to `channel` what the publish hook granted.
+    Publish(String, PublishGrant),
+    /// Answer the RPC with this data.
+    Rpc(Bytes),
 }
 
 /// A token a command carried, verified by the caller outside every lock.
@@ -281,6 +378,8 @@ pub struct HubState {
     node_uid: String,
     /// When this hub started (`uptime` of the `info` method).
     started: std::time::Instant,
+    /// The shared engine (Redis); `None` is the memory engine: everything in this process.
+    shared: Option<Shared>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -302,6 +401,66 @@ impl HubState {
             idempotency: Mutex::new(IdempotencyCache::default()),
             node_uid: uuid::Uuid::new_v4().to_string(),
             started: std::time::Instant::now(),
+            shared: None,
+        }
+    }
+
+    /// Empty state over a shared engine; the receiver yields the presence / join / leave work
+    /// to run against it (bounded by [`SHARED_EVENT_QUEUE`]).
+    pub fn new_shared(
+        config: HubConfig,
+        counters: Arc<HubCounters>,
+        engine: Arc<crate::engine::redis::RedisEngine>,
+    ) -> (HubState, tokio::sync::mpsc::Receiver<SharedEvent>) {
+        let (events, receiver) = tokio::sync::mpsc::channel(SHARED_EVENT_QUEUE);
+        let mut state = HubState::new(config, counters);
+        state.shared = Some(Shared { engine, events });
+        (state, receiver)
+    }
+
+    /// A subscriber was added to `channel`: with the memory engine a join push to local
+    /// subscribers that asked (when `join`); with a shared engine presence and join go
+    /// through the engine.
+    fn joined(&self, state: &Channel, channel: &Arc<str>, info: &ClientInfo, join: bool) {
+        if self.shared.is_some() {
+            return self.shared_event(SharedEvent::Added {
+                channel: channel.clone(),
+                info: info.clone(),
+                join: join && self.join_leave_possible(channel),
+            });
+        }
+        if join && state.join_leave_subscribers > 0 {
+            let push = Push {
+                channel: channel.to_string(),
+                join: Some(Join {
+                    info: Some(info.clone()),
+                }),
+                ..Default::default()
+            };
+            self.broadcast(state, channel, push);
+        }
+    }
+
+    /// Whether any subscriber of `channel` may receive joins and leaves: its namespace
+    /// allows them (or forces them). Only then does a shared engine carry them.
+    fn join_leave_possible(&self, channel: &str) -> bool {
+        match self.settings().namespaces.resolve(channel) {
+            Ok(options) => options.join_leave || options.force_push_join_leave,
+            Err(_) => false,
+        }
+    }
+
+    /// A subscriber left `channel` (see [`HubState::joined`]).
+    fn left(&self, state: &Channel, channel: &str, info: ClientInfo) {
+        if self.shared.is_some() {
+            return self.shared_event(SharedEvent::Removed {
+                channel: Arc::from(channel),
+                info,
+                leave: self.join_leave_possible(channel),
+            });
+        }
+        if state.join_leave_subscribers > 0 {
+            self.broadcast(state, channel, leave_push(channel, info));
         }
     }
 
@@ -456,10 +615,8 @@ impl HubState {
                     leaves.push(subscriber.info);
                 }
             }
-            if channel.join_leave_subscribers > 0 {
-                for info in leaves {
-                    self.broadcast(channel, &name, leave_push(&name, info));
-                }
+            for info in leaves {
+                self.left(channel, &name, info);
             }
             self.forget_if_idle(&mut shard, &name);
         }
@@ -468,6 +625,21 @@ impl HubState {
     /// Counters shared with the hub handle.
     pub fn counters(&self) -> &Arc<HubCounters> {
         &self.counters
+    }
+
+    /// Whether session `key` is live and connected (its connect was accepted).
+    pub fn session_usable(&self, key: SessionKey) -> bool {
+        self.sessions().get(key).is_some_and(|s| s.usable)
+    }
+
+    /// Whether `user` has a session here.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.sessions().users.contains_key(user)
+    }
+
+    /// Whether session `key` is live.
+    pub fn has_session(&self, key: SessionKey) -> bool {
+        self.sessions().get(key).is_some()
     }
 
     /// Number of live sessions.
@@ -579,42 +751,73 @@ impl HubState {
     /// A session opened on a sidecar with its connect command; `check` is the outcome of
     /// verifying its token (done outside the lock). The token's `channels` / `subs` become
     /// server-side subscriptions: listed in the connect result's `subs`, each followed by a
-    /// membership right after the connect reply.
-    pub fn open(&self, link: u64, open: SessionOpen, check: TokenCheck) {
-        let settings = self.settings();
+    /// membership right after the connect reply. `headers` are the connection-request
+    /// headers kept for proxy hooks.
+    pub fn open(
+        &self,
+        link: u64,
+        open: SessionOpen,
+        check: TokenCheck,
+        headers: Arc<[(String, String)]>,
+    ) {
+        let decision = match check {
+            TokenCheck::Invalid => Err(Refusal::Disconnect(Disconnect::INVALID_TOKEN)),
+            TokenCheck::Missing => Err(Refusal::Disconnect(Disconnect::BAD_REQUEST)),
+            TokenCheck::Expired => Err(Refusal::code(ErrorCode::TokenExpired)),
+            TokenCheck::Valid(claims) => Ok(ConnectGrant {
+                claims,
+                data: Bytes::new(),
+            }),
+        };
+        if let Some(pending) = self.open_pending(link, open, headers) {
+            self.finish_open(&pending, decision, ConnectVia::Token);
+        }
+    }
+
+    /// Registers a session whose connect is still being decided (by the connect hook): it
+    /// is not usable (a command before the connect reply disconnects it with 3501) until
+    /// [`HubState::finish_open`]. `None` when the Link is gone.
+    pub fn open_pending(
+        &self,
+        link: u64,
+        open: SessionOpen,
+        headers: Arc<[(String, String)]>,
+    ) -> Option<PendingOpen> {
         let key = (link, open.session);
         let command = open.connect.unwrap_or_default();
-        let mut session = HubSession {
+        let session = HubSession {
             client: open.client,
             user: String::new(),
             usable: false,
+            pending: true,
             protobuf: open.encoding == Encoding::Protobuf as i32,
+            transport: transport_name(open.transport),
+            headers,
             channels: HashSet::new(),
             expires_at: None,
             conn_info: Bytes::new(),
             meta: None,
             sub_expiries: HashMap::new(),
+            hook_subscribes: Vec::new(),
         };
-        let valid = match check {
-            TokenCheck::Invalid => Err(Err(&Disconnect::INVALID_TOKEN)),
-            TokenCheck::Missing => Err(Err(&Disconnect::BAD_REQUEST)),
-            TokenCheck::Expired => Err(Ok(ErrorCode::TokenExpired)),
-            TokenCheck::Valid(claims) => Ok(claims),
+        let pending = PendingOpen {
+            key,
+            client: session.client.clone(),
+            command_id: command.id,
+            subject: Subject {
+                client: session.client.clone(),
+                transport: session.transport.clone(),
+                protobuf: session.protobuf,
+                user: String::new(),
+                meta: None,
+                headers: session.headers.clone(),
+            },
+            request: command.connect.unwrap_or_default(),
         };
-        if let Ok(claims) = &valid {
-            session.user = claims.user.clone();
-            session.usable = true;
-            session.expires_at = claims.expires_at;
-            session.conn_info = claims.info.clone();
-            session.meta = claims.meta.clone();
-        }
-        let client = session.client.clone();
-        let info = session.info();
-        let protobuf = session.protobuf;
         let mut sessions = self.sessions();
         // Checked under the sessions lock: `take_link` removes the Link before it takes it.
         if !self.has_link(link) {
-            return;
+            return None;
         }
         let previous = sessions
             .by_link
@@ -626,47 +829,116 @@ impl HubState {
             Some(previous) => self.release_session(&mut sessions, key, previous),
             None => sessions.count += 1,
         }
-        match valid {
-            Err(Err(disconnect)) => self.disconnect(key, disconnect),
-            Err(Ok(code)) => self.reply_error(key, command.id, code),
-            Ok(ConnectionClaims {
-                user,
-                expires_at,
-                channels,
-                ..
-            }) => {
-                sessions.users.entry(user).or_default().insert(key);
-                if let Some(at) = expires_at {
-                    sessions.schedule_expiry(at, key);
-                }
-                let subs = self.server_side_subscribe(
-                    &settings,
-                    &mut sessions,
-                    key,
-                    &channels,
-                    &info,
-                    protobuf,
-                );
+        Some(pending)
+    }
+
+    /// Answers a pending connect: refused (error reply or disconnect; the session stays
+    /// unusable until its sidecar closes it), or granted (user, expiry, info, meta,
+    /// server-side subscriptions, connect reply). Ignored when the session is gone or was
+    /// replaced meanwhile. Through the hook, a server-side channel of an unknown namespace
+    /// refuses the connect with 102 (as Centrifugo); with the refresh hook on, the reply says
+    /// `expires: false` (the hub refreshes at expiry through the hook, the client never does).
+    pub fn finish_open(
+        &self,
+        pending: &PendingOpen,
+        decision: Result<ConnectGrant, Refusal>,
+        via: ConnectVia,
+    ) {
+        let settings = self.settings();
+        let key = pending.key;
+        let mut decision = decision;
+        if let (ConnectVia::Hook, Ok(grant)) = (via, &decision)
+            && grant
+                .claims
+                .channels
+                .iter()
+                .any(|c| settings.namespaces.resolve(c).is_err())
+        {
+            decision = Err(Refusal::code(ErrorCode::UnknownChannel));
+        }
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(key) else {
+            return;
+        };
+        if session.client != pending.client || !session.pending {
+            return;
+        }
+        session.pending = false;
+        let grant = match decision {
+            Err(refusal) => {
                 drop(sessions);
-                let result = ConnectResult {
-                    client,
-                    version: SERVER_VERSION.to_owned(),
-                    expires: expires_at.is_some(),
-                    ttl: ttl_of(expires_at),
-                    subs: subs.iter().cloned().collect(),
-                    ..Default::default()
-                };
-                self.reply(
-                    key,
-                    Reply {
-                        id: command.id,
-                        connect: Some(result),
+                return self.refuse(key, pending.command_id, refusal);
+            }
+            Ok(grant) => grant,
+        };
+        let ConnectGrant { claims, data } = grant;
+        session.user = claims.user.clone();
+        session.usable = true;
+        session.expires_at = claims.expires_at;
+        session.conn_info = claims.info.clone();
+        session.meta = claims.meta.clone();
+        let client = session.client.clone();
+        let info = session.info();
+        let protobuf = session.protobuf;
+        let ConnectionClaims {
+            user,
+            expires_at,
+            channels,
+            ..
+        } = claims;
+        sessions.users.entry(user).or_default().insert(key);
+        if let Some(at) = expires_at {
+            sessions.schedule_expiry(at, key);
+        }
+        let subs =
+            self.server_side_subscribe(&settings, &mut sessions, key, &channels, &info, protobuf);
+        drop(sessions);
+        // With the refresh hook on, the hub prolongs every connection at its expiry (as
+        // Centrifugo, token connections included): the client is told it never expires.
+        let refresh = &settings.config.client.proxy.refresh;
+        let server_refresh = refresh.enabled && !refresh.endpoint.is_empty();
+        let expires = expires_at.is_some() && !server_refresh;
+        let result = ConnectResult {
+            client,
+            version: SERVER_VERSION.to_owned(),
+            expires,
+            ttl: if expires { ttl_of(expires_at) } else { 0 },
+            data,
+            subs: subs.iter().cloned().collect(),
+            ..Default::default()
+        };
+        self.reply(
+            key,
+            Reply {
+                id: pending.command_id,
+                connect: Some(result),
+                ..Default::default()
+            },
+        );
+        for (channel, _) in &subs {
+            self.membership(key, channel, true, false);
+        }
+    }
+
+    /// Answers command `id` with a hook's refusal: an error reply, or a disconnect (the
+    /// session is then forgotten).
+    pub fn refuse(&self, key: SessionKey, id: u32, refusal: Refusal) {
+        match refusal {
+            Refusal::Error(error) => self.emit_session(
+                key,
+                upstream_frame::Frame::Reply(SessionReply {
+                    session: key.1,
+                    reply: Some(Reply {
+                        id,
+                        error: Some(error),
                         ..Default::default()
-                    },
-                );
-                for (channel, _) in &subs {
-                    self.membership(key, channel, true, false);
-                }
+                    }),
+                }),
+            ),
+            Refusal::Disconnect(disconnect) => {
+                self.disconnect(key, &disconnect);
+                let mut sessions = self.sessions();
+                self.remove_session(&mut sessions, key);
             }
         }
     }
@@ -728,6 +1000,10 @@ impl HubState {
                     join_leave: false,
                 },
             );
+            if self.shared.is_some() {
+                let name: Arc<str> = Arc::from(channel.as_str());
+                self.joined(state, &name, info, false);
+            }
         }
         results
     }
@@ -773,9 +1049,7 @@ impl HubState {
         let Some(subscriber) = state.remove_subscriber(key) else {
             return;
         };
-        if state.join_leave_subscribers > 0 {
-            self.broadcast(state, channel, leave_push(channel, subscriber.info));
-        }
+        self.left(state, channel, subscriber.info);
         self.forget_if_idle(&mut shard, channel);
     }
 
@@ -804,6 +1078,18 @@ impl HubState {
     /// A command of an open session; `token` is the verified token it carried (refresh,
     /// subscribe, sub_refresh), if any.
     pub fn command(&self, key: SessionKey, command: Command, token: Option<Verified>) {
+        self.command_prepared(key, command, token, None);
+    }
+
+    /// [`HubState::command`] with what a shared engine read for it beforehand (a subscribe's
+    /// stream position and history).
+    pub fn command_prepared(
+        &self,
+        key: SessionKey,
+        command: Command,
+        token: Option<Verified>,
+        prepared: Option<crate::engine::redis::StreamState>,
+    ) {
         let settings = self.settings();
         let (info, protobuf) = {
             let mut sessions = self.sessions();
@@ -824,7 +1110,13 @@ impl HubState {
                 Some(Verified::Subscription(check)) => Some(check),
                 _ => None,
             };
-            let command = SubscribeCommand { id, request, token };
+            let command = SubscribeCommand {
+                id,
+                request,
+                token,
+                proxy: None,
+                prepared,
+            };
             if let Err(code) = self.subscribe(&settings, key, command, info, protobuf) {
                 self.reply_error(key, id, code);
             }
@@ -930,8 +1222,15 @@ impl HubState {
         info: ClientInfo,
         protobuf: bool,
     ) -> Result<(), ErrorCode> {
-        let SubscribeCommand { id, request, token } = command;
+        let SubscribeCommand {
+            id,
+            request,
+            token,
+            proxy,
+            prepared,
+        } = command;
         let namespaces = &settings.namespaces;
+        let mut info = info;
         // As Centrifugo (the library validates before any permission): a second subscribe
         // answers 105 and one beyond the limit 106, whatever the grants. Checked again below
         // under the lock that adds the channel.
@@ -944,11 +1243,13 @@ impl HubState {
                 return Err(ErrorCode::LimitExceeded);
             }
         }
-        let mut info = info;
-        // A subscription token grants the subscription (and is required on `$` channels),
-        // with its `info` as the channel info; otherwise the namespace's permissions decide.
-        let token_expiry = if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
-            validate_channel(&request.channel, settings.config.channel.max_length)?;
+        // The subscribe hook's grant, or a subscription token (required on `$` channels, its
+        // `info` the channel info), grants the subscription; otherwise the namespace's
+        // permissions decide.
+        let token_expiry = if let Some(grant) = &proxy {
+            info.chan_info = grant.info.clone();
+            grant.expires_at
+        } else if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
             let (expiry, chan_info) = subscription_grant(
                 token.unwrap_or(SubTokenCheck::Invalid),
                 &info.user,
@@ -966,6 +1267,12 @@ impl HubState {
             None
         };
         client_readable(settings, protobuf, &request.channel)?;
+        // Hook subscriptions of a namespace with `sub_refresh_proxy_enabled` are prolonged by
+        // the hub (`expires: false` to the client).
+        let server_refresh = proxy.is_some()
+            && namespaces
+                .resolve(&request.channel)?
+                .sub_refresh_proxy_enabled;
         let mut request = request;
         let options = namespaces.resolve(&request.channel)?;
         // Namespace options replace what the client asked for.
@@ -1007,13 +1314,23 @@ impl HubState {
             epoch: channel.epoch.clone(),
             offset: channel.top,
             was_recovering: request.recover,
-            expires: token_expiry.is_some(),
-            ttl: ttl_of(token_expiry),
+            expires: token_expiry.is_some() && !server_refresh,
+            ttl: if server_refresh {
+                0
+            } else {
+                ttl_of(token_expiry)
+            },
+            data: proxy.map(|grant| grant.data).unwrap_or_default(),
             ..Default::default()
         };
-        if request.recover
-            && let Some(publications) = channel.since(&request.epoch, request.offset)
-        {
+        let recovered = if !request.recover {
+            None
+        } else if self.shared.is_some() {
+            HubState::shared_recovery(channel, prepared.as_ref(), &request.epoch, request.offset)
+        } else {
+            channel.since(&request.epoch, request.offset)
+        };
+        if let Some(publications) = recovered {
             result.publications = publications;
             result.recovered = true;
         }
@@ -1040,14 +1357,7 @@ impl HubState {
         }
         self.reply_with(settings, key, reply);
         self.membership(key, &request.channel, true, request.join_leave);
-        if channel.join_leave_subscribers > 0 {
-            let push = Push {
-                channel: request.channel.clone(),
-                join: Some(Join { info: Some(info) }),
-                ..Default::default()
-            };
-            self.broadcast(channel, &request.channel, push);
-        }
+        self.joined(channel, &name, &info, true);
         Ok(())
     }
 
@@ -1077,6 +1387,8 @@ impl HubState {
         let mut sessions = self.sessions();
         let subscribed = sessions.get_mut(key).is_some_and(|s| {
             s.sub_expiries.remove(channel);
+            // An unsubscribe cancels a subscribe still waiting for its hook.
+            s.hook_subscribes.retain(|(pending, _)| pending != channel);
             s.channels.remove(channel)
         });
         if subscribed {
@@ -1111,16 +1423,15 @@ impl HubState {
         self.publish_with(&self.settings(), channel, data, None, options)
     }
 
-    /// Publishes after the shared checks (name, data, channel cap, frame size): next offset,
-    /// history, one push per Link with subscribers, all under the channel's shard lock.
-    fn publish_with(
-        &self,
+    /// A publication that passed the checks every publish shares (name, namespace, data,
+    /// frame size), with the history size its channel keeps.
+    fn checked_publication(
         settings: &Settings,
         channel: &str,
         data: Bytes,
         info: Option<ClientInfo>,
-        options: PublishOptions,
-    ) -> Result<(u64, String), ErrorCode> {
+        tags: HashMap<String, String>,
+    ) -> Result<(Publication, usize), ErrorCode> {
         let config = &settings.config;
         validate_channel(channel, config.channel.max_length)?;
         let namespace = settings.namespaces.resolve(channel)?;
@@ -1131,10 +1442,10 @@ impl HubState {
             0
         };
         check_data(&data, settings.binary(channel))?;
-        let mut publication = Publication {
+        let publication = Publication {
             data,
             info,
-            tags: options.tags,
+            tags,
             ..Default::default()
         };
         // Offset not yet known: count its varint at the widest.
@@ -1142,6 +1453,80 @@ impl HubState {
         if push_len > config.max_frame_bytes {
             return Err(ErrorCode::LimitExceeded);
         }
+        Ok((publication, history_size))
+    }
+
+    /// What a shared engine needs to publish: the checked publication, the history size
+    /// (0 with `skip_history`) and TTL.
+    pub fn shared_publication(
+        &self,
+        channel: &str,
+        data: Bytes,
+        info: Option<ClientInfo>,
+        options: PublishOptions,
+    ) -> Result<(Publication, usize, std::time::Duration), ErrorCode> {
+        let settings = self.settings();
+        let (publication, size) =
+            Self::checked_publication(&settings, channel, data, info, options.tags)?;
+        let size = if options.skip_history { 0 } else { size };
+        Ok((publication, size, settings.config.history_ttl))
+    }
+
+    /// The info of usable session `key` (for a hook-granted publish through a shared engine).
+    pub fn session_info(&self, key: SessionKey) -> Option<ClientInfo> {
+        self.sessions()
+            .get(key)
+            .filter(|s| s.usable)
+            .map(|s| s.info())
+    }
+
+    /// The client-side checks of a publish, history or presence command of session `key`
+    /// (with a shared engine, before the engine runs it): the session's info on success.
+    pub fn client_check(
+        &self,
+        key: SessionKey,
+        channel: &str,
+        operation: Operation,
+    ) -> Result<ClientInfo, ErrorCode> {
+        let settings = self.settings();
+        let (info, protobuf) = {
+            let sessions = self.sessions();
+            let session = sessions.get(key).ok_or(ErrorCode::Internal)?;
+            if !session.usable {
+                return Err(ErrorCode::PermissionDenied);
+            }
+            (session.info(), session.protobuf)
+        };
+        self.client_access(&settings, key, &info, channel, operation)?;
+        if operation == Operation::History {
+            client_readable(&settings, protobuf, channel)?;
+        }
+        Ok(info)
+    }
+
+    /// Sends a reply (or an error) to session `key` (used once a shared engine answered).
+    pub fn answer(&self, key: SessionKey, id: u32, reply: Result<Reply, ErrorCode>) {
+        match reply {
+            Ok(mut reply) => {
+                reply.id = id;
+                self.reply(key, reply);
+            }
+            Err(code) => self.reply_error(key, id, code),
+        }
+    }
+
+    /// Publishes after the shared checks (name, data, channel cap, frame size): next offset,
+    /// history, one push per Link with subscribers, all under the channel's shard lock.
+    fn publish_with(
+        &self,
+        settings: &Settings,
+        channel: &str,
+        data: Bytes,
+        info: Option<ClientInfo>,
+        options: PublishOptions,
+    ) -> Result<(u64, String), ErrorCode> {
+        let (mut publication, history_size) =
+            Self::checked_publication(settings, channel, data, info, options.tags)?;
         let position = {
             let mut shard = self.shard(channel);
             let name: Arc<str> = match shard.get_key_value(channel) {
@@ -1396,10 +1781,14 @@ impl HubState {
         }
     }
 
-    /// Periodic upkeep, O(expired): connections past their token `exp` get 3005, history past
-    /// its TTL goes.
-    pub fn sweep(&self) {
+    /// Periodic upkeep, O(expired): connections past their `exp` get 3005 (or, with
+    /// `hooks.refresh`, are returned for the refresh hook), subscriptions past their expiry
+    /// get unsubscribe 2501 (or, with `hooks.sub_refresh` in a namespace with
+    /// `sub_refresh_proxy_enabled`, are returned for the sub_refresh hook), history past its
+    /// TTL goes.
+    pub fn sweep(&self, hooks: SweepHooks) -> Due {
         let now = unix_now();
+        let mut due = Due::default();
         loop {
             let mut sessions = self.sessions();
             let Some(Reverse((at, key))) = sessions.expiries.peek().copied() else {
@@ -1409,18 +1798,144 @@ impl HubState {
                 break;
             }
             sessions.expiries.pop();
-            if sessions.get(key).is_some_and(|s| s.expires_at == Some(at)) {
+            let Some(session) = sessions.get(key).filter(|s| s.expires_at == Some(at)) else {
+                continue;
+            };
+            if hooks.refresh {
+                due.refresh.push(Expiring {
+                    key,
+                    at,
+                    channel: None,
+                    subject: session.subject(),
+                });
+            } else {
                 self.disconnect(key, &Disconnect::new(3005, "connection expired"));
                 self.remove_session(&mut sessions, key);
             }
         }
-        self.expire_subscriptions(now);
+        self.expire_subscriptions(now, hooks, &mut due);
         self.enforce_history();
+        due
     }
 
-    /// Unsubscribes (2501 "subscription expired") the subscriptions whose token `exp` is at or
-    /// before `now`; O(expired).
-    fn expire_subscriptions(&self, now: u64) {
+    /// Applies the refresh hook's answer for a connection that expired at `at`: a later
+    /// expiry (and new info/meta) keeps it; `expired`, no later expiry or a refusal close it
+    /// (3005, the backend's disconnect, or 3004 on an error, as Centrifugo). Ignored when the
+    /// session is gone or was refreshed meanwhile.
+    pub fn finish_refresh(&self, expiring: &Expiring, outcome: Result<RefreshGrant, Refusal>) {
+        let now = unix_now();
+        let key = expiring.key;
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(key) else {
+            return;
+        };
+        if session.client != expiring.subject.client || session.expires_at != Some(expiring.at) {
+            return;
+        }
+        let disconnect = match outcome {
+            Err(Refusal::Disconnect(disconnect)) => disconnect,
+            Err(Refusal::Error(_)) => Disconnect::INTERNAL,
+            Ok(grant) => match grant.expires_at.filter(|at| *at > now) {
+                Some(at) if !grant.expired => {
+                    session.expires_at = Some(at);
+                    if let Some(info) = grant.info {
+                        session.conn_info = info;
+                    }
+                    if grant.meta.is_some() {
+                        session.meta = grant.meta;
+                    }
+                    sessions.schedule_expiry(at, key);
+                    return;
+                }
+                _ => Disconnect::new(3005, "connection expired"),
+            },
+        };
+        self.disconnect(key, &disconnect);
+        self.remove_session(&mut sessions, key);
+    }
+
+    /// Applies the sub_refresh hook's answer for a subscription that expired at `at`: a later
+    /// expiry keeps it; `expired` or no later expiry unsubscribe it (2501); a refusal closes
+    /// the connection (the backend's disconnect, or 3004 on an error).
+    pub fn finish_sub_refresh(
+        &self,
+        expiring: &Expiring,
+        outcome: Result<SubRefreshGrant, Refusal>,
+    ) {
+        let now = unix_now();
+        let key = expiring.key;
+        let Some(channel) = expiring.channel.clone() else {
+            return;
+        };
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(key) else {
+            return;
+        };
+        if session.client != expiring.subject.client
+            || session.sub_expiries.get(&channel) != Some(&expiring.at)
+        {
+            return;
+        }
+        match outcome {
+            Err(refusal) => {
+                let disconnect = match refusal {
+                    Refusal::Disconnect(disconnect) => disconnect,
+                    Refusal::Error(_) => Disconnect::INTERNAL,
+                };
+                self.disconnect(key, &disconnect);
+                self.remove_session(&mut sessions, key);
+            }
+            Ok(grant) => match grant.expires_at.filter(|at| *at > now) {
+                Some(at) if !grant.expired => {
+                    session.sub_expiries.insert(channel.clone(), at);
+                    sessions.schedule_sub_expiry(at, key, channel);
+                }
+                _ => {
+                    session.sub_expiries.remove(&channel);
+                    let subscribed = session.channels.remove(&channel);
+                    drop(sessions);
+                    if subscribed {
+                        self.unsubscribe_pushed(
+                            key,
+                            &channel,
+                            UNSUBSCRIBE_EXPIRED,
+                            "subscription expired",
+                        );
+                    }
+                }
+            },
+        }
+    }
+
+    /// Tells the session it left `channel` (membership, unsubscribe push) and drops it from
+    /// the channel; the caller already removed the channel from the session.
+    fn unsubscribe_pushed(&self, key: SessionKey, channel: &str, code: u32, reason: &str) {
+        self.membership(key, channel, false, false);
+        self.emit_session(
+            key,
+            upstream_frame::Frame::Reply(SessionReply {
+                session: key.1,
+                reply: Some(Reply {
+                    push: Some(Push {
+                        channel: channel.to_owned(),
+                        unsubscribe: Some(Unsubscribe {
+                            code,
+                            reason: reason.to_owned(),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }),
+        );
+        self.remove_subscriber(channel, key);
+    }
+
+    /// Unsubscribes (2501 "subscription expired") the subscriptions whose expiry is at or
+    /// before `now`, or hands them to the sub_refresh hook (see [`HubState::sweep`]);
+    /// O(expired).
+    fn expire_subscriptions(&self, now: u64, hooks: SweepHooks, due: &mut Due) {
+        let settings = self.settings();
         loop {
             let mut sessions = self.sessions();
             let Some(Reverse((at, key, channel))) = sessions.sub_expiries.peek().cloned() else {
@@ -1430,36 +1945,156 @@ impl HubState {
                 break;
             }
             sessions.sub_expiries.pop();
-            let expired = sessions.get_mut(key).is_some_and(|s| {
-                if s.sub_expiries.get(&channel) == Some(&at) {
-                    s.sub_expiries.remove(&channel);
-                    s.channels.remove(&channel)
-                } else {
-                    false
-                }
-            });
-            if !expired {
+            let Some(session) = sessions.get_mut(key) else {
+                continue;
+            };
+            if session.sub_expiries.get(&channel) != Some(&at) {
                 continue;
             }
-            self.membership(key, &channel, false, false);
-            self.emit_session(
-                key,
-                upstream_frame::Frame::Reply(SessionReply {
-                    session: key.1,
-                    reply: Some(Reply {
-                        push: Some(Push {
-                            channel: channel.to_string(),
-                            unsubscribe: Some(Unsubscribe {
-                                code: UNSUBSCRIBE_EXPIRED,
-                                reason: "subscription expired".to_owned(),
-                            }),
-                            ..Default::default()
-                        }),
+            let refreshed = hooks.sub_refresh
+                && settings
+                    .namespaces
+                    .resolve(&channel)
+                    .is_ok_and(|o| o.sub_refresh_proxy_enabled);
+            if refreshed {
+                due.sub_refresh.push(Expiring {
+                    key,
+                    at,
+                    channel: Some(channel.clone()),
+                    subject: session.subject(),
+                });
+                continue;
+            }
+            session.sub_expiries.remove(&channel);
+            if !session.channels.remove(&channel) {
+                continue;
+            }
+            drop(sessions);
+            self.unsubscribe_pushed(key, &channel, UNSUBSCRIBE_EXPIRED, "subscription expired");
+        }
+    }
+
+    /// The connection a hook call is about, when the session is open and usable.
+    pub fn subject(&self, key: SessionKey) -> Option<Subject> {
+        self.sessions()
+            .get(key)
+            .filter(|s| s.usable)
+            .map(HubSession::subject)
+    }
+
+    /// Which channel hook a client command goes to under the namespace rules, if any:
+    /// subscribe without a token, not private, not a user-limited channel, in a namespace
+    /// with `subscribe_proxy_enabled`; publish in a namespace with `publish_proxy_enabled`.
+    pub fn channel_hook(&self, command: &Command) -> Option<Operation> {
+        let settings = self.settings();
+        if let Some(request) = &command.subscribe {
+            let channel = request.channel.as_str();
+            let options = settings.namespaces.resolve(channel).ok()?;
+            let user_limited =
+                options.allow_user_limited_channels && channel.contains(USER_BOUNDARY);
+            return (options.subscribe_proxy_enabled
+                && request.token.is_empty()
+                && !channel.starts_with(PRIVATE_PREFIX)
+                && !user_limited)
+                .then_some(Operation::Subscribe);
+        }
+        if let Some(request) = &command.publish {
+            let options = settings.namespaces.resolve(&request.channel).ok()?;
+            return options.publish_proxy_enabled.then_some(Operation::Publish);
+        }
+        None
+    }
+
+    /// Marks subscribe `id` to `channel` as waiting for the subscribe hook: 105 when the
+    /// session is subscribed to it or already waiting for it, 100 when it is gone.
+    pub fn begin_hook_subscribe(
+        &self,
+        key: SessionKey,
+        channel: &str,
+        id: u32,
+    ) -> Result<(), ErrorCode> {
+        let mut sessions = self.sessions();
+        let session = sessions.get_mut(key).ok_or(ErrorCode::Internal)?;
+        if session.channels.contains(channel)
+            || session.hook_subscribes.iter().any(|(c, _)| c == channel)
+        {
+            return Err(ErrorCode::AlreadySubscribed);
+        }
+        session.hook_subscribes.push((channel.to_owned(), id));
+        Ok(())
+    }
+
+    /// Ends the wait of subscribe `id` to `channel`; false when an unsubscribe (or the end of
+    /// the session) cancelled it meanwhile.
+    pub fn end_hook_subscribe(&self, key: SessionKey, channel: &str, id: u32) -> bool {
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(key) else {
+            return false;
+        };
+        let before = session.hook_subscribes.len();
+        session
+            .hook_subscribes
+            .retain(|(c, pending)| !(c == channel && *pending == id));
+        session.hook_subscribes.len() < before
+    }
+
+    /// Completes a client command a hook decided: the refusal, or the subscribe, publish or
+    /// RPC reply. Ignored when the session is gone or unusable.
+    pub fn proxied_command(
+        &self,
+        key: SessionKey,
+        id: u32,
+        outcome: Result<ProxyGrant, Refusal>,
+        prepared: Option<crate::engine::redis::StreamState>,
+    ) {
+        let settings = self.settings();
+        let Some((info, protobuf)) = self
+            .sessions()
+            .get(key)
+            .filter(|s| s.usable)
+            .map(|s| (s.info(), s.protobuf))
+        else {
+            return;
+        };
+        let result = match outcome {
+            Err(refusal) => return self.refuse(key, id, refusal),
+            Ok(ProxyGrant::Subscribe(request, grant)) => {
+                let command = SubscribeCommand {
+                    id,
+                    request: *request,
+                    token: None,
+                    proxy: Some(grant),
+                    prepared,
+                };
+                if let Err(code) = self.subscribe(&settings, key, command, info, protobuf) {
+                    self.reply_error(key, id, code);
+                }
+                return;
+            }
+            Ok(ProxyGrant::Publish(channel, grant)) => {
+                let options = PublishOptions {
+                    skip_history: grant.skip_history,
+                    ..Default::default()
+                };
+                validate_channel(&channel, settings.config.channel.max_length)
+                    .and_then(|()| {
+                        self.publish_with(&settings, &channel, grant.data, Some(info), options)
+                    })
+                    .map(|_| Reply {
+                        id,
+                        publish: Some(PublishResult {}),
                         ..Default::default()
-                    }),
-                }),
-            );
-            self.remove_subscriber(&channel, key);
+                    })
+            }
+            Ok(ProxyGrant::Rpc(data)) => Ok(Reply {
+                id,
+                rpc: Some(RpcResult { data }),
+                ..Default::default()
+            }),
+        };
+        match result {
+            Ok(reply) => self.reply_with(&settings, key, reply),
+            Err(code) => self.reply_error(key, id, code),
         }
     }
 
@@ -1542,6 +2177,22 @@ fn subscription_grant(
     }
 }
 
+/// The transport name of a SessionOpen, static for the sidecar's own transports.
+fn transport_name(name: String) -> Cow<'static, str> {
+    const KNOWN: [&str; 6] = [
+        "websocket",
+        "http_stream",
+        "sse",
+        "uni_websocket",
+        "uni_http_stream",
+        "uni_sse",
+    ];
+    match KNOWN.iter().find(|known| **known == name) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name),
+    }
+}
+
 /// JSON clients cannot receive a binary-only channel (107).
 fn client_readable(settings: &Settings, protobuf: bool, channel: &str) -> Result<(), ErrorCode> {
     if !protobuf && settings.binary(channel) {
@@ -1599,7 +2250,7 @@ mod tests {
             client: format!("c{session}"),
             ..Default::default()
         };
-        state.open(1, open, TokenCheck::anonymous());
+        state.open(1, open, TokenCheck::anonymous(), Arc::from(Vec::new()));
     }
 
     fn command(state: &HubState, session: u64, command: Command) {
@@ -1814,7 +2465,7 @@ mod tests {
                         state.close((1, session));
                     }
                     if round % 50 == 0 {
-                        state.sweep();
+                        state.sweep(SweepHooks::default());
                     }
                 }
                 let _ = done.send(());

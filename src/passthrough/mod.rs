@@ -259,7 +259,9 @@ impl Backend {
 }
 
 /// Client TLS settings: the CA in `ca_file` (PEM) or the system roots.
-fn tls_client_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, BackendError> {
+pub(crate) fn tls_client_config(
+    ca_file: Option<&str>,
+) -> Result<rustls::ClientConfig, BackendError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();

@@ -2,7 +2,7 @@
 //! Protobuf messages each carry a varint length prefix. Decoding is bounded by a size limit
 //! and never panics on malformed input.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use prost::Message;
 use serde::Serialize;
 use thiserror::Error;
@@ -109,80 +109,10 @@ pub fn encode_message<M: Message + Serialize>(
     }
 }
 
-/// Incremental splitter for a byte stream of framed messages (an HTTP-stream response, a
-/// WebSocket message): feed bytes as they arrive, take complete messages out. Used by clients
-/// of sidewire (tests, the bench tool).
-#[derive(Debug)]
-pub struct FrameSplitter {
-    encoding: Encoding,
-    buffer: BytesMut,
-    limit: usize,
-}
-
-impl FrameSplitter {
-    /// A splitter refusing messages larger than `limit` bytes.
-    pub fn new(encoding: Encoding, limit: usize) -> FrameSplitter {
-        FrameSplitter {
-            encoding,
-            buffer: BytesMut::new(),
-            limit,
-        }
-    }
-
-    /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.buffer.extend_from_slice(bytes);
-    }
-
-    /// The next complete message (without its separator or prefix), `Ok(None)` if more bytes
-    /// are needed.
-    pub fn next_message(&mut self) -> Result<Option<Bytes>, DecodeError> {
-        match self.encoding {
-            Encoding::Json => {
-                let Some(end) = self.buffer.iter().position(|b| *b == b'\n') else {
-                    if self.buffer.len() > self.limit {
-                        return Err(DecodeError::TooLarge {
-                            size: self.buffer.len(),
-                            limit: self.limit,
-                        });
-                    }
-                    return Ok(None);
-                };
-                let line = self.buffer.split_to(end + 1).freeze();
-                Ok(Some(line.slice(..end)))
-            }
-            Encoding::Protobuf => {
-                let mut peek = &self.buffer[..];
-                let before = peek.len();
-                let size = match prost::encoding::decode_varint(&mut peek) {
-                    Ok(size) => usize::try_from(size).unwrap_or(usize::MAX),
-                    // A varint is at most 10 bytes; fewer buffered means it may be incomplete.
-                    Err(_) if before < 10 && self.buffer.last().is_none_or(|b| b & 0x80 != 0) => {
-                        return Ok(None);
-                    }
-                    Err(e) => return Err(DecodeError::Protobuf(e.to_string())),
-                };
-                if size > self.limit {
-                    return Err(DecodeError::TooLarge {
-                        size,
-                        limit: self.limit,
-                    });
-                }
-                let prefix = before - peek.len();
-                if peek.len() < size {
-                    return Ok(None);
-                }
-                self.buffer.advance(prefix);
-                Ok(Some(self.buffer.split_to(size).freeze()))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::client::{ConnectRequest, Push, RpcRequest, SubscribeRequest};
+    use crate::protocol::client::{ConnectRequest, RpcRequest, SubscribeRequest};
     use proptest::prelude::*;
 
     fn sample_commands() -> Vec<Command> {
@@ -294,45 +224,6 @@ mod tests {
         assert_eq!(pong, vec![Command::default()]);
     }
 
-    #[test]
-    fn splitter_handles_partial_frames() {
-        for encoding in [Encoding::Json, Encoding::Protobuf] {
-            let replies: Vec<Reply> = (1..=3)
-                .map(|id| Reply {
-                    id,
-                    push: Some(Push {
-                        channel: format!("c{id}"),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect();
-            let mut stream = Vec::new();
-            for reply in &replies {
-                stream.extend_from_slice(&encode_reply(encoding, reply).unwrap());
-                if encoding == Encoding::Json {
-                    stream.push(b'\n');
-                }
-            }
-            let mut splitter = FrameSplitter::new(encoding, 1024);
-            let mut got = Vec::new();
-            for byte in stream {
-                splitter.push(&[byte]);
-                while let Some(message) = splitter.next_message().unwrap() {
-                    got.push(decode_reply(encoding, &message));
-                }
-            }
-            assert_eq!(got, replies);
-        }
-    }
-
-    fn decode_reply(encoding: Encoding, bytes: &[u8]) -> Reply {
-        match encoding {
-            Encoding::Json => serde_json::from_slice(bytes).unwrap(),
-            Encoding::Protobuf => Reply::decode(bytes).unwrap(),
-        }
-    }
-
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len())
             .step_by(2)
@@ -353,9 +244,6 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_commands(Encoding::Json, &bytes, 128);
             let _ = decode_commands(Encoding::Protobuf, &bytes, 128);
-            let mut splitter = FrameSplitter::new(Encoding::Protobuf, 128);
-            splitter.push(&bytes);
-            while let Ok(Some(_)) = splitter.next_message() {}
         }
     }
 }

@@ -12,7 +12,7 @@ pub mod json;
 pub use crate::pb::sidewire::client::v2 as client;
 
 pub use codes::{Disconnect, ErrorCode};
-pub use frame::{DecodeError, EncodeError, FrameSplitter, decode_commands, encode_reply};
+pub use frame::{DecodeError, EncodeError, decode_commands, encode_reply};
 
 /// Encoding of one client connection, chosen once when it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -30,6 +30,15 @@ pub enum DeliverError {
     Busy,
 }
 
+/// Why `try_deliver` did not hand a frame over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TryDeliverError {
+    /// No live session with that id on this node.
+    UnknownSession,
+    /// The session's queue is full; the frame is given back.
+    Full(Bytes),
+}
+
 /// Shared registry; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct EmulationRegistry {
@@ -113,12 +122,42 @@ impl EmulationRegistry {
 
     /// Hands one frame (the POST's inner data) to the session.
     pub async fn deliver(&self, id: &str, frame: Bytes) -> Result<(), DeliverError> {
+        self.deliver_within(id, frame, DELIVER_TIMEOUT).await
+    }
+
+    /// Hands one frame to the session only if its queue has room now; never waits. A full
+    /// queue gives the frame back.
+    pub fn try_deliver(&self, id: &str, frame: Bytes) -> Result<(), TryDeliverError> {
+        let queue = self
+            .lock()
+            .get(id)
+            .cloned()
+            .ok_or(TryDeliverError::UnknownSession)?;
+        match queue.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                queue.frames().push_back(frame);
+                queue.readable.notify_one();
+                Ok(())
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => Err(TryDeliverError::UnknownSession),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(TryDeliverError::Full(frame)),
+        }
+    }
+
+    /// Hands one frame to the session, waiting at most `wait` for room in its queue.
+    pub async fn deliver_within(
+        &self,
+        id: &str,
+        frame: Bytes,
+        wait: Duration,
+    ) -> Result<(), DeliverError> {
         let queue = self
             .lock()
             .get(id)
             .cloned()
             .ok_or(DeliverError::UnknownSession)?;
-        match tokio::time::timeout(DELIVER_TIMEOUT, queue.room.acquire()).await {
+        match tokio::time::timeout(wait, queue.room.acquire()).await {
             Ok(Ok(permit)) => {
                 // The slot is given back by `Commands::recv` when the frame is taken.
                 permit.forget();
@@ -195,6 +234,34 @@ mod tests {
             assert_eq!(frames.recv().await, Bytes::from(i.to_string()));
         }
         assert_eq!(frames.recv().await, Bytes::from_static(b"last"));
+    }
+
+    #[tokio::test]
+    async fn try_deliver_never_waits_and_keeps_order() {
+        let registry = EmulationRegistry::default();
+        assert_eq!(
+            registry.try_deliver("s", Bytes::new()),
+            Err(TryDeliverError::UnknownSession)
+        );
+        let (guard, mut frames) = registry.register("s".into());
+        for i in 0..EMULATION_QUEUE_FRAMES {
+            registry
+                .try_deliver("s", Bytes::from(i.to_string()))
+                .unwrap();
+        }
+        assert_eq!(
+            registry.try_deliver("s", Bytes::from_static(b"x")),
+            Err(TryDeliverError::Full(Bytes::from_static(b"x")))
+        );
+        for i in 0..EMULATION_QUEUE_FRAMES {
+            assert_eq!(frames.recv().await, Bytes::from(i.to_string()));
+        }
+        drop(frames);
+        assert_eq!(
+            registry.try_deliver("s", Bytes::new()),
+            Err(TryDeliverError::UnknownSession)
+        );
+        drop(guard);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,12 +2,17 @@
 # Real-SDK smoke tests against the sidewire binary:
 #   - npm `centrifuge` (JSON and Protobuf builds) under Node 20, with node's built-in test runner:
 #     the same flow over websocket (json, protobuf), http_stream (json, protobuf) and sse (json),
-#     one file each (run in parallel), plus transport fallback
+#     one file each (run in parallel), plus transport fallback, and every transport through a
+#     round-robin balancer in front of three replicas on Redis (replicas.test.mjs; needs
+#     redis-server, installed by .ci/run)
 #   - PyPI `centrifuge-python` (JSON and Protobuf) with pytest
 #   - examples/chat in Debian's headless Chromium (tests/browser/run.sh; needs /usr/bin/chromium)
 #   - PyPI `cent` (the server-API client): every Centrifugo OSS server API method, with pytest
 #   - centrifuge-js -> sidecar -> the Python Link upstream of examples/upstream-python
 #     (tests/sdk/js/python-upstream.test.mjs; needs grpcio + grpcio-tools from PyPI)
+#   - centrifuge-js and centrifuge-python -> sidecar (proxy hooks) -> examples/centrifugo-backend,
+#     a Node backend written for Centrifugo (tests/sdk/js/centrifugo-backend.test.mjs,
+#     tests/sdk/python/test_proxy_backend.py; need only node)
 #
 # Usage (from anywhere):  tests/sdk/run.sh
 # Needs a built binary: $SIDEWIRE_BIN if set, else <repo>/target/debug/sidewire.

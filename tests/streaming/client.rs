@@ -20,8 +20,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
 use serde_json::{Value, json};
+use sidewire::protocol::Encoding;
 use sidewire::protocol::client::{Command, ConnectRequest, EmulationRequest, Push, Reply};
-use sidewire::protocol::{Encoding, FrameSplitter};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -309,11 +309,9 @@ pub struct StreamClient {
     body: Incoming,
     /// Every byte of the response body, as received.
     raw: Vec<u8>,
-    /// Unparsed bytes (JSON / SSE).
+    /// Unparsed bytes (JSON / SSE / Protobuf).
     pending: Vec<u8>,
-    /// Unparsed bytes (Protobuf).
-    splitter: FrameSplitter,
-    /// Bytes of whole Protobuf messages taken out of `splitter` (prefixes included).
+    /// Bytes of whole Protobuf messages taken out of `pending` (prefixes included).
     consumed: usize,
     sse_preamble_seen: bool,
     inbox: VecDeque<Reply>,
@@ -353,7 +351,6 @@ impl StreamClient {
             body,
             raw: Vec::new(),
             pending: Vec::new(),
-            splitter: FrameSplitter::new(Encoding::Protobuf, MAX_MESSAGE),
             consumed: 0,
             sse_preamble_seen: false,
             inbox: VecDeque::new(),
@@ -569,14 +566,11 @@ impl StreamClient {
                 }
             }
             Flavor::HttpStream(Encoding::Protobuf) => {
-                self.splitter.push(data);
-                while let Some(message) = self
-                    .splitter
-                    .next_message()
-                    .unwrap_or_else(|e| panic!("bad Protobuf framing: {e}; raw: {:?}", self.raw))
-                {
-                    self.consumed +=
-                        prost::encoding::encoded_len_varint(message.len() as u64) + message.len();
+                self.pending.extend_from_slice(data);
+                while let Some((prefix, size)) = delimited_len(&self.pending, &self.raw) {
+                    let message: Vec<u8> =
+                        self.pending.drain(..prefix + size).skip(prefix).collect();
+                    self.consumed += prefix + size;
                     replies.push(
                         Reply::decode(&message[..])
                             .unwrap_or_else(|e| panic!("bad Protobuf reply {message:?}: {e}")),
@@ -722,6 +716,28 @@ impl StreamClient {
         assert!(!disconnect.reason.is_empty(), "disconnect without reason");
         messages
     }
+}
+
+/// The varint prefix length and message size of the first whole varint-delimited message in
+/// `pending`, `None` while more bytes are needed; panics (with the raw body) on a bad prefix or
+/// a message larger than [`MAX_MESSAGE`].
+fn delimited_len(pending: &[u8], raw: &[u8]) -> Option<(usize, usize)> {
+    let mut peek = pending;
+    let size = match prost::encoding::decode_varint(&mut peek) {
+        Ok(size) => usize::try_from(size).unwrap_or(usize::MAX),
+        // A varint is at most 10 bytes; fewer buffered, ending in a continuation byte (or
+        // none at all), may be incomplete.
+        Err(_) if pending.len() < 10 && pending.last().is_none_or(|b| b & 0x80 != 0) => {
+            return None;
+        }
+        Err(e) => panic!("bad Protobuf framing: {e}; raw: {raw:?}"),
+    };
+    assert!(
+        size <= MAX_MESSAGE,
+        "Protobuf message of {size} bytes; raw: {raw:?}"
+    );
+    let prefix = pending.len() - peek.len();
+    (peek.len() >= size).then_some((prefix, size))
 }
 
 /// One JSON message of the stream: a client-protocol reply (checked to be a JSON object).

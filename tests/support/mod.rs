@@ -493,9 +493,18 @@ impl Hub {
 
     /// Starts a hub whose Link listens on `link` (its API on an ephemeral port).
     pub async fn try_start_on(link: SocketAddr, hub_lines: &str) -> Result<Hub, String> {
+        Hub::try_start_with(link, "", hub_lines).await
+    }
+
+    /// Like [`Hub::try_start_on`], with `top_level` YAML (e.g. an `engine:` section) added.
+    pub async fn try_start_with(
+        link: SocketAddr,
+        top_level: &str,
+        hub_lines: &str,
+    ) -> Result<Hub, String> {
         let lines = format!("link_listen: \"{link}\"\napi_listen: \"127.0.0.1:0\"\n{hub_lines}");
         let yaml = format!(
-            "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n{}",
+            "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n{top_level}\n{}",
             hub_section(&lines)
         );
         let (proc, line) =
@@ -590,6 +599,8 @@ pub struct WsOptions {
     pub encoding: Encoding,
     /// `SO_RCVBUF` of the client socket (small values make a non-reading client back up fast).
     pub recv_buffer: Option<u32>,
+    /// Extra request headers (e.g. `Cookie`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl WsOptions {
@@ -602,6 +613,7 @@ impl WsOptions {
             subprotocols: None,
             encoding: Encoding::Json,
             recv_buffer: None,
+            headers: Vec::new(),
         }
     }
 
@@ -625,6 +637,12 @@ impl WsOptions {
     /// Sets the Origin header.
     pub fn origin(mut self, origin: &str) -> WsOptions {
         self.origin = Some(origin.to_owned());
+        self
+    }
+
+    /// Adds a request header.
+    pub fn header(mut self, name: &str, value: &str) -> WsOptions {
+        self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -696,6 +714,14 @@ impl WsClient {
             request
                 .headers_mut()
                 .insert("Origin", HeaderValue::from_str(origin).unwrap());
+        }
+        for (name, value) in &options.headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| HandshakeFailure::Other(e.to_string()))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|e| HandshakeFailure::Other(e.to_string()))?;
+            request.headers_mut().append(name, value);
         }
         if let Some(protocols) = &options.subprotocols {
             request.headers_mut().insert(

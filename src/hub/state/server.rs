@@ -12,7 +12,7 @@ use crate::hub::channel::Subscriber;
 use crate::hub::policy::{check_data, validate_channel};
 use crate::linkproto::{SessionReply, upstream_frame};
 use crate::protocol::client::{
-    Join, Push, Refresh as RefreshPush, Reply, Subscribe as SubscribePush, Unsubscribe,
+    Push, Refresh as RefreshPush, Reply, Subscribe as SubscribePush, Unsubscribe,
 };
 use crate::protocol::{Disconnect, ErrorCode};
 
@@ -145,14 +145,8 @@ impl HubState {
             // channel's publications.
             self.push_to_session(key, push);
             self.membership(key, channel, true, false);
-            if state.join_leave_subscribers > 0 {
-                let join = Push {
-                    channel: channel.to_owned(),
-                    join: Some(Join { info: Some(info) }),
-                    ..Default::default()
-                };
-                self.broadcast(state, channel, join);
-            }
+            let name: Arc<str> = Arc::from(channel);
+            self.joined(state, &name, &info, true);
             subscribed += 1;
         }
         Ok(subscribed)

@@ -11,13 +11,15 @@ use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use sidewire::protocol::Encoding;
 use sidewire::protocol::client::{Command, ConnectRequest, Reply, SubscribeRequest};
-use sidewire::protocol::frame::{FrameSplitter, encode_message};
+use sidewire::protocol::frame::encode_message;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::frame::FrameSplitter;
 
 /// Read buffer of every client WebSocket (tungstenite allocates it eagerly).
 const READ_BUFFER_BYTES: usize = 4096;

@@ -9,9 +9,27 @@ use serde_json::Value;
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
 const USER_HZ: u64 = 100;
 
-/// Parses `500ms`, `5s`, `2m` (the same syntax as sidewire's config).
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h` (`500ms`, `5s`, `2m`: the syntax
+/// of sidewire's config, so scripts can pass the same values to both).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    sidewire::config::duration::parse(text)
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m or h)"))?;
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    let millis = match unit {
+        "ms" => Some(value),
+        "s" => value.checked_mul(1_000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Nanoseconds since the Unix epoch (shared clock of publisher and subscribers).
@@ -150,5 +168,16 @@ mod tests {
         assert!(rss_kib(pid).unwrap() > 0);
         sum_cpu_ms(&[pid]).unwrap();
         assert!(self_rss_kib() > 0);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
     }
 }

@@ -71,6 +71,10 @@ pub struct FanoutArgs {
     /// Channel name prefix (`<prefix>-<c>`).
     #[arg(long, default_value = "fan")]
     channel_prefix: String,
+    /// More replicas' WebSocket URLs (same dialect): subscriber i connects to replica
+    /// i % (1 + these), `--url` being replica 0; publications still go to `--publish-url`.
+    #[arg(long = "replica-url")]
+    replica_urls: Vec<String>,
     /// Server process ids for CPU and RSS readings (optional).
     #[arg(long = "pid")]
     pids: Vec<u32>,
@@ -111,6 +115,14 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     // Check the URL before opening thousands of connections.
     Poster::new(&args.publish_url)?;
     let target = Arc::new(args.conn.target()?);
+    let mut replicas = vec![Arc::clone(&target)];
+    for url in &args.replica_urls {
+        replicas.push(Arc::new(crate::client::Target::new(
+            url,
+            target.dialect,
+            target.setup_timeout,
+        )?));
+    }
     let publishers = args.publishers;
     let per_channel =
         |c: usize| args.publishes / args.channels + usize::from(c < args.publishes % args.channels);
@@ -126,7 +138,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     for i in 0..args.subscribers {
         let c = i % args.channels;
         tasks.spawn(subscriber(
-            Arc::clone(&target),
+            Arc::clone(&replicas[i % replicas.len()]),
             format!("{}-{c}", args.channel_prefix),
             per_channel(c),
             publishers,
@@ -249,6 +261,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         "label": args.conn.label,
         "dialect": target.dialect.name(),
         "subscribers": args.subscribers,
+        "replicas": replicas.len(),
         "channels": args.channels,
         "publishes": args.publishes,
         "rate": args.rate,

@@ -11,6 +11,7 @@ mod client;
 mod fanout;
 mod flood;
 mod floor;
+mod frame;
 mod http;
 mod idle;
 mod report;

@@ -371,3 +371,153 @@ async fn gentoken_connection_and_subscription_tokens_work_end_to_end() {
     assert_eq!(members[0]["user"], "carol", "{result}");
     assert_eq!(members[0]["conn_info"], json!({"n": "C"}), "{result}");
 }
+
+/// A connection token's `b64info` is the client's `conn_info`, and a subscription token's
+/// `info` its `chan_info` in that channel (Centrifugo's channel info), as the server API's
+/// presence shows.
+#[tokio::test]
+async fn b64info_and_subscription_token_info_reach_presence() {
+    let server = hmac_server("").await;
+    let mut client = server.ws(WsOptions::json()).await;
+    // base64 of {"b":1}
+    let token = hs256(json!({"sub": "alice", "b64info": "eyJiIjoxfQ=="}));
+    client.handshake_with(connect_token(&token)).await;
+    let channel = format!("${}", unique_channel("info"));
+    let sub = hs256(json!({"sub": "alice", "channel": channel, "info": {"role": "mod"}}));
+    let reply = client.request(subscribe_token(&channel, &sub)).await;
+    assert_eq!(reply.error, None, "{reply:?}");
+    let result = api_ok(
+        server.admin_addr,
+        "presence",
+        &json!({"channel": channel}),
+        Some(API_KEY),
+    )
+    .await;
+    let members = result["presence"]
+        .as_object()
+        .expect("presence map")
+        .clone();
+    assert_eq!(members.len(), 1, "{result}");
+    let member = members.values().next().expect("one member");
+    assert_eq!(member["user"], "alice", "{member}");
+    assert_eq!(member["conn_info"], json!({"b": 1}), "{member}");
+    assert_eq!(member["chan_info"], json!({"role": "mod"}), "{member}");
+}
+
+/// A JWK set served over HTTP by the test; `body` can be swapped (key rotation).
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl JwksServer {
+    async fn start(body: Value) -> JwksServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(body.to_string()));
+        let served = shared.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let body = served.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        JwksServer { addr, body: shared }
+    }
+
+    fn serve(&self, body: Value) {
+        *self.body.lock().unwrap() = body.to_string();
+    }
+}
+
+/// A P-256 key pair and its public JWK under `kid`.
+fn ec_key(kid: &str) -> (rcgen::KeyPair, Value) {
+    use base64::Engine as _;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = pair.public_key_raw().to_vec();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+        "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+    (pair, jwk)
+}
+
+fn es256_with_kid(pair: &rcgen::KeyPair, kid: &str, claims: Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    encode(
+        &header,
+        &claims,
+        &EncodingKey::from_ec_der(&pair.serialize_der()),
+    )
+    .unwrap()
+}
+
+/// Whether a connect with `token` is accepted (an invalid token closes the connection,
+/// which fails the spawned exchange).
+async fn accepted(addr: std::net::SocketAddr, token: String) -> bool {
+    tokio::spawn(async move {
+        let mut client = WsClient::connect(addr, WsOptions::json()).await;
+        client.connect_with(connect_token(&token)).await
+    })
+    .await
+    .is_ok_and(|reply| reply.error.is_none())
+}
+
+/// `hub.client.token.jwks_public_endpoint`: a token whose `kid` is in the served JWK set
+/// connects; a rotated-in key is fetched when a token names it; a token signed by another key
+/// under a served `kid`, or claiming HS256 with that `kid`, is refused.
+#[tokio::test]
+async fn jwks_keys_verify_tokens_by_kid_and_rotate() {
+    let (key_a, jwk_a) = ec_key("a");
+    let jwks = JwksServer::start(json!({"keys": [jwk_a]})).await;
+    let server = Server::start(&format!(
+        "hub:\n  client:\n    token:\n      jwks_public_endpoint: \"http://{}/jwks\"\n",
+        jwks.addr
+    ))
+    .await;
+    let addr = server.client_addr;
+    let token_a = es256_with_kid(&key_a, "a", json!({"sub": "jw"}));
+    eventually(WAIT, "token of kid a accepted", || {
+        let token = token_a.clone();
+        async move { accepted(addr, token).await }
+    })
+    .await;
+
+    // Rotation: the set now has only `b`; a token naming `b` triggers a refetch.
+    let (key_b, jwk_b) = ec_key("b");
+    jwks.serve(json!({"keys": [jwk_b]}));
+    let token_b = es256_with_kid(&key_b, "b", json!({"sub": "jw"}));
+    eventually(WAIT, "token of rotated-in kid b accepted", || {
+        let token = token_b.clone();
+        async move { accepted(addr, token).await }
+    })
+    .await;
+
+    let forged = es256_with_kid(&key_a, "b", json!({"sub": "jw"}));
+    assert!(!accepted(addr, forged).await, "kid b signed by key a");
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("b".to_owned());
+    let confused = encode(
+        &header,
+        &json!({"sub": "jw"}),
+        &EncodingKey::from_secret(b"b"),
+    )
+    .unwrap();
+    assert!(!accepted(addr, confused).await, "HS256 under an EC kid");
+}

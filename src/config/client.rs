@@ -64,6 +64,10 @@ pub struct TokenConfig {
     pub audience: Option<String>,
     /// When set, tokens must carry this `iss`.
     pub issuer: Option<String>,
+    /// `http(s)://` URL of a JWK set: RS256/ES256 tokens whose header names a `kid` are
+    /// verified with that key (fetched in the background, refetched every minute and on an
+    /// unknown `kid`, at most once a second).
+    pub jwks_public_endpoint: Option<String>,
 }
 
 impl TokenConfig {
@@ -72,6 +76,7 @@ impl TokenConfig {
         self.hmac_secret_key.is_some()
             || self.rsa_public_key.is_some()
             || self.ecdsa_public_key.is_some()
+            || self.jwks_public_endpoint.is_some()
     }
 
     /// Problems of these keys, named under `field` (e.g. `hub.client.token`).
@@ -84,6 +89,16 @@ impl TokenConfig {
         ] {
             if value.as_deref().is_some_and(str::is_empty) {
                 problems.push(format!("{field}.{name}: must not be empty when set"));
+            }
+        }
+        if let Some(url) = &self.jwks_public_endpoint {
+            let valid = url.parse::<http::Uri>().ok().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            });
+            if !valid {
+                problems.push(format!(
+                    "{field}.jwks_public_endpoint: must be an http(s):// URL, got {url:?}"
+                ));
             }
         }
         problems
@@ -107,6 +122,8 @@ pub struct SubscriptionTokenConfig {
     pub audience: Option<String>,
     /// As `hub.client.token.issuer`, for subscription tokens.
     pub issuer: Option<String>,
+    /// As `hub.client.token.jwks_public_endpoint`, for subscription tokens.
+    pub jwks_public_endpoint: Option<String>,
 }
 
 impl SubscriptionTokenConfig {
@@ -118,6 +135,7 @@ impl SubscriptionTokenConfig {
             ecdsa_public_key: self.ecdsa_public_key.clone(),
             audience: self.audience.clone(),
             issuer: self.issuer.clone(),
+            jwks_public_endpoint: self.jwks_public_endpoint.clone(),
         }
     }
 }
@@ -194,6 +212,7 @@ mod tests {
             token: TokenConfig {
                 hmac_secret_key: Some(String::new()),
                 audience: Some(String::new()),
+                jwks_public_endpoint: Some("ftp://x".into()),
                 ..TokenConfig::default()
             },
             subscription_token: SubscriptionTokenConfig {
@@ -208,6 +227,7 @@ mod tests {
         for field in [
             "hub.client.token.hmac_secret_key:",
             "hub.client.token.audience:",
+            "hub.client.token.jwks_public_endpoint:",
             "hub.client.subscription_token.issuer:",
             "hub.client.subscription_token.enabled:",
             "hub.client.channel_limit:",

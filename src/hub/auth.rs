@@ -21,7 +21,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use thiserror::Error;
 
+use std::sync::Arc;
+
 use crate::config::client::{ClientConfig, TokenConfig};
+use crate::hub::jwks::Jwks;
 
 /// The verified claims of a connection token.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,6 +73,9 @@ pub enum SubTokenCheck {
         channel: String,
         /// `exp` claim, unix seconds.
         expires_at: Option<u64>,
+        /// `info` (JSON) or `b64info` (decoded): the subscriber's `chan_info` in presence and
+        /// join/leave (empty: none).
+        info: Bytes,
     },
     /// `exp` has passed (error 109).
     Expired,
@@ -97,6 +103,24 @@ pub struct TokenKeys {
     ecdsa: Option<DecodingKey>,
     audience: Option<String>,
     issuer: Option<String>,
+    /// Keys fetched from `jwks_public_endpoint`, looked up by the token's `kid`.
+    jwks: Option<Arc<Jwks>>,
+}
+
+/// A verification key: configured, or fetched (shared with the JWKS cache).
+enum Key<'a> {
+    Configured(&'a DecodingKey),
+    Fetched(Arc<DecodingKey>),
+}
+
+impl std::ops::Deref for Key<'_> {
+    type Target = DecodingKey;
+    fn deref(&self) -> &DecodingKey {
+        match self {
+            Key::Configured(key) => key,
+            Key::Fetched(key) => key,
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -107,6 +131,7 @@ impl std::fmt::Debug for TokenKeys {
             .field("ecdsa", &self.ecdsa.is_some())
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -167,22 +192,44 @@ impl TokenKeys {
             ecdsa,
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
+            jwks: config
+                .jwks_public_endpoint
+                .as_deref()
+                .map(|url| Arc::new(Jwks::new(url))),
         })
+    }
+
+    /// Starts fetching the JWKS, if one is configured (on the current tokio runtime).
+    pub fn start(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.start();
+        }
     }
 
     /// Whether any key is configured (else every token is invalid).
     pub fn enabled(&self) -> bool {
-        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some()
+        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some() || self.jwks.is_some()
     }
 
-    /// The key and validation for the token's header algorithm, if that algorithm is allowed.
-    fn validation(&self, token: &str) -> Option<(&DecodingKey, Validation)> {
+    /// The key and validation for the token's header algorithm, if that algorithm is allowed:
+    /// a token with a `kid` takes the JWKS key of that id (when a JWKS is configured, and its
+    /// algorithm must be the key's), else the configured key of its algorithm.
+    fn validation(&self, token: &str) -> Option<(Key<'_>, Validation)> {
         let header = decode_header(token).ok()?;
-        let key = match header.alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref()?,
-            Algorithm::RS256 => self.rsa.as_ref()?,
-            Algorithm::ES256 => self.ecdsa.as_ref()?,
-            _ => return None,
+        let key = match (&self.jwks, &header.kid) {
+            (Some(jwks), Some(kid)) => {
+                let (algorithm, key) = jwks.key(kid)?;
+                if algorithm != header.alg {
+                    return None;
+                }
+                Key::Fetched(key)
+            }
+            _ => Key::Configured(match header.alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref()?,
+                Algorithm::RS256 => self.rsa.as_ref()?,
+                Algorithm::ES256 => self.ecdsa.as_ref()?,
+                _ => return None,
+            }),
         };
         let mut validation = Validation::new(header.alg);
         validation.required_spec_claims = HashSet::new();
@@ -207,7 +254,7 @@ impl TokenKeys {
             return Err(false);
         }
         let (key, validation) = self.validation(token).ok_or(false)?;
-        decode::<T>(token, key, &validation)
+        decode::<T>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|error| matches!(error.kind(), ErrorKind::ExpiredSignature))
     }
@@ -225,11 +272,17 @@ impl TokenKeys {
     /// matched by the caller). A token without a `channel` claim is invalid.
     pub fn check_subscription(&self, token: &str) -> SubTokenCheck {
         match self.decode::<SubClaims>(token) {
-            Ok(claims) if !claims.channel.is_empty() => SubTokenCheck::Valid {
-                user: claims.sub,
-                channel: claims.channel,
-                expires_at: claims.exp,
-            },
+            Ok(claims) if !claims.channel.is_empty() => {
+                match info_bytes(claims.info.as_deref(), claims.b64info.as_deref()) {
+                    Some(info) => SubTokenCheck::Valid {
+                        user: claims.sub,
+                        channel: claims.channel,
+                        expires_at: claims.exp,
+                        info,
+                    },
+                    None => SubTokenCheck::Invalid,
+                }
+            }
             Err(true) => SubTokenCheck::Expired,
             _ => SubTokenCheck::Invalid,
         }
@@ -254,15 +307,23 @@ struct Claims {
     meta: Option<serde_json::Value>,
 }
 
+/// The `info` claim's JSON, else the decoded `b64info`, else empty; `None` when `b64info` is
+/// not base64 (the token is then invalid).
+fn info_bytes(info: Option<&serde_json::value::RawValue>, b64info: Option<&str>) -> Option<Bytes> {
+    match (info, b64info) {
+        (Some(raw), _) if raw.get() != "null" => Some(Bytes::from(raw.get().to_owned())),
+        (_, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .map(Bytes::from),
+        _ => Some(Bytes::new()),
+    }
+}
+
 impl Claims {
     fn into_check(self) -> TokenCheck {
-        let info = match (&self.info, &self.b64info) {
-            (Some(raw), _) if raw.get() != "null" => Bytes::from(raw.get().to_owned()),
-            (_, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64) {
-                Ok(bytes) => Bytes::from(bytes),
-                Err(_) => return TokenCheck::Invalid,
-            },
-            _ => Bytes::new(),
+        let Some(info) = info_bytes(self.info.as_deref(), self.b64info.as_deref()) else {
+            return TokenCheck::Invalid;
         };
         let mut channels: Vec<String> = Vec::new();
         for channel in self.channels.into_iter().chain(self.subs.into_keys()) {
@@ -288,6 +349,10 @@ struct SubClaims {
     channel: String,
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    b64info: Option<String>,
 }
 
 /// Verifies an HS256/384/512 connection token with `secret` (no audience or issuer check).

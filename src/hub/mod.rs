@@ -12,6 +12,7 @@ pub mod counters;
 pub mod drain;
 pub mod grpc;
 pub mod idempotency;
+pub mod jwks;
 pub mod link_auth;
 pub mod link_queue;
 pub mod namespace;

@@ -262,7 +262,16 @@ impl Settings {
             })
         };
         let keys = usable(TokenKeys::from_config(&config.client));
-        let sub_keys = usable(TokenKeys::for_subscriptions(&config.client));
+        // One JWKS fetcher when subscription tokens share the connection keys.
+        let sub_keys = if config.client.subscription_token.enabled {
+            usable(TokenKeys::for_subscriptions(&config.client))
+        } else {
+            keys.clone()
+        };
+        keys.start();
+        if config.client.subscription_token.enabled {
+            sub_keys.start();
+        }
         Settings {
             binary: BinaryChannels::new(&config.binary_channels),
             namespaces: Namespaces::new(&config.channel, config.client.insecure),
@@ -1234,17 +1243,20 @@ impl HubState {
                 return Err(ErrorCode::LimitExceeded);
             }
         }
-        // The subscribe hook's grant, or a subscription token (required on `$` channels),
-        // grants the subscription; otherwise the namespace's permissions decide.
+        // The subscribe hook's grant, or a subscription token (required on `$` channels, its
+        // `info` the channel info), grants the subscription; otherwise the namespace's
+        // permissions decide.
         let token_expiry = if let Some(grant) = &proxy {
             info.chan_info = grant.info.clone();
             grant.expires_at
         } else if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
-            subscription_grant(
+            let (expiry, chan_info) = subscription_grant(
                 token.unwrap_or(SubTokenCheck::Invalid),
                 &info.user,
                 &request.channel,
-            )?
+            )?;
+            info.chan_info = chan_info;
+            expiry
         } else {
             let asker = Asker {
                 user: &info.user,
@@ -2110,6 +2122,7 @@ impl HubState {
                 user,
                 channel: granted,
                 expires_at,
+                ..
             } if user == session.user && granted == channel => expires_at,
             SubTokenCheck::Valid { .. } | SubTokenCheck::Invalid => {
                 self.disconnect(key, &Disconnect::INVALID_TOKEN);
@@ -2145,19 +2158,20 @@ impl HubState {
     }
 }
 
-/// The expiry a subscription token grants for `channel` to `user`: 109 when expired, 103 when
-/// missing, invalid, or for another user or channel.
+/// The expiry and channel info a subscription token grants for `channel` to `user`: 109 when
+/// expired, 103 when missing, invalid, or for another user or channel.
 fn subscription_grant(
     check: SubTokenCheck,
     user: &str,
     channel: &str,
-) -> Result<Option<u64>, ErrorCode> {
+) -> Result<(Option<u64>, Bytes), ErrorCode> {
     match check {
         SubTokenCheck::Valid {
             user: granted_user,
             channel: granted,
             expires_at,
-        } if granted_user == user && granted == channel => Ok(expires_at),
+            info,
+        } if granted_user == user && granted == channel => Ok((expires_at, info)),
         SubTokenCheck::Expired => Err(ErrorCode::TokenExpired),
         SubTokenCheck::Valid { .. } | SubTokenCheck::Invalid => Err(ErrorCode::PermissionDenied),
     }

@@ -263,9 +263,35 @@ fn subscription_tokens_need_a_channel_and_honour_exp() {
         SubTokenCheck::Valid {
             user: "u".into(),
             channel: "$c".into(),
-            expires_at: Some(exp)
+            expires_at: Some(exp),
+            info: Bytes::new(),
         }
     );
+    // `info` / `b64info` become the subscriber's channel info; bad base64 is invalid.
+    let with_info = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "channel": "$c", "info": {"role": "mod"}}),
+    );
+    assert!(matches!(
+        keys.check_subscription(&with_info),
+        SubTokenCheck::Valid { info, .. } if &info[..] == br#"{"role":"mod"}"#
+    ));
+    let b64 = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "channel": "$c", "b64info": "aGk="}),
+    );
+    assert!(matches!(
+        keys.check_subscription(&b64),
+        SubTokenCheck::Valid { info, .. } if &info[..] == b"hi"
+    ));
+    let bad = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "channel": "$c", "b64info": "!!"}),
+    );
+    assert_eq!(keys.check_subscription(&bad), SubTokenCheck::Invalid);
     let expired = hs(
         Algorithm::HS256,
         "s",

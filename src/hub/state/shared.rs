@@ -465,15 +465,11 @@ mod tests {
             ..RedisConfig::default()
         };
         let engine = Arc::new(RedisEngine::open(&redis).expect("engine"));
-        // The hub's defaults are secure: let anonymous clients subscribe to `c`.
+        // Secure defaults refuse every subscribe: open channels to every client here.
         let mut config = crate::config::HubConfig::default();
-        config.channel.without_namespace.allow_subscribe_for_client = true;
-        config.channel.without_namespace.allow_subscribe_for_anonymous = true;
-        let (state, _events) = HubState::new_shared(
-            config,
-            Arc::new(HubCounters::default()),
-            engine,
-        );
+        config.client.insecure = true;
+        let (state, _events) =
+            HubState::new_shared(config, Arc::new(HubCounters::default()), engine);
         let queue = Arc::new(crate::hub::link_queue::LinkQueue::new(1 << 20));
         state.add_link(1, queue.clone());
         let open = crate::linkproto::SessionOpen {
@@ -481,7 +477,12 @@ mod tests {
             client: "c1".to_owned(),
             ..Default::default()
         };
-        state.open(1, open, crate::hub::auth::TokenCheck::anonymous(), Arc::from([]));
+        state.open(
+            1,
+            open,
+            crate::hub::auth::TokenCheck::anonymous(),
+            Arc::from([]),
+        );
         state.mark_interest("c").expect("interest");
         let read = stream(3, "e", 1..=3);
         state.baseline("c", &read);

@@ -116,6 +116,10 @@ export async function startServer({ extraConfig = '', tokenSecret = null } = {})
   if (!existsSync(SIDEWIRE_BIN)) {
     throw new Error(`sidewire binary not found at ${SIDEWIRE_BIN} (build it, or set SIDEWIRE_BIN)`);
   }
+  const ownHub = /^hub:/m.test(extraConfig);
+  if (ownHub && tokenSecret) {
+    throw new Error('startServer: tokenSecret needs the harness hub section; put the key in extraConfig instead');
+  }
   const dir = mkdtempSync(join(tmpdir(), 'sidewire-sdk-js-'));
   const configPath = join(dir, 'sidewire.yaml');
   writeFileSync(configPath, [
@@ -126,12 +130,15 @@ export async function startServer({ extraConfig = '', tokenSecret = null } = {})
     'http_stream: true',
     'sse: true',
     // The hub's defaults are secure (as Centrifugo's): the suites opt in to anonymous
-    // connects and to channels open to every client (history, presence, join/leave on).
-    'hub:',
-    tokenSecret
-      ? `  client: {allow_anonymous_connect_without_token: true, token: {hmac_secret_key: ${JSON.stringify(tokenSecret)}}}`
-      : '  client: {allow_anonymous_connect_without_token: true}',
-    `  channel: {without_namespace: ${PERMISSIVE_CHANNELS}}`,
+    // connects and to channels open to every client (history, presence, join/leave on),
+    // unless the test brings its own `hub:` section (which then opts in itself).
+    ...(ownHub ? [] : [
+      'hub:',
+      tokenSecret
+        ? `  client: {allow_anonymous_connect_without_token: true, token: {hmac_secret_key: ${JSON.stringify(tokenSecret)}}}`
+        : '  client: {allow_anonymous_connect_without_token: true}',
+      `  channel: {without_namespace: ${PERMISSIVE_CHANNELS}}`,
+    ]),
     ...(process.env.SIDEWIRE_TEST_LOG ? ['log:', '  level: "sidewire=debug,info"'] : []),
     extraConfig,
     '',

@@ -66,8 +66,8 @@ pub struct ClientBodyError(#[source] hyper::Error);
 enum Transport {
     /// Plain `http://`, HTTP/1.1: our own connection pool (the common, fast case).
     Http1(Http1Pool),
-    /// `https://` or h2c: hyper-util's pooled client.
-    General(Client<HttpsConnector<HttpConnector>, Body>),
+    /// `https://` or h2c: hyper-util's pooled client (boxed: it is large, and rarer).
+    General(Box<Client<HttpsConnector<HttpConnector>, Body>>),
 }
 
 /// Why the exchange with the backend failed, whichever transport carried it.
@@ -163,7 +163,9 @@ impl Backend {
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .http2_only(config.http2);
-        Ok(common(Transport::General(builder.build(connector))))
+        Ok(common(Transport::General(Box::new(
+            builder.build(connector),
+        ))))
     }
 
     /// Proxies one request from `peer` (which reached us over `proto`, `http` or `https`).

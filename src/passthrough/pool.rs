@@ -97,19 +97,19 @@ impl Http1Pool {
     /// [`Exchange::into_response`]) for the connection to be reused.
     pub async fn send(&self, request: Request<Body>) -> Result<Exchange, PoolError> {
         let mut request = request;
-        if let Some(mut sender) = self.shared.take_idle() {
-            if sender.ready().await.is_ok() {
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(Exchange::new(response, sender, &self.shared)),
-                    Err(mut error) => match error.take_message() {
-                        // Never written: the backend had closed the connection. Once more, on
-                        // a new connection.
-                        Some(unsent) => request = unsent,
-                        None => return Err(error.into_error().into()),
-                    },
-                }
+        // Not ready: the connection closed while idle; the request is untouched.
+        if let Some(mut sender) = self.shared.take_idle()
+            && sender.ready().await.is_ok()
+        {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(Exchange::new(response, sender, &self.shared)),
+                Err(mut error) => match error.take_message() {
+                    // Never written: the backend had closed the connection. Once more, on a
+                    // new connection.
+                    Some(unsent) => request = unsent,
+                    None => return Err(error.into_error().into()),
+                },
             }
-            // Not ready: the connection closed while idle; the request is untouched.
         }
         let mut sender = self.shared.connect().await?;
         sender.ready().await?;

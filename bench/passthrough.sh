@@ -4,6 +4,10 @@
 # 2-byte body. Loopback only, bounded durations. Prints one JSON line per target on stdout.
 #
 # Usage: bench/passthrough.sh [seconds=10] [connections=64]
+#   ROUNDS=3                     runs every target 3 times, interleaved, then prints medians
+#   SIDEWIRE_BIN=path            the sidewire to measure (default: the tree's release build)
+#   SIDEWIRE_BEFORE_BIN=path     also measure another build (label sidewire-before) in the
+#                                same rounds, e.g. the previous commit's
 # Needs: $CARGO_TARGET_DIR (default target)/release/sidewire, nginx and wrk (apt-get install nginx-light wrk).
 # Pinning: the proxy under test on CPU 0; wrk and the backend on CPU 1.
 set -euo pipefail
@@ -76,11 +80,20 @@ admin_listen: "127.0.0.1:0"
 backend: {url: "http://127.0.0.1:$BACKEND_PORT"}
 log: {level: "warn"}
 YAML
-# One worker thread on one pinned CPU, like nginx's single worker.
-TOKIO_WORKER_THREADS=1 taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/sidewire" --config "$WORK/sidewire.yaml" >"$WORK/sidewire.out" 2>"$WORK/sidewire.err" &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q listening "$WORK/sidewire.out" && break; sleep 0.05; done
-SIDEWIRE="$(sed -n 's/.*client=\([^ ]*\).*/\1/p' "$WORK/sidewire.out")"
+start_sidewire() { # label binary; sets SIDEWIRE_ADDR
+    # One worker thread on one pinned CPU, like nginx's single worker.
+    TOKIO_WORKER_THREADS=1 taskset -c 0 "$2" --config "$WORK/sidewire.yaml" >"$WORK/$1.out" 2>"$WORK/$1.err" &
+    PIDS+=($!)
+    for _ in $(seq 100); do grep -q listening "$WORK/$1.out" && break; sleep 0.05; done
+    SIDEWIRE_ADDR="$(sed -n 's/.*client=\([^ ]*\).*/\1/p' "$WORK/$1.out")"
+}
+start_sidewire sidewire "${SIDEWIRE_BIN:-${CARGO_TARGET_DIR:-target}/release/sidewire}"
+SIDEWIRE="$SIDEWIRE_ADDR"
+SIDEWIRE_BEFORE=""
+if [[ -n "${SIDEWIRE_BEFORE_BIN:-}" ]]; then
+    start_sidewire sidewire-before "$SIDEWIRE_BEFORE_BIN"
+    SIDEWIRE_BEFORE="$SIDEWIRE_ADDR"
+fi
 
 run_wrk() { # label url
     local out
@@ -107,6 +120,25 @@ print(json.dumps({
 PY
 }
 
-run_wrk direct "http://127.0.0.1:$BACKEND_PORT/"
-run_wrk sidewire "http://$SIDEWIRE/"
-run_wrk nginx "http://127.0.0.1:$PROXY_PORT/"
+ROUNDS="${ROUNDS:-1}"
+for round in $(seq "$ROUNDS"); do
+    run_wrk direct "http://127.0.0.1:$BACKEND_PORT/" | tee -a "$WORK/all.jsonl"
+    run_wrk sidewire "http://$SIDEWIRE/" | tee -a "$WORK/all.jsonl"
+    if [[ -n "$SIDEWIRE_BEFORE" ]]; then
+        run_wrk sidewire-before "http://$SIDEWIRE_BEFORE/" | tee -a "$WORK/all.jsonl"
+    fi
+    run_wrk nginx "http://127.0.0.1:$PROXY_PORT/" | tee -a "$WORK/all.jsonl"
+done
+if (( ROUNDS > 1 )); then
+    python3 - "$WORK/all.jsonl" <<'PY'
+import json, statistics, sys
+runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+for label in dict.fromkeys(r["label"] for r in runs):
+    mine = [r for r in runs if r["label"] == label]
+    med = lambda key: statistics.median(r[key] for r in mine if r[key] is not None)
+    print(json.dumps({"scenario": "passthrough", "label": label, "median_of": len(mine),
+        "connections": mine[0]["connections"], "duration_s": mine[0]["duration_s"],
+        "rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+        "non_2xx": sum(r["non_2xx"] for r in mine)}))
+PY
+fi

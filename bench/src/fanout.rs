@@ -84,6 +84,14 @@ pub struct FanoutArgs {
     /// Bound on publishing and delivering everything, from the first publish.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Subscriber processes: N > 1 spawns N children of this program, each holding every
+    /// N-th subscriber, so that reading deliveries is not limited to one process; this
+    /// process publishes and merges their results (latency samples included).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Internal: run as child I of --procs (subscribe, report over stdout, wait for stdin).
+    #[arg(long, hide = true)]
+    child_slice: Option<usize>,
 }
 
 /// What one subscriber saw.
@@ -96,7 +104,8 @@ struct SubResult {
     bad: usize,
     closed_early: bool,
     latencies_us: Vec<u32>,
-    last_at: Option<Instant>,
+    /// Unix nanos of the last delivery (a clock shared by processes).
+    last_ns: Option<u64>,
 }
 
 /// Runs the scenario and prints its result lines.
@@ -115,6 +124,89 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     // Check the URL before opening thousands of connections.
     Poster::new(&args.publish_url)?;
     let target = Arc::new(args.conn.target()?);
+    if let Some(slice) = args.child_slice {
+        return child(&args, target, slice).await;
+    }
+    if args.procs > 1 {
+        return parent(&args, target, format).await;
+    }
+
+    // Subscribe everyone.
+    let mut subs = subscribe_all(&args, target.clone(), 0, 1).await?;
+    if subs.ok == 0 {
+        subs.stop().await;
+        bail!(
+            "no subscriber connected: {}",
+            subs.first_error.unwrap_or_default()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Publish.
+    let cpu_before = read_cpu(&args.pids);
+    let own = [std::process::id()];
+    let client_cpu_before = read_cpu(&own);
+    let publish_start = Instant::now();
+    let publish_start_ns = unix_nanos();
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut publisher_tasks = spawn_publishers(&args, format, publish_start, deadline);
+
+    // Collect: finished subscribers report as soon as they have everything.
+    let mut results = subs.collect(deadline).await;
+    let published = join_publishers(&mut publisher_tasks).await;
+    let cpu_after = read_cpu(&args.pids);
+    let client_cpu_after = read_cpu(&own);
+    let publish_phase_s = publish_start.elapsed().as_secs_f64();
+    let rss_after = if args.pids.is_empty() {
+        None
+    } else {
+        sum_rss_kib(&args.pids).ok()
+    };
+    let client_rss = self_rss_kib();
+    let totals = subs.finish(&mut results).await;
+    subs.drain().await;
+    report(
+        &args,
+        &target,
+        Report {
+            ok: subs.ok,
+            failed: subs.failed,
+            setup_s: subs.setup_s,
+            first_error: subs.first_error.clone(),
+            published,
+            totals,
+            publish_start_ns,
+            publish_phase_s,
+            server_cpu: (cpu_before, cpu_after),
+            client_cpu: (client_cpu_before, client_cpu_after),
+            server_rss: rss_after,
+            client_rss,
+        },
+    );
+    Ok(())
+}
+
+/// The subscribers of this process once set up.
+struct Subscribed {
+    tasks: JoinSet<()>,
+    shutdown: watch::Sender<bool>,
+    done: mpsc::Receiver<SubResult>,
+    ok: usize,
+    failed: usize,
+    first_error: Option<String>,
+    setup_s: f64,
+    extra: Arc<AtomicUsize>,
+}
+
+/// Opens and subscribes subscribers `first, first + step, ...` (the others belong to other
+/// processes), waiting for all of them up to `--setup-deadline`.
+async fn subscribe_all(
+    args: &FanoutArgs,
+    target: Arc<Target>,
+    first: usize,
+    step: usize,
+) -> Result<Subscribed> {
+    // Subscriber i connects to replica i % (1 + --replica-url count), `--url` being replica 0.
     let mut replicas = vec![Arc::clone(&target)];
     for url in &args.replica_urls {
         replicas.push(Arc::new(crate::client::Target::new(
@@ -127,17 +219,17 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     let publishers = args.publishers;
     let per_channel =
         |c: usize| args.publishes / args.channels + usize::from(c < args.publishes % args.channels);
-
-    // Subscribe everyone.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(1024);
-    let (done_tx, mut done_rx) = mpsc::channel::<SubResult>(1024);
+    let (done_tx, done_rx) = mpsc::channel::<SubResult>(1024);
     let extra = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(args.conn.concurrency));
     let mut tasks = JoinSet::new();
     let setup_start = Instant::now();
-    for i in 0..args.subscribers {
+    let mut mine = 0usize;
+    for i in (first..args.subscribers).step_by(step.max(1)) {
         let c = i % args.channels;
+        mine += 1;
         tasks.spawn(subscriber(
             Arc::clone(&replicas[i % replicas.len()]),
             format!("{}-{c}", args.channel_prefix),
@@ -153,7 +245,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     drop((ready_tx, done_tx));
     let (mut ok, mut failed, mut first_error) = (0usize, 0usize, None::<String>);
     let setup_deadline = tokio::time::Instant::now() + args.setup_deadline;
-    while ok + failed < args.subscribers {
+    while ok + failed < mine {
         match tokio::time::timeout_at(setup_deadline, ready_rx.recv()).await {
             Ok(Some(Ok(()))) => ok += 1,
             Ok(Some(Err(error))) => {
@@ -162,28 +254,180 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
             }
             Ok(None) => break,
             Err(_) => {
-                failed = args.subscribers - ok;
+                failed = mine - ok;
                 first_error.get_or_insert_with(|| "subscribe deadline passed".into());
                 break;
             }
         }
     }
-    let setup_s = setup_start.elapsed().as_secs_f64();
-    if ok == 0 {
-        let _ = shutdown_tx.send(true);
-        drain(&mut tasks, Duration::from_secs(5)).await;
-        bail!(
-            "no subscriber connected: {}",
-            first_error.unwrap_or_default()
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(Subscribed {
+        tasks,
+        shutdown: shutdown_tx,
+        done: done_rx,
+        ok,
+        failed,
+        first_error,
+        setup_s: setup_start.elapsed().as_secs_f64(),
+        extra,
+    })
+}
 
-    // Publish.
-    let cpu_before = read_cpu(&args.pids);
-    let client_cpu_before = read_cpu(&[std::process::id()]);
-    let publish_start = Instant::now();
-    let deadline = tokio::time::Instant::now() + args.timeout;
+impl Subscribed {
+    /// Results of subscribers that got everything, until all have or `deadline`.
+    async fn collect(&mut self, deadline: tokio::time::Instant) -> Vec<SubResult> {
+        let mut results = Vec::with_capacity(self.ok);
+        while results.len() < self.ok {
+            match tokio::time::timeout_at(deadline, self.done.recv()).await {
+                Ok(Some(result)) => results.push(result),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        results
+    }
+
+    /// Stops every subscriber, takes the partial results of those still waiting, and sums up.
+    async fn finish(&mut self, results: &mut Vec<SubResult>) -> Totals {
+        let _ = self.shutdown.send(true);
+        let late_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while results.len() < self.ok {
+            match tokio::time::timeout_at(late_deadline, self.done.recv()).await {
+                Ok(Some(result)) => results.push(result),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Totals::sum(
+            std::mem::take(results),
+            self.ok,
+            self.extra.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Waits for the stopped subscribers to close their connections.
+    async fn drain(&mut self) {
+        drain(&mut self.tasks, Duration::from_secs(15)).await;
+    }
+
+    /// Stops every subscriber without collecting.
+    async fn stop(&mut self) {
+        let _ = self.shutdown.send(true);
+        drain(&mut self.tasks, Duration::from_secs(5)).await;
+    }
+}
+
+/// What a set of subscribers saw, summed (per process, then over processes).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Totals {
+    expected: usize,
+    received: usize,
+    gaps: usize,
+    reordered: usize,
+    bad: usize,
+    closed_early: usize,
+    incomplete: usize,
+    unreported: usize,
+    extra: usize,
+    last_ns: Option<u64>,
+    latencies_us: Vec<u32>,
+}
+
+impl Totals {
+    /// Sums the results of `ok` subscribed subscribers (missing ones count as unreported).
+    fn sum(mut results: Vec<SubResult>, ok: usize, extra: usize) -> Totals {
+        let unreported = ok.saturating_sub(results.len());
+        let mut totals = Totals {
+            unreported,
+            incomplete: unreported,
+            extra,
+            ..Totals::default()
+        };
+        totals.latencies_us = Vec::with_capacity(results.iter().map(|r| r.received).sum());
+        for result in &mut results {
+            totals.expected += result.expected;
+            totals.received += result.received;
+            totals.gaps += result.gaps;
+            totals.reordered += result.reordered;
+            totals.bad += result.bad;
+            totals.closed_early += usize::from(result.closed_early);
+            totals.incomplete += usize::from(result.received < result.expected);
+            totals.last_ns = totals.last_ns.max(result.last_ns);
+            totals.latencies_us.append(&mut result.latencies_us);
+        }
+        totals
+    }
+
+    fn merge(&mut self, mut other: Totals) {
+        self.expected += other.expected;
+        self.received += other.received;
+        self.gaps += other.gaps;
+        self.reordered += other.reordered;
+        self.bad += other.bad;
+        self.closed_early += other.closed_early;
+        self.incomplete += other.incomplete;
+        self.unreported += other.unreported;
+        self.extra += other.extra;
+        self.last_ns = self.last_ns.max(other.last_ns);
+        self.latencies_us.append(&mut other.latencies_us);
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "expected": self.expected, "received": self.received, "gaps": self.gaps,
+            "reordered": self.reordered, "bad": self.bad, "closed_early": self.closed_early,
+            "incomplete": self.incomplete, "unreported": self.unreported, "extra": self.extra,
+            "last_ns": self.last_ns, "latencies_us": self.latencies_us,
+        })
+    }
+
+    fn from_json(value: &serde_json::Value) -> Option<Totals> {
+        let count = |key: &str| {
+            value
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+        };
+        Some(Totals {
+            expected: count("expected")?,
+            received: count("received")?,
+            gaps: count("gaps")?,
+            reordered: count("reordered")?,
+            bad: count("bad")?,
+            closed_early: count("closed_early")?,
+            incomplete: count("incomplete")?,
+            unreported: count("unreported")?,
+            extra: count("extra")?,
+            last_ns: value.get("last_ns").and_then(serde_json::Value::as_u64),
+            latencies_us: value
+                .get("latencies_us")?
+                .as_array()?
+                .iter()
+                .map(|v| v.as_u64().and_then(|v| u32::try_from(v).ok()))
+                .collect::<Option<Vec<u32>>>()?,
+        })
+    }
+}
+
+/// Everything the result lines report.
+struct Report {
+    ok: usize,
+    failed: usize,
+    setup_s: f64,
+    first_error: Option<String>,
+    published: PublishStats,
+    totals: Totals,
+    publish_start_ns: u64,
+    publish_phase_s: f64,
+    server_cpu: (Option<u64>, Option<u64>),
+    client_cpu: (Option<u64>, Option<u64>),
+    server_rss: Option<u64>,
+    client_rss: u64,
+}
+
+fn spawn_publishers(
+    args: &FanoutArgs,
+    format: PublishFormat,
+    start: Instant,
+    deadline: tokio::time::Instant,
+) -> JoinSet<PublishStats> {
     let mut publisher_tasks = JoinSet::new();
     for index in 0..args.publishers {
         publisher_tasks.spawn(publisher(PublisherPlan {
@@ -196,62 +440,56 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
             url: args.publish_url.clone(),
             prefix: args.channel_prefix.clone(),
             format,
-            start: publish_start,
+            start,
             deadline,
         }));
     }
+    publisher_tasks
+}
 
-    // Collect: finished subscribers report as soon as they have everything.
-    let mut results = Vec::with_capacity(ok);
-    while results.len() < ok {
-        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(result)) => results.push(result),
-            Ok(None) | Err(_) => break,
-        }
-    }
+async fn join_publishers(tasks: &mut JoinSet<PublishStats>) -> PublishStats {
     let mut published = PublishStats::default();
-    while let Some(joined) = publisher_tasks.join_next().await {
+    while let Some(joined) = tasks.join_next().await {
         if let Ok(stats) = joined {
             published.merge(stats);
         }
     }
-    let cpu_after = read_cpu(&args.pids);
-    let client_cpu_after = read_cpu(&[std::process::id()]);
-    let publish_phase_s = publish_start.elapsed().as_secs_f64();
-    let rss_after = if args.pids.is_empty() {
-        None
-    } else {
-        sum_rss_kib(&args.pids).ok()
-    };
-    let client_rss = self_rss_kib();
-    let _ = shutdown_tx.send(true);
-    let late_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while results.len() < ok {
-        match tokio::time::timeout_at(late_deadline, done_rx.recv()).await {
-            Ok(Some(result)) => results.push(result),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    drain(&mut tasks, Duration::from_secs(15)).await;
+    published
+}
 
-    // Aggregate.
-    let unreported = ok - results.len();
-    let expected: usize = results.iter().map(|r| r.expected).sum();
-    let received: usize = results.iter().map(|r| r.received).sum();
-    let gaps: usize = results.iter().map(|r| r.gaps).sum();
-    let reordered: usize = results.iter().map(|r| r.reordered).sum();
-    let bad: usize = results.iter().map(|r| r.bad).sum();
-    let closed_early = results.iter().filter(|r| r.closed_early).count();
-    let incomplete = results.iter().filter(|r| r.received < r.expected).count() + unreported;
-    let last = results.iter().filter_map(|r| r.last_at).max();
-    let delivery_s = last.map_or(0.0, |last| {
-        last.saturating_duration_since(publish_start).as_secs_f64()
+/// Prints the human and JSON result lines.
+fn report(args: &FanoutArgs, target: &Target, r: Report) {
+    let Report {
+        ok,
+        failed,
+        setup_s,
+        first_error,
+        published,
+        totals,
+        publish_start_ns,
+        publish_phase_s,
+        server_cpu: (cpu_before, cpu_after),
+        client_cpu: (client_cpu_before, client_cpu_after),
+        server_rss: rss_after,
+        client_rss,
+    } = r;
+    let Totals {
+        expected,
+        received,
+        gaps,
+        reordered,
+        bad,
+        closed_early,
+        incomplete,
+        unreported,
+        extra,
+        last_ns,
+        latencies_us,
+    } = totals;
+    let delivery_s = last_ns.map_or(0.0, |last| {
+        last.saturating_sub(publish_start_ns) as f64 / 1e9
     });
-    let mut samples = Vec::with_capacity(received);
-    for result in &mut results {
-        samples.append(&mut result.latencies_us);
-    }
-    let latency = Latency::from_micros(samples);
+    let latency = Latency::from_micros(latencies_us);
     let deliveries_per_s = received as f64 / delivery_s.max(1e-9);
     let publish_rate = published.sent as f64 / published.elapsed_s.max(1e-9);
     let lost = expected.saturating_sub(received);
@@ -262,7 +500,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         "label": args.conn.label,
         "dialect": target.dialect.name(),
         "subscribers": args.subscribers,
-        "replicas": replicas.len(),
+        "replicas": 1 + args.replica_urls.len(),
         "channels": args.channels,
         "publishes": args.publishes,
         "rate": args.rate,
@@ -280,7 +518,8 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         "gaps": gaps,
         "reordered": reordered,
         "bad_payloads": bad,
-        "extra": extra.load(Ordering::Relaxed),
+        "extra": extra,
+        "procs": args.procs,
         "incomplete_subscribers": incomplete,
         "unreported_subscribers": unreported,
         "closed_early": closed_early,
@@ -328,6 +567,195 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
             },
         ),
         &json,
+    );
+}
+
+/// A child's first line: its subscribers are set up.
+const CHILD_READY: &str = "child_ready";
+/// A child's second line: what its subscribers saw.
+const CHILD_TOTALS: &str = "child_totals";
+
+/// Child `slice` of `--procs`: subscribes every procs-th subscriber, reports on stdout, starts
+/// its delivery deadline on `go` from stdin, and reports its totals.
+async fn child(args: &FanoutArgs, target: Arc<Target>, slice: usize) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    if slice >= args.procs {
+        bail!("--child-slice must be below --procs");
+    }
+    let mut subs = subscribe_all(args, target, slice, args.procs).await?;
+    let mut stdout = tokio::io::stdout();
+    let ready = json!({
+        CHILD_READY: true, "ok": subs.ok, "failed": subs.failed,
+        "setup_s": subs.setup_s, "first_error": subs.first_error, "pid": std::process::id(),
+    });
+    stdout.write_all(format!("{ready}\n").as_bytes()).await?;
+    stdout.flush().await?;
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    // `go` starts the publish phase; end of input (the parent is gone) stops.
+    if stdin.next_line().await?.is_none() {
+        subs.stop().await;
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut results = subs.collect(deadline).await;
+    let totals = subs.finish(&mut results).await;
+    let mut line = totals.to_json();
+    line[CHILD_TOTALS] = json!(true);
+    stdout.write_all(format!("{line}\n").as_bytes()).await?;
+    stdout.flush().await?;
+    // Stay (for the parent's CPU and RSS readings) until it closes our input.
+    while stdin.next_line().await.ok().flatten().is_some() {}
+    subs.drain().await;
+    Ok(())
+}
+
+/// One child process and its output lines.
+struct Child {
+    process: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Child {
+    /// The next JSON line carrying `key` (other output is skipped), until `deadline`.
+    async fn line_with(
+        &mut self,
+        key: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<serde_json::Value> {
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .map_err(|_| anyhow::anyhow!("child: no {key} line in time"))??
+                .ok_or_else(|| anyhow::anyhow!("child: output ended before {key}"))?;
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                && value.get(key).is_some()
+            {
+                return Ok(value);
+            }
+        }
+    }
+}
+
+/// `--procs N`: N children hold the subscribers, this process publishes and merges.
+async fn parent(args: &FanoutArgs, target: Arc<Target>, format: PublishFormat) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::with_capacity(args.procs);
+    for slice in 0..args.procs {
+        let mut process = tokio::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .arg("--child-slice")
+            .arg(slice.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = process.stdin.take();
+        let stdout = process
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("child without stdout"))?;
+        children.push(Child {
+            process,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        });
+    }
+    let setup_deadline =
+        tokio::time::Instant::now() + args.setup_deadline + Duration::from_secs(10);
+    let (mut ok, mut failed, mut setup_s, mut first_error) = (0usize, 0usize, 0f64, None);
+    let mut client_pids = vec![std::process::id()];
+    for child in &mut children {
+        let ready = child.line_with(CHILD_READY, setup_deadline).await?;
+        let count = |key: &str| {
+            ready
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+                .unwrap_or(0)
+        };
+        ok += count("ok");
+        failed += count("failed");
+        setup_s = setup_s.max(
+            ready
+                .get("setup_s")
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0),
+        );
+        if first_error.is_none() {
+            first_error = ready
+                .get("first_error")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
+        }
+        if let Some(pid) = child.process.id() {
+            client_pids.push(pid);
+        }
+    }
+    if ok == 0 {
+        bail!(
+            "no subscriber connected: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let cpu_before = read_cpu(&args.pids);
+    let client_cpu_before = read_cpu(&client_pids);
+    let publish_start = Instant::now();
+    let publish_start_ns = unix_nanos();
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    for child in &mut children {
+        if let Some(stdin) = &mut child.stdin {
+            stdin.write_all(b"go\n").await?;
+            stdin.flush().await?;
+        }
+    }
+    let mut publisher_tasks = spawn_publishers(args, format, publish_start, deadline);
+    let published = join_publishers(&mut publisher_tasks).await;
+    // Children report when all their subscribers have everything, or at the deadline.
+    let collect_deadline = deadline + Duration::from_secs(30);
+    let mut totals = Totals::default();
+    for child in &mut children {
+        let line = child.line_with(CHILD_TOTALS, collect_deadline).await?;
+        let child_totals =
+            Totals::from_json(&line).ok_or_else(|| anyhow::anyhow!("bad child totals line"))?;
+        totals.merge(child_totals);
+    }
+    // All children reported (they stay until their input closes): the phase is over.
+    let cpu_after = read_cpu(&args.pids);
+    let client_cpu_after = read_cpu(&client_pids);
+    let publish_phase_s = publish_start.elapsed().as_secs_f64();
+    let rss_after = if args.pids.is_empty() {
+        None
+    } else {
+        sum_rss_kib(&args.pids).ok()
+    };
+    let child_rss = sum_rss_kib(&client_pids[1..]).unwrap_or(0);
+    for child in &mut children {
+        drop(child.stdin.take());
+    }
+    for child in &mut children {
+        let _ = tokio::time::timeout(Duration::from_secs(20), child.process.wait()).await;
+    }
+    report(
+        args,
+        &target,
+        Report {
+            ok,
+            failed,
+            setup_s,
+            first_error,
+            published,
+            totals,
+            publish_start_ns,
+            publish_phase_s,
+            server_cpu: (cpu_before, cpu_after),
+            client_cpu: (client_cpu_before, client_cpu_after),
+            server_rss: rss_after,
+            client_rss: self_rss_kib() + child_rss,
+        },
     );
     Ok(())
 }
@@ -402,7 +830,6 @@ async fn subscriber(
             continue;
         }
         let now_nanos = unix_nanos();
-        let now = Instant::now();
         for payload in payloads {
             if reported {
                 extra.fetch_add(1, Ordering::Relaxed);
@@ -417,7 +844,7 @@ async fn subscriber(
                 continue;
             };
             result.received += 1;
-            result.last_at = Some(now);
+            result.last_ns = Some(now_nanos);
             result
                 .latencies_us
                 .push(u32::try_from(now_nanos.saturating_sub(ts) / 1000).unwrap_or(u32::MAX));
@@ -613,5 +1040,42 @@ mod tests {
             Some((1, 2, 1))
         );
         assert_eq!(parse_payload(b"nope"), None);
+    }
+
+    #[test]
+    fn totals_cross_the_process_boundary_and_merge() {
+        let results = vec![
+            SubResult {
+                expected: 3,
+                received: 3,
+                latencies_us: vec![10, 20, 30],
+                last_ns: Some(5),
+                ..SubResult::default()
+            },
+            SubResult {
+                expected: 3,
+                received: 1,
+                gaps: 2,
+                closed_early: true,
+                latencies_us: vec![40],
+                last_ns: Some(9),
+                ..SubResult::default()
+            },
+        ];
+        // Three subscribed, two reported.
+        let totals = Totals::sum(results, 3, 1);
+        assert_eq!(totals.received, 4);
+        assert_eq!(totals.incomplete, 2);
+        assert_eq!(totals.unreported, 1);
+        assert_eq!(totals.closed_early, 1);
+        assert_eq!(totals.last_ns, Some(9));
+        let back = Totals::from_json(&totals.to_json()).unwrap();
+        assert_eq!(back, totals);
+        let mut merged = back.clone();
+        merged.merge(totals);
+        assert_eq!(merged.received, 8);
+        assert_eq!(merged.latencies_us.len(), 8);
+        assert_eq!(merged.last_ns, Some(9));
+        assert_eq!(Totals::from_json(&json!({"expected": 1})), None);
     }
 }

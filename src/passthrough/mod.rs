@@ -13,9 +13,9 @@ pub mod headers;
 pub mod host;
 pub mod local;
 pub mod path;
+pub mod pool;
 pub mod trust;
 
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use crate::http::{Body, BoxError, status};
 use headers::{Hop, add_forwarding, is_websocket_upgrade, strip_hop_by_hop, upgrades_to_websocket};
 use host::HostError;
 use path::PathError;
+use pool::{Http1Pool, PoolConfig, PoolError};
 use trust::Cidr;
 
 /// Why a backend could not be set up from config; the message starts with the dotted field.
@@ -60,10 +61,43 @@ pub enum RequestError {
 #[error("client request body: {0}")]
 pub struct ClientBodyError(#[source] hyper::Error);
 
+/// How requests reach the backend.
+#[derive(Clone)]
+enum Transport {
+    /// Plain `http://`, HTTP/1.1: our own connection pool (the common, fast case).
+    Http1(Http1Pool),
+    /// `https://` or h2c: hyper-util's pooled client (boxed: it is large, and rarer).
+    General(Box<Client<HttpsConnector<HttpConnector>, Body>>),
+}
+
+/// Why the exchange with the backend failed, whichever transport carried it.
+#[derive(Debug, Error)]
+enum ExchangeError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    General(#[from] hyper_util::client::legacy::Error),
+}
+
+/// A response from either transport, before its body is adapted.
+enum Exchanged {
+    Http1(pool::Exchange),
+    General(Response<Incoming>),
+}
+
+impl Exchanged {
+    fn response(&self) -> &Response<Incoming> {
+        match self {
+            Exchanged::Http1(exchange) => exchange.response(),
+            Exchanged::General(response) => response,
+        }
+    }
+}
+
 /// A pooled client for one backend.
 #[derive(Clone)]
 pub struct Backend {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    transport: Transport,
     /// `scheme://authority` plus an optional path prefix without trailing slash.
     base: String,
     http2: bool,
@@ -93,6 +127,23 @@ impl Backend {
         }
         let trusted_proxies = trust::parse_all(&config.trusted_proxies)
             .map_err(|(index, error)| BackendError(format!("trusted_proxies[{index}]: {error}")))?;
+        let base = config.url.trim_end_matches('/').to_owned();
+        let common = |transport| Backend {
+            transport,
+            base: base.clone(),
+            http2: config.http2,
+            max_request_body_size: config.max_request_body_size,
+            response_timeout: config.response_timeout,
+            trusted_proxies: trusted_proxies.clone(),
+        };
+        if uri.scheme_str() == Some("http") && !config.http2 {
+            return Ok(common(Transport::Http1(Http1Pool::new(PoolConfig {
+                origin: uri.clone(),
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.pool_idle_timeout,
+                max_idle: config.pool_max_idle_per_host,
+            }))));
+        }
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -112,16 +163,9 @@ impl Backend {
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .http2_only(config.http2);
-        let client = builder.build(connector);
-        let base = config.url.trim_end_matches('/').to_owned();
-        Ok(Backend {
-            client,
-            base,
-            http2: config.http2,
-            max_request_body_size: config.max_request_body_size,
-            response_timeout: config.response_timeout,
-            trusted_proxies,
-        })
+        Ok(common(Transport::General(Box::new(
+            builder.build(connector),
+        ))))
     }
 
     /// Proxies one request from `peer` (which reached us over `proto`, `http` or `https`).
@@ -183,13 +227,11 @@ impl Backend {
             body.boxed()
         };
         let method = parts.method.clone();
-        let path = parts.uri.path().to_owned();
-        let outcome = tokio::time::timeout(
-            self.response_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
-        let mut response = match outcome {
+        let uri = parts.uri.clone();
+        let request = Request::from_parts(parts, body);
+        let outcome = tokio::time::timeout(self.response_timeout, self.exchange(request)).await;
+        let path = uri.path();
+        let exchanged = match outcome {
             Err(_) => {
                 tracing::warn!(%method, %path, timeout = ?self.response_timeout, "passthrough: backend timed out");
                 return status(StatusCode::GATEWAY_TIMEOUT);
@@ -209,15 +251,19 @@ impl Backend {
                 tracing::warn!(%method, %path, error = %error_chain(&error), "passthrough: backend failed");
                 return status(StatusCode::BAD_GATEWAY);
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(exchanged)) => exchanged,
         };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if exchanged.response().status() == StatusCode::SWITCHING_PROTOCOLS {
             // Only the WebSocket handshake we forwarded may switch protocols.
             let Some(client_upgrade) =
-                client_upgrade.filter(|_| upgrades_to_websocket(response.headers()))
+                client_upgrade.filter(|_| upgrades_to_websocket(exchanged.response().headers()))
             else {
                 tracing::warn!(%method, %path, "passthrough: backend switched protocols unasked");
                 return status(StatusCode::BAD_GATEWAY);
+            };
+            let mut response = match exchanged {
+                Exchanged::Http1(exchange) => exchange.into_upgrade(),
+                Exchanged::General(response) => response,
             };
             let backend_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {
@@ -235,11 +281,50 @@ impl Backend {
             parts.version = client_version;
             return Response::from_parts(parts, crate::http::empty());
         }
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, body) = match exchanged {
+            Exchanged::Http1(exchange) => {
+                let (parts, body) = exchange.into_response().into_parts();
+                (parts, body.map_err(BoxError::from).boxed())
+            }
+            Exchanged::General(response) => {
+                let (parts, body) = response.into_parts();
+                (parts, body.map_err(BoxError::from).boxed())
+            }
+        };
         strip_hop_by_hop(&mut parts.headers, false);
         // Answer in the client's HTTP version, whatever the backend spoke.
         parts.version = client_version;
-        Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+        Response::from_parts(parts, body)
+    }
+
+    /// Sends `request` on the backend's transport; the response head only.
+    async fn exchange(&self, request: Request<Body>) -> Result<Exchanged, ExchangeError> {
+        match &self.transport {
+            Transport::Http1(pool) => {
+                // Origin-form on our own connections; the legacy client does this itself.
+                let (mut parts, body) = request.into_parts();
+                if !parts.headers.contains_key(http::header::HOST)
+                    && let Some(authority) = parts.uri.authority()
+                    && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+                {
+                    // As the general client does: a request without a Host names the backend.
+                    parts.headers.insert(http::header::HOST, host);
+                }
+                parts.uri = origin_form(&parts.uri);
+                Ok(Exchanged::Http1(
+                    pool.send(Request::from_parts(parts, body)).await?,
+                ))
+            }
+            Transport::General(client) => Ok(Exchanged::General(client.request(request).await?)),
+        }
+    }
+}
+
+/// `uri` without scheme and authority (`/path?query`), as an HTTP/1.1 request line wants it.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(path_and_query) => Uri::from(path_and_query.clone()),
+        None => Uri::from_static("/"),
     }
 }
 
@@ -305,7 +390,7 @@ fn error_in_chain<E: std::error::Error + 'static>(
     false
 }
 
-fn error_chain(error: &hyper_util::client::legacy::Error) -> String {
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(current) = source {

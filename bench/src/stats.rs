@@ -9,27 +9,10 @@ use serde_json::Value;
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
 const USER_HZ: u64 = 100;
 
-/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h` (`500ms`, `5s`, `2m`: the syntax
-/// of sidewire's config, so scripts can pass the same values to both).
+/// Parses `500ms`, `5s`, `2m`, `1h`: sidewire's own config syntax (the product's parser, so
+/// scripts pass the same values to both).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m or h)"))?;
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let millis = match unit {
-        "ms" => Some(value),
-        "s" => value.checked_mul(1_000),
-        "m" => value.checked_mul(60_000),
-        "h" => value.checked_mul(3_600_000),
-        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
-    };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    sidewire::config::duration::parse(text)
 }
 
 /// Nanoseconds since the Unix epoch (shared clock of publisher and subscribers).

@@ -29,7 +29,7 @@ use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::{SessionOpen, SidecarFrame, sidecar_frame};
 use crate::protocol::ErrorCode;
 use crate::protocol::client::{
-    Command, HistoryRequest, PresenceResult, PresenceStatsResult, PublishResult, Reply,
+    ClientInfo, Command, HistoryRequest, PresenceResult, PresenceStatsResult, PublishResult, Reply,
 };
 use fred::interfaces::EventInterface;
 
@@ -257,13 +257,8 @@ impl Hub {
             skip_history: grant.skip_history,
             ..Default::default()
         };
-        let (publication, size, ttl) =
-            self.with_state(|s| s.shared_publication(channel, grant.data, Some(info), options))?;
-        engine.publish(channel, &publication, size, ttl).await?;
-        Ok(Reply {
-            publish: Some(PublishResult {}),
-            ..Default::default()
-        })
+        self.publish_through(engine, channel, grant.data, info, options)
+            .await
     }
 
     async fn command_shared(&self, engine: &RedisEngine, key: (u64, u64), command: Command) {
@@ -351,9 +346,21 @@ impl Hub {
         data: bytes::Bytes,
     ) -> Result<Reply, ErrorCode> {
         let info = self.with_state(|s| s.client_check(key, channel, Operation::Publish))?;
-        let (publication, size, ttl) = self.with_state(|s| {
-            s.shared_publication(channel, data, Some(info), PublishOptions::default())
-        })?;
+        self.publish_through(engine, channel, data, info, PublishOptions::default())
+            .await
+    }
+
+    /// A client's publication (already allowed) through the engine, answered as `publish`.
+    async fn publish_through(
+        &self,
+        engine: &RedisEngine,
+        channel: &str,
+        data: bytes::Bytes,
+        info: ClientInfo,
+        options: PublishOptions,
+    ) -> Result<Reply, ErrorCode> {
+        let (publication, size, ttl) =
+            self.with_state(|s| s.shared_publication(channel, data, Some(info), options))?;
         engine.publish(channel, &publication, size, ttl).await?;
         Ok(Reply {
             publish: Some(PublishResult {}),

@@ -22,7 +22,7 @@ use crate::edge::{self, ConnectionPolicy, Edge, PlainAcceptor, Settings};
 use crate::hub::{self, Hub};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::backoff::Backoff;
-use crate::link::{Link, Upstream};
+use crate::link::{Link, LinkState, Upstream};
 use crate::passthrough::{Backend, BackendError};
 
 /// Startup failures.
@@ -277,6 +277,20 @@ fn spawn_link(
     )
 }
 
+/// How long startup waits for the Link to the embedded hub (in-process, normally ~1 ms).
+const EMBEDDED_LINK_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the Link to the embedded hub is up, so that the first clients after
+/// "listening" are not closed with 3004 while the in-process stream is still opening. Bounded:
+/// past [`EMBEDDED_LINK_WAIT`] startup goes on and readiness reports the Link as down.
+async fn await_embedded_link(link: &Link) {
+    let mut state = link.watch_state();
+    let up = state.wait_for(|state| *state == LinkState::Up);
+    if tokio::time::timeout(EMBEDDED_LINK_WAIT, up).await.is_err() {
+        tracing::warn!(waited = ?EMBEDDED_LINK_WAIT, "embedded hub link not up yet; serving anyway");
+    }
+}
+
 /// A sidecar with its listeners bound, ready to serve.
 pub struct Sidecar {
     client: TcpListener,
@@ -302,6 +316,9 @@ impl Sidecar {
         let tls = resolver.as_ref().map(TlsAcceptor::new).transpose()?;
         let backend = config.backend.as_ref().map(Backend::new).transpose()?;
         let link = spawn_link(&config, &hub, &node, &phase, &metrics);
+        if config.upstream.is_none() {
+            await_embedded_link(&link).await;
+        }
         let settings = Settings {
             origins: OriginPolicy::new(&config.allowed_origins),
             config: Arc::new(config),
@@ -568,3 +585,20 @@ pub async fn hub_shutdown_sequence(
 
 /// Time the last 3001 frames get to reach the sidecars before the standalone hub exits.
 const HUB_DRAIN_FLUSH: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the embedded hub, `bind` returns only once the Link is up, so no client accepted
+    /// after "listening" meets a Link that is still opening (it would be closed with 3004).
+    #[tokio::test]
+    async fn bind_returns_with_the_embedded_link_up() {
+        let config =
+            Config::from_yaml("listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n").unwrap();
+        let (_phase_sender, phase) = crate::lifecycle::channel();
+        let sidecar = Sidecar::bind(config, phase, None).await.unwrap();
+        let state = sidecar.runtime.edge.settings().link.state();
+        assert_eq!(state, LinkState::Up);
+    }
+}

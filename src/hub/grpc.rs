@@ -22,8 +22,9 @@ use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::link_server::{Link, LinkServer};
 use crate::linkproto::{SidecarFrame, UpstreamFrame, sidecar_frame, upstream_frame};
 
-/// Time a new Link connection has for its TLS handshake.
-const LINK_HANDSHAKE_TIMEOUT: Duration = crate::config::DEFAULT_CLIENT_HANDSHAKE_TIMEOUT;
+/// Time a new Link connection has for its TLS handshake (the same 10 s the edge gives clients
+/// by default).
+const LINK_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// First pause after a failed accept.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between failed accepts.

@@ -42,6 +42,7 @@ use crate::linkproto::{
     ChannelPush, Encoding, Membership, SessionDisconnect, SessionOpen, SessionReply, UpstreamFrame,
     upstream_frame,
 };
+use crate::protocol::SERVER_VERSION;
 use crate::protocol::client::{
     ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, HistoryResult, Join, Leave,
     Message, PresenceResult, PresenceStatsResult, Publication, PublishResult, Push, RefreshResult,
@@ -49,7 +50,6 @@ use crate::protocol::client::{
     UnsubscribeResult,
 };
 use crate::protocol::{Disconnect, ErrorCode};
-use crate::session::handle::SERVER_VERSION;
 
 pub use super::channel::SessionKey;
 pub use server::{CONNECTION_EXPIRED, NodeCounts, UNSUBSCRIBE_SERVER};

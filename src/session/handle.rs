@@ -17,15 +17,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::outbox::{Outbox, PushOutcome};
+use crate::config::DEFAULT_COMMAND_TIMEOUT;
 use crate::protocol::client::{self, Reply};
-use crate::protocol::{Disconnect, EncodeError, Encoding, ErrorCode, encode_reply};
-
-/// Version reported in `ConnectResult.version` when the upstream leaves it empty.
-pub const SERVER_VERSION: &str = concat!("sidewire ", env!("CARGO_PKG_VERSION"));
-
-/// Default time the upstream has to answer a command before the client gets
-/// [`command_timeout_error`] (`upstream.command_timeout`; also used for the embedded hub).
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::protocol::{Disconnect, EncodeError, Encoding, ErrorCode, SERVER_VERSION, encode_reply};
 
 /// The error a client gets for a command the upstream did not answer in time: Centrifugo has
 /// no dedicated code, so 100 "internal" with `temporary` set (clients may retry).

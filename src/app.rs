@@ -13,7 +13,6 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::metrics::{Metrics, ResultLabels};
 use crate::admin::{Admin, ApiAccess};
 use crate::config::Config;
 use crate::edge::origin::OriginPolicy;
@@ -23,6 +22,7 @@ use crate::hub::{self, Hub};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::backoff::Backoff;
 use crate::link::{Link, LinkState, Upstream};
+use crate::metrics::{Metrics, ResultLabels};
 use crate::passthrough::{Backend, BackendError};
 
 /// Startup failures.

@@ -29,6 +29,7 @@ pub mod http;
 pub mod hub;
 pub mod lifecycle;
 pub mod link;
+pub mod metrics;
 pub mod passthrough;
 pub mod protocol;
 pub mod reload;

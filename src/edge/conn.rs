@@ -24,9 +24,9 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::admin::metrics::{Metrics, ReasonLabels};
 use crate::config::{self, Config};
 use crate::http::{Body, BoxError};
+use crate::metrics::{Metrics, ReasonLabels};
 
 /// Open connections per remote address (only addresses with at least one).
 type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;

@@ -35,11 +35,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::admin::metrics::{Metrics, ReasonLabels, StatusLabels};
 use crate::config::Config;
 use crate::http::{Body, status};
 use crate::lifecycle::{self, PhaseWatch};
 use crate::link::Link;
+use crate::metrics::{Metrics, ReasonLabels, StatusLabels};
 use crate::passthrough::Backend;
 use crate::protocol::Encoding;
 use crate::session::emulation::EmulationRegistry;

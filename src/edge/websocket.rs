@@ -321,12 +321,12 @@ mod memory_tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::admin::metrics::Metrics;
     use crate::config::HubConfig;
     use crate::hub::Hub;
     use crate::lifecycle;
     use crate::link::backoff::Backoff;
     use crate::link::{Link, Upstream};
+    use crate::metrics::Metrics;
     use crate::session::{SessionParams, SessionSettings};
 
     /// Bytes of state one idle WebSocket session keeps in its task (debug build), beyond the

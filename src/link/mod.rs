@@ -27,12 +27,12 @@ use thiserror::Error;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::timeout;
 
-use crate::admin::metrics::{Metrics, ReasonLabels};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::linkproto::{
     Hello, LinkError, SessionClose, SessionCommand, SessionCommandTimeout, SessionOpen,
     SidecarFrame, UpstreamFrame, Welcome, sidecar_frame, upstream_frame,
 };
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::protocol::client::Command;
 use crate::protocol::{Disconnect, Encoding};
 use crate::session::SessionHandle;

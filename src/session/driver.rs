@@ -25,9 +25,9 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::handle::{ConnectFields, Phase, SessionHandle};
 use super::outbox::Drain;
-use crate::admin::metrics::{CommandLabels, Metrics, TransportLabels};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::{Link, LinkSession, OpenRequest};
+use crate::metrics::{CommandLabels, Metrics, TransportLabels};
 use crate::protocol::client::{Command, Reply};
 use crate::protocol::{Disconnect, Encoding, command_kind, decode_commands, encode_reply};
 

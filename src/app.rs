@@ -264,7 +264,7 @@ fn spawn_link(
             ),
         ),
         None => (
-            Upstream::Embedded(hub.clone()),
+            Upstream::Embedded(Arc::new(hub.clone())),
             Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
         ),
     };

@@ -321,11 +321,10 @@ mod memory_tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::HubConfig;
-    use crate::hub::Hub;
     use crate::lifecycle;
     use crate::link::backoff::Backoff;
-    use crate::link::{Link, Upstream};
+    use crate::link::uplink::UplinkFrames;
+    use crate::link::{ConnectError, Connector, Downstream, Link, Upstream};
     use crate::metrics::Metrics;
     use crate::session::{SessionParams, SessionSettings};
 
@@ -336,15 +335,23 @@ mod memory_tests {
     /// arguments beside the session built from them.
     const MAX_SESSION_FUTURE_BYTES: usize = 2560;
 
+    /// An upstream that is never reachable: the session future is measured, never run.
+    struct Unreachable;
+
+    impl Connector for Unreachable {
+        fn open(&self, _uplink: UplinkFrames) -> Result<Downstream, ConnectError> {
+            Err(ConnectError::Endpoint("unreachable (test)".to_owned()))
+        }
+    }
+
     #[tokio::test]
     async fn session_task_state_stays_small() {
         let (server, _client) = tokio::io::duplex(64);
         let ws = WsConn::new(server, 65536);
         let (_phase_tx, phase) = lifecycle::channel();
         let metrics = Arc::new(Metrics::default());
-        let hub = Hub::start(HubConfig::default(), phase.clone());
         let link = Link::spawn(
-            Upstream::Embedded(hub),
+            Upstream::Embedded(Arc::new(Unreachable)),
             Arc::from("node"),
             Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
             phase.clone(),

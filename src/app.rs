@@ -313,7 +313,7 @@ impl Sidecar {
         let metrics = Arc::new(Metrics::default());
         let hub = start_hub(&config, &phase)?;
         let resolver = config.tls.as_ref().map(CertResolver::new).transpose()?;
-        let tls = resolver.as_ref().map(TlsAcceptor::new).transpose()?;
+        let tls = resolver.as_ref().map(CertResolver::acceptor).transpose()?;
         let backend = config.backend.as_ref().map(Backend::new).transpose()?;
         let link = spawn_link(&config, &hub, &node, &phase, &metrics);
         if config.upstream.is_none() {
@@ -469,8 +469,8 @@ impl StandaloneHub {
             Some(tls) => {
                 let resolver = CertResolver::new(tls)?;
                 Some(match &tls.client_ca_file {
-                    Some(ca) => TlsAcceptor::with_client_ca(&resolver, ca)?,
-                    None => TlsAcceptor::new(&resolver)?,
+                    Some(ca) => resolver.acceptor_with_client_ca(ca)?,
+                    None => resolver.acceptor()?,
                 })
             }
             None => None,

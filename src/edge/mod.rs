@@ -31,7 +31,6 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -42,15 +41,13 @@ use crate::lifecycle::{self, PhaseWatch};
 use crate::link::Link;
 use crate::passthrough::Backend;
 use crate::protocol::Encoding;
+use crate::server::HandshakeError;
+pub use crate::server::{Acceptor, PlainAcceptor};
 use crate::session::emulation::EmulationRegistry;
 use crate::session::{SessionParams, SessionSettings};
 use conn::{Activity, ConnectionGate, ConnectionPermit, ConnectionTimeouts, PermittedIo};
 use origin::OriginPolicy;
 
-/// First pause after a failed accept.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-/// Longest pause between failed accepts.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Time an idle connection gets to finish its graceful close (GOAWAY) before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -297,38 +294,6 @@ impl Edge {
     }
 }
 
-/// Turns an accepted TCP stream into the byte stream HTTP is served on (TLS or not).
-pub trait Acceptor: Clone + Send + Sync + 'static {
-    /// The stream type after the handshake.
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// Performs the handshake (if any).
-    fn accept(
-        &self,
-        stream: TcpStream,
-    ) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
-
-    /// Whether the client's first bytes arrive unchanged on the TCP stream (no TLS), so the
-    /// HTTP version can be told by peeking at them.
-    fn is_plain(&self) -> bool {
-        false
-    }
-}
-
-/// Plain TCP.
-#[derive(Debug, Clone, Copy)]
-pub struct PlainAcceptor;
-
-impl Acceptor for PlainAcceptor {
-    type Stream = TcpStream;
-    async fn accept(&self, stream: TcpStream) -> std::io::Result<TcpStream> {
-        Ok(stream)
-    }
-
-    fn is_plain(&self) -> bool {
-        true
-    }
-}
-
 /// How a listener treats its connections: the cap and the timeouts (read at each accept, so
 /// a reload applies the new timeouts to new connections).
 #[derive(Clone)]
@@ -389,45 +354,11 @@ pub async fn serve<A, H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
-    let mut accept_failures: u64 = 0;
     let mut refusing = false;
-    let closing = lifecycle::closing(&mut phase);
-    tokio::pin!(closing);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    if accept_failures > 0 {
-                        tracing::info!(failures = accept_failures, "accept recovered");
-                        accept_failures = 0;
-                        accept_backoff = ACCEPT_BACKOFF_MIN;
-                    }
-                    accepted
-                }
-                Err(error) => {
-                    if accept_failures == 0 {
-                        tracing::warn!(
-                            %error,
-                            "accept failed (out of file descriptors?): backing off; open \
-                             connections are served as before, further failures of this \
-                             burst are not logged"
-                        );
-                    }
-                    accept_failures += 1;
-                    if let Some(metrics) = &policy.metrics {
-                        metrics.accept_errors.inc();
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(accept_backoff) => {}
-                        _ = &mut closing => break,
-                    }
-                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            },
-            _ = &mut closing => break,
-        };
+    let closing = async move {
+        lifecycle::closing(&mut phase).await;
+    };
+    let on_connection = |stream: TcpStream, peer: SocketAddr| {
         let permit = match policy.gate.admit(peer.ip()) {
             Ok(permit) => {
                 refusing = false;
@@ -443,10 +374,9 @@ pub async fn serve<A, H, F>(
                     refusing = true;
                 }
                 drop(stream);
-                continue;
+                return;
             }
         };
-        let _ = stream.set_nodelay(true);
         let timeouts = (policy.timeouts)();
         tokio::spawn(serve_connection(
             stream,
@@ -457,7 +387,13 @@ pub async fn serve<A, H, F>(
             timeouts,
             policy.metrics.clone(),
         ));
-    }
+    };
+    let on_accept_error = || {
+        if let Some(metrics) = &policy.metrics {
+            metrics.accept_errors.inc();
+        }
+    };
+    crate::server::accept_loop("client", &listener, closing, on_connection, on_accept_error).await;
 }
 
 /// The future answering one request, boxed so that hyper's per-connection slot for it stays a
@@ -493,13 +429,13 @@ async fn serve_connection<A, H, F>(
         && tokio::time::timeout_at(first_deadline, starts_as_http1(&stream))
             .await
             .unwrap_or(false);
-    let stream = match tokio::time::timeout_at(first_deadline, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
+    let stream = match crate::server::handshake(&acceptor, stream, first_deadline).await {
+        Ok(stream) => stream,
+        Err(HandshakeError::Failed(error)) => {
             tracing::debug!(%peer, %error, "handshake failed");
             return;
         }
-        Err(_) => {
+        Err(HandshakeError::TimedOut) => {
             count_timeout("handshake");
             tracing::debug!(%peer, "handshake timed out");
             return;

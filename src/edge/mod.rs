@@ -42,6 +42,7 @@ use crate::link::Link;
 use crate::passthrough::Backend;
 use crate::protocol::Encoding;
 use crate::server::HandshakeError;
+use crate::server::TaskTracker;
 pub use crate::server::{Acceptor, PlainAcceptor};
 use crate::session::emulation::EmulationRegistry;
 use crate::session::{SessionParams, SessionSettings};
@@ -78,6 +79,9 @@ pub struct Edge {
     pub scheme: &'static str,
     /// Emulation routing between replicas (set once at start with `engine.type: redis`).
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// What drain waits for: every client connection, request in flight, session and
+    /// upgraded tunnel holds a token of it from the moment it is accepted or spawned.
+    tracker: TaskTracker,
 }
 
 impl Edge {
@@ -97,7 +101,15 @@ impl Edge {
             metrics,
             scheme,
             cluster: std::sync::OnceLock::new(),
+            tracker: TaskTracker::new(),
         }
+    }
+
+    /// The tracker of everything drain waits for (client connections, requests in flight,
+    /// sessions, upgraded tunnels). Spawn such tasks on it; drain closes it and awaits
+    /// [`TaskTracker::wait`] up to its deadline.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
     }
 
     /// Turns on emulation routing between replicas (once; a second call is ignored).
@@ -187,6 +199,7 @@ impl Edge {
                         peer,
                         self.scheme,
                         settings.config.request_body_timeout,
+                        &self.tracker,
                     )
                     .await;
                 self.metrics
@@ -304,6 +317,8 @@ pub struct ConnectionPolicy {
     pub timeouts: Arc<dyn Fn() -> ConnectionTimeouts + Send + Sync>,
     /// Counters (client listener only).
     pub metrics: Option<Arc<Metrics>>,
+    /// Tracks each connection's task and each request in flight (drain awaits it).
+    pub tracker: TaskTracker,
 }
 
 impl ConnectionPolicy {
@@ -321,6 +336,7 @@ impl ConnectionPolicy {
                 ConnectionTimeouts::from_config(&settings_edge.settings().config)
             }),
             metrics: Some(edge.metrics.clone()),
+            tracker: edge.tracker.clone(),
         }
     }
 
@@ -331,12 +347,15 @@ impl ConnectionPolicy {
             gate: Arc::new(ConnectionGate::new(conn::INTERNAL_MAX_CONNECTIONS, 0, None)),
             timeouts: Arc::new(ConnectionTimeouts::defaults),
             metrics: None,
+            tracker: TaskTracker::new(),
         }
     }
 }
 
 /// Accepts connections on `listener` and serves each with `handler` until the process phase
-/// reaches `Closing`. Live connections are not cut here; their sessions end on their own.
+/// reaches `Closing`. Live connections are not cut here: at `Closing` each one is shut down
+/// gracefully (requests in flight complete, idle keep-alive connections close, HTTP/2 gets
+/// GOAWAY) and its task, tracked by `policy.tracker`, ends with its last request.
 ///
 /// A connection over the cap is closed at once after accept, before any byte is read: it
 /// costs no TLS handshake or parsing, and clients see a reset they retry with backoff (a 503
@@ -355,6 +374,7 @@ pub async fn serve<A, H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut refusing = false;
+    let connection_phase = phase.clone();
     let closing = async move {
         lifecycle::closing(&mut phase).await;
     };
@@ -378,7 +398,7 @@ pub async fn serve<A, H, F>(
             }
         };
         let timeouts = (policy.timeouts)();
-        tokio::spawn(serve_connection(
+        policy.tracker.spawn(serve_connection(
             stream,
             permit,
             peer,
@@ -386,6 +406,10 @@ pub async fn serve<A, H, F>(
             handler.clone(),
             timeouts,
             policy.metrics.clone(),
+            Drain {
+                phase: connection_phase.clone(),
+                tracker: policy.tracker.clone(),
+            },
         ));
     };
     let on_accept_error = || {
@@ -401,8 +425,20 @@ pub async fn serve<A, H, F>(
 type RequestFuture =
     std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
+/// What a connection needs to take part in drain: the phase (shut down gracefully at
+/// `Closing`) and the tracker each request in flight takes a token of.
+struct Drain {
+    phase: PhaseWatch,
+    tracker: TaskTracker,
+}
+
 /// Serves one admitted connection: TLS (if any) and the first request head within
-/// `timeouts.handshake`, HTTP/2 keepalive, and closing once idle for `timeouts.idle`.
+/// `timeouts.handshake`, HTTP/2 keepalive, closing once idle for `timeouts.idle`, and a
+/// graceful shutdown once the phase reaches `Closing`.
+///
+/// This is where each accepted connection is handed to the per-connection handler (after the
+/// cap, before the handshake).
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<A, H, F>(
     stream: TcpStream,
     permit: ConnectionPermit,
@@ -411,6 +447,7 @@ async fn serve_connection<A, H, F>(
     handler: H,
     timeouts: ConnectionTimeouts,
     metrics: Option<Arc<Metrics>>,
+    drain: Drain,
 ) where
     A: Acceptor,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -444,8 +481,9 @@ async fn serve_connection<A, H, F>(
     let io = PermittedIo::new(stream, permit);
     let activity = Arc::new(Activity::default());
     let service_activity = activity.clone();
+    let Drain { phase, tracker } = drain;
     let service = service_fn(move |request| {
-        let in_flight = service_activity.begin();
+        let in_flight = (service_activity.begin(), tracker.token());
         let handler = handler.clone();
         // Boxed: hyper keeps one allocation the size of this future for the connection's whole
         // life (`in_flight`), which for a streaming session is long after the future is done.
@@ -477,6 +515,7 @@ async fn serve_connection<A, H, F>(
             first_deadline,
             peer,
             count_timeout,
+            phase,
         )
         .await;
         return;
@@ -506,6 +545,7 @@ async fn serve_connection<A, H, F>(
             first_deadline,
             peer,
             count_timeout,
+            phase,
         )
         .await;
     })
@@ -526,20 +566,26 @@ async fn starts_as_http1(stream: &TcpStream) -> bool {
 }
 
 /// Runs `connection` until it ends, or closes it once idle for `timeouts.idle` (or without a
-/// first request by `first_deadline`).
+/// first request by `first_deadline`); once `phase` reaches `Closing`, shuts it down
+/// gracefully and keeps driving it until its requests in flight are done.
+#[allow(clippy::too_many_arguments)]
 async fn drive<C, E>(
     connection: C,
-    shut_down: impl FnOnce(std::pin::Pin<&mut C>),
+    shut_down: impl Fn(std::pin::Pin<&mut C>),
     activity: &Activity,
     timeouts: &ConnectionTimeouts,
     first_deadline: Instant,
     peer: SocketAddr,
     count_timeout: impl Fn(&'static str),
+    mut phase: PhaseWatch,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     tokio::pin!(connection);
+    let closing = lifecycle::closing(&mut phase);
+    tokio::pin!(closing);
+    let mut shutting_down = false;
     let reason = loop {
         let deadline = if !activity.is_idle() {
             None
@@ -562,9 +608,19 @@ async fn drive<C, E>(
                 return;
             }
             _ = activity.changed() => continue,
+            _ = &mut closing, if !shutting_down => {
+                // Drain: no new request on this connection; the ones in flight complete.
+                shut_down(connection.as_mut());
+                shutting_down = true;
+                continue;
+            }
             _ = expired => break if activity.served() { "idle" } else { "handshake" },
         }
     };
+    if shutting_down {
+        // Already closing gracefully and now idle: nothing left to wait for.
+        return;
+    }
     count_timeout(reason);
     tracing::debug!(%peer, reason, "closing connection: no request in time");
     if reason == "handshake" {

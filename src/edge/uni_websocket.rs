@@ -57,7 +57,7 @@ pub fn handle(
     params.settings.pong_timeout = Duration::ZERO;
     let link = settings.link.clone();
     let phase = edge.phase.clone();
-    run_upgraded(&mut request, peer, move |io| {
+    run_upgraded(edge.tracker(), &mut request, peer, move |io| {
         session::run(
             UniWsTransport::new(WsConn::new(io, limit)),
             link,

@@ -145,7 +145,8 @@ where
         if disconnect == Disconnect::CONNECTION_CLOSED {
             return;
         }
-        let code = u16::try_from(disconnect.code).unwrap_or(1011);
+        let code = u16::try_from(disconnect.code)
+            .unwrap_or(crate::protocol::codes::WS_CLOSE_INTERNAL_ERROR);
         // A client that stopped reading cannot block the close: push and close frame get
         // CLOSE_WRITE_TIMEOUT, then the socket is dropped.
         if let Some(push) = disconnect_push(&disconnect)

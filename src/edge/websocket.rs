@@ -262,7 +262,8 @@ where
         if disconnect == Disconnect::CONNECTION_CLOSED {
             return;
         }
-        let code = u16::try_from(disconnect.code).unwrap_or(1011);
+        let code = u16::try_from(disconnect.code)
+            .unwrap_or(crate::protocol::codes::WS_CLOSE_INTERNAL_ERROR);
         // A client that stopped reading cannot block the close: the frame gets
         // CLOSE_WRITE_TIMEOUT, then the socket is dropped; the client's close reply is awaited
         // so that our close frame is not lost to a reset caused by unread input.

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod engine;
 pub mod env;
 pub mod http_api;
+pub mod logging;
 pub mod proxy;
 pub mod renamed;
 pub mod schema;
@@ -22,6 +23,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
+
+pub use logging::{LogConfig, LogFormat, LogLevel};
 
 /// Default client listener.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
@@ -529,35 +532,6 @@ impl Default for HubConfig {
     }
 }
 
-/// Log output.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `tracing` filter directive, e.g. `info` or `sidewire=debug`.
-    pub level: String,
-    /// Output format.
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> LogConfig {
-        LogConfig {
-            level: "info".to_owned(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 impl Config {
     /// Whether `/emulation` is served (HTTP-stream or SSE on).
     pub fn emulation_enabled(&self) -> bool {
@@ -814,10 +788,6 @@ impl Config {
                 "hub.binary_channels: patterns must not be empty".to_owned(),
             );
         }
-        check(
-            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
-            format!("log.level: not a valid filter: {:?}", self.log.level),
-        );
         for (name, value) in [
             ("client_handshake_timeout", self.client_handshake_timeout),
             ("client_idle_timeout", self.client_idle_timeout),

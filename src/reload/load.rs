@@ -1,0 +1,111 @@
+//! The blocking half of a reload: reads the config file, the secret files it names and the
+//! TLS certificate and key, parses the config and builds a changed backend (which reads its
+//! CA file). Runs on a blocking thread (`spawn_blocking`), never on an async worker.
+//!
+//! Guarantee: the fingerprint covers every file read, and each file is read for the
+//! fingerprint no later than it is read for the config, so a file that changes during the
+//! attempt changes the next fingerprint and is read again.
+
+use std::path::{Path, PathBuf};
+
+use super::prepare::{Candidate, Rejection, TlsPem};
+use crate::config::{Config, sources};
+use crate::edge::tls::TlsError;
+use crate::passthrough::Backend;
+
+/// One read of the reload inputs.
+pub struct Attempt {
+    /// The bytes of every input file (config, secrets, certificate, key), each length-prefixed:
+    /// equal fingerprints mean equal inputs.
+    pub fingerprint: Vec<u8>,
+    /// The files to watch for this config (their directories are watched).
+    pub files: Vec<PathBuf>,
+    /// The parsed candidate, or why there is none.
+    pub candidate: Result<Candidate, Rejection>,
+}
+
+/// Appends `bytes` (or a marker for an unreadable file) to `fingerprint`.
+fn fold(fingerprint: &mut Vec<u8>, read: &std::io::Result<Vec<u8>>) {
+    match read {
+        Ok(bytes) => {
+            fingerprint.push(1);
+            fingerprint.extend((bytes.len() as u64).to_le_bytes());
+            fingerprint.extend(bytes);
+        }
+        Err(_) => fingerprint.push(0),
+    }
+}
+
+/// Reads the inputs of the config at `path`; `base` is the config in force (a backend is only
+/// built when its section differs).
+pub fn read(path: &Path, base: &Config) -> Attempt {
+    let mut fingerprint = Vec::new();
+    let mut files = vec![path.to_path_buf()];
+    let bytes = std::fs::read(path);
+    fold(&mut fingerprint, &bytes);
+    let bytes = match bytes {
+        Ok(bytes) => bytes,
+        Err(source) => {
+            return Attempt {
+                fingerprint,
+                files,
+                candidate: Err(Rejection::Read {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            };
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    // Secret files are read for the fingerprint before the parse reads them for the config.
+    for file in sources::secret_files(&text) {
+        fold(&mut fingerprint, &std::fs::read(&file));
+        files.push(file);
+    }
+    let candidate = candidate(&text, base, &mut fingerprint, &mut files);
+    Attempt {
+        fingerprint,
+        files,
+        candidate,
+    }
+}
+
+fn candidate(
+    text: &str,
+    base: &Config,
+    fingerprint: &mut Vec<u8>,
+    files: &mut Vec<PathBuf>,
+) -> Result<Candidate, Rejection> {
+    let config = Config::from_yaml(text)?;
+    let tls_pem = match &config.tls {
+        Some(tls) => {
+            let cert = std::fs::read(&tls.cert_file);
+            let key = std::fs::read(&tls.key_file);
+            fold(fingerprint, &cert);
+            fold(fingerprint, &key);
+            files.push(PathBuf::from(&tls.cert_file));
+            files.push(PathBuf::from(&tls.key_file));
+            let cert = cert.map_err(|e| TlsError::Cert {
+                path: tls.cert_file.clone(),
+                reason: e.to_string(),
+            })?;
+            let key = key.map_err(|e| TlsError::Key {
+                path: tls.key_file.clone(),
+                reason: e.to_string(),
+            })?;
+            Some(TlsPem { cert, key })
+        }
+        None => None,
+    };
+    let backend = match &config.backend {
+        Some(section) if config.backend != base.backend => {
+            Some((section.clone(), Backend::new(section)?))
+        }
+        _ => None,
+    };
+    Ok(Candidate {
+        config,
+        tls_pem,
+        backend,
+    })
+}

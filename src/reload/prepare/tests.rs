@@ -247,7 +247,7 @@ async fn every_rejection_leaves_the_served_state_unchanged() {
     });
     let mut no_backend = candidate(change.clone());
     no_backend.config.backend = Some(BackendConfig {
-        url: "http://127.0.0.1:3".to_owned(),
+        url: crate::config::HttpUrl::new("http://127.0.0.1:3"),
         ..BackendConfig::default()
     });
     no_backend.tls_pem = Some(pem_pair());

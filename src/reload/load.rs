@@ -109,3 +109,92 @@ fn candidate(
         backend,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate named by the config but not there yet: the attempt is rejected, watches
+    /// the certificate's path, and its fingerprint changes once the file appears (so the
+    /// loop tries again).
+    #[test]
+    fn a_missing_certificate_rejects_and_its_arrival_changes_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+        let config = dir.path().join("sidewire.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "tls:\n  cert_file: {:?}\n  key_file: {:?}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let base = Config::default();
+        let first = read(&config, &base);
+        assert!(
+            matches!(first.candidate, Err(Rejection::Tls(TlsError::Cert { .. }))),
+            "missing certificate"
+        );
+        assert_eq!(first.files, [config.clone(), cert.clone(), key.clone()]);
+        assert_eq!(
+            read(&config, &base).fingerprint,
+            first.fingerprint,
+            "stable"
+        );
+
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let certificate = params.self_signed(&pair).unwrap();
+        std::fs::write(&cert, certificate.pem()).unwrap();
+        std::fs::write(&key, pair.serialize_pem()).unwrap();
+        let second = read(&config, &base);
+        assert_ne!(second.fingerprint, first.fingerprint);
+        let candidate = second.candidate.ok().expect("certificate read");
+        let pem = candidate.tls_pem.expect("PEM bytes");
+        assert_eq!(pem.cert, certificate.pem().into_bytes());
+    }
+
+    #[test]
+    fn secret_files_are_part_of_the_fingerprint_and_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("api-key");
+        let config = dir.path().join("sidewire.yaml");
+        std::fs::write(&secret, "one\n").unwrap();
+        std::fs::write(
+            &config,
+            format!("hub:\n  http_api:\n    key_file: {:?}\n", secret.display()),
+        )
+        .unwrap();
+        let base = Config::default();
+        let first = read(&config, &base);
+        assert!(first.files.contains(&secret), "{:?}", first.files);
+        let loaded = first.candidate.ok().expect("valid config");
+        assert_eq!(loaded.config.hub.http_api.key.as_deref(), Some("one"));
+        std::fs::write(&secret, "two\n").unwrap();
+        assert_ne!(read(&config, &base).fingerprint, first.fingerprint);
+    }
+
+    #[test]
+    fn an_unreadable_config_is_rejected_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.yaml");
+        let attempt = read(&path, &Config::default());
+        let error = attempt.candidate.err().expect("rejected").to_string();
+        assert!(error.contains("absent.yaml"), "{error}");
+    }
+
+    /// A backend is built only when its section changes (building one reads its CA file).
+    #[tokio::test]
+    async fn a_backend_is_built_only_for_a_changed_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sidewire.yaml");
+        std::fs::write(&path, "backend:\n  url: \"http://127.0.0.1:9\"\n").unwrap();
+        let fresh = read(&path, &Config::default()).candidate.ok().unwrap();
+        assert!(fresh.backend.is_some());
+        let same = read(&path, &fresh.config).candidate.ok().unwrap();
+        assert!(same.backend.is_none());
+    }
+}

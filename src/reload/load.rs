@@ -152,7 +152,9 @@ mod tests {
         std::fs::write(&key, pair.serialize_pem()).unwrap();
         let second = read(&config, &base);
         assert_ne!(second.fingerprint, first.fingerprint);
-        let candidate = second.candidate.ok().expect("certificate read");
+        let candidate = second
+            .candidate
+            .unwrap_or_else(|e| panic!("certificate read: {e}"));
         let pem = candidate.tls_pem.expect("PEM bytes");
         assert_eq!(pem.cert, certificate.pem().into_bytes());
     }
@@ -171,7 +173,9 @@ mod tests {
         let base = Config::default();
         let first = read(&config, &base);
         assert!(first.files.contains(&secret), "{:?}", first.files);
-        let loaded = first.candidate.ok().expect("valid config");
+        let loaded = first
+            .candidate
+            .unwrap_or_else(|e| panic!("valid config: {e}"));
         assert_eq!(loaded.config.hub.http_api.key.as_deref(), Some("one"));
         std::fs::write(&secret, "two\n").unwrap();
         assert_ne!(read(&config, &base).fingerprint, first.fingerprint);

@@ -56,13 +56,23 @@ pub struct Candidate {
     pub backend: Option<(BackendConfig, Backend)>,
 }
 
-/// Certificate chain and private key, PEM, as read from the files `tls` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Certificate chain and private key, PEM, as read from the files `tls` names. Its `Debug`
+/// shows sizes only (the key is a secret).
+#[derive(Clone, PartialEq, Eq)]
 pub struct TlsPem {
     /// `tls.cert_file` content.
     pub cert: Vec<u8>,
     /// `tls.key_file` content.
     pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("cert_bytes", &self.cert.len())
+            .field("key_bytes", &self.key.len())
+            .finish()
+    }
 }
 
 /// The state a candidate is compared with.

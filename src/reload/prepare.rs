@@ -47,13 +47,14 @@ pub enum Rejection {
 /// A parsed, validated config and what was read from disk for it (by the blocking load step).
 pub struct Candidate {
     /// The new config (from `Config::from_yaml`, so validated; secret files already read).
-    pub config: Config,
+    /// Crate-private, like the other fields: only the load step makes candidates.
+    pub(crate) config: Config,
     /// PEM bytes of `tls.cert_file` and `tls.key_file`, when `tls` is set.
-    pub tls_pem: Option<TlsPem>,
+    pub(crate) tls_pem: Option<TlsPem>,
     /// The backend client built for `backend`, with the section it was built from; only
     /// present when that section differs from the one in force at load time (building one
     /// reads CA files).
-    pub backend: Option<(BackendConfig, Backend)>,
+    pub(crate) backend: Option<(BackendConfig, Backend)>,
 }
 
 /// Certificate chain and private key, PEM, as read from the files `tls` names. Its `Debug`

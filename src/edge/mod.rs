@@ -8,8 +8,11 @@ pub mod body;
 pub mod conn;
 pub mod cors;
 pub mod emulation;
+pub mod h1;
 pub mod http_stream;
 pub mod origin;
+pub mod owned;
+pub mod rewind;
 pub mod sse;
 pub mod stream;
 pub mod tls;
@@ -339,6 +342,9 @@ pub struct ConnectionPolicy {
     pub timeouts: Arc<dyn Fn() -> ConnectionTimeouts + Send + Sync>,
     /// Counters (client listener only).
     pub metrics: Option<Arc<Metrics>>,
+    /// The edge whose streaming sessions plain HTTP/1 connections may open outside hyper
+    /// (client listener only; see [`owned`]).
+    pub streams: Option<Arc<Edge>>,
 }
 
 impl ConnectionPolicy {
@@ -356,6 +362,7 @@ impl ConnectionPolicy {
                 ConnectionTimeouts::from_config(&settings_edge.settings().config)
             }),
             metrics: Some(edge.metrics.clone()),
+            streams: Some(edge.clone()),
         }
     }
 
@@ -366,6 +373,7 @@ impl ConnectionPolicy {
             gate: Arc::new(ConnectionGate::new(conn::INTERNAL_MAX_CONNECTIONS, 0, None)),
             timeouts: Arc::new(ConnectionTimeouts::defaults),
             metrics: None,
+            streams: None,
         }
     }
 }
@@ -456,6 +464,7 @@ pub async fn serve<A, H, F>(
             handler.clone(),
             timeouts,
             policy.metrics.clone(),
+            policy.streams.clone(),
         ));
     }
 }
@@ -475,6 +484,7 @@ async fn serve_connection<A, H, F>(
     handler: H,
     timeouts: ConnectionTimeouts,
     metrics: Option<Arc<Metrics>>,
+    streams: Option<Arc<Edge>>,
 ) where
     A: Acceptor,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -506,6 +516,21 @@ async fn serve_connection<A, H, F>(
         }
     };
     let io = PermittedIo::new(stream, permit);
+    // The one hook of the owned HTTP/1 path: a plain HTTP/1 connection whose first request
+    // opens a streaming session is served there, outside hyper; any other gets the bytes read
+    // so far replayed to hyper.
+    let io = match streams.as_ref().filter(|_| http1) {
+        Some(edge) => match owned::serve(edge, io, peer, first_deadline).await {
+            owned::Served::Done => return,
+            owned::Served::HeadTimeout => {
+                count_timeout("handshake");
+                tracing::debug!(%peer, "no request head in time");
+                return;
+            }
+            owned::Served::Hyper(io) => io,
+        },
+        None => rewind::Rewind::new(bytes::Bytes::new(), io),
+    };
     let activity = Arc::new(Activity::default());
     let service_activity = activity.clone();
     let service = service_fn(move |request| {

@@ -315,6 +315,12 @@ pub trait Acceptor: Clone + Send + Sync + 'static {
     fn is_plain(&self) -> bool {
         false
     }
+
+    /// Whether the handshake settled on HTTP/1.1 (TLS ALPN `http/1.1`), so the first request
+    /// head can be read as HTTP/1 (see [`owned`]).
+    fn negotiated_http1(&self, _stream: &Self::Stream) -> bool {
+        false
+    }
 }
 
 /// Plain TCP.
@@ -516,11 +522,12 @@ async fn serve_connection<A, H, F>(
             return;
         }
     };
+    let owned_http1 = http1 || acceptor.negotiated_http1(&stream);
     let io = PermittedIo::new(stream, permit);
     // The one hook of the owned HTTP/1 path: a plain HTTP/1 connection whose first request
     // opens a streaming session is served there, outside hyper; any other gets the bytes read
     // so far replayed to hyper.
-    let io = match streams.as_ref().filter(|_| http1) {
+    let io = match streams.as_ref().filter(|_| owned_http1) {
         Some(edge) => match owned::serve(edge, io, peer, first_deadline).await {
             owned::Served::Done => return,
             owned::Served::HeadTimeout => {

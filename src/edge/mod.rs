@@ -8,8 +8,11 @@ pub mod body;
 pub mod conn;
 pub mod cors;
 pub mod emulation;
+pub mod h1;
 pub mod http_stream;
 pub mod origin;
+pub mod owned;
+pub mod rewind;
 pub mod sse;
 pub mod stream;
 pub mod tls;
@@ -319,6 +322,9 @@ pub struct ConnectionPolicy {
     pub metrics: Option<Arc<Metrics>>,
     /// Tracks each connection's task and each request in flight (drain awaits it).
     pub tracker: TaskTracker,
+    /// The edge whose streaming sessions plain HTTP/1 connections may open outside hyper
+    /// (client listener only; see [`owned`]).
+    pub streams: Option<Arc<Edge>>,
 }
 
 impl ConnectionPolicy {
@@ -337,6 +343,7 @@ impl ConnectionPolicy {
             }),
             metrics: Some(edge.metrics.clone()),
             tracker: edge.tracker.clone(),
+            streams: Some(edge.clone()),
         }
     }
 
@@ -348,6 +355,7 @@ impl ConnectionPolicy {
             timeouts: Arc::new(ConnectionTimeouts::defaults),
             metrics: None,
             tracker: TaskTracker::new(),
+            streams: None,
         }
     }
 }
@@ -410,6 +418,7 @@ pub async fn serve<A, H, F>(
                 phase: connection_phase.clone(),
                 tracker: policy.tracker.clone(),
             },
+            policy.streams.clone(),
         ));
     };
     let on_accept_error = || {
@@ -437,7 +446,8 @@ struct Drain {
 /// graceful shutdown once the phase reaches `Closing`.
 ///
 /// This is where each accepted connection is handed to the per-connection handler (after the
-/// cap, before the handshake).
+/// cap, before the handshake). A plain HTTP/1 connection (or TLS with ALPN `http/1.1`) whose
+/// first request opens a streaming session is served by [`owned`], outside hyper.
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<A, H, F>(
     stream: TcpStream,
@@ -448,6 +458,7 @@ async fn serve_connection<A, H, F>(
     timeouts: ConnectionTimeouts,
     metrics: Option<Arc<Metrics>>,
     drain: Drain,
+    streams: Option<Arc<Edge>>,
 ) where
     A: Acceptor,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -478,7 +489,23 @@ async fn serve_connection<A, H, F>(
             return;
         }
     };
+    let owned_http1 = http1 || acceptor.negotiated_http1(&stream);
     let io = PermittedIo::new(stream, permit);
+    // The one hook of the owned HTTP/1 path: a plain HTTP/1 connection whose first request
+    // opens a streaming session is served there, outside hyper; any other gets the bytes read
+    // so far replayed to hyper.
+    let io = match streams.as_ref().filter(|_| owned_http1) {
+        Some(edge) => match owned::serve(edge, io, peer, first_deadline).await {
+            owned::Served::Done => return,
+            owned::Served::HeadTimeout => {
+                count_timeout("handshake");
+                tracing::debug!(%peer, "no request head in time");
+                return;
+            }
+            owned::Served::Hyper(io) => io,
+        },
+        None => rewind::Rewind::new(bytes::Bytes::new(), io),
+    };
     let activity = Arc::new(Activity::default());
     let service_activity = activity.clone();
     let Drain { phase, tracker } = drain;
@@ -507,7 +534,10 @@ async fn serve_connection<A, H, F>(
         let shut_down = |connection: std::pin::Pin<&mut _>| {
             hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(connection)
         };
-        drive(
+        // Boxed: an owned streaming session (above) lives in this task for hours, and hyper's
+        // connection state would otherwise size its task; hyper's HTTP/1 connections pay one
+        // allocation instead.
+        Box::pin(drive(
             connection,
             shut_down,
             &activity,
@@ -516,7 +546,7 @@ async fn serve_connection<A, H, F>(
             peer,
             count_timeout,
             phase,
-        )
+        ))
         .await;
         return;
     }
@@ -648,6 +678,71 @@ mod tests {
         // Keep the client open for the peek.
         std::mem::forget(client);
         server
+    }
+
+    /// Bytes of one plain HTTP/1 connection's task state (debug build), which holds a whole
+    /// owned streaming session (`owned`): hyper's HTTP/1 branch, the owned head and body
+    /// reads and the session loop share it. Measured 2026-12-01: see the assertion message.
+    const MAX_CONNECTION_FUTURE_BYTES: usize = 4096;
+
+    #[tokio::test]
+    async fn connection_task_state_stays_small() {
+        use crate::link::backoff::Backoff;
+        use crate::link::member::Unreachable;
+        use crate::link::{Link, Upstream};
+        let (_phase_tx, phase) = lifecycle::channel();
+        let metrics = Arc::new(Metrics::default());
+        let link = Link::spawn(
+            Upstream::Embedded(Arc::new(Unreachable)),
+            Arc::from("node"),
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
+            phase.clone(),
+            metrics.clone(),
+        );
+        let settings = Settings {
+            config: Arc::new(Config::default()),
+            origins: OriginPolicy::new(&[]),
+            link,
+            backend: None,
+        };
+        let edge = Arc::new(Edge::new(
+            settings,
+            Arc::from("node"),
+            phase,
+            metrics,
+            "http",
+        ));
+        let stream = served_after(b"GET / HTTP/1.1\r\n\r\n").await;
+        let peer = stream.peer_addr().unwrap();
+        let gate = ConnectionGate::new(10, 0, None);
+        let permit = gate.admit(peer.ip()).unwrap();
+        let handler = |_request: Request<Incoming>, _peer: SocketAddr| async {
+            status(StatusCode::NOT_FOUND)
+        };
+        let owned = owned::serve(&edge, stream, peer, Instant::now());
+        let owned_size = std::mem::size_of_val(&owned);
+        drop(owned);
+        let stream = served_after(b"GET / HTTP/1.1\r\n\r\n").await;
+        let future = serve_connection(
+            stream,
+            permit,
+            peer,
+            PlainAcceptor,
+            handler,
+            ConnectionTimeouts::defaults(),
+            None,
+            Drain {
+                phase: edge.phase.clone(),
+                tracker: TaskTracker::new(),
+            },
+            Some(edge),
+        );
+        let size = std::mem::size_of_val(&future);
+        eprintln!("connection future: {size} bytes, owned::serve: {owned_size} bytes");
+        assert!(
+            size <= MAX_CONNECTION_FUTURE_BYTES,
+            "connection future is {size} bytes (owned::serve {owned_size})"
+        );
     }
 
     #[tokio::test]

@@ -332,8 +332,8 @@ mod memory_tests {
     use super::*;
     use crate::lifecycle;
     use crate::link::backoff::Backoff;
-    use crate::link::uplink::UplinkFrames;
-    use crate::link::{ConnectError, Connector, Downstream, Link, Upstream};
+    use crate::link::member::Unreachable;
+    use crate::link::{Link, Upstream};
     use crate::metrics::Metrics;
     use crate::session::{SessionParams, SessionSettings};
 
@@ -343,15 +343,6 @@ mod memory_tests {
     /// framing (`WsConn`, 120 bytes as a transport) and `session::run` no longer keeping its
     /// arguments beside the session built from them.
     const MAX_SESSION_FUTURE_BYTES: usize = 2560;
-
-    /// An upstream that is never reachable: the session future is measured, never run.
-    struct Unreachable;
-
-    impl Connector for Unreachable {
-        fn open(&self, _uplink: UplinkFrames) -> Result<Downstream, ConnectError> {
-            Err(ConnectError::Endpoint("unreachable (test)".to_owned()))
-        }
-    }
 
     #[tokio::test]
     async fn session_task_state_stays_small() {

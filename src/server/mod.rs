@@ -46,6 +46,12 @@ pub trait Acceptor: Clone + Send + Sync + 'static {
     fn is_plain(&self) -> bool {
         false
     }
+
+    /// Whether the handshake settled on HTTP/1.1 (TLS ALPN `http/1.1`), so the first request
+    /// head can be read as HTTP/1 (the edge's owned streaming path).
+    fn negotiated_http1(&self, _stream: &Self::Stream) -> bool {
+        false
+    }
 }
 
 /// Plain TCP: no handshake.

@@ -37,4 +37,8 @@ impl Acceptor for TlsAcceptor {
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     }
+
+    fn negotiated_http1(&self, stream: &Self::Stream) -> bool {
+        stream.get_ref().1.alpn_protocol() == Some(b"http/1.1")
+    }
 }

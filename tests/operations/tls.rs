@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -98,7 +99,7 @@ async fn tls_serves_wss_and_https_with_h2_and_swaps_certificates() {
     let second = make_cert("sidewire-test-two", 2);
     install(&first, tls_dir.path());
     let server = Server::start(&format!(
-        "tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
+        "http_stream: true\ntls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
         tls_dir.path().join("tls.crt").display(),
         tls_dir.path().join("tls.key").display(),
         backend.yaml(&[])
@@ -107,6 +108,33 @@ async fn tls_serves_wss_and_https_with_h2_and_swaps_certificates() {
     server.wait_ready(RELOAD_WAIT).await;
     let addr = server.client_addr;
     let http1 = connector(&[&first, &second], &[b"http/1.1"]);
+
+    // HTTP-stream over TLS with ALPN http/1.1: served on the owned HTTP/1.1 path (its
+    // response ends the connection), connect reply included.
+    let mut tls = tls_connect(&http1, addr).await.expect("TLS handshake");
+    let connect = br#"{"id":1,"connect":{}}"#;
+    let head = format!(
+        "POST /connection/http_stream HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n",
+        connect.len()
+    );
+    tls.write_all(&[head.as_bytes(), connect].concat())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(RELOAD_WAIT, async {
+        while !String::from_utf8_lossy(&seen).contains("\"session\"") {
+            let mut buf = [0u8; 1024];
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("connect reply over TLS");
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200 OK\r\n"), "{seen}");
+    assert!(seen.contains("\r\nconnection: close\r\n"), "{seen}");
+    drop(tls);
 
     // wss: a session over TLS.
     let tls = tls_connect(&http1, addr).await.expect("TLS handshake");

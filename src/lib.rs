@@ -15,6 +15,7 @@
 //! - [`reload`]: config and certificate watching, SIGHUP, atomic swap;
 //! - [`server`]: the one accept loop, TLS acceptor and task tracker of every listener
 //!   (depends on nothing else in the crate);
+//! - [`error`]: walking an error's source chain (formatting, finding a type);
 //! - [`lifecycle`]: run phases (running, draining, closing) shared by every task;
 //! - [`app`]: wiring it all together;
 //! - [`cli`]: command-line tools (`gentoken`).
@@ -27,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod engine;
+pub mod error;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;

@@ -25,14 +25,7 @@ pub struct BodyTimeout(pub Duration);
 /// Whether `error` (or any error in its source chain, as hyper's client wraps body errors)
 /// is a [`BodyTimeout`].
 pub fn is_body_timeout(error: &(dyn StdError + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<BodyTimeout>() {
-            return true;
-        }
-        current = error.source();
-    }
-    false
+    crate::error::in_chain::<BodyTimeout>(error)
 }
 
 /// A body that fails with [`BodyTimeout`] when no frame arrives for `timeout` while it is

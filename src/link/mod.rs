@@ -314,14 +314,8 @@ impl Link {
                 .connect_and_route(&upstream, &mut backoff, &mut router)
                 .await
             {
-                let mut text = error.to_string();
-                let mut source = std::error::Error::source(&error);
-                while let Some(cause) = source {
-                    text.push_str(": ");
-                    text.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                tracing::warn!(upstream = ?upstream, error = %text, "link: cannot connect");
+                let error = crate::error::Chain(&error);
+                tracing::warn!(upstream = ?upstream, %error, "link: cannot connect");
             }
             self.went_down(&mut router);
             if self.stopping(&phase) {

@@ -178,7 +178,7 @@ impl HookClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| CallError::Transport(error_chain(&e)))?;
+                .map_err(|e| CallError::Transport(crate::error::Chain(&e).to_string()))?;
             if response.status() != StatusCode::OK {
                 return Err(CallError::Status(response.status()));
             }
@@ -192,15 +192,4 @@ impl HookClient {
             .await
             .map_err(|_| CallError::Timeout)?
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }

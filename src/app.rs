@@ -131,7 +131,7 @@ impl Runtime {
     /// sessions use the new Link), hub settings, TLS files, log level. Listener addresses and
     /// switching TLS on or off are reported as needing a restart.
     pub fn apply(&self, config: Config) -> ReloadOutcome {
-        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = crate::sync::lock(&self.reloading);
         let outcome = self.apply_locked(config);
         let result = match &outcome {
             ReloadOutcome::Unchanged => "unchanged",

@@ -17,6 +17,7 @@
 //!   (depends on nothing else in the crate);
 //! - [`error`]: walking an error's source chain (formatting, finding a type);
 //! - [`lifecycle`]: run phases (running, draining, closing) shared by every task;
+//! - [`sync`]: the lock policy (a poisoned lock panics: state may be half-updated);
 //! - [`app`]: wiring it all together;
 //! - [`cli`]: command-line tools (`gentoken`).
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod protocol;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod sync;
 
 /// Generated Protobuf code, laid out by package as prost expects.
 #[allow(missing_docs, clippy::all)]

@@ -76,7 +76,7 @@ impl Jwks {
 
     /// The key named `kid` and its algorithm; on a miss, asks the task for a refetch.
     pub fn key(&self, kid: &str) -> Option<(Algorithm, Arc<DecodingKey>)> {
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let keys = crate::sync::read(&self.keys).clone();
         let found = keys.get(kid).cloned();
         if found.is_none() {
             self.wanted.notify_one();
@@ -95,7 +95,7 @@ impl Jwks {
     }
 
     fn replace(&self, keys: KeyMap) {
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *crate::sync::write(&self.keys) = Arc::new(keys);
     }
 }
 

@@ -19,7 +19,7 @@ pub mod uplink;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -36,6 +36,7 @@ use crate::linkproto::{
 use crate::protocol::client::Command;
 use crate::protocol::{Disconnect, Encoding};
 use crate::session::SessionHandle;
+use crate::sync::lock;
 use backoff::Backoff;
 use registry::Registry;
 use uplink::{UplinkError, UplinkSender};
@@ -163,10 +164,6 @@ impl std::fmt::Debug for Link {
             .field("state", &*self.inner.state.borrow())
             .finish()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Link {

@@ -15,6 +15,7 @@
 //! - [`reload`]: config and certificate watching, SIGHUP, atomic swap;
 //! - [`server`]: the one accept loop, TLS acceptor and task tracker of every listener
 //!   (depends on nothing else in the crate);
+//! - [`body`]: bounded body reads with a typed error, the progress deadline on any body;
 //! - [`error`]: walking an error's source chain (formatting, finding a type);
 //! - [`lifecycle`]: run phases (running, draining, closing) shared by every task;
 //! - [`sync`]: the lock policy (a poisoned lock panics: state may be half-updated);
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod cli;
 pub mod cluster;
 pub mod config;

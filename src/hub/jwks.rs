@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use thiserror::Error;
@@ -159,10 +159,9 @@ async fn fetch(client: &Client, url: &str) -> Result<KeyMap, JwksError> {
         if response.status() != http::StatusCode::OK {
             return Err(JwksError::Status(response.status().as_u16()));
         }
-        Limited::new(response.into_body(), JWKS_MAX_BYTES)
-            .collect()
+        // The whole exchange is under JWKS_FETCH_TIMEOUT: no progress deadline of its own.
+        crate::body::read_bounded(response.into_body(), JWKS_MAX_BYTES, None)
             .await
-            .map(|body| body.to_bytes())
             .map_err(|e| JwksError::Body(e.to_string()))
     };
     let body = tokio::time::timeout(JWKS_FETCH_TIMEOUT, exchange)

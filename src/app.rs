@@ -139,7 +139,7 @@ impl Runtime {
     /// [`RESTART_ONLY`]: crate::reload::prepare::RESTART_ONLY
     pub fn apply(&self, candidate: Candidate) -> ReloadOutcome {
         // Held for the pure prepare and the swaps only (no I/O, no await).
-        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = crate::sync::lock(&self.reloading);
         let old = self.edge.settings();
         let current = Current {
             started: &self.started,

@@ -161,15 +161,8 @@ impl CertResolver {
             path: client_ca_file.to_owned(),
             reason,
         };
-        let pem = std::fs::read(client_ca_file).map_err(|e| ca_error(e.to_string()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| ca_error(e.to_string()))?;
-            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(ca_error("no certificate".to_owned()));
-        }
+        let roots = crate::server::tls::load_ca_roots(client_ca_file)
+            .map_err(|error| ca_error(error.reason))?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             self.provider.clone(),

@@ -111,6 +111,10 @@ fn tls_config(config: &UpstreamConfig) -> Result<ClientTlsConfig, ConnectError> 
     let mut tls = ClientTlsConfig::new();
     match &config.tls_ca_file {
         Some(path) => {
+            // tonic takes the PEM itself; the shared loader checks it first, so a file without
+            // a usable certificate fails here, by name, not at the first handshake.
+            crate::server::tls::load_ca_roots(path)
+                .map_err(|error| ConnectError::Endpoint(format!("upstream.tls_ca_file {error}")))?;
             let pem = std::fs::read(path)
                 .map_err(|e| ConnectError::Endpoint(format!("upstream.tls_ca_file {path}: {e}")))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));

@@ -110,7 +110,7 @@ impl Hub {
         hub
     }
 
-    fn config(&self) -> HubConfig {
+    pub(crate) fn config(&self) -> HubConfig {
         self.inner.state.config()
     }
 

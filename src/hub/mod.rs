@@ -110,6 +110,7 @@ impl Hub {
         hub
     }
 
+    /// The hub settings in force.
     pub(crate) fn config(&self) -> HubConfig {
         self.inner.state.config()
     }

@@ -613,4 +613,56 @@ mod tests {
         let state = sidecar.runtime.edge.settings().link.state();
         assert_eq!(state, LinkState::Up);
     }
+
+    fn candidate(yaml: &str) -> Candidate {
+        Candidate {
+            config: Config::from_yaml(yaml).unwrap(),
+            tls_pem: None,
+            backend: None,
+        }
+    }
+
+    /// `apply` commits every prepared part (settings, hub settings; the Link only when
+    /// `upstream` changed), reports restart-only keys against the started config, and a
+    /// rejected candidate changes nothing.
+    #[tokio::test]
+    async fn apply_commits_everything_or_nothing() {
+        let base = "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n";
+        let (_phase_sender, phase) = crate::lifecycle::channel();
+        let sidecar = Sidecar::bind(Config::from_yaml(base).unwrap(), phase, None)
+            .await
+            .unwrap();
+        let runtime = sidecar.runtime();
+        assert_eq!(runtime.apply(candidate(base)), ReloadOutcome::Unchanged);
+
+        let link_before = runtime.edge.settings().link.clone();
+        let changed = format!("{base}allowed_origins: [\"http://b\"]\nhub:\n  history_size: 7\n");
+        assert_eq!(
+            runtime.apply(candidate(&changed)),
+            ReloadOutcome::Applied {
+                restart_required: vec![]
+            }
+        );
+        let settings = runtime.edge.settings();
+        assert_eq!(settings.config.allowed_origins, ["http://b"]);
+        assert_eq!(runtime.hub.config().history_size, 7);
+        assert_eq!(settings.link.state(), link_before.state(), "same Link kept");
+
+        // A backend section without the backend the load step builds: rejected, nothing moves.
+        let rejected =
+            format!("{changed}backend:\n  url: \"http://127.0.0.1:9\"\nmax_connections: 5\n");
+        assert!(matches!(
+            runtime.apply(candidate(&rejected)),
+            ReloadOutcome::Rejected(_)
+        ));
+        assert!(Arc::ptr_eq(&runtime.edge.settings(), &settings));
+
+        let moved = format!("{changed}max_connections: 5\n");
+        assert_eq!(
+            runtime.apply(candidate(&moved)),
+            ReloadOutcome::Applied {
+                restart_required: vec!["max_connections"]
+            }
+        );
+    }
 }

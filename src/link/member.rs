@@ -91,7 +91,7 @@ pub(crate) mod fake {
 
         /// Takes what was delivered so far.
         pub(crate) fn take(&self) -> Vec<Bytes> {
-            std::mem::take(&mut *self.received.lock().unwrap_or_else(|e| e.into_inner()))
+            std::mem::take(&mut *crate::sync::lock(&self.received))
         }
 
         pub(crate) fn is_ended(&self) -> bool {
@@ -117,7 +117,7 @@ pub(crate) mod fake {
             if self.is_ended() {
                 return Delivery::Ended;
             }
-            let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+            let mut received = crate::sync::lock(&self.received);
             let held: usize = received.iter().map(Bytes::len).sum();
             if held + bytes.len() > self.limit {
                 received.clear();

@@ -52,7 +52,6 @@ use crate::protocol::client::{
 use crate::protocol::{Disconnect, ErrorCode};
 
 pub use super::channel::SessionKey;
-pub use server::{CONNECTION_EXPIRED, NodeCounts, UNSUBSCRIBE_SERVER};
 
 mod server;
 mod shared;
@@ -226,10 +225,6 @@ pub struct PublishOptions {
     /// Carried on the publication as `tags`.
     pub tags: HashMap<String, String>,
 }
-
-/// Error of a server API call, with Centrifugo's code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiError(pub ErrorCode);
 
 /// The subscriptions a removed Link left behind, to be dropped channel by channel with
 /// [`HubState::drop_link_subscriptions`].

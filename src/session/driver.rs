@@ -3,8 +3,9 @@
 //!
 //! Guarantees: every transport runs this one loop; a transport only frames bytes
 //! ([`Transport`]). Bad input from the client ends only this session, with a protocol close
-//! code. Each turn picks at random among the ready events (outbox, client input, timers, run
-//! phase), so a busy outbox cannot starve the client's reads or the timers; one handler runs at a
+//! code. Each turn `select!` (unbiased) polls the events (outbox, client input, timers, run phase)
+//! from a random start, so each ready event is taken with equal odds and a busy outbox cannot
+//! starve the client's reads or the timers (odds, not a strict rotation); one handler runs at a
 //! time, so a write (bounded by `write_timeout`) or a command forwarded up the Link (bounded by
 //! the uplink's send deadline) delays the other events by at most that bound. A session has at
 //! most [`MAX_IN_FLIGHT`] commands awaiting replies (plus one frame's worth): past that it stops

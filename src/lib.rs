@@ -16,6 +16,8 @@
 //! - `admin`: health, readiness, metrics export, the embedded hub's server API;
 //! - [`config`]: YAML schema, defaults, validation;
 //! - [`reload`]: config and certificate watching, SIGHUP, atomic swap;
+//! - `server`: the one accept loop, TLS acceptor and task tracker of every listener
+//!   (depends on nothing else in the crate);
 //! - [`lifecycle`]: run phases (running, draining, closing) shared by every task;
 //! - [`app`]: wiring it all together;
 //! - [`cli`]: command-line tools (`gentoken`).
@@ -39,6 +41,7 @@ pub(crate) mod metrics;
 pub(crate) mod passthrough;
 pub mod protocol;
 pub mod reload;
+pub(crate) mod server;
 pub(crate) mod session;
 
 pub use cluster::ROUTE_TIMEOUT as CLUSTER_ROUTE_TIMEOUT;

@@ -254,12 +254,14 @@ impl Metrics {
         text
     }
 
-    /// Counts a closed session.
-    pub fn session_closed(&self, code: u32) {
+    /// Counts a closed session by close code; `queue_overflow` (the session ended with
+    /// `Disconnect::SLOW`) also counts a queue overflow. The caller tells, so that metrics
+    /// knows no protocol code.
+    pub fn session_closed(&self, code: u32, queue_overflow: bool) {
         self.sessions_closed
             .get_or_create(&CodeLabels { code })
             .inc();
-        if code == 3008 {
+        if queue_overflow {
             self.queue_overflows.inc();
         }
     }
@@ -272,7 +274,7 @@ mod tests {
     #[test]
     fn encodes_openmetrics_with_moved_counters() {
         let metrics = Metrics::default();
-        metrics.session_closed(3008);
+        metrics.session_closed(3008, true);
         metrics
             .commands
             .get_or_create(&CommandLabels { command: "publish" })

@@ -107,7 +107,7 @@ pub fn handle(
     let link = settings.link.clone();
     let phase = edge.phase.clone();
     let encoding = negotiated.encoding;
-    run_upgraded(&mut request, peer, move |io| {
+    run_upgraded(edge.tracker(), &mut request, peer, move |io| {
         session::run(
             WsTransport::new(WsConn::new(io, limit), encoding),
             link,
@@ -141,16 +141,24 @@ pub(crate) fn accept_handshake(
 /// sent); an upgrade that fails is logged and dropped. The session gets a task of its own once
 /// the upgrade is done, so that its task holds only the session (not the upgrade future nor the
 /// closure's captures beside it).
-pub(crate) fn run_upgraded<F, S>(request: &mut Request<Incoming>, peer: SocketAddr, session: F)
-where
+///
+/// Both tasks run on `tracker`, so drain sees the session from the moment the handshake is
+/// answered, before it has counted itself anywhere.
+pub(crate) fn run_upgraded<F, S>(
+    tracker: &crate::server::TaskTracker,
+    request: &mut Request<Incoming>,
+    peer: SocketAddr,
+    session: F,
+) where
     F: FnOnce(TokioIo<Upgraded>) -> S + Send + 'static,
     S: std::future::Future<Output = ()> + Send + 'static,
 {
     let upgrade = hyper::upgrade::on(request);
-    tokio::spawn(async move {
+    let session_tracker = tracker.clone();
+    tracker.spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                tokio::spawn(session(TokioIo::new(upgraded)));
+                session_tracker.spawn(session(TokioIo::new(upgraded)));
             }
             Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
         }
@@ -254,7 +262,8 @@ where
         if disconnect == Disconnect::CONNECTION_CLOSED {
             return;
         }
-        let code = u16::try_from(disconnect.code).unwrap_or(1011);
+        let code = u16::try_from(disconnect.code)
+            .unwrap_or(crate::protocol::codes::WS_CLOSE_INTERNAL_ERROR);
         // A client that stopped reading cannot block the close: the frame gets
         // CLOSE_WRITE_TIMEOUT, then the socket is dropped; the client's close reply is awaited
         // so that our close frame is not lost to a reset caused by unread input.

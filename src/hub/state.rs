@@ -63,10 +63,7 @@ pub const SHARDS: usize = 64;
 /// Unsubscribe code telling SDKs to resubscribe and recover ("insufficient state").
 pub const UNSUBSCRIBE_INSUFFICIENT_STATE: u32 = 2500;
 /// Disconnect of a session whose frames were lost: the client reconnects.
-pub const INSUFFICIENT_STATE: Disconnect = Disconnect {
-    code: 3010,
-    reason: std::borrow::Cow::Borrowed("insufficient state"),
-};
+pub const INSUFFICIENT_STATE: Disconnect = Disconnect::INSUFFICIENT_STATE;
 /// Unsubscribe code of a subscription whose token expired (Centrifugo's
 /// `UnsubscribeCodeExpired`): the SDK resubscribes with a fresh subscription token.
 pub const UNSUBSCRIBE_EXPIRED: u32 = 2501;
@@ -1804,7 +1801,7 @@ impl HubState {
                     subject: session.subject(),
                 });
             } else {
-                self.disconnect(key, &Disconnect::new(3005, "connection expired"));
+                self.disconnect(key, &Disconnect::CONNECTION_EXPIRED);
                 self.remove_session(&mut sessions, key);
             }
         }
@@ -1842,7 +1839,7 @@ impl HubState {
                     sessions.schedule_expiry(at, key);
                     return;
                 }
-                _ => Disconnect::new(3005, "connection expired"),
+                _ => Disconnect::CONNECTION_EXPIRED,
             },
         };
         self.disconnect(key, &disconnect);

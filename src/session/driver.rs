@@ -268,7 +268,7 @@ async fn drive<T: Transport>(
     Box::pin(transport.close(end.clone())).await;
     metrics.connections.get_or_create(&labels).dec();
     metrics.sessions_live.dec();
-    metrics.session_closed(end.code);
+    metrics.session_closed(end.code, end.code == Disconnect::SLOW.code);
     tracing::debug!(session = handle.id, code = end.code, reason = %end.reason, "session ended");
 }
 

@@ -75,9 +75,9 @@ impl Upstream {
         match self {
             Upstream::Embedded(connector) => connector.open(uplink),
             Upstream::Grpc(config) => {
-                let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+                let mut endpoint = Endpoint::from_shared(config.endpoint.as_str().to_owned())
                     .map_err(|e| ConnectError::Endpoint(e.to_string()))?;
-                if config.endpoint.starts_with("https://") {
+                if config.endpoint.is_https() {
                     endpoint = endpoint.tls_config(tls_config(config)?)?;
                 }
                 let mut endpoint = endpoint

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-use crate::admin::{Admin, ApiAccess};
+use crate::admin::{Admin, ApiAccess, EdgeView};
 use crate::config::Config;
 use crate::edge::origin::OriginPolicy;
 use crate::edge::tls::{CertResolver, TlsAcceptor, TlsError};
@@ -291,6 +291,7 @@ impl Sidecar {
         }
         let admin_state = Arc::new(Admin {
             edge: edge.clone(),
+            metrics: metrics.clone(),
             hub: Some(hub.clone()),
             listen: admin_listen,
         });
@@ -553,6 +554,25 @@ pub async fn hub_shutdown_sequence(
 
 /// Time the last 3001 frames get to reach the sidecars before the standalone hub exits.
 const HUB_DRAIN_FLUSH: Duration = Duration::from_millis(500);
+
+/// The admin listener reads the edge through this narrow view.
+impl EdgeView for Edge {
+    fn config(&self) -> Arc<Config> {
+        self.settings().config.clone()
+    }
+
+    fn link_up(&self) -> bool {
+        self.settings().link.state() == LinkState::Up
+    }
+
+    fn draining(&self) -> bool {
+        self.is_draining()
+    }
+
+    fn cluster_ready(&self) -> bool {
+        self.cluster().is_none_or(|cluster| cluster.is_ready())
+    }
+}
 
 #[cfg(test)]
 mod tests {

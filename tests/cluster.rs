@@ -385,7 +385,7 @@ async fn redis_outage_fails_fast_and_recovers() {
     );
     // Bounded: well under the route timeout, so it was not waited out.
     assert!(
-        started.elapsed() < sidewire::cluster::ROUTE_TIMEOUT,
+        started.elapsed() < sidewire::CLUSTER_ROUTE_TIMEOUT,
         "answered after {:?}",
         started.elapsed()
     );

@@ -431,7 +431,7 @@ async fn standalone_hub_with_client_ca_requires_a_client_certificate() {
 #[tokio::test]
 async fn link_listener_sets_so_reuseaddr() {
     use std::os::fd::AsRawFd;
-    let (listener, _) = sidewire::hub::grpc::bind("127.0.0.1:0".parse().unwrap())
+    let (listener, _) = sidewire::bind_hub_link_listener("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let mut value: libc::c_int = 0;

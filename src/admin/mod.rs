@@ -1,7 +1,8 @@
 //! The admin listener (never the client port): `/healthz` (process alive), `/readyz` (the Link
-//! is up and the process is not draining; an invalid config never gets this far: it is refused
-//! at start and on reload), `/metrics` (OpenMetrics text) and, when the hub is embedded,
-//! its server API under `/api/`.
+//! is up, the process is not draining, and, when configured, the shared engine and the
+//! emulation routing between replicas are connected), `/metrics` (OpenMetrics text) and, when
+//! the hub is embedded, its server API under `/api/`. It reads the edge only through
+//! [`EdgeView`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,17 +11,32 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use crate::config::Config;
 use crate::config::HubConfig;
-use crate::edge::Edge;
 use crate::edge::body::read_limited;
 use crate::http::{Body, full, json, status};
 use crate::hub::{Hub, api};
-use crate::link::LinkState;
+use crate::metrics::Metrics;
+
+/// What the admin listener reads of the client edge, and nothing more (`app` implements it for
+/// the edge). Every method answers from the current settings snapshot, at once.
+pub trait EdgeView: Send + Sync {
+    /// The config of the current settings.
+    fn config(&self) -> Arc<Config>;
+    /// Whether the Link new sessions would use is up.
+    fn link_up(&self) -> bool;
+    /// Whether the process is draining or closing.
+    fn draining(&self) -> bool;
+    /// Whether emulation routing between replicas is ready (true without a cluster).
+    fn cluster_ready(&self) -> bool;
+}
 
 /// What the admin handlers read.
 pub struct Admin {
     /// The client edge: its current settings decide readiness.
-    pub edge: Arc<Edge>,
+    pub edge: Arc<dyn EdgeView>,
+    /// Every counter (`/metrics`).
+    pub metrics: Arc<Metrics>,
     /// The embedded hub, when there is one (serves `/api/`).
     pub hub: Option<Hub>,
     /// The admin listener's bound address (decides [`ApiAccess`]).
@@ -69,16 +85,15 @@ impl Admin {
         match path.as_str() {
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
             "/readyz" => {
-                let settings = self.edge.settings();
-                let link_up = settings.link.state() == LinkState::Up;
-                let draining = self.edge.is_draining();
+                let link_up = self.edge.link_up();
+                let draining = self.edge.draining();
                 let engine_up = self
                     .hub
                     .as_ref()
                     .and_then(Hub::engine)
                     .is_none_or(|e| e.connected())
                     // Emulation routing between replicas needs its control channel too.
-                    && self.edge.cluster().is_none_or(|cluster| cluster.is_ready());
+                    && self.edge.cluster_ready();
                 let ready = link_up && !draining && engine_up;
                 let body = format!(
                     r#"{{"ready":{ready},"link_up":{link_up},"draining":{draining},"engine_up":{engine_up}}}"#
@@ -93,7 +108,7 @@ impl Admin {
             "/metrics" => {
                 let counters = self.hub.as_ref().map(Hub::counters);
                 let engine = self.hub.as_ref().and_then(Hub::engine);
-                let text = self.edge.metrics.encode_with(|registry| {
+                let text = self.metrics.encode_with(|registry| {
                     if let Some(counters) = &counters {
                         counters.register(registry, engine.as_deref());
                     }
@@ -108,12 +123,12 @@ impl Admin {
                 response
             }
             _ if path.starts_with("/api/") => {
-                let settings = self.edge.settings();
+                let config = self.edge.config();
                 // The embedded hub's API is served only while the hub is the upstream.
-                match (&self.hub, &settings.config.upstream) {
+                match (&self.hub, &config.upstream) {
                     (Some(hub), None) => {
-                        let access = ApiAccess::decide(self.listen, &settings.config.hub);
-                        let timeout = settings.config.request_body_timeout;
+                        let access = ApiAccess::decide(self.listen, &config.hub);
+                        let timeout = config.request_body_timeout;
                         api_call(hub, &access, timeout, request).await
                     }
                     _ => status(StatusCode::NOT_FOUND),

@@ -55,11 +55,13 @@ impl KnownNodes {
     }
 
     /// Number of nodes remembered (expired ones included until pruned).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.seen.len()
     }
 
     /// Whether no node is remembered.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use hyper::body::Body;
 
-pub use crate::body::{BodyTimeout, TimedBody, is_body_timeout};
+pub use crate::body::{TimedBody, is_body_timeout};
 use crate::body::{ReadError, read_bounded};
 use crate::http::BoxError;
 

@@ -8,13 +8,9 @@
 
 use bytes::{BufMut, BytesMut};
 
-/// Largest server frame header: 2 bytes + 8-byte extended length (servers do not mask).
-pub const MAX_SERVER_HEADER: usize = 10;
 /// Largest control-frame payload (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
-/// Close code: normal closure.
-pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code: protocol error.
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 /// Close code: a text message that is not UTF-8 (or a close reason that is not).

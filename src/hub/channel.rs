@@ -28,8 +28,6 @@ const LEDGER_SLACK: usize = 1024;
 pub struct Stored {
     /// The publication as sent.
     pub publication: Publication,
-    /// When it was published.
-    pub at: Instant,
     /// Encoded size, bytes (what the ledger accounts).
     pub size: usize,
     /// Ledger sequence number, unique across channels.
@@ -201,7 +199,6 @@ pub struct Ledger {
     next_seq: u64,
     held: usize,
     held_bytes: usize,
-    evictions: u64,
 }
 
 /// What the ledger says about its oldest entry.
@@ -234,7 +231,6 @@ impl Ledger {
         self.next_seq += 1;
         channel.history.push_back(Stored {
             publication,
-            at: now,
             size,
             seq,
         });
@@ -287,19 +283,9 @@ impl Ledger {
         }
     }
 
-    /// Counts one eviction for the byte cap.
-    pub fn count_eviction(&mut self) {
-        self.evictions += 1;
-    }
-
     /// Bytes of history held across channels.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
-    }
-
-    /// Publications evicted for the byte cap so far.
-    pub fn evictions(&self) -> u64 {
-        self.evictions
     }
 }
 

@@ -52,7 +52,6 @@ use crate::protocol::client::{
 use crate::protocol::{Disconnect, ErrorCode};
 
 pub use super::channel::SessionKey;
-pub use server::{CONNECTION_EXPIRED, NodeCounts, UNSUBSCRIBE_SERVER};
 
 mod server;
 mod shared;
@@ -223,10 +222,6 @@ pub struct PublishOptions {
     /// Carried on the publication as `tags`.
     pub tags: HashMap<String, String>,
 }
-
-/// Error of a server API call, with Centrifugo's code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiError(pub ErrorCode);
 
 /// The subscriptions a removed Link left behind, to be dropped channel by channel with
 /// [`HubState::drop_link_subscriptions`].
@@ -1790,7 +1785,7 @@ impl HubState {
                     subject: session.subject(),
                 });
             } else {
-                self.disconnect(key, &CONNECTION_EXPIRED);
+                self.disconnect(key, &Disconnect::CONNECTION_EXPIRED);
                 self.remove_session(&mut sessions, key);
             }
         }
@@ -1828,7 +1823,7 @@ impl HubState {
                     sessions.schedule_expiry(at, key);
                     return;
                 }
-                _ => CONNECTION_EXPIRED,
+                _ => Disconnect::CONNECTION_EXPIRED,
             },
         };
         self.disconnect(key, &disconnect);

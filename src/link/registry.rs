@@ -165,16 +165,6 @@ impl Registry {
         self.channels.clear();
         count
     }
-
-    /// Number of live sessions.
-    pub fn len(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// Whether no session is live.
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -289,6 +279,6 @@ mod tests {
         );
         registry.remove(1);
         assert!(registry.channels.is_empty());
-        assert!(registry.is_empty());
+        assert!(registry.sessions.is_empty());
     }
 }

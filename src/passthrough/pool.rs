@@ -240,11 +240,6 @@ impl Exchange {
         &self.response
     }
 
-    /// The response head, mutably (for `hyper::upgrade::on`).
-    pub fn response_mut(&mut self) -> &mut Response<Incoming> {
-        &mut self.response
-    }
-
     /// The response with a body that returns the connection to the pool once read to its end.
     pub fn into_response(self) -> Response<PooledBody> {
         let Exchange {

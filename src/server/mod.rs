@@ -24,7 +24,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 pub use tokio_util::task::TaskTracker;
-pub use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// First pause after a failed accept.
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);

@@ -3,10 +3,13 @@
 //!
 //! Guarantees: every transport runs this one loop; a transport only frames bytes
 //! ([`Transport`]). Bad input from the client ends only this session, with a protocol close
-//! code. Each turn picks at random among the ready events (outbox, client input, timers, run
-//! phase), so a busy outbox cannot starve the client's reads or the timers; one handler runs at a
-//! time, so a write (bounded by `write_timeout`) or a command forwarded up the Link (bounded by
-//! the uplink's send deadline) delays the other events by at most that bound. A session has at
+//! code. Each turn the unbiased `select!` polls its four events (run phase, outbox, client
+//! input, timer) in order from a random start and takes the first ready one: a ready event is
+//! taken with odds of at least 1/4 per turn, so a busy outbox cannot starve the client's reads
+//! or the timers, though the odds are not equal (an event right after an idle one is taken
+//! more often) and nothing rotates strictly. One handler runs at a time, so a write (bounded
+//! by `write_timeout`) or a command forwarded up the Link (bounded by the uplink's send
+//! deadline) delays the other events by at most that bound. A session has at
 //! most [`MAX_IN_FLIGHT`] commands awaiting replies (plus one frame's worth): past that it stops
 //! reading from its client until replies come back, so one client cannot flood the upstream.
 //! A command the upstream does not answer within `command_timeout` gets an error reply (100,

@@ -10,5 +10,3 @@ pub mod handle;
 pub mod outbox;
 
 pub use driver::{Inbound, SessionParams, SessionSettings, Transport, run};
-pub use handle::{ConnectFields, Phase, SessionHandle};
-pub use outbox::{Outbox, PushOutcome};

@@ -148,7 +148,7 @@ async fn unanswered_commands_stop_the_session_reading_not_the_link() {
         command.id = greedy.next_id();
         greedy.send_commands(&[command]).await;
     }
-    let expected = sidewire::session::driver::MAX_IN_FLIGHT;
+    let expected = sidewire::MAX_IN_FLIGHT;
     eventually(
         WAIT,
         &format!("upstream saw {expected} commands"),
@@ -193,7 +193,7 @@ async fn stalled_upstream_ends_waiting_sessions_instead_of_freezing_them() {
     }
     // The sessions stuck on the full uplink are ended (3004) within the send deadline, with
     // a generous margin; none hangs forever.
-    let limit = sidewire::link::UPLINK_SEND_TIMEOUT + Duration::from_secs(10);
+    let limit = sidewire::UPLINK_SEND_TIMEOUT + Duration::from_secs(10);
     let mut ended = 0;
     for client in &mut writers {
         let (code, _) = client.expect_close(limit).await;

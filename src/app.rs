@@ -13,7 +13,6 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::metrics::{Metrics, ResultLabels};
 use crate::admin::{Admin, ApiAccess};
 use crate::config::Config;
 use crate::edge::origin::OriginPolicy;
@@ -23,6 +22,7 @@ use crate::hub::{self, Hub};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::backoff::Backoff;
 use crate::link::{Link, LinkState, Upstream};
+use crate::metrics::{Metrics, ResultLabels};
 use crate::passthrough::{Backend, BackendError};
 
 /// Startup failures.
@@ -264,7 +264,7 @@ fn spawn_link(
             ),
         ),
         None => (
-            Upstream::Embedded(hub.clone()),
+            Upstream::Embedded(Arc::new(hub.clone())),
             Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
         ),
     };
@@ -313,7 +313,7 @@ impl Sidecar {
         let metrics = Arc::new(Metrics::default());
         let hub = start_hub(&config, &phase)?;
         let resolver = config.tls.as_ref().map(CertResolver::new).transpose()?;
-        let tls = resolver.as_ref().map(TlsAcceptor::new).transpose()?;
+        let tls = resolver.as_ref().map(CertResolver::acceptor).transpose()?;
         let backend = config.backend.as_ref().map(Backend::new).transpose()?;
         let link = spawn_link(&config, &hub, &node, &phase, &metrics);
         if config.upstream.is_none() {
@@ -382,8 +382,9 @@ impl Sidecar {
         self.runtime.clone()
     }
 
-    /// Serves until the process phase reaches `Closing`, then waits for live sessions to end
-    /// (they close with 3001 over the drain window) up to `deadline`.
+    /// Serves until the process phase reaches `Closing`, then waits for every connection,
+    /// request in flight, session (they close with 3001 over the drain window) and upgraded
+    /// tunnel to end, up to `deadline` ([`drain`]).
     pub async fn serve(self, deadline: watch::Receiver<Option<tokio::time::Instant>>) {
         let edge = self.runtime.edge.clone();
         let phase = self.runtime.phase.clone();
@@ -411,15 +412,36 @@ impl Sidecar {
         );
         let admin_task = tokio::spawn(admin_server);
         client.await;
-        let live = edge.metrics.sessions_live.clone();
-        loop {
-            let until = *deadline.borrow();
-            if live.get() <= 0 || until.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        drain(edge.tracker(), deadline).await;
         admin_task.abort();
+    }
+}
+
+/// Drain by completion: closes `tracker` (the listener has stopped, so nothing new joins) and
+/// waits until its last task or token is gone, or until the hard deadline once one is
+/// published. Returns at once when nothing is left; nothing here polls.
+pub async fn drain(
+    tracker: &crate::server::TaskTracker,
+    mut deadline: watch::Receiver<Option<tokio::time::Instant>>,
+) {
+    tracker.close();
+    let deadline_passed = async {
+        let until = match deadline.wait_for(Option::is_some).await {
+            Ok(until) => *until,
+            // No deadline will ever come: wait for completion alone.
+            Err(_) => None,
+        };
+        match until {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tracker.wait() => tracing::info!("drained: every connection and session ended"),
+        _ = deadline_passed => tracing::warn!(
+            left = tracker.len(),
+            "shutdown.timeout passed: exiting with connections or sessions still open"
+        ),
     }
 }
 
@@ -469,8 +491,8 @@ impl StandaloneHub {
             Some(tls) => {
                 let resolver = CertResolver::new(tls)?;
                 Some(match &tls.client_ca_file {
-                    Some(ca) => TlsAcceptor::with_client_ca(&resolver, ca)?,
-                    None => TlsAcceptor::new(&resolver)?,
+                    Some(ca) => resolver.acceptor_with_client_ca(ca)?,
+                    None => resolver.acceptor()?,
                 })
             }
             None => None,
@@ -589,6 +611,50 @@ const HUB_DRAIN_FLUSH: Duration = Duration::from_millis(500);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drain returns as soon as the last tracked task ends, not at the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn drain_returns_when_the_last_task_ends() {
+        let tracker = crate::server::TaskTracker::new();
+        let (_deadline_tx, deadline) =
+            watch::channel(Some(tokio::time::Instant::now() + Duration::from_secs(60)));
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        tracker.spawn(async move {
+            let _ = finished.await;
+        });
+        let token = tracker.token();
+        let started = tokio::time::Instant::now();
+        let draining = tokio::spawn({
+            let tracker = tracker.clone();
+            async move { drain(&tracker, deadline).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!draining.is_finished(), "drain returned with tasks left");
+        finish.send(()).unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!draining.is_finished(), "drain returned with a token left");
+        drop(token);
+        draining.await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(11));
+    }
+
+    /// Drain gives up at the deadline, published late, with a task still running.
+    #[tokio::test(start_paused = true)]
+    async fn drain_gives_up_at_the_deadline() {
+        let tracker = crate::server::TaskTracker::new();
+        tracker.spawn(std::future::pending::<()>());
+        let (deadline_tx, deadline) = watch::channel(None);
+        let started = tokio::time::Instant::now();
+        let draining = tokio::spawn({
+            let tracker = tracker.clone();
+            async move { drain(&tracker, deadline).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        deadline_tx.send_replace(Some(started + Duration::from_secs(3)));
+        draining.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(!tracker.is_empty());
+    }
 
     /// With the embedded hub, `bind` returns only once the Link is up, so no client accepted
     /// after "listening" meets a Link that is still opening (it would be closed with 3004).

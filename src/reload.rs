@@ -13,10 +13,10 @@ use std::time::Duration;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::admin::metrics::ResultLabels;
 use crate::app::Runtime;
 use crate::config::{Config, sources};
 use crate::lifecycle::{self, PhaseWatch};
+use crate::metrics::ResultLabels;
 
 /// Quiet time after a file event before reloading (editors and kubelet write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(200);

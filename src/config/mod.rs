@@ -74,9 +74,9 @@ pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[
     "x-real-ip",
     "x-request-id",
 ];
-/// Default time the upstream has to answer one command (`upstream.command_timeout`; the
-/// embedded hub uses it too).
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = crate::session::handle::DEFAULT_COMMAND_TIMEOUT;
+/// Default time the upstream has to answer one command before the client gets error 100
+/// (`upstream.command_timeout`; the embedded hub uses it too).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default HTTP/2 keepalive ping period of the sidecar's Link (`upstream.keepalive_interval`).
 pub const DEFAULT_UPSTREAM_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default time allowed for a keepalive answer (`upstream.keepalive_timeout`).

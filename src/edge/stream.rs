@@ -269,7 +269,7 @@ pub fn start(
         body: Some(body_tx),
         _registration: registration,
     };
-    tokio::spawn(session::run(
+    edge.tracker().spawn(session::run(
         transport,
         settings.link.clone(),
         params,

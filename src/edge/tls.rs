@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -13,14 +12,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
-use super::Acceptor;
 use crate::config::TlsConfig;
-
-/// Time allowed for a TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::server::tls::TlsAcceptor;
 
 /// Why a certificate could not be loaded.
 #[derive(Debug, Error)]
@@ -159,43 +153,19 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// TLS handshakes for the client listener.
-#[derive(Clone)]
-pub struct TlsAcceptor {
-    inner: tokio_rustls::TlsAcceptor,
-}
-
-impl TlsAcceptor {
-    /// An acceptor serving the resolver's current certificate.
-    pub fn new(resolver: &Arc<CertResolver>) -> Result<TlsAcceptor, TlsError> {
-        Ok(TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(Arc::new(resolver.server_config()?)),
-        })
+impl CertResolver {
+    /// A TLS acceptor serving this resolver's current certificate.
+    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
+        Ok(TlsAcceptor::new(Arc::new(self.server_config()?)))
     }
 
-    /// An acceptor that also requires a client certificate signed by `client_ca_file`.
-    pub fn with_client_ca(
-        resolver: &Arc<CertResolver>,
+    /// A TLS acceptor that also requires a client certificate signed by `client_ca_file`.
+    pub fn acceptor_with_client_ca(
+        self: &Arc<Self>,
         client_ca_file: &str,
     ) -> Result<TlsAcceptor, TlsError> {
-        Ok(TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(Arc::new(
-                resolver.server_config_with_client_ca(client_ca_file)?,
-            )),
-        })
-    }
-}
-
-impl Acceptor for TlsAcceptor {
-    type Stream = TlsStream<TcpStream>;
-
-    async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Stream> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(stream))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
-    }
-
-    fn negotiated_http1(&self, stream: &Self::Stream) -> bool {
-        stream.get_ref().1.alpn_protocol() == Some(b"http/1.1")
+        Ok(TlsAcceptor::new(Arc::new(
+            self.server_config_with_client_ca(client_ca_file)?,
+        )))
     }
 }

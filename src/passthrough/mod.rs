@@ -169,13 +169,15 @@ impl Backend {
     }
 
     /// Proxies one request from `peer` (which reached us over `proto`, `http` or `https`).
-    /// A request body that makes no progress for `body_timeout` is abandoned: 408.
+    /// A request body that makes no progress for `body_timeout` is abandoned: 408. An
+    /// upgraded tunnel runs on a task of `tracker` (drain waits for it).
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         proto: &'static str,
         body_timeout: Duration,
+        tracker: &crate::server::TaskTracker,
     ) -> Response<Body> {
         let declared = request
             .headers()
@@ -266,7 +268,7 @@ impl Backend {
                 Exchanged::General(response) => response,
             };
             let backend_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((client, backend)) => {
                         let mut client = TokioIo::new(client);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
 
 use crate::admin::{Admin, ApiAccess};
 use crate::config::Config;
@@ -22,8 +23,9 @@ use crate::hub::{self, Hub};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::backoff::Backoff;
 use crate::link::{Link, LinkState, Upstream};
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::Metrics;
 use crate::passthrough::{Backend, BackendError};
+use crate::reload::prepare::{BackendPlan, Candidate, Current, Prepared, prepare};
 
 /// Startup failures.
 #[derive(Debug, Error)]
@@ -82,8 +84,8 @@ pub enum ReloadOutcome {
     Rejected(String),
 }
 
-/// Adjusts the log filter at run time (installed by the binary).
-pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// Swaps the log filter at run time (installed by the binary); cannot fail.
+pub type LogControl = Box<dyn Fn(EnvFilter) + Send + Sync>;
 
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
     TcpListener::bind(address)
@@ -108,6 +110,8 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     tls: Option<Arc<CertResolver>>,
     log: Option<LogControl>,
+    /// The config the process started with (listeners, TLS on/off, engine: restart-only).
+    started: Arc<Config>,
     /// Serialises reloads.
     reloading: Mutex<()>,
 }
@@ -127,123 +131,63 @@ impl Runtime {
         &self.hub
     }
 
-    /// Validates and applies `config`: origins, limits, timers, backend, upstream (new
-    /// sessions use the new Link), hub settings, TLS files, log level. Listener addresses and
-    /// switching TLS on or off are reported as needing a restart.
-    pub fn apply(&self, config: Config) -> ReloadOutcome {
-        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = self.apply_locked(config);
-        let result = match &outcome {
-            ReloadOutcome::Unchanged => "unchanged",
-            ReloadOutcome::Applied { restart_required } if restart_required.is_empty() => "applied",
-            ReloadOutcome::Applied { .. } => "restart_required",
-            ReloadOutcome::Rejected(_) => "rejected",
+    /// Applies a candidate read by the reload's load step: [`prepare`] builds every new part
+    /// from it (or rejects it, changing nothing), then [`Runtime::commit`] swaps them in.
+    /// Listener addresses, switching TLS on or off and the other [`RESTART_ONLY`] keys are
+    /// reported as needing a restart. Does no I/O; the caller reports the outcome.
+    ///
+    /// [`RESTART_ONLY`]: crate::reload::prepare::RESTART_ONLY
+    pub fn apply(&self, candidate: Candidate) -> ReloadOutcome {
+        // Held for the pure prepare and the swaps only (no I/O, no await).
+        let _serial = crate::sync::lock(&self.reloading);
+        let old = self.edge.settings();
+        let current = Current {
+            started: &self.started,
+            config: &old.config,
+            tls: self.tls.as_deref(),
         };
-        self.metrics
-            .config_reloads
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        match &outcome {
-            ReloadOutcome::Unchanged => tracing::info!("config reload: unchanged"),
-            ReloadOutcome::Applied { restart_required } if restart_required.is_empty() => {
-                tracing::info!("config reload: applied")
-            }
-            ReloadOutcome::Applied { restart_required } => tracing::warn!(
-                fields = ?restart_required,
-                "config reload: applied, but these fields need a restart to take effect"
-            ),
-            ReloadOutcome::Rejected(reason) => {
-                tracing::error!(%reason, "config reload rejected; the previous config stays in force")
-            }
+        match prepare(&current, candidate) {
+            Ok(prepared) => self.commit(prepared),
+            Err(rejection) => ReloadOutcome::Rejected(rejection.to_string()),
         }
-        outcome
     }
 
-    fn apply_locked(&self, config: Config) -> ReloadOutcome {
-        if let Err(error) = config.validate() {
-            return ReloadOutcome::Rejected(error.to_string());
+    /// Swaps in everything `prepared` holds; cannot fail. The certificate, the log filter and
+    /// the hub settings go first, then the edge settings in one atomic store.
+    fn commit(&self, prepared: Prepared) -> ReloadOutcome {
+        if let (Some(resolver), Some(certificate)) = (&self.tls, prepared.certificate) {
+            resolver.install(certificate);
         }
-        let old = self.edge.settings();
-        if *old.config == config {
-            if let (Some(resolver), Some(tls)) = (&self.tls, &config.tls)
-                && let Err(error) = resolver.reload(tls)
-            {
-                return ReloadOutcome::Rejected(error.to_string());
-            }
+        if let (Some(log), Some(filter)) = (&self.log, prepared.log_filter) {
+            log(filter);
+        }
+        if let Some(hub) = prepared.hub {
+            self.hub.set_config(hub);
+        }
+        let Some(plan) = prepared.settings else {
             return ReloadOutcome::Unchanged;
-        }
-        let mut restart_required = Vec::new();
-        if config.listen != old.config.listen {
-            restart_required.push("listen");
-        }
-        if config.admin_listen != old.config.admin_listen {
-            restart_required.push("admin_listen");
-        }
-        if config.tls.is_some() != self.tls.is_some() {
-            restart_required.push("tls");
-        }
-        if config.log.format != old.config.log.format {
-            restart_required.push("log.format");
-        }
-        if config.max_connections != old.config.max_connections {
-            restart_required.push("max_connections");
-        }
-        if config.max_connections_per_ip != old.config.max_connections_per_ip {
-            restart_required.push("max_connections_per_ip");
-        }
-        if config.engine != old.config.engine {
-            // The hub's engine and its Redis connections are made once, at start.
-            restart_required.push("engine");
-        }
-        let backend = if config.backend == old.config.backend {
-            old.backend.clone()
-        } else {
-            match config.backend.as_ref().map(Backend::new).transpose() {
-                Ok(backend) => backend,
-                Err(error) => return ReloadOutcome::Rejected(error.to_string()),
-            }
         };
-        if let (Some(resolver), Some(tls)) = (&self.tls, &config.tls)
-            && let Err(error) = resolver.reload(tls)
-        {
-            return ReloadOutcome::Rejected(error.to_string());
-        }
-        if let Some(log) = &self.log
-            && config.log.level != old.config.log.level
-            && let Err(error) = log(&config.log.level)
-        {
-            return ReloadOutcome::Rejected(format!("log.level: {error}"));
-        }
-        let link_changed = config.upstream != old.config.upstream;
-        let link = if link_changed {
-            self.spawn_link(&config)
+        let old = self.edge.settings();
+        let link = if plan.relink {
+            self.spawn_link(&plan.config)
         } else {
             old.link.clone()
         };
-        self.hub.set_config(config.hub.clone());
-        let settings = Settings {
-            origins: OriginPolicy::new(&config.allowed_origins),
-            config: Arc::new(config),
+        let backend = match plan.backend {
+            BackendPlan::Keep => old.backend.clone(),
+            BackendPlan::Replace(backend) => backend,
+        };
+        let previous = self.edge.replace_settings(Settings {
+            origins: plan.origins,
+            config: plan.config,
             link,
             backend,
-        };
-        let previous = self.edge.replace_settings(settings);
-        if link_changed {
+        });
+        if plan.relink {
             previous.link.retire();
         }
-        ReloadOutcome::Applied { restart_required }
-    }
-
-    /// Re-reads the TLS files of the config in force (certificate rotation).
-    pub fn reload_tls(&self) {
-        let settings = self.edge.settings();
-        if let (Some(resolver), Some(tls)) = (&self.tls, &settings.config.tls) {
-            match resolver.reload(tls) {
-                Ok(()) => tracing::info!("tls: certificate reloaded"),
-                Err(error) => {
-                    tracing::error!(%error, "tls: reload failed; keeping the current certificate")
-                }
-            }
+        ReloadOutcome::Applied {
+            restart_required: plan.restart_required,
         }
     }
 }
@@ -319,9 +263,10 @@ impl Sidecar {
         if config.upstream.is_none() {
             await_embedded_link(&link).await;
         }
+        let started = Arc::new(config);
         let settings = Settings {
-            origins: OriginPolicy::new(&config.allowed_origins),
-            config: Arc::new(config),
+            origins: OriginPolicy::new(&started.allowed_origins),
+            config: started.clone(),
             link,
             backend,
         };
@@ -357,6 +302,7 @@ impl Sidecar {
             metrics,
             tls: resolver,
             log,
+            started,
             reloading: Mutex::new(()),
         });
         Ok(Sidecar {
@@ -666,5 +612,57 @@ mod tests {
         let sidecar = Sidecar::bind(config, phase, None).await.unwrap();
         let state = sidecar.runtime.edge.settings().link.state();
         assert_eq!(state, LinkState::Up);
+    }
+
+    fn candidate(yaml: &str) -> Candidate {
+        Candidate {
+            config: Config::from_yaml(yaml).unwrap(),
+            tls_pem: None,
+            backend: None,
+        }
+    }
+
+    /// `apply` commits every prepared part (settings, hub settings; the Link only when
+    /// `upstream` changed), reports restart-only keys against the started config, and a
+    /// rejected candidate changes nothing.
+    #[tokio::test]
+    async fn apply_commits_everything_or_nothing() {
+        let base = "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n";
+        let (_phase_sender, phase) = crate::lifecycle::channel();
+        let sidecar = Sidecar::bind(Config::from_yaml(base).unwrap(), phase, None)
+            .await
+            .unwrap();
+        let runtime = sidecar.runtime();
+        assert_eq!(runtime.apply(candidate(base)), ReloadOutcome::Unchanged);
+
+        let link_before = runtime.edge.settings().link.clone();
+        let changed = format!("{base}allowed_origins: [\"http://b\"]\nhub:\n  history_size: 7\n");
+        assert_eq!(
+            runtime.apply(candidate(&changed)),
+            ReloadOutcome::Applied {
+                restart_required: vec![]
+            }
+        );
+        let settings = runtime.edge.settings();
+        assert_eq!(settings.config.allowed_origins, ["http://b"]);
+        assert_eq!(runtime.hub.config().history_size, 7);
+        assert_eq!(settings.link.state(), link_before.state(), "same Link kept");
+
+        // A backend section without the backend the load step builds: rejected, nothing moves.
+        let rejected =
+            format!("{changed}backend:\n  url: \"http://127.0.0.1:9\"\nmax_connections: 5\n");
+        assert!(matches!(
+            runtime.apply(candidate(&rejected)),
+            ReloadOutcome::Rejected(_)
+        ));
+        assert!(Arc::ptr_eq(&runtime.edge.settings(), &settings));
+
+        let moved = format!("{changed}max_connections: 5\n");
+        assert_eq!(
+            runtime.apply(candidate(&moved)),
+            ReloadOutcome::Applied {
+                restart_required: vec!["max_connections"]
+            }
+        );
     }
 }

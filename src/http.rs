@@ -1,7 +1,8 @@
-//! Small HTTP helpers shared by the listeners: one boxed body type and canned responses.
+//! Small HTTP helpers shared by the listeners: one boxed body type, canned responses, and the
+//! one scanner of comma-separated header tokens.
 
 use bytes::Bytes;
-use http::{Response, StatusCode, header};
+use http::{HeaderMap, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
@@ -44,4 +45,49 @@ pub fn json(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The comma-separated tokens of every `name` header, trimmed, in order (values that are not
+/// visible ASCII are skipped; empty tokens are kept).
+pub fn header_tokens<'a>(
+    headers: &'a HeaderMap,
+    name: impl header::AsHeaderName,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+}
+
+/// Whether some `name` header lists `token` (ASCII case-insensitive), e.g.
+/// `Connection: keep-alive, Upgrade` has `upgrade`.
+pub fn header_has_token(headers: &HeaderMap, name: impl header::AsHeaderName, token: &str) -> bool {
+    header_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn tokens_span_repeated_headers_and_ignore_case_and_spaces() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive , X-Hop"),
+        );
+        headers.append(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        let tokens: Vec<_> = header_tokens(&headers, header::CONNECTION).collect();
+        assert_eq!(tokens, ["keep-alive", "X-Hop", "Upgrade"]);
+        assert!(header_has_token(&headers, header::CONNECTION, "upgrade"));
+        assert!(header_has_token(&headers, header::CONNECTION, "x-hop"));
+        assert!(!header_has_token(&headers, header::CONNECTION, "close"));
+        assert!(!header_has_token(&headers, header::UPGRADE, "websocket"));
+        // A token is a whole item, not a substring.
+        assert!(!header_has_token(&headers, header::CONNECTION, "keep"));
+    }
 }

@@ -15,18 +15,23 @@
 //! - [`reload`]: config and certificate watching, SIGHUP, atomic swap;
 //! - [`server`]: the one accept loop, TLS acceptor and task tracker of every listener
 //!   (depends on nothing else in the crate);
+//! - [`body`]: bounded body reads with a typed error, the progress deadline on any body;
+//! - [`error`]: walking an error's source chain (formatting, finding a type);
 //! - [`lifecycle`]: run phases (running, draining, closing) shared by every task;
+//! - [`sync`]: the lock policy (a poisoned lock panics: state may be half-updated);
 //! - [`app`]: wiring it all together;
 //! - [`cli`]: command-line tools (`gentoken`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod engine;
+pub mod error;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;
@@ -37,6 +42,7 @@ pub mod protocol;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod sync;
 
 /// Generated Protobuf code, laid out by package as prost expects.
 #[allow(missing_docs, clippy::all)]

@@ -179,11 +179,11 @@ impl Cluster {
     }
 
     fn pending(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Outcome>>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.pending)
     }
 
     fn known(&self) -> MutexGuard<'_, KnownNodes> {
-        self.known.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.known)
     }
 
     fn channel_of(&self, node: &str) -> String {

@@ -1,104 +1,17 @@
-//! Reading request bodies under a byte limit (413 when over, before anything else happens)
-//! and a progress deadline (408 when the client stops sending), and [`TimedBody`], the
-//! reusable wrapper that enforces the deadline on any body (passthrough streams through it).
+//! Reading request bodies on the edge under a byte limit (413 when over, before anything else
+//! happens) and a progress deadline (408 when the client stops sending): the edge's mapping of
+//! [`crate::body::read_bounded`]'s typed error. [`TimedBody`] (the progress deadline on any
+//! body, passthrough streams through it) lives in [`crate::body`].
 
-use std::error::Error as StdError;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body, Frame, SizeHint};
-use thiserror::Error;
-use tokio::time::{Instant, Sleep};
+use hyper::body::Body;
 
+pub use crate::body::{BodyTimeout, TimedBody, is_body_timeout};
+use crate::body::{ReadError, read_bounded};
 use crate::http::BoxError;
-
-/// The error a [`TimedBody`] yields when its body made no progress in time.
-#[derive(Debug, Clone, Copy, Error)]
-#[error("request body made no progress for {0:?}")]
-pub struct BodyTimeout(pub Duration);
-
-/// Whether `error` (or any error in its source chain, as hyper's client wraps body errors)
-/// is a [`BodyTimeout`].
-pub fn is_body_timeout(error: &(dyn StdError + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<BodyTimeout>() {
-            return true;
-        }
-        current = error.source();
-    }
-    false
-}
-
-/// A body that fails with [`BodyTimeout`] when no frame arrives for `timeout` while it is
-/// being read. The deadline starts at the first poll and restarts with every frame, so a slow
-/// but steady upload passes and a stalled one is abandoned. Errors are boxed (`BoxError`),
-/// so the wrapper can be handed to hyper's client as a request body.
-pub struct TimedBody<B> {
-    inner: B,
-    timeout: Duration,
-    deadline: Option<Pin<Box<Sleep>>>,
-}
-
-impl<B> TimedBody<B> {
-    /// Wraps `inner` with a progress deadline of `timeout`.
-    pub fn new(inner: B, timeout: Duration) -> TimedBody<B> {
-        TimedBody {
-            inner,
-            timeout,
-            deadline: None,
-        }
-    }
-}
-
-impl<B> Body for TimedBody<B>
-where
-    B: Body + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = B::Data;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(deadline) = &mut this.deadline {
-                    deadline.as_mut().reset(Instant::now() + this.timeout);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(timeout))))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// Reads the whole body if it fits in `limit` bytes and never stalls for `timeout`: 413 when
 /// it is (or is declared) larger, counted while streaming, whatever `Content-Length` says;
@@ -120,21 +33,14 @@ where
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    match Limited::new(TimedBody::new(body, timeout), limit)
-        .collect()
+    read_bounded(body, limit, Some(timeout))
         .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error)
-            if error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(StatusCode::PAYLOAD_TOO_LARGE)
-        }
-        Err(error) if is_body_timeout(error.as_ref()) => Err(StatusCode::REQUEST_TIMEOUT),
-        Err(_) => Err(StatusCode::BAD_REQUEST),
-    }
+        .map_err(|error| match error {
+            ReadError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ReadError::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
+            // The client's own body failed.
+            ReadError::Failed(_) => StatusCode::BAD_REQUEST,
+        })
 }
 
 /// Whether the request asks for Protobuf: Content-Type exactly `application/octet-stream`
@@ -148,7 +54,9 @@ mod tests {
     use super::*;
     use futures_util::stream;
     use http_body_util::StreamBody;
+    use hyper::body::Frame;
     use std::convert::Infallible;
+    use std::pin::Pin;
 
     type Chunks = StreamBody<
         Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>,
@@ -195,14 +103,5 @@ mod tests {
         )
         .await;
         assert_eq!(result, Err(StatusCode::PAYLOAD_TOO_LARGE));
-    }
-
-    #[test]
-    fn timeout_is_found_in_a_source_chain() {
-        #[derive(Debug, Error)]
-        #[error("wrapped")]
-        struct Wrapper(#[source] BodyTimeout);
-        assert!(is_body_timeout(&Wrapper(BodyTimeout(Duration::ZERO))));
-        assert!(!is_body_timeout(&std::io::Error::other("x")));
     }
 }

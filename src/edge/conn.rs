@@ -121,7 +121,7 @@ impl ConnectionGate {
             None => None,
         };
         let ip = if self.per_ip > 0 {
-            let mut by_ip = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let mut by_ip = crate::sync::lock(&self.by_ip);
             let count = by_ip.entry(ip).or_insert(0);
             if *count >= self.per_ip {
                 drop(by_ip);
@@ -165,7 +165,7 @@ pub struct ConnectionPermit {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         if let Some((ip, by_ip)) = self.ip.take() {
-            let mut by_ip = by_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let mut by_ip = crate::sync::lock(&by_ip);
             if let Some(count) = by_ip.get_mut(&ip) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {

@@ -320,11 +320,11 @@ pub struct ConnectionPolicy {
     pub timeouts: Arc<dyn Fn() -> ConnectionTimeouts + Send + Sync>,
     /// Counters (client listener only).
     pub metrics: Option<Arc<Metrics>>,
+    /// Tracks each connection's task and each request in flight (drain awaits it).
+    pub tracker: TaskTracker,
     /// The edge whose streaming sessions plain HTTP/1 connections may open outside hyper
     /// (client listener only; see [`owned`]).
     pub streams: Option<Arc<Edge>>,
-    /// Tracks each connection's task and each request in flight (drain awaits it).
-    pub tracker: TaskTracker,
 }
 
 impl ConnectionPolicy {
@@ -342,8 +342,8 @@ impl ConnectionPolicy {
                 ConnectionTimeouts::from_config(&settings_edge.settings().config)
             }),
             metrics: Some(edge.metrics.clone()),
-            streams: Some(edge.clone()),
             tracker: edge.tracker.clone(),
+            streams: Some(edge.clone()),
         }
     }
 
@@ -354,8 +354,8 @@ impl ConnectionPolicy {
             gate: Arc::new(ConnectionGate::new(conn::INTERNAL_MAX_CONNECTIONS, 0, None)),
             timeouts: Arc::new(ConnectionTimeouts::defaults),
             metrics: None,
-            streams: None,
             tracker: TaskTracker::new(),
+            streams: None,
         }
     }
 }
@@ -414,11 +414,11 @@ pub async fn serve<A, H, F>(
             handler.clone(),
             timeouts,
             policy.metrics.clone(),
-            policy.streams.clone(),
             Drain {
                 phase: connection_phase.clone(),
                 tracker: policy.tracker.clone(),
             },
+            policy.streams.clone(),
         ));
     };
     let on_accept_error = || {
@@ -446,7 +446,8 @@ struct Drain {
 /// graceful shutdown once the phase reaches `Closing`.
 ///
 /// This is where each accepted connection is handed to the per-connection handler (after the
-/// cap, before the handshake).
+/// cap, before the handshake). A plain HTTP/1 connection (or TLS with ALPN `http/1.1`) whose
+/// first request opens a streaming session is served by [`owned`], outside hyper.
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<A, H, F>(
     stream: TcpStream,
@@ -456,8 +457,8 @@ async fn serve_connection<A, H, F>(
     handler: H,
     timeouts: ConnectionTimeouts,
     metrics: Option<Arc<Metrics>>,
-    streams: Option<Arc<Edge>>,
     drain: Drain,
+    streams: Option<Arc<Edge>>,
 ) where
     A: Acceptor,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -687,15 +688,8 @@ mod tests {
     #[tokio::test]
     async fn connection_task_state_stays_small() {
         use crate::link::backoff::Backoff;
-        use crate::link::uplink::UplinkFrames;
-        use crate::link::{ConnectError, Connector, Downstream, Link, Upstream};
-        /// Never reachable: the connection future is measured, never run.
-        struct Unreachable;
-        impl Connector for Unreachable {
-            fn open(&self, _uplink: UplinkFrames) -> Result<Downstream, ConnectError> {
-                Err(ConnectError::Endpoint("unreachable (test)".to_owned()))
-            }
-        }
+        use crate::link::member::Unreachable;
+        use crate::link::{Link, Upstream};
         let (_phase_tx, phase) = lifecycle::channel();
         let metrics = Arc::new(Metrics::default());
         let link = Link::spawn(
@@ -718,10 +712,6 @@ mod tests {
             metrics,
             "http",
         ));
-        let drain = Drain {
-            phase: edge.phase.clone(),
-            tracker: TaskTracker::new(),
-        };
         let stream = served_after(b"GET / HTTP/1.1\r\n\r\n").await;
         let peer = stream.peer_addr().unwrap();
         let gate = ConnectionGate::new(10, 0, None);
@@ -741,8 +731,11 @@ mod tests {
             handler,
             ConnectionTimeouts::defaults(),
             None,
+            Drain {
+                phase: edge.phase.clone(),
+                tracker: TaskTracker::new(),
+            },
             Some(edge),
-            drain,
         );
         let size = std::mem::size_of_val(&future);
         eprintln!("connection future: {size} bytes, owned::serve: {owned_size} bytes");

@@ -45,7 +45,7 @@ impl OriginPolicy {
         if self.allows(&origin) {
             return true;
         }
-        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut logged = crate::sync::lock(&self.logged);
         if logged.len() < MAX_LOGGED_ORIGINS && logged.insert(origin.to_string()) {
             tracing::warn!(%origin, "origin rejected (allowed_origins); logged once per origin");
         }

@@ -101,6 +101,44 @@ impl CertResolver {
         Ok(())
     }
 
+    /// Builds a certificate from PEM bytes read beforehand (no I/O, nothing swapped); the
+    /// paths of `config` only name the files in errors. Used by the reload's `prepare` step.
+    pub fn parse(
+        &self,
+        config: &TlsConfig,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Arc<CertifiedKey>, TlsError> {
+        let cert_error = |reason: String| TlsError::Cert {
+            path: config.cert_file.clone(),
+            reason,
+        };
+        let key_error = |reason: String| TlsError::Key {
+            path: config.key_file.clone(),
+            reason,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| cert_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(cert_error("no certificate found".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| key_error(e.to_string()))?;
+        CertifiedKey::from_der(certs, key, &self.provider)
+            .map(Arc::new)
+            .map_err(|e| key_error(e.to_string()))
+    }
+
+    /// The certificate new handshakes get now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
+    /// Serves `key` to new handshakes from now on (cannot fail; live connections keep theirs).
+    pub fn install(&self, key: Arc<CertifiedKey>) {
+        self.current.store(key);
+    }
+
     /// A rustls server config using this resolver, with ALPN `h2` and `http/1.1`.
     pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
@@ -123,15 +161,8 @@ impl CertResolver {
             path: client_ca_file.to_owned(),
             reason,
         };
-        let pem = std::fs::read(client_ca_file).map_err(|e| ca_error(e.to_string()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| ca_error(e.to_string()))?;
-            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(ca_error("no certificate".to_owned()));
-        }
+        let roots = crate::server::tls::load_ca_roots(client_ca_file)
+            .map_err(|error| ca_error(error.reason))?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             self.provider.clone(),

@@ -50,16 +50,13 @@ pub fn negotiate(headers: &HeaderMap, query: Option<&str>) -> Negotiated {
         q.split('&')
             .any(|pair| pair == "cf_protocol=protobuf" || pair == "format=protobuf")
     });
-    let subprotocol = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find_map(|offered| match offered {
-            PROTOBUF_SUBPROTOCOL => Some(PROTOBUF_SUBPROTOCOL),
-            JSON_SUBPROTOCOL => Some(JSON_SUBPROTOCOL),
-            _ => None,
+    let subprotocol =
+        crate::http::header_tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).find_map(|offered| {
+            match offered {
+                PROTOBUF_SUBPROTOCOL => Some(PROTOBUF_SUBPROTOCOL),
+                JSON_SUBPROTOCOL => Some(JSON_SUBPROTOCOL),
+                _ => None,
+            }
         });
     let encoding = if query_protobuf || subprotocol == Some(PROTOBUF_SUBPROTOCOL) {
         Encoding::Protobuf
@@ -70,15 +67,6 @@ pub fn negotiate(headers: &HeaderMap, query: Option<&str>) -> Negotiated {
         encoding,
         subprotocol,
     }
-}
-
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Answers a handshake request; on success the session runs on the upgraded connection.
@@ -169,8 +157,8 @@ pub(crate) fn run_upgraded<F, S>(
 /// for an invalid handshake (answer it with [`bad_handshake`]).
 pub fn validate_handshake(headers: &HeaderMap) -> Option<HeaderValue> {
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
-    let valid = header_has_token(headers, header::UPGRADE, "websocket")
-        && header_has_token(headers, header::CONNECTION, "upgrade")
+    let valid = crate::http::header_has_token(headers, header::UPGRADE, "websocket")
+        && crate::http::header_has_token(headers, header::CONNECTION, "upgrade")
         && headers
             .get(header::SEC_WEBSOCKET_VERSION)
             .map(HeaderValue::as_bytes)
@@ -332,8 +320,8 @@ mod memory_tests {
     use super::*;
     use crate::lifecycle;
     use crate::link::backoff::Backoff;
-    use crate::link::uplink::UplinkFrames;
-    use crate::link::{ConnectError, Connector, Downstream, Link, Upstream};
+    use crate::link::member::Unreachable;
+    use crate::link::{Link, Upstream};
     use crate::metrics::Metrics;
     use crate::session::{SessionParams, SessionSettings};
 
@@ -343,15 +331,6 @@ mod memory_tests {
     /// framing (`WsConn`, 120 bytes as a transport) and `session::run` no longer keeping its
     /// arguments beside the session built from them.
     const MAX_SESSION_FUTURE_BYTES: usize = 2560;
-
-    /// An upstream that is never reachable: the session future is measured, never run.
-    struct Unreachable;
-
-    impl Connector for Unreachable {
-        fn open(&self, _uplink: UplinkFrames) -> Result<Downstream, ConnectError> {
-            Err(ConnectError::Endpoint("unreachable (test)".to_owned()))
-        }
-    }
 
     #[tokio::test]
     async fn session_task_state_stays_small() {

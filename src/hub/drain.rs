@@ -42,7 +42,7 @@ pub struct LinkSessions {
 
 impl LinkSessions {
     fn lock(&self) -> MutexGuard<'_, Tracked> {
-        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.tracked)
     }
 
     /// A `SessionOpen` went up.

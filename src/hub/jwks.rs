@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use thiserror::Error;
@@ -76,7 +76,7 @@ impl Jwks {
 
     /// The key named `kid` and its algorithm; on a miss, asks the task for a refetch.
     pub fn key(&self, kid: &str) -> Option<(Algorithm, Arc<DecodingKey>)> {
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let keys = crate::sync::read(&self.keys).clone();
         let found = keys.get(kid).cloned();
         if found.is_none() {
             self.wanted.notify_one();
@@ -95,7 +95,7 @@ impl Jwks {
     }
 
     fn replace(&self, keys: KeyMap) {
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *crate::sync::write(&self.keys) = Arc::new(keys);
     }
 }
 
@@ -159,10 +159,9 @@ async fn fetch(client: &Client, url: &str) -> Result<KeyMap, JwksError> {
         if response.status() != http::StatusCode::OK {
             return Err(JwksError::Status(response.status().as_u16()));
         }
-        Limited::new(response.into_body(), JWKS_MAX_BYTES)
-            .collect()
+        // The whole exchange is under JWKS_FETCH_TIMEOUT: no progress deadline of its own.
+        crate::body::read_bounded(response.into_body(), JWKS_MAX_BYTES, None)
             .await
-            .map(|body| body.to_bytes())
             .map_err(|e| JwksError::Body(e.to_string()))
     };
     let body = tokio::time::timeout(JWKS_FETCH_TIMEOUT, exchange)

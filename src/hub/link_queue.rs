@@ -75,7 +75,7 @@ impl LinkQueue {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every update below is a single infallible step, so a poisoned guard is consistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     fn admit(&self, inner: &mut Inner, frame: UpstreamFrame) -> bool {

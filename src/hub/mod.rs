@@ -113,7 +113,8 @@ impl Hub {
         hub
     }
 
-    fn config(&self) -> HubConfig {
+    /// The hub settings in force.
+    pub(crate) fn config(&self) -> HubConfig {
         self.inner.state.config()
     }
 

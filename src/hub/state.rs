@@ -379,9 +379,7 @@ pub struct HubState {
     shared: Option<Shared>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 impl HubState {
     /// Empty state.
@@ -478,10 +476,7 @@ impl HubState {
     }
 
     fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::read(&self.settings).clone()
     }
 
     /// The config in force.
@@ -492,7 +487,7 @@ impl HubState {
     /// Replaces the config used by later operations.
     pub fn set_config(&self, config: HubConfig) {
         let settings = Arc::new(Settings::new(config));
-        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        *crate::sync::write(&self.settings) = settings;
         self.enforce_history();
     }
 
@@ -552,18 +547,11 @@ impl HubState {
 
     /// Registers a Link's outbound queue.
     pub fn add_link(&self, link: u64, queue: Arc<LinkQueue>) {
-        self.links
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(link, queue);
+        crate::sync::write(&self.links).insert(link, queue);
     }
 
     fn queue(&self, link: u64) -> Option<Arc<LinkQueue>> {
-        self.links
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&link)
-            .cloned()
+        crate::sync::read(&self.links).get(&link).cloned()
     }
 
     /// Whether the Link is registered (a removed Link's frames are ignored).
@@ -574,11 +562,7 @@ impl HubState {
     /// Forgets a Link and its sessions (O(its sessions)); its queue is closed. The
     /// subscriptions it leaves are returned, to be dropped in batches outside this call.
     pub fn take_link(&self, link: u64) -> LinkLeftovers {
-        let queue = self
-            .links
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&link);
+        let queue = crate::sync::write(&self.links).remove(&link);
         if let Some(queue) = queue {
             queue.close();
         }
@@ -733,7 +717,7 @@ impl HubState {
                 push: Some(push),
             })),
         };
-        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        let links = crate::sync::read(&self.links);
         for link in state.links.keys() {
             let Some(queue) = links.get(link) else {
                 continue;

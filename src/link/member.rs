@@ -49,6 +49,18 @@ pub trait Connector: Send + Sync + 'static {
     fn open(&self, uplink: UplinkFrames) -> Result<Downstream, ConnectError>;
 }
 
+/// An upstream that is never reachable, for tests that build a Link only to measure or drive
+/// what sits in front of it.
+#[cfg(test)]
+pub(crate) struct Unreachable;
+
+#[cfg(test)]
+impl Connector for Unreachable {
+    fn open(&self, _uplink: UplinkFrames) -> Result<Downstream, ConnectError> {
+        Err(ConnectError::Endpoint("unreachable (test)".to_owned()))
+    }
+}
+
 /// A member for the Link's unit tests: records what it gets, bounded in bytes like an outbox.
 #[cfg(test)]
 pub(crate) mod fake {

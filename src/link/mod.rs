@@ -20,7 +20,7 @@ pub mod uplink;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -36,6 +36,7 @@ use crate::linkproto::{
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::protocol::client::Command;
 use crate::protocol::{Disconnect, Encoding};
+use crate::sync::lock;
 use backoff::Backoff;
 pub use member::{Connector, Delivery, Member};
 use registry::Registry;
@@ -164,10 +165,6 @@ impl std::fmt::Debug for Link {
             .field("state", &*self.inner.state.borrow())
             .finish()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Link {
@@ -315,14 +312,8 @@ impl Link {
                 .connect_and_route(&upstream, &mut backoff, &mut router)
                 .await
             {
-                let mut text = error.to_string();
-                let mut source = std::error::Error::source(&error);
-                while let Some(cause) = source {
-                    text.push_str(": ");
-                    text.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                tracing::warn!(upstream = ?upstream, error = %text, "link: cannot connect");
+                let error = crate::error::Chain(&error);
+                tracing::warn!(upstream = ?upstream, %error, "link: cannot connect");
             }
             self.went_down(&mut router);
             if self.stopping(&phase) {

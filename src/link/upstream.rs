@@ -75,9 +75,9 @@ impl Upstream {
         match self {
             Upstream::Embedded(connector) => connector.open(uplink),
             Upstream::Grpc(config) => {
-                let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+                let mut endpoint = Endpoint::from_shared(config.endpoint.as_str().to_owned())
                     .map_err(|e| ConnectError::Endpoint(e.to_string()))?;
-                if config.endpoint.starts_with("https://") {
+                if config.endpoint.is_https() {
                     endpoint = endpoint.tls_config(tls_config(config)?)?;
                 }
                 let mut endpoint = endpoint
@@ -111,6 +111,10 @@ fn tls_config(config: &UpstreamConfig) -> Result<ClientTlsConfig, ConnectError> 
     let mut tls = ClientTlsConfig::new();
     match &config.tls_ca_file {
         Some(path) => {
+            // tonic takes the PEM itself; the shared loader checks it first, so a file without
+            // a usable certificate fails here, by name, not at the first handshake.
+            crate::server::tls::load_ca_roots(path)
+                .map_err(|error| ConnectError::Endpoint(format!("upstream.tls_ca_file {error}")))?;
             let pem = std::fs::read(path)
                 .map_err(|e| ConnectError::Endpoint(format!("upstream.tls_ca_file {path}: {e}")))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));

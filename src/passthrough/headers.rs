@@ -31,12 +31,7 @@ pub fn is_websocket_upgrade(method: &Method, version: Version, headers: &HeaderM
     websocket
         && method == Method::GET
         && version == Version::HTTP_11
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && crate::http::header_has_token(headers, header::CONNECTION, "upgrade")
 }
 
 /// Whether a response switches to WebSocket (`Upgrade: websocket`).
@@ -50,12 +45,8 @@ pub fn upgrades_to_websocket(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` survive (protocol switch passed through).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = crate::http::header_tokens(headers, header::CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|name| !(keep_upgrade && name == header::UPGRADE))
         .collect();
     let upgrade = headers.get(header::UPGRADE).cloned();

@@ -115,19 +115,16 @@ impl std::fmt::Debug for Backend {
 impl Backend {
     /// Builds the client from config (no connection is made yet).
     pub fn new(config: &BackendConfig) -> Result<Backend, BackendError> {
-        let uri: Uri = config
-            .url
-            .parse()
-            .map_err(|e| BackendError(format!("url: invalid URL {:?}: {e}", config.url)))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-            return Err(BackendError(format!(
+        // Parsed (scheme and host checked) when the config was read.
+        let uri = config.url.uri().cloned().ok_or_else(|| {
+            BackendError(format!(
                 "url: must be http(s)://host:port[/prefix], got {:?}",
-                config.url
-            )));
-        }
+                config.url.as_str()
+            ))
+        })?;
         let trusted_proxies = trust::parse_all(&config.trusted_proxies)
             .map_err(|(index, error)| BackendError(format!("trusted_proxies[{index}]: {error}")))?;
-        let base = config.url.trim_end_matches('/').to_owned();
+        let base = config.url.as_str().trim_end_matches('/').to_owned();
         let common = |transport| Backend {
             transport,
             base: base.clone(),
@@ -239,18 +236,18 @@ impl Backend {
                 return status(StatusCode::GATEWAY_TIMEOUT);
             }
             Ok(Err(error)) => {
-                if error_in_chain::<http_body_util::LengthLimitError>(&error) {
+                if crate::error::in_chain::<http_body_util::LengthLimitError>(&error) {
                     return status(StatusCode::PAYLOAD_TOO_LARGE);
                 }
                 if is_body_timeout(&error) {
                     tracing::debug!(%peer, %method, %path, "passthrough: client request body stalled");
                     return status(StatusCode::REQUEST_TIMEOUT);
                 }
-                if error_in_chain::<ClientBodyError>(&error) {
-                    tracing::debug!(%peer, %method, %path, error = %error_chain(&error), "passthrough: client request body failed");
+                if crate::error::in_chain::<ClientBodyError>(&error) {
+                    tracing::debug!(%peer, %method, %path, error = %crate::error::Chain(&error), "passthrough: client request body failed");
                     return status(StatusCode::BAD_REQUEST);
                 }
-                tracing::warn!(%method, %path, error = %error_chain(&error), "passthrough: backend failed");
+                tracing::warn!(%method, %path, error = %crate::error::Chain(&error), "passthrough: backend failed");
                 return status(StatusCode::BAD_GATEWAY);
             }
             Ok(Ok(exchanged)) => exchanged,
@@ -349,27 +346,18 @@ impl Backend {
 pub(crate) fn tls_client_config(
     ca_file: Option<&str>,
 ) -> Result<rustls::ClientConfig, BackendError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| BackendError(format!("tls_ca_file: {path}: {e}")))?;
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| BackendError(format!("tls_ca_file: {path}: {e}")))?;
-            }
-        }
+    let roots = match ca_file {
+        Some(path) => crate::server::tls::load_ca_roots(path)
+            .map_err(|error| BackendError(format!("tls_ca_file: {error}")))?,
         None => {
+            let mut roots = rustls::RootCertStore::empty();
             for cert in rustls_native_certs::load_native_certs().certs {
                 // Unusable system certificates are skipped, as every TLS client does.
                 let _ = roots.add(cert);
             }
+            roots
         }
-    }
+    };
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -377,28 +365,4 @@ pub(crate) fn tls_client_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
-}
-
-fn error_in_chain<E: std::error::Error + 'static>(
-    error: &(dyn std::error::Error + 'static),
-) -> bool {
-    let mut source = Some(error);
-    while let Some(current) = source {
-        if current.is::<E>() {
-            return true;
-        }
-        source = current.source();
-    }
-    false
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(current) = source {
-        text.push_str(": ");
-        text.push_str(&current.to_string());
-        source = current.source();
-    }
-    text
 }

@@ -129,10 +129,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
-        // The queue is consistent after any panic (push / pop only).
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.idle)
     }
 
     /// The most recently returned usable connection, if any. Closed or expired ones met on

@@ -55,7 +55,7 @@ struct Queue {
 
 impl Queue {
     fn frames(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
-        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.frames)
     }
 }
 
@@ -100,7 +100,7 @@ impl Drop for Registration {
 
 impl EmulationRegistry {
     fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Queue>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.sessions)
     }
 
     /// Registers a new emulation session id; returns the guard and the receiving end.

@@ -120,7 +120,7 @@ impl SessionHandle {
 
     fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<(u32, Instant)>> {
         // Each mutation is a single push or remove: a poisoned lock is still consistent.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.pending)
     }
 
     /// Records that command `id` went upstream and awaits its reply.

@@ -68,7 +68,7 @@ impl Outbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere while holding it; the queue itself
         // is still consistent (every mutation is a single push/pop).
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Queues one encoded message.

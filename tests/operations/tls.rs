@@ -23,13 +23,13 @@ use crate::common::*;
 use crate::support::{Server, WAIT};
 
 /// A self-signed certificate for `localhost` / `127.0.0.1`.
-struct TestCert {
+pub(crate) struct TestCert {
     cert_pem: String,
     key_pem: String,
-    der: CertificateDer<'static>,
+    pub(crate) der: CertificateDer<'static>,
 }
 
-fn make_cert(common_name: &str, serial: u64) -> TestCert {
+pub(crate) fn make_cert(common_name: &str, serial: u64) -> TestCert {
     let key = rcgen::KeyPair::generate().expect("generate key");
     let mut params =
         rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
@@ -47,7 +47,7 @@ fn make_cert(common_name: &str, serial: u64) -> TestCert {
 }
 
 /// Writes the pair the way a Secret update lands: each file replaced atomically (key first).
-fn install(cert: &TestCert, dir: &Path) {
+pub(crate) fn install(cert: &TestCert, dir: &Path) {
     for (name, text) in [("tls.key", &cert.key_pem), ("tls.crt", &cert.cert_pem)] {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text).unwrap();
@@ -56,7 +56,7 @@ fn install(cert: &TestCert, dir: &Path) {
 }
 
 /// A TLS client trusting exactly `trusted`, offering `alpn`.
-fn connector(trusted: &[&TestCert], alpn: &[&[u8]]) -> TlsConnector {
+pub(crate) fn connector(trusted: &[&TestCert], alpn: &[&[u8]]) -> TlsConnector {
     let mut roots = RootCertStore::empty();
     for cert in trusted {
         roots.add(cert.der.clone()).expect("trust anchor");
@@ -71,7 +71,7 @@ fn connector(trusted: &[&TestCert], alpn: &[&[u8]]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     connector: &TlsConnector,
     addr: SocketAddr,
 ) -> std::io::Result<TlsStream<TcpStream>> {
@@ -82,7 +82,7 @@ async fn tls_connect(
         .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
 }
 
-fn peer_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+pub(crate) fn peer_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     stream
         .get_ref()
         .1

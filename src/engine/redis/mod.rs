@@ -16,6 +16,8 @@ pub mod wire;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -130,10 +132,6 @@ fn unix_now() -> u64 {
 
 fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RedisEngine {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -180,29 +180,17 @@ impl HookClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| CallError::Transport(error_chain(&e)))?;
+                .map_err(|e| CallError::Transport(crate::error::Chain(&e).to_string()))?;
             if response.status() != StatusCode::OK {
                 return Err(CallError::Status(response.status()));
             }
-            let body = Limited::new(response.into_body(), MAX_PROXY_RESPONSE_BYTES)
-                .collect()
+            // The whole call is under the hook's timeout: no progress deadline of its own.
+            crate::body::read_bounded(response.into_body(), MAX_PROXY_RESPONSE_BYTES, None)
                 .await
-                .map_err(|e| CallError::Body(e.to_string()))?;
-            Ok(body.to_bytes())
+                .map_err(|e| CallError::Body(e.to_string()))
         };
         tokio::time::timeout(endpoint.timeout, call)
             .await
             .map_err(|_| CallError::Timeout)?
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }

@@ -202,27 +202,6 @@ fn sidewire(args: &[&str], vars: &[(&str, &str)]) -> Output {
         .expect("run sidewire")
 }
 
-fn gentoken(config: &std::path::Path, user: &str, ttl: &str) -> String {
-    let output = sidewire(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "gentoken",
-            "--user",
-            user,
-            "--ttl",
-            ttl,
-        ],
-        &[],
-    );
-    assert!(
-        output.status.success(),
-        "gentoken failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
 /// A token printed by `sidewire gentoken` (secret from `hub.client.token.hmac_secret_key_file`) connects
 /// to a sidewire with the same secret; a 1 s token is refused with 109 once expired.
 #[tokio::test]
@@ -240,8 +219,8 @@ async fn gentoken_token_connects_and_expired_one_gets_109() {
         ),
     )
     .unwrap();
-    let token = gentoken(&config, "alice", "1h");
-    let short = gentoken(&config, "bob", "1s");
+    let token = gentoken(&config, &["--user", "alice", "--ttl", "1h"]);
+    let short = gentoken(&config, &["--user", "bob", "--ttl", "1s"]);
 
     let server = Server::start(&format!(
         "hub:\n  client:\n    token:\n      hmac_secret_key: \"{SECRET}\"\n"

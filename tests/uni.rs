@@ -8,11 +8,6 @@
 
 mod support;
 
-/// Raw HTTP client shared with the streaming suite.
-#[allow(dead_code)]
-#[path = "streaming/client.rs"]
-mod stream_client;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,7 +33,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tonic::{Request, Response, Status, Streaming};
 
-use stream_client::{Conn, Payload, fetch, request};
 use support::*;
 
 /// The Origin the test servers allow.
@@ -251,7 +245,7 @@ impl UniStream {
     async fn open(
         addr: SocketAddr,
         framing: Framing,
-        request: http::Request<stream_client::ReqBody>,
+        request: http::Request<ReqBody>,
     ) -> UniStream {
         let mut conn = Conn::open(addr).await;
         let response = conn.send(request).await;
@@ -737,13 +731,7 @@ async fn uni_sse_on_the_hub_receives_after_api_subscribe() {
     let subscribed = stream.next_push("subscribe push").await;
     assert_eq!(subscribed["channel"], CHANNEL, "{subscribed}");
     assert!(subscribed.get("subscribe").is_some(), "{subscribed}");
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": CHANNEL, "data": {"n": 1}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, CHANNEL, &json!({"n": 1})).await;
     let publication = stream.next_push("publication").await;
     assert_eq!(publication["channel"], CHANNEL, "{publication}");
     assert_eq!(publication["pub"]["data"], json!({"n": 1}));

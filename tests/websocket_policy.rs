@@ -535,13 +535,7 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
             }
         }
         published += 1;
-        let result = api_ok(
-            api_at,
-            "publish",
-            &json!({"channel": chan, "data": {"n": published, "pad": pad}}),
-            None,
-        )
-        .await;
+        let result = api_publish(api_at, &chan, &json!({"n": published, "pad": pad})).await;
         assert_eq!(result["offset"], json!(published), "{result}");
         let presence = api_ok(api_at, "presence", &json!({"channel": chan}), None).await;
         if presence["presence"].get(&slow_id).is_none() {
@@ -553,13 +547,7 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
             "publishing took too long ({published} publications)"
         );
     }
-    let end = api_ok(
-        api_at,
-        "publish",
-        &json!({"channel": chan, "data": {"end": true}}),
-        None,
-    )
-    .await;
+    let end = api_publish(api_at, &chan, &json!({"end": true})).await;
 
     let offsets = match tokio::time::timeout(Duration::from_secs(40), reading).await {
         Err(_) => panic!("reader did not get the end marker in time"),
@@ -608,13 +596,7 @@ async fn stuck_client_is_released_without_its_cooperation() {
 
     let pad = "p".repeat(SLOW_PAYLOAD_BYTES);
     for n in 1..=SLOW_MAX_PUBLICATIONS {
-        api_ok(
-            api_at,
-            "publish",
-            &json!({"channel": chan, "data": {"n": n, "pad": pad}}),
-            None,
-        )
-        .await;
+        api_publish(api_at, &chan, &json!({"n": n, "pad": pad})).await;
     }
     eventually(
         Duration::from_secs(15),
@@ -638,21 +620,9 @@ async fn message_larger_than_the_queue_bound_closes_3008() {
     let mut small = server.ws(WsOptions::json()).await;
     small.handshake().await;
     assert_eq!(small.request(subscribe(&chan)).await.error, None);
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": chan, "data": {"pad": "x".repeat(600)}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, &chan, &json!({"pad": "x".repeat(600)})).await;
     small.expect_publication(&chan, 1).await;
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": chan, "data": {"pad": "x".repeat(2048)}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, &chan, &json!({"pad": "x".repeat(2048)})).await;
     let (code, reason) = small.expect_close(WAIT).await;
     assert_eq!((code, reason.as_str()), (3008, "slow"));
 }
@@ -714,13 +684,7 @@ async fn bad_input_from_one_client_leaves_others_working() {
             json!({"from": 1})
         );
     }
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": chan, "data": {"from": "api"}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, &chan, &json!({"from": "api"})).await;
     for c in [&mut good_json, &mut good_pb] {
         assert_eq!(
             json_of(&c.expect_publication(&chan, 3).await.data),

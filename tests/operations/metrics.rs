@@ -4,11 +4,9 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
+use sidewire::protocol::Encoding;
 
-use crate::common::*;
-use crate::support::{
-    HandshakeFailure, Server, WAIT, WsClient, WsOptions, api_ok, subscribe, unique_channel,
-};
+use crate::support::*;
 
 const SESSIONS_OPENED: &str = "sidewire_sessions_opened_total";
 const COMMANDS: &str = "sidewire_commands_total";
@@ -80,26 +78,13 @@ async fn metrics_are_openmetrics_and_counters_move() {
     assert_eq!(fetched.status, 200);
 
     // An emulation delivery (HTTP-streaming session subscribing through /emulation).
-    let mut stream = HttpStreamClient::connect(addr, None).await;
-    stream
-        .emulate(
-            addr,
-            None,
-            &json!({"id": 2, "subscribe": {"channel": channel}}),
-        )
-        .await;
-    stream.expect("subscribe reply", |m| m["id"] == 2).await;
-    api_ok(
-        admin,
-        "publish",
-        &json!({"channel": channel, "data": {"m": 1}}),
-        None,
-    )
-    .await;
+    let mut stream = StreamClient::http_stream(addr, Encoding::Json, None).await;
+    stream.request(subscribe(&channel), 2).await;
+    api_publish(admin, &channel, &json!({"m": 1})).await;
     ws.expect_push("publication", WAIT, |p| p.channel == channel)
         .await;
     stream
-        .expect("publication", |m| m["push"]["channel"] == channel.as_str())
+        .expect_push("publication", |p| p.channel == channel)
         .await;
 
     // A session closed by the server (protocol violation: 3501).

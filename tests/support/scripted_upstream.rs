@@ -38,6 +38,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::{Server, WAIT, WsClient, rpc};
+use serde_json::json;
+
 /// A session id no sidecar hands out in a test.
 pub const UNKNOWN_SESSION: u64 = 987_654_321;
 
@@ -346,4 +349,36 @@ pub async fn start(options: ScriptOptions) -> (SocketAddr, Arc<Script>) {
         }
     });
     (addr, script)
+}
+
+/// Sidecar config linked to `upstream` (reconnecting after 50 to 200 ms); `upstream_lines`
+/// (`key: value` lines) go under `upstream:`.
+pub fn upstream_yaml(upstream: SocketAddr, upstream_lines: &str) -> String {
+    let mut yaml = format!(
+        "upstream:\n  endpoint: \"http://{upstream}\"\n  reconnect_backoff_min: \"50ms\"\n  reconnect_backoff_max: \"200ms\"\n"
+    );
+    for line in upstream_lines.lines().filter(|l| !l.trim().is_empty()) {
+        yaml.push_str("  ");
+        yaml.push_str(line);
+        yaml.push('\n');
+    }
+    yaml
+}
+
+/// A sidecar on [`upstream_yaml`], returned once its Link is up.
+pub async fn sidecar(upstream: SocketAddr, upstream_lines: &str) -> Server {
+    let server = Server::start(&upstream_yaml(upstream, upstream_lines)).await;
+    server.wait_ready(WAIT).await;
+    server
+}
+
+/// The client gets an echo answer through the Link.
+pub async fn assert_echo(client: &mut WsClient, what: &str) {
+    let reply = client.request(rpc("echo", &json!({"alive": true}))).await;
+    assert_eq!(reply.error, None, "{what}: {reply:?}");
+    assert_eq!(
+        reply.rpc.map(|r| r.data),
+        Some(Bytes::from_static(br#"{"alive":true}"#)),
+        "{what}"
+    );
 }

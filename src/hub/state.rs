@@ -56,6 +56,8 @@ pub use server::{CONNECTION_EXPIRED, NodeCounts, UNSUBSCRIBE_SERVER};
 
 mod server;
 mod shared;
+#[cfg(test)]
+mod unit;
 
 pub use shared::{SHARED_EVENT_QUEUE, Shared, SharedEvent, history_reply};
 

@@ -277,14 +277,7 @@ async fn unknown_node_is_404_and_unknown_session_204() {
 /// 502 (a dead replica it has not skipped yet).
 async fn reconnect(addr: SocketAddr, deadline: Instant) -> StreamClient {
     loop {
-        let body = frame_commands(Encoding::Json, &[connect_command()]);
-        let request = request(
-            addr,
-            "POST",
-            "/connection/http_stream",
-            &[("content-type", "application/json")],
-            Payload::Sized(body),
-        );
+        let request = http_stream_request(addr, Encoding::Json, &[connect_command()], None);
         let mut client =
             StreamClient::open(addr, Flavor::HttpStream(Encoding::Json), request, None).await;
         if client.status == 200 {

@@ -18,7 +18,7 @@ use futures_util::{SinkExt, Stream, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use sidewire::linkproto::link_server::{Link, LinkServer};
+use sidewire::linkproto::link_server::Link;
 use sidewire::linkproto::{
     ChannelPush, Membership, SessionOpen, SessionReply, SidecarFrame, UpstreamFrame, Welcome,
     sidecar_frame, upstream_frame,
@@ -178,24 +178,10 @@ impl Link for ScriptedUpstream {
 /// Serves the scripted upstream on an ephemeral loopback port.
 async fn scripted_upstream() -> (SocketAddr, Arc<Script>) {
     let script = Arc::new(Script::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = LinkServer::new(ScriptedUpstream {
+    let addr = scripted_upstream::serve(ScriptedUpstream {
         script: script.clone(),
-    });
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper_util::service::TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .http2_only()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            });
-        }
-    });
+    })
+    .await;
     (addr, script)
 }
 

@@ -708,39 +708,6 @@ async fn health_and_readiness_with_the_embedded_hub() {
 
 // === sidewire check ===
 
-/// Runs `sidewire check --config <yaml>`; returns (success, stderr).
-fn check(yaml: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidewire.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut child = std::process::Command::new(bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn sidewire check");
-    // Bounded: `check` must not start serving.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sidewire check did not exit within 20s for {yaml:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_accepts_valid_configs() {
     for yaml in [
@@ -748,7 +715,7 @@ fn check_accepts_valid_configs() {
         "listen: \"127.0.0.1:0\"\nallowed_origins: [\"https://*.example.com\"]\nping_interval: \"0s\"\n",
         include_str!("../configs/sidewire.yaml"),
     ] {
-        let (ok, stderr) = check(yaml);
+        let (ok, stderr) = sidewire_check(yaml);
         assert!(ok, "valid config rejected: {yaml:?}\n{stderr}");
     }
 }
@@ -779,7 +746,7 @@ fn check_rejects_invalid_configs_naming_the_field() {
         ),
         ("allowed_origins: [\"\"]\n", "allowed_origins"),
     ] {
-        let (ok, stderr) = check(yaml);
+        let (ok, stderr) = sidewire_check(yaml);
         assert!(!ok, "invalid config accepted: {yaml:?}");
         assert!(
             stderr.contains(field),

@@ -155,3 +155,19 @@ async fn metrics_are_openmetrics_and_counters_move() {
         );
     }
 }
+
+/// The harness's OpenMetrics parser (tests/support/metrics.rs) itself.
+#[test]
+fn parser_reads_labels_escapes_and_plain_samples() {
+    let samples = parse_openmetrics(
+        "# HELP x y\n# TYPE a counter\na_total{k=\"v\",q=\"a\\\"b\"} 3\nb 1.5\nc{} 0\n# EOF\n",
+    );
+    assert_eq!(samples.len(), 3);
+    assert_eq!(samples[0].name, "a_total");
+    assert_eq!(samples[0].labels["q"], "a\"b");
+    assert_eq!(samples[0].value, 3.0);
+    assert_eq!(samples[1].value, 1.5);
+    assert!(samples[2].labels.is_empty());
+    assert!(parse_sample("a{k=v} 1").is_err());
+    assert!(parse_sample("a 1 2 3").is_err());
+}

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use serde_json::json;
 use sidewire::protocol::client::Command;
 
-use crate::support::scripted_upstream::{self, Script, ScriptOptions, assert_echo, sidecar};
+use crate::support::scripted_upstream::{
+    self, Script, ScriptOptions, assert_echo, sidecar, sidecar_with,
+};
 use crate::support::*;
 
 /// The shared scripted upstream (tests/support/scripted_upstream.rs) with default options.
@@ -140,7 +142,7 @@ async fn unanswered_commands_stop_the_session_reading_not_the_link() {
 #[tokio::test]
 async fn stalled_upstream_ends_waiting_sessions_instead_of_freezing_them() {
     let (upstream, script) = scripted_upstream().await;
-    let server = sidecar(upstream, "message_size_limit: 4194304\n").await;
+    let server = sidecar_with(upstream, "", "message_size_limit: 4194304\n").await;
     let mut writers = Vec::new();
     for _ in 0..3 {
         let mut client = server.ws(WsOptions::protobuf()).await;
@@ -183,7 +185,7 @@ async fn stalled_upstream_ends_waiting_sessions_instead_of_freezing_them() {
 #[tokio::test]
 async fn reads_and_replies_progress_under_sustained_fan_out() {
     let (upstream, _script) = scripted_upstream().await;
-    let server = sidecar(upstream, "queue_max_size: 67108864\n").await;
+    let server = sidecar_with(upstream, "", "queue_max_size: 67108864\n").await;
     let mut streamer = server.ws(WsOptions::json()).await;
     let mut victim = server.ws(WsOptions::json()).await;
     streamer.handshake().await;

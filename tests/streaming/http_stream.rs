@@ -234,17 +234,8 @@ async fn commands_in_the_connect_body_after_connect_are_processed() {
     let server = start_server("").await;
     let addr = server.client_addr;
     let channel = unique_channel("hs-batch");
-    let body = frame_commands(
-        Encoding::Json,
-        &[connect_command(), with_id(subscribe(&channel), 2)],
-    );
-    let opened = request(
-        addr,
-        "POST",
-        "/connection/http_stream",
-        &[("content-type", "application/json")],
-        Payload::Sized(body),
-    );
+    let commands = [connect_command(), with_id(subscribe(&channel), 2)];
+    let opened = http_stream_request(addr, Encoding::Json, &commands, None);
     let mut stream =
         StreamClient::open(addr, Flavor::HttpStream(Encoding::Json), opened, None).await;
     stream.expect_connected().await;

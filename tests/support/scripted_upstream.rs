@@ -330,11 +330,19 @@ pub async fn start(options: ScriptOptions) -> (SocketAddr, Arc<Script>) {
         options,
         ..Script::default()
     });
+    let addr = serve(Service {
+        script: script.clone(),
+    })
+    .await;
+    (addr, script)
+}
+
+/// Serves `link` (any Link implementation) over HTTP/2 on an ephemeral loopback port, until
+/// the runtime ends.
+pub async fn serve<L: Link>(link: L) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = LinkServer::new(Service {
-        script: script.clone(),
-    });
+    let service = LinkServer::new(link);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let service = hyper_util::service::TowerToHyperService::new(service.clone());
@@ -348,7 +356,7 @@ pub async fn start(options: ScriptOptions) -> (SocketAddr, Arc<Script>) {
             });
         }
     });
-    (addr, script)
+    addr
 }
 
 /// Sidecar config linked to `upstream` (reconnecting after 50 to 200 ms); `upstream_lines`
@@ -367,7 +375,13 @@ pub fn upstream_yaml(upstream: SocketAddr, upstream_lines: &str) -> String {
 
 /// A sidecar on [`upstream_yaml`], returned once its Link is up.
 pub async fn sidecar(upstream: SocketAddr, upstream_lines: &str) -> Server {
-    let server = Server::start(&upstream_yaml(upstream, upstream_lines)).await;
+    sidecar_with(upstream, upstream_lines, "").await
+}
+
+/// [`sidecar`] with `extra` top-level YAML after the `upstream:` section.
+pub async fn sidecar_with(upstream: SocketAddr, upstream_lines: &str, extra: &str) -> Server {
+    let yaml = format!("{}{extra}", upstream_yaml(upstream, upstream_lines));
+    let server = Server::start(&yaml).await;
     server.wait_ready(WAIT).await;
     server
 }

@@ -73,6 +73,32 @@ pub fn frame_commands(encoding: Encoding, commands: &[Command]) -> Bytes {
     }
 }
 
+/// `POST /connection/http_stream` carrying `commands` (the connect first) in `encoding`, with
+/// its Content-Type (`application/json` or exactly `application/octet-stream`).
+pub fn http_stream_request(
+    addr: SocketAddr,
+    encoding: Encoding,
+    commands: &[Command],
+    origin: Option<&str>,
+) -> Request<ReqBody> {
+    let content_type = match encoding {
+        Encoding::Json => "application/json",
+        Encoding::Protobuf => "application/octet-stream",
+    };
+    let mut headers = vec![("content-type", content_type)];
+    if let Some(origin) = origin {
+        headers.push(("origin", origin));
+    }
+    let body = frame_commands(encoding, commands);
+    request(
+        addr,
+        "POST",
+        "/connection/http_stream",
+        &headers,
+        Payload::Sized(body),
+    )
+}
+
 /// A command with `id` set.
 pub fn with_id(mut command: Command, id: u32) -> Command {
     command.id = id;
@@ -215,22 +241,7 @@ impl StreamClient {
         encoding: Encoding,
         origin: Option<&str>,
     ) -> StreamClient {
-        let content_type = match encoding {
-            Encoding::Json => "application/json",
-            Encoding::Protobuf => "application/octet-stream",
-        };
-        let mut headers = vec![("content-type", content_type)];
-        if let Some(origin) = origin {
-            headers.push(("origin", origin));
-        }
-        let body = frame_commands(encoding, &[connect_command()]);
-        let request = request(
-            addr,
-            "POST",
-            "/connection/http_stream",
-            &headers,
-            Payload::Sized(body),
-        );
+        let request = http_stream_request(addr, encoding, &[connect_command()], origin);
         let mut client =
             StreamClient::open(addr, Flavor::HttpStream(encoding), request, origin).await;
         client.expect_connected().await;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
 
-use crate::admin::metrics::{Metrics, ResultLabels};
 use crate::admin::{Admin, ApiAccess};
 use crate::config::Config;
 use crate::edge::origin::OriginPolicy;
@@ -23,7 +23,9 @@ use crate::hub::{self, Hub};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::backoff::Backoff;
 use crate::link::{Link, LinkState, Upstream};
+use crate::metrics::Metrics;
 use crate::passthrough::{Backend, BackendError};
+use crate::reload::prepare::{BackendPlan, Candidate, Current, Prepared, prepare};
 
 /// Startup failures.
 #[derive(Debug, Error)]
@@ -82,8 +84,8 @@ pub enum ReloadOutcome {
     Rejected(String),
 }
 
-/// Adjusts the log filter at run time (installed by the binary).
-pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// Swaps the log filter at run time (installed by the binary); cannot fail.
+pub type LogControl = Box<dyn Fn(EnvFilter) + Send + Sync>;
 
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
     TcpListener::bind(address)
@@ -108,6 +110,8 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     tls: Option<Arc<CertResolver>>,
     log: Option<LogControl>,
+    /// The config the process started with (listeners, TLS on/off, engine: restart-only).
+    started: Arc<Config>,
     /// Serialises reloads.
     reloading: Mutex<()>,
 }
@@ -127,123 +131,63 @@ impl Runtime {
         &self.hub
     }
 
-    /// Validates and applies `config`: origins, limits, timers, backend, upstream (new
-    /// sessions use the new Link), hub settings, TLS files, log level. Listener addresses and
-    /// switching TLS on or off are reported as needing a restart.
-    pub fn apply(&self, config: Config) -> ReloadOutcome {
+    /// Applies a candidate read by the reload's load step: [`prepare`] builds every new part
+    /// from it (or rejects it, changing nothing), then [`Runtime::commit`] swaps them in.
+    /// Listener addresses, switching TLS on or off and the other [`RESTART_ONLY`] keys are
+    /// reported as needing a restart. Does no I/O; the caller reports the outcome.
+    ///
+    /// [`RESTART_ONLY`]: crate::reload::prepare::RESTART_ONLY
+    pub fn apply(&self, candidate: Candidate) -> ReloadOutcome {
+        // Held for the pure prepare and the swaps only (no I/O, no await).
         let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = self.apply_locked(config);
-        let result = match &outcome {
-            ReloadOutcome::Unchanged => "unchanged",
-            ReloadOutcome::Applied { restart_required } if restart_required.is_empty() => "applied",
-            ReloadOutcome::Applied { .. } => "restart_required",
-            ReloadOutcome::Rejected(_) => "rejected",
+        let old = self.edge.settings();
+        let current = Current {
+            started: &self.started,
+            config: &old.config,
+            tls: self.tls.as_deref(),
         };
-        self.metrics
-            .config_reloads
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        match &outcome {
-            ReloadOutcome::Unchanged => tracing::info!("config reload: unchanged"),
-            ReloadOutcome::Applied { restart_required } if restart_required.is_empty() => {
-                tracing::info!("config reload: applied")
-            }
-            ReloadOutcome::Applied { restart_required } => tracing::warn!(
-                fields = ?restart_required,
-                "config reload: applied, but these fields need a restart to take effect"
-            ),
-            ReloadOutcome::Rejected(reason) => {
-                tracing::error!(%reason, "config reload rejected; the previous config stays in force")
-            }
+        match prepare(&current, candidate) {
+            Ok(prepared) => self.commit(prepared),
+            Err(rejection) => ReloadOutcome::Rejected(rejection.to_string()),
         }
-        outcome
     }
 
-    fn apply_locked(&self, config: Config) -> ReloadOutcome {
-        if let Err(error) = config.validate() {
-            return ReloadOutcome::Rejected(error.to_string());
+    /// Swaps in everything `prepared` holds; cannot fail. The certificate, the log filter and
+    /// the hub settings go first, then the edge settings in one atomic store.
+    fn commit(&self, prepared: Prepared) -> ReloadOutcome {
+        if let (Some(resolver), Some(certificate)) = (&self.tls, prepared.certificate) {
+            resolver.install(certificate);
         }
-        let old = self.edge.settings();
-        if *old.config == config {
-            if let (Some(resolver), Some(tls)) = (&self.tls, &config.tls)
-                && let Err(error) = resolver.reload(tls)
-            {
-                return ReloadOutcome::Rejected(error.to_string());
-            }
+        if let (Some(log), Some(filter)) = (&self.log, prepared.log_filter) {
+            log(filter);
+        }
+        if let Some(hub) = prepared.hub {
+            self.hub.set_config(hub);
+        }
+        let Some(plan) = prepared.settings else {
             return ReloadOutcome::Unchanged;
-        }
-        let mut restart_required = Vec::new();
-        if config.listen != old.config.listen {
-            restart_required.push("listen");
-        }
-        if config.admin_listen != old.config.admin_listen {
-            restart_required.push("admin_listen");
-        }
-        if config.tls.is_some() != self.tls.is_some() {
-            restart_required.push("tls");
-        }
-        if config.log.format != old.config.log.format {
-            restart_required.push("log.format");
-        }
-        if config.max_connections != old.config.max_connections {
-            restart_required.push("max_connections");
-        }
-        if config.max_connections_per_ip != old.config.max_connections_per_ip {
-            restart_required.push("max_connections_per_ip");
-        }
-        if config.engine != old.config.engine {
-            // The hub's engine and its Redis connections are made once, at start.
-            restart_required.push("engine");
-        }
-        let backend = if config.backend == old.config.backend {
-            old.backend.clone()
-        } else {
-            match config.backend.as_ref().map(Backend::new).transpose() {
-                Ok(backend) => backend,
-                Err(error) => return ReloadOutcome::Rejected(error.to_string()),
-            }
         };
-        if let (Some(resolver), Some(tls)) = (&self.tls, &config.tls)
-            && let Err(error) = resolver.reload(tls)
-        {
-            return ReloadOutcome::Rejected(error.to_string());
-        }
-        if let Some(log) = &self.log
-            && config.log.level != old.config.log.level
-            && let Err(error) = log(&config.log.level)
-        {
-            return ReloadOutcome::Rejected(format!("log.level: {error}"));
-        }
-        let link_changed = config.upstream != old.config.upstream;
-        let link = if link_changed {
-            self.spawn_link(&config)
+        let old = self.edge.settings();
+        let link = if plan.relink {
+            self.spawn_link(&plan.config)
         } else {
             old.link.clone()
         };
-        self.hub.set_config(config.hub.clone());
-        let settings = Settings {
-            origins: OriginPolicy::new(&config.allowed_origins),
-            config: Arc::new(config),
+        let backend = match plan.backend {
+            BackendPlan::Keep => old.backend.clone(),
+            BackendPlan::Replace(backend) => backend,
+        };
+        let previous = self.edge.replace_settings(Settings {
+            origins: plan.origins,
+            config: plan.config,
             link,
             backend,
-        };
-        let previous = self.edge.replace_settings(settings);
-        if link_changed {
+        });
+        if plan.relink {
             previous.link.retire();
         }
-        ReloadOutcome::Applied { restart_required }
-    }
-
-    /// Re-reads the TLS files of the config in force (certificate rotation).
-    pub fn reload_tls(&self) {
-        let settings = self.edge.settings();
-        if let (Some(resolver), Some(tls)) = (&self.tls, &settings.config.tls) {
-            match resolver.reload(tls) {
-                Ok(()) => tracing::info!("tls: certificate reloaded"),
-                Err(error) => {
-                    tracing::error!(%error, "tls: reload failed; keeping the current certificate")
-                }
-            }
+        ReloadOutcome::Applied {
+            restart_required: plan.restart_required,
         }
     }
 }
@@ -264,7 +208,7 @@ fn spawn_link(
             ),
         ),
         None => (
-            Upstream::Embedded(hub.clone()),
+            Upstream::Embedded(Arc::new(hub.clone())),
             Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
         ),
     };
@@ -313,15 +257,16 @@ impl Sidecar {
         let metrics = Arc::new(Metrics::default());
         let hub = start_hub(&config, &phase)?;
         let resolver = config.tls.as_ref().map(CertResolver::new).transpose()?;
-        let tls = resolver.as_ref().map(TlsAcceptor::new).transpose()?;
+        let tls = resolver.as_ref().map(CertResolver::acceptor).transpose()?;
         let backend = config.backend.as_ref().map(Backend::new).transpose()?;
         let link = spawn_link(&config, &hub, &node, &phase, &metrics);
         if config.upstream.is_none() {
             await_embedded_link(&link).await;
         }
+        let started = Arc::new(config);
         let settings = Settings {
-            origins: OriginPolicy::new(&config.allowed_origins),
-            config: Arc::new(config),
+            origins: OriginPolicy::new(&started.allowed_origins),
+            config: started.clone(),
             link,
             backend,
         };
@@ -357,6 +302,7 @@ impl Sidecar {
             metrics,
             tls: resolver,
             log,
+            started,
             reloading: Mutex::new(()),
         });
         Ok(Sidecar {
@@ -382,8 +328,9 @@ impl Sidecar {
         self.runtime.clone()
     }
 
-    /// Serves until the process phase reaches `Closing`, then waits for live sessions to end
-    /// (they close with 3001 over the drain window) up to `deadline`.
+    /// Serves until the process phase reaches `Closing`, then waits for every connection,
+    /// request in flight, session (they close with 3001 over the drain window) and upgraded
+    /// tunnel to end, up to `deadline` ([`drain`]).
     pub async fn serve(self, deadline: watch::Receiver<Option<tokio::time::Instant>>) {
         let edge = self.runtime.edge.clone();
         let phase = self.runtime.phase.clone();
@@ -411,15 +358,36 @@ impl Sidecar {
         );
         let admin_task = tokio::spawn(admin_server);
         client.await;
-        let live = edge.metrics.sessions_live.clone();
-        loop {
-            let until = *deadline.borrow();
-            if live.get() <= 0 || until.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        drain(edge.tracker(), deadline).await;
         admin_task.abort();
+    }
+}
+
+/// Drain by completion: closes `tracker` (the listener has stopped, so nothing new joins) and
+/// waits until its last task or token is gone, or until the hard deadline once one is
+/// published. Returns at once when nothing is left; nothing here polls.
+pub async fn drain(
+    tracker: &crate::server::TaskTracker,
+    mut deadline: watch::Receiver<Option<tokio::time::Instant>>,
+) {
+    tracker.close();
+    let deadline_passed = async {
+        let until = match deadline.wait_for(Option::is_some).await {
+            Ok(until) => *until,
+            // No deadline will ever come: wait for completion alone.
+            Err(_) => None,
+        };
+        match until {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tracker.wait() => tracing::info!("drained: every connection and session ended"),
+        _ = deadline_passed => tracing::warn!(
+            left = tracker.len(),
+            "shutdown.timeout passed: exiting with connections or sessions still open"
+        ),
     }
 }
 
@@ -469,8 +437,8 @@ impl StandaloneHub {
             Some(tls) => {
                 let resolver = CertResolver::new(tls)?;
                 Some(match &tls.client_ca_file {
-                    Some(ca) => TlsAcceptor::with_client_ca(&resolver, ca)?,
-                    None => TlsAcceptor::new(&resolver)?,
+                    Some(ca) => resolver.acceptor_with_client_ca(ca)?,
+                    None => resolver.acceptor()?,
                 })
             }
             None => None,
@@ -589,6 +557,50 @@ const HUB_DRAIN_FLUSH: Duration = Duration::from_millis(500);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drain returns as soon as the last tracked task ends, not at the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn drain_returns_when_the_last_task_ends() {
+        let tracker = crate::server::TaskTracker::new();
+        let (_deadline_tx, deadline) =
+            watch::channel(Some(tokio::time::Instant::now() + Duration::from_secs(60)));
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        tracker.spawn(async move {
+            let _ = finished.await;
+        });
+        let token = tracker.token();
+        let started = tokio::time::Instant::now();
+        let draining = tokio::spawn({
+            let tracker = tracker.clone();
+            async move { drain(&tracker, deadline).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!draining.is_finished(), "drain returned with tasks left");
+        finish.send(()).unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!draining.is_finished(), "drain returned with a token left");
+        drop(token);
+        draining.await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(11));
+    }
+
+    /// Drain gives up at the deadline, published late, with a task still running.
+    #[tokio::test(start_paused = true)]
+    async fn drain_gives_up_at_the_deadline() {
+        let tracker = crate::server::TaskTracker::new();
+        tracker.spawn(std::future::pending::<()>());
+        let (deadline_tx, deadline) = watch::channel(None);
+        let started = tokio::time::Instant::now();
+        let draining = tokio::spawn({
+            let tracker = tracker.clone();
+            async move { drain(&tracker, deadline).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        deadline_tx.send_replace(Some(started + Duration::from_secs(3)));
+        draining.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(!tracker.is_empty());
+    }
 
     /// With the embedded hub, `bind` returns only once the Link is up, so no client accepted
     /// after "listening" meets a Link that is still opening (it would be closed with 3004).

@@ -13,6 +13,8 @@
 //! - [`admin`]: health, readiness, the embedded hub's server API;
 //! - [`config`]: YAML schema, defaults, validation;
 //! - [`reload`]: config and certificate watching, SIGHUP, atomic swap;
+//! - [`server`]: the one accept loop, TLS acceptor and task tracker of every listener
+//!   (depends on nothing else in the crate);
 //! - [`lifecycle`]: run phases (running, draining, closing) shared by every task;
 //! - [`app`]: wiring it all together;
 //! - [`cli`]: command-line tools (`gentoken`).
@@ -29,9 +31,11 @@ pub mod http;
 pub mod hub;
 pub mod lifecycle;
 pub mod link;
+pub mod metrics;
 pub mod passthrough;
 pub mod protocol;
 pub mod reload;
+pub mod server;
 pub mod session;
 
 /// Generated Protobuf code, laid out by package as prost expects.

@@ -111,8 +111,7 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 /// Installs the log subscriber; returns a control that swaps the filter at run time.
 fn init_logging(log: &LogConfig) -> LogControl {
-    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = log_reload::Layer::new(filter);
+    let (filter, handle) = log_reload::Layer::new(log.level.filter());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let format = match log.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -128,9 +127,9 @@ fn init_logging(log: &LogConfig) -> LogControl {
         .with(filter)
         .with(format)
         .init();
-    Box::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
+    Box::new(move |filter: EnvFilter| {
+        // Fails only once the subscriber is gone (the process is exiting): nothing to log to.
+        let _ = handle.reload(filter);
     })
 }
 

@@ -15,5 +15,7 @@ mod lifecycle;
 mod limits;
 #[path = "streaming/origins.rs"]
 mod origins;
+#[path = "streaming/owned.rs"]
+mod owned;
 #[path = "streaming/sse.rs"]
 mod sse;

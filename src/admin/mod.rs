@@ -3,8 +3,6 @@
 //! at start and on reload), `/metrics` (OpenMetrics text) and, when the hub is embedded,
 //! its server API under `/api/`.
 
-pub mod metrics;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,10 +93,11 @@ impl Admin {
             "/metrics" => {
                 let counters = self.hub.as_ref().map(Hub::counters);
                 let engine = self.hub.as_ref().and_then(Hub::engine);
-                let text = self
-                    .edge
-                    .metrics
-                    .encode_with_engine(counters.as_deref(), engine.as_deref());
+                let text = self.edge.metrics.encode_with(|registry| {
+                    if let Some(counters) = &counters {
+                        counters.register(registry, engine.as_deref());
+                    }
+                });
                 let mut response = Response::new(full(text));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -10,23 +10,59 @@ pub mod duration;
 pub mod engine;
 pub mod env;
 pub mod http_api;
+pub mod logging;
 pub mod proxy;
 pub mod renamed;
 pub mod schema;
 pub mod secret;
 pub mod sources;
+pub mod url;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
 
-/// Default client listener.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
-/// Default admin listener (health, readiness, server API of the embedded hub).
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
+pub use logging::{LogConfig, LogFormat, LogLevel};
+pub use url::HttpUrl;
+
+/// Default client listener (`0.0.0.0:8000`).
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8000));
+/// Default admin listener (health, readiness, server API of the embedded hub;
+/// `127.0.0.1:9100`).
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9100));
+/// Default Link (gRPC) listener of `sidewire hub` (`127.0.0.1:9200`).
+pub const DEFAULT_HUB_LINK_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9200));
+/// Default server API listener of `sidewire hub` (`127.0.0.1:9201`).
+pub const DEFAULT_HUB_API_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9201));
+/// Default time between a shutdown signal and closing the listener (`shutdown.delay`).
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+/// Default spread of the 3001 disconnects on shutdown (`shutdown.drain_window`).
+pub const DEFAULT_SHUTDOWN_DRAIN_WINDOW: Duration = Duration::from_secs(10);
+/// Default hard deadline of a shutdown, from the signal (`shutdown.timeout`).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default largest request body passed through to the backend, bytes.
+pub const DEFAULT_BACKEND_MAX_REQUEST_BODY_SIZE: usize = 10 * 1024 * 1024;
+/// Default time allowed to open a TCP connection to the backend.
+pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time allowed for the backend's response headers.
+pub const DEFAULT_BACKEND_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default lifetime of an idle pooled backend connection.
+pub const DEFAULT_BACKEND_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default number of idle pooled connections kept per backend.
+pub const DEFAULT_BACKEND_POOL_MAX_IDLE_PER_HOST: usize = 256;
+/// Default time allowed to establish the Link to an external upstream.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default first reconnect delay of the Link to an external upstream.
+pub const DEFAULT_UPSTREAM_RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Default cap of the reconnect delay of the Link to an external upstream.
+pub const DEFAULT_UPSTREAM_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Default WebSocket endpoint path.
 pub const DEFAULT_WEBSOCKET_PATH: &str = "/connection/websocket";
 /// Default HTTP-streaming endpoint path.
@@ -74,9 +110,9 @@ pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[
     "x-real-ip",
     "x-request-id",
 ];
-/// Default time the upstream has to answer one command (`upstream.command_timeout`; the
-/// embedded hub uses it too).
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = crate::session::handle::DEFAULT_COMMAND_TIMEOUT;
+/// Default time the upstream has to answer one command before the client gets error 100
+/// (`upstream.command_timeout`; the embedded hub uses it too).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default HTTP/2 keepalive ping period of the sidecar's Link (`upstream.keepalive_interval`).
 pub const DEFAULT_UPSTREAM_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default time allowed for a keepalive answer (`upstream.keepalive_timeout`).
@@ -254,8 +290,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            listen: DEFAULT_LISTEN.parse().expect("constant address"),
-            admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("constant address"),
+            listen: DEFAULT_LISTEN,
+            admin_listen: DEFAULT_ADMIN_LISTEN,
             allowed_origins: Vec::new(),
             websocket: true,
             websocket_path: DEFAULT_WEBSOCKET_PATH.to_owned(),
@@ -338,9 +374,9 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> ShutdownConfig {
         ShutdownConfig {
-            delay: Duration::from_secs(5),
-            drain_window: Duration::from_secs(10),
-            timeout: Duration::from_secs(30),
+            delay: DEFAULT_SHUTDOWN_DELAY,
+            drain_window: DEFAULT_SHUTDOWN_DRAIN_WINDOW,
+            timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -350,7 +386,7 @@ impl Default for ShutdownConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
     /// `http://host:port` or `https://host:port`, optionally with a path prefix.
-    pub url: String,
+    pub url: HttpUrl,
     /// For an `https://` backend: PEM file of the CA to trust (default: the system roots).
     pub tls_ca_file: Option<String>,
     /// Speak HTTP/2 cleartext (prior knowledge, h2c) to the backend instead of HTTP/1.1.
@@ -376,14 +412,14 @@ pub struct BackendConfig {
 impl Default for BackendConfig {
     fn default() -> BackendConfig {
         BackendConfig {
-            url: String::new(),
+            url: HttpUrl::default(),
             tls_ca_file: None,
             http2: false,
-            max_request_body_size: 10 * 1024 * 1024,
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 256,
+            max_request_body_size: DEFAULT_BACKEND_MAX_REQUEST_BODY_SIZE,
+            connect_timeout: DEFAULT_BACKEND_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_BACKEND_RESPONSE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_BACKEND_POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: DEFAULT_BACKEND_POOL_MAX_IDLE_PER_HOST,
             trusted_proxies: Vec::new(),
         }
     }
@@ -393,8 +429,8 @@ impl Default for BackendConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// gRPC endpoint, `http://host:port`.
-    pub endpoint: String,
+    /// gRPC endpoint, `http://host:port` (or `https://` for TLS).
+    pub endpoint: HttpUrl,
     /// Time allowed to establish the Link stream (TCP, HTTP/2, hello/welcome).
     #[serde(deserialize_with = "duration::deserialize")]
     pub connect_timeout: Duration,
@@ -434,10 +470,10 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> UpstreamConfig {
         UpstreamConfig {
-            endpoint: String::new(),
-            connect_timeout: Duration::from_secs(5),
-            reconnect_backoff_min: Duration::from_millis(100),
-            reconnect_backoff_max: Duration::from_secs(5),
+            endpoint: HttpUrl::default(),
+            connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            reconnect_backoff_min: DEFAULT_UPSTREAM_RECONNECT_BACKOFF_MIN,
+            reconnect_backoff_max: DEFAULT_UPSTREAM_RECONNECT_BACKOFF_MAX,
             tls_ca_file: None,
             tls_domain: None,
             tls_cert_file: None,
@@ -511,8 +547,8 @@ impl Default for HubConfig {
             http_api: http_api::HttpApiConfig::default(),
             history_size: DEFAULT_HISTORY_SIZE,
             history_ttl: DEFAULT_HISTORY_TTL,
-            link_listen: "127.0.0.1:9200".parse().expect("constant address"),
-            api_listen: "127.0.0.1:9201".parse().expect("constant address"),
+            link_listen: DEFAULT_HUB_LINK_LISTEN,
+            api_listen: DEFAULT_HUB_API_LISTEN,
             tls: None,
             link_keepalive_interval: DEFAULT_LINK_KEEPALIVE_INTERVAL,
             link_keepalive_timeout: DEFAULT_LINK_KEEPALIVE_TIMEOUT,
@@ -527,35 +563,6 @@ impl Default for HubConfig {
             proxy_max_in_flight: proxy::DEFAULT_PROXY_MAX_IN_FLIGHT,
         }
     }
-}
-
-/// Log output.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `tracing` filter directive, e.g. `info` or `sidewire=debug`.
-    pub level: String,
-    /// Output format.
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> LogConfig {
-        LogConfig {
-            level: "info".to_owned(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 impl Config {
@@ -698,11 +705,8 @@ impl Config {
             "shutdown.timeout: must be at least shutdown.delay + shutdown.drain_window".to_owned(),
         );
         if let Some(backend) = &self.backend {
-            let valid = backend.url.parse::<http::Uri>().ok().is_some_and(|uri| {
-                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
-            });
             check(
-                valid,
+                backend.url.uri().is_some(),
                 format!(
                     "backend.url: must be http(s)://host:port[/prefix], got {:?}",
                     backend.url
@@ -724,8 +728,7 @@ impl Config {
         }
         if let Some(upstream) = &self.upstream {
             check(
-                upstream.endpoint.starts_with("http://")
-                    || upstream.endpoint.starts_with("https://"),
+                upstream.endpoint.uri().is_some(),
                 format!(
                     "upstream.endpoint: must be an http:// or https:// URL, got {:?}",
                     upstream.endpoint
@@ -753,7 +756,7 @@ impl Config {
                 "upstream.tls_cert_file: tls_cert_file and tls_key_file go together".to_owned(),
             );
             check(
-                upstream.tls_cert_file.is_none() || upstream.endpoint.starts_with("https://"),
+                upstream.tls_cert_file.is_none() || upstream.endpoint.is_https(),
                 "upstream.tls_cert_file: needs an https:// upstream.endpoint".to_owned(),
             );
             check(
@@ -814,10 +817,6 @@ impl Config {
                 "hub.binary_channels: patterns must not be empty".to_owned(),
             );
         }
-        check(
-            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
-            format!("log.level: not a valid filter: {:?}", self.log.level),
-        );
         for (name, value) in [
             ("client_handshake_timeout", self.client_handshake_timeout),
             ("client_idle_timeout", self.client_idle_timeout),

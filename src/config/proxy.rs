@@ -15,8 +15,6 @@ pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default bound of hook calls in flight across the hub (`hub.proxy_max_in_flight`); calls
 /// beyond it fail at once with error 100 (temporary), never wait.
 pub const DEFAULT_PROXY_MAX_IN_FLIGHT: usize = 1024;
-/// Largest hook response body read, bytes; a larger one fails the call (error 100).
-pub const MAX_PROXY_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// `http`: HTTP-specific options of one hook (Centrifugo's `ProxyCommonHTTP`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]

@@ -24,9 +24,9 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::admin::metrics::{Metrics, ReasonLabels};
 use crate::config::{self, Config};
 use crate::http::{Body, BoxError};
+use crate::metrics::{Metrics, ReasonLabels};
 
 /// Open connections per remote address (only addresses with at least one).
 type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -285,13 +285,14 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight until it ends or is dropped.
-struct TrackedBody {
+/// A response body that holds `guard` (its request's [`InFlight`], a drain token...) until it
+/// ends or is dropped.
+struct TrackedBody<G> {
     inner: Body,
-    guard: Option<InFlight>,
+    guard: Option<G>,
 }
 
-impl HttpBody for TrackedBody {
+impl<G: Unpin> HttpBody for TrackedBody<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -315,8 +316,9 @@ impl HttpBody for TrackedBody {
     }
 }
 
-/// Wraps a response body so the request stays in flight until the body is done.
-pub fn track(body: Body, guard: InFlight) -> Body {
+/// Wraps a response body so that `guard` (the request's [`InFlight`], a drain token...) is
+/// held until the body is done.
+pub fn track<G: Send + Sync + Unpin + 'static>(body: Body, guard: G) -> Body {
     TrackedBody {
         inner: body,
         guard: Some(guard),

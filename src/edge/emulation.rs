@@ -22,9 +22,9 @@ use serde::Deserialize;
 
 use super::body::{is_protobuf, read_limited};
 use super::{Edge, Settings};
-use crate::admin::metrics::OutcomeLabels;
 use crate::cluster::{Outcome, RouteError};
 use crate::http::{Body, empty, status};
+use crate::metrics::OutcomeLabels;
 use crate::protocol::client::EmulationRequest;
 use crate::session::emulation::DeliverError;
 

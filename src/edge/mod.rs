@@ -8,8 +8,11 @@ pub mod body;
 pub mod conn;
 pub mod cors;
 pub mod emulation;
+pub mod h1;
 pub mod http_stream;
 pub mod origin;
+pub mod owned;
+pub mod rewind;
 pub mod sse;
 pub mod stream;
 pub mod tls;
@@ -31,26 +34,24 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::admin::metrics::{Metrics, ReasonLabels, StatusLabels};
 use crate::config::Config;
 use crate::http::{Body, status};
 use crate::lifecycle::{self, PhaseWatch};
 use crate::link::Link;
+use crate::metrics::{Metrics, ReasonLabels, StatusLabels};
 use crate::passthrough::Backend;
 use crate::protocol::Encoding;
+use crate::server::HandshakeError;
+use crate::server::TaskTracker;
+pub use crate::server::{Acceptor, PlainAcceptor};
 use crate::session::emulation::EmulationRegistry;
 use crate::session::{SessionParams, SessionSettings};
 use conn::{Activity, ConnectionGate, ConnectionPermit, ConnectionTimeouts, PermittedIo};
 use origin::OriginPolicy;
 
-/// First pause after a failed accept.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-/// Longest pause between failed accepts.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Time an idle connection gets to finish its graceful close (GOAWAY) before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -81,6 +82,9 @@ pub struct Edge {
     pub scheme: &'static str,
     /// Emulation routing between replicas (set once at start with `engine.type: redis`).
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// What drain waits for: every client connection, request in flight, session and
+    /// upgraded tunnel holds a token of it from the moment it is accepted or spawned.
+    tracker: TaskTracker,
 }
 
 impl Edge {
@@ -100,7 +104,15 @@ impl Edge {
             metrics,
             scheme,
             cluster: std::sync::OnceLock::new(),
+            tracker: TaskTracker::new(),
         }
+    }
+
+    /// The tracker of everything drain waits for (client connections, requests in flight,
+    /// sessions, upgraded tunnels). Spawn such tasks on it; drain closes it and awaits
+    /// [`TaskTracker::wait`] up to its deadline.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
     }
 
     /// Turns on emulation routing between replicas (once; a second call is ignored).
@@ -190,6 +202,7 @@ impl Edge {
                         peer,
                         self.scheme,
                         settings.config.request_body_timeout,
+                        &self.tracker,
                     )
                     .await;
                 self.metrics
@@ -297,38 +310,6 @@ impl Edge {
     }
 }
 
-/// Turns an accepted TCP stream into the byte stream HTTP is served on (TLS or not).
-pub trait Acceptor: Clone + Send + Sync + 'static {
-    /// The stream type after the handshake.
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// Performs the handshake (if any).
-    fn accept(
-        &self,
-        stream: TcpStream,
-    ) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
-
-    /// Whether the client's first bytes arrive unchanged on the TCP stream (no TLS), so the
-    /// HTTP version can be told by peeking at them.
-    fn is_plain(&self) -> bool {
-        false
-    }
-}
-
-/// Plain TCP.
-#[derive(Debug, Clone, Copy)]
-pub struct PlainAcceptor;
-
-impl Acceptor for PlainAcceptor {
-    type Stream = TcpStream;
-    async fn accept(&self, stream: TcpStream) -> std::io::Result<TcpStream> {
-        Ok(stream)
-    }
-
-    fn is_plain(&self) -> bool {
-        true
-    }
-}
-
 /// How a listener treats its connections: the cap and the timeouts (read at each accept, so
 /// a reload applies the new timeouts to new connections).
 #[derive(Clone)]
@@ -339,6 +320,11 @@ pub struct ConnectionPolicy {
     pub timeouts: Arc<dyn Fn() -> ConnectionTimeouts + Send + Sync>,
     /// Counters (client listener only).
     pub metrics: Option<Arc<Metrics>>,
+    /// Tracks each connection's task and each request in flight (drain awaits it).
+    pub tracker: TaskTracker,
+    /// The edge whose streaming sessions plain HTTP/1 connections may open outside hyper
+    /// (client listener only; see [`owned`]).
+    pub streams: Option<Arc<Edge>>,
 }
 
 impl ConnectionPolicy {
@@ -356,6 +342,8 @@ impl ConnectionPolicy {
                 ConnectionTimeouts::from_config(&settings_edge.settings().config)
             }),
             metrics: Some(edge.metrics.clone()),
+            tracker: edge.tracker.clone(),
+            streams: Some(edge.clone()),
         }
     }
 
@@ -366,12 +354,16 @@ impl ConnectionPolicy {
             gate: Arc::new(ConnectionGate::new(conn::INTERNAL_MAX_CONNECTIONS, 0, None)),
             timeouts: Arc::new(ConnectionTimeouts::defaults),
             metrics: None,
+            tracker: TaskTracker::new(),
+            streams: None,
         }
     }
 }
 
 /// Accepts connections on `listener` and serves each with `handler` until the process phase
-/// reaches `Closing`. Live connections are not cut here; their sessions end on their own.
+/// reaches `Closing`. Live connections are not cut here: at `Closing` each one is shut down
+/// gracefully (requests in flight complete, idle keep-alive connections close, HTTP/2 gets
+/// GOAWAY) and its task, tracked by `policy.tracker`, ends with its last request.
 ///
 /// A connection over the cap is closed at once after accept, before any byte is read: it
 /// costs no TLS handshake or parsing, and clients see a reset they retry with backoff (a 503
@@ -389,45 +381,12 @@ pub async fn serve<A, H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
-    let mut accept_failures: u64 = 0;
     let mut refusing = false;
-    let closing = lifecycle::closing(&mut phase);
-    tokio::pin!(closing);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    if accept_failures > 0 {
-                        tracing::info!(failures = accept_failures, "accept recovered");
-                        accept_failures = 0;
-                        accept_backoff = ACCEPT_BACKOFF_MIN;
-                    }
-                    accepted
-                }
-                Err(error) => {
-                    if accept_failures == 0 {
-                        tracing::warn!(
-                            %error,
-                            "accept failed (out of file descriptors?): backing off; open \
-                             connections are served as before, further failures of this \
-                             burst are not logged"
-                        );
-                    }
-                    accept_failures += 1;
-                    if let Some(metrics) = &policy.metrics {
-                        metrics.accept_errors.inc();
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(accept_backoff) => {}
-                        _ = &mut closing => break,
-                    }
-                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            },
-            _ = &mut closing => break,
-        };
+    let connection_phase = phase.clone();
+    let closing = async move {
+        lifecycle::closing(&mut phase).await;
+    };
+    let on_connection = |stream: TcpStream, peer: SocketAddr| {
         let permit = match policy.gate.admit(peer.ip()) {
             Ok(permit) => {
                 refusing = false;
@@ -443,12 +402,11 @@ pub async fn serve<A, H, F>(
                     refusing = true;
                 }
                 drop(stream);
-                continue;
+                return;
             }
         };
-        let _ = stream.set_nodelay(true);
         let timeouts = (policy.timeouts)();
-        tokio::spawn(serve_connection(
+        policy.tracker.spawn(serve_connection(
             stream,
             permit,
             peer,
@@ -456,8 +414,19 @@ pub async fn serve<A, H, F>(
             handler.clone(),
             timeouts,
             policy.metrics.clone(),
+            Drain {
+                phase: connection_phase.clone(),
+                tracker: policy.tracker.clone(),
+            },
+            policy.streams.clone(),
         ));
-    }
+    };
+    let on_accept_error = || {
+        if let Some(metrics) = &policy.metrics {
+            metrics.accept_errors.inc();
+        }
+    };
+    crate::server::accept_loop("client", &listener, closing, on_connection, on_accept_error).await;
 }
 
 /// The future answering one request, boxed so that hyper's per-connection slot for it stays a
@@ -465,8 +434,21 @@ pub async fn serve<A, H, F>(
 type RequestFuture =
     std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
+/// What a connection needs to take part in drain: the phase (shut down gracefully at
+/// `Closing`) and the tracker each request in flight takes a token of.
+struct Drain {
+    phase: PhaseWatch,
+    tracker: TaskTracker,
+}
+
 /// Serves one admitted connection: TLS (if any) and the first request head within
-/// `timeouts.handshake`, HTTP/2 keepalive, and closing once idle for `timeouts.idle`.
+/// `timeouts.handshake`, HTTP/2 keepalive, closing once idle for `timeouts.idle`, and a
+/// graceful shutdown once the phase reaches `Closing`.
+///
+/// This is where each accepted connection is handed to the per-connection handler (after the
+/// cap, before the handshake). A plain HTTP/1 connection (or TLS with ALPN `http/1.1`) whose
+/// first request opens a streaming session is served by [`owned`], outside hyper.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<A, H, F>(
     stream: TcpStream,
     permit: ConnectionPermit,
@@ -475,6 +457,8 @@ async fn serve_connection<A, H, F>(
     handler: H,
     timeouts: ConnectionTimeouts,
     metrics: Option<Arc<Metrics>>,
+    drain: Drain,
+    streams: Option<Arc<Edge>>,
 ) where
     A: Acceptor,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -493,23 +477,40 @@ async fn serve_connection<A, H, F>(
         && tokio::time::timeout_at(first_deadline, starts_as_http1(&stream))
             .await
             .unwrap_or(false);
-    let stream = match tokio::time::timeout_at(first_deadline, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
+    let stream = match crate::server::handshake(&acceptor, stream, first_deadline).await {
+        Ok(stream) => stream,
+        Err(HandshakeError::Failed(error)) => {
             tracing::debug!(%peer, %error, "handshake failed");
             return;
         }
-        Err(_) => {
+        Err(HandshakeError::TimedOut) => {
             count_timeout("handshake");
             tracing::debug!(%peer, "handshake timed out");
             return;
         }
     };
+    let owned_http1 = http1 || acceptor.negotiated_http1(&stream);
     let io = PermittedIo::new(stream, permit);
+    // The one hook of the owned HTTP/1 path: a plain HTTP/1 connection whose first request
+    // opens a streaming session is served there, outside hyper; any other gets the bytes read
+    // so far replayed to hyper.
+    let io = match streams.as_ref().filter(|_| owned_http1) {
+        Some(edge) => match owned::serve(edge, io, peer, first_deadline).await {
+            owned::Served::Done => return,
+            owned::Served::HeadTimeout => {
+                count_timeout("handshake");
+                tracing::debug!(%peer, "no request head in time");
+                return;
+            }
+            owned::Served::Hyper(io) => io,
+        },
+        None => rewind::Rewind::new(bytes::Bytes::new(), io),
+    };
     let activity = Arc::new(Activity::default());
     let service_activity = activity.clone();
+    let Drain { phase, tracker } = drain;
     let service = service_fn(move |request| {
-        let in_flight = service_activity.begin();
+        let in_flight = (service_activity.begin(), tracker.token());
         let handler = handler.clone();
         // Boxed: hyper keeps one allocation the size of this future for the connection's whole
         // life (`in_flight`), which for a streaming session is long after the future is done.
@@ -533,7 +534,10 @@ async fn serve_connection<A, H, F>(
         let shut_down = |connection: std::pin::Pin<&mut _>| {
             hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(connection)
         };
-        drive(
+        // Boxed: an owned streaming session (above) lives in this task for hours, and hyper's
+        // connection state would otherwise size its task; hyper's HTTP/1 connections pay one
+        // allocation instead.
+        Box::pin(drive(
             connection,
             shut_down,
             &activity,
@@ -541,7 +545,8 @@ async fn serve_connection<A, H, F>(
             first_deadline,
             peer,
             count_timeout,
-        )
+            phase,
+        ))
         .await;
         return;
     }
@@ -570,6 +575,7 @@ async fn serve_connection<A, H, F>(
             first_deadline,
             peer,
             count_timeout,
+            phase,
         )
         .await;
     })
@@ -590,20 +596,26 @@ async fn starts_as_http1(stream: &TcpStream) -> bool {
 }
 
 /// Runs `connection` until it ends, or closes it once idle for `timeouts.idle` (or without a
-/// first request by `first_deadline`).
+/// first request by `first_deadline`); once `phase` reaches `Closing`, shuts it down
+/// gracefully and keeps driving it until its requests in flight are done.
+#[allow(clippy::too_many_arguments)]
 async fn drive<C, E>(
     connection: C,
-    shut_down: impl FnOnce(std::pin::Pin<&mut C>),
+    shut_down: impl Fn(std::pin::Pin<&mut C>),
     activity: &Activity,
     timeouts: &ConnectionTimeouts,
     first_deadline: Instant,
     peer: SocketAddr,
     count_timeout: impl Fn(&'static str),
+    mut phase: PhaseWatch,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     tokio::pin!(connection);
+    let closing = lifecycle::closing(&mut phase);
+    tokio::pin!(closing);
+    let mut shutting_down = false;
     let reason = loop {
         let deadline = if !activity.is_idle() {
             None
@@ -626,9 +638,19 @@ async fn drive<C, E>(
                 return;
             }
             _ = activity.changed() => continue,
+            _ = &mut closing, if !shutting_down => {
+                // Drain: no new request on this connection; the ones in flight complete.
+                shut_down(connection.as_mut());
+                shutting_down = true;
+                continue;
+            }
             _ = expired => break if activity.served() { "idle" } else { "handshake" },
         }
     };
+    if shutting_down {
+        // Already closing gracefully and now idle: nothing left to wait for.
+        return;
+    }
     count_timeout(reason);
     tracing::debug!(%peer, reason, "closing connection: no request in time");
     if reason == "handshake" {
@@ -656,6 +678,71 @@ mod tests {
         // Keep the client open for the peek.
         std::mem::forget(client);
         server
+    }
+
+    /// Bytes of one plain HTTP/1 connection's task state (debug build), which holds a whole
+    /// owned streaming session (`owned`): hyper's HTTP/1 branch, the owned head and body
+    /// reads and the session loop share it. Measured 2026-12-01: see the assertion message.
+    const MAX_CONNECTION_FUTURE_BYTES: usize = 4096;
+
+    #[tokio::test]
+    async fn connection_task_state_stays_small() {
+        use crate::link::backoff::Backoff;
+        use crate::link::member::Unreachable;
+        use crate::link::{Link, Upstream};
+        let (_phase_tx, phase) = lifecycle::channel();
+        let metrics = Arc::new(Metrics::default());
+        let link = Link::spawn(
+            Upstream::Embedded(Arc::new(Unreachable)),
+            Arc::from("node"),
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
+            phase.clone(),
+            metrics.clone(),
+        );
+        let settings = Settings {
+            config: Arc::new(Config::default()),
+            origins: OriginPolicy::new(&[]),
+            link,
+            backend: None,
+        };
+        let edge = Arc::new(Edge::new(
+            settings,
+            Arc::from("node"),
+            phase,
+            metrics,
+            "http",
+        ));
+        let stream = served_after(b"GET / HTTP/1.1\r\n\r\n").await;
+        let peer = stream.peer_addr().unwrap();
+        let gate = ConnectionGate::new(10, 0, None);
+        let permit = gate.admit(peer.ip()).unwrap();
+        let handler = |_request: Request<Incoming>, _peer: SocketAddr| async {
+            status(StatusCode::NOT_FOUND)
+        };
+        let owned = owned::serve(&edge, stream, peer, Instant::now());
+        let owned_size = std::mem::size_of_val(&owned);
+        drop(owned);
+        let stream = served_after(b"GET / HTTP/1.1\r\n\r\n").await;
+        let future = serve_connection(
+            stream,
+            permit,
+            peer,
+            PlainAcceptor,
+            handler,
+            ConnectionTimeouts::defaults(),
+            None,
+            Drain {
+                phase: edge.phase.clone(),
+                tracker: TaskTracker::new(),
+            },
+            Some(edge),
+        );
+        let size = std::mem::size_of_val(&future);
+        eprintln!("connection future: {size} bytes, owned::serve: {owned_size} bytes");
+        assert!(
+            size <= MAX_CONNECTION_FUTURE_BYTES,
+            "connection future is {size} bytes (owned::serve {owned_size})"
+        );
     }
 
     #[tokio::test]

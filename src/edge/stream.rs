@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Response, StatusCode, header, request::Parts};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header, request::Parts};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ use crate::protocol::client::Reply;
 use crate::protocol::frame::encode_message;
 use crate::protocol::{Disconnect, Encoding};
 use crate::session::emulation::{Commands, Registration};
-use crate::session::{self, Inbound, Transport};
+use crate::session::{self, Inbound, SessionParams, Transport};
 
 /// Frames buffered between the session and the HTTP connection; beyond it writes wait (and
 /// time out after `write_timeout` with 3009). The channel holds plain `Bytes` (32 bytes a slot)
@@ -32,7 +32,7 @@ use crate::session::{self, Inbound, Transport};
 /// whatever the capacity.
 pub(crate) const BODY_QUEUE_FRAMES: usize = 4;
 /// Time allowed to write the final disconnect push.
-const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How messages are framed on the response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +44,14 @@ pub enum Framing {
 }
 
 impl Framing {
-    fn transport_name(self) -> &'static str {
+    pub(crate) fn transport_name(self) -> &'static str {
         match self {
             Framing::HttpStream => "http_stream",
             Framing::Sse => "sse",
         }
     }
 
-    fn frame(self, encoding: Encoding, batch: &[Bytes]) -> Bytes {
+    pub(crate) fn frame(self, encoding: Encoding, batch: &[Bytes]) -> Bytes {
         let size: usize = batch.iter().map(|m| m.len() + 8).sum();
         let mut out = BytesMut::with_capacity(size);
         for message in batch {
@@ -134,16 +134,26 @@ impl Transport for StreamTransport {
         if disconnect == Disconnect::CONNECTION_CLOSED {
             return;
         }
-        let reply = Reply {
-            push: Some(disconnect.to_push()),
-            ..Default::default()
-        };
-        if let Ok(message) = encode_message(self.encoding, &reply) {
-            let bytes = self.framing.frame(self.encoding, &[message]);
+        if let Some(bytes) = disconnect_push(self.framing, self.encoding, &disconnect) {
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, body.send(bytes)).await;
         }
         // Dropping the sender ends the response.
     }
+}
+
+/// The framed `push.disconnect` a streaming session ends with (`None` if it cannot be
+/// encoded).
+pub(crate) fn disconnect_push(
+    framing: Framing,
+    encoding: Encoding,
+    disconnect: &Disconnect,
+) -> Option<Bytes> {
+    let reply = Reply {
+        push: Some(disconnect.to_push()),
+        ..Default::default()
+    };
+    let message = encode_message(encoding, &reply).ok()?;
+    Some(framing.frame(encoding, &[message]))
 }
 
 /// What a streaming transport hands over to start a session.
@@ -157,6 +167,65 @@ pub struct StreamStart {
     pub initial: Bytes,
     /// Largest single command, bytes.
     pub command_size_limit: usize,
+}
+
+/// What a new streaming session needs besides its socket or body: registered for emulation
+/// under a fresh session id, with its session parameters and response content type.
+pub(crate) struct Opened {
+    /// Keeps the emulation session id registered.
+    pub registration: Registration,
+    /// The emulation queue the session reads commands from.
+    pub commands: Commands,
+    /// Session parameters (emulation id set; SSE's query string never kept).
+    pub params: SessionParams,
+    /// The response's Content-Type.
+    pub content_type: &'static str,
+}
+
+/// Registers a new streaming session and builds its parameters (shared by the hyper path
+/// below and the owned HTTP/1 path in `edge::owned`).
+pub(crate) fn open(
+    edge: &Arc<Edge>,
+    settings: &Settings,
+    framing: Framing,
+    encoding: Encoding,
+    command_size_limit: usize,
+    parts: &Parts,
+    peer: SocketAddr,
+) -> Opened {
+    let session_id: Box<str> = uuid::Uuid::new_v4().to_string().into_boxed_str();
+    let (registration, commands) = edge.emulation.register(session_id.clone());
+    let mut params = edge.session_params(
+        settings,
+        framing.transport_name(),
+        encoding,
+        peer,
+        &parts.uri,
+        &parts.headers,
+        command_size_limit,
+    );
+    if framing == Framing::Sse {
+        // Connect tokens travel in the SSE query string: never pass or log it.
+        params.url = parts.uri.path().to_owned();
+    }
+    params.emulation = Some((session_id, edge.node.clone()));
+    let content_type = match (framing, encoding) {
+        (Framing::Sse, _) => "text/event-stream; charset=utf-8",
+        (Framing::HttpStream, Encoding::Json) => "text/plain; charset=utf-8",
+        (Framing::HttpStream, Encoding::Protobuf) => "application/octet-stream",
+    };
+    Opened {
+        registration,
+        commands,
+        params,
+        content_type,
+    }
+}
+
+/// The first body bytes of a streaming response, written before any message: SSE starts
+/// with a blank line, which dispatches no event but lets EventSource fire `open` at once.
+pub(crate) fn preamble(framing: Framing) -> Option<&'static [u8]> {
+    (framing == Framing::Sse).then_some(b"\r\n")
 }
 
 /// Starts a streaming session whose first frame is the connect command and returns the
@@ -174,27 +243,24 @@ pub fn start(
         initial,
         command_size_limit,
     } = start;
-    let session_id: Box<str> = uuid::Uuid::new_v4().to_string().into_boxed_str();
-    let (registration, commands) = edge.emulation.register(session_id.clone());
-    let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE_FRAMES);
-    if framing == Framing::Sse {
-        // A blank line first: dispatches no event but lets EventSource fire `open` at once.
-        let _ = body_tx.try_send(Bytes::from_static(b"\r\n"));
-    }
-    let mut params = edge.session_params(
+    let Opened {
+        registration,
+        commands,
+        params,
+        content_type,
+    } = open(
+        edge,
         settings,
-        framing.transport_name(),
+        framing,
         encoding,
-        peer,
-        &parts.uri,
-        &parts.headers,
         command_size_limit,
+        parts,
+        peer,
     );
-    if framing == Framing::Sse {
-        // Connect tokens travel in the SSE query string: never pass or log it.
-        params.url = parts.uri.path().to_owned();
+    let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE_FRAMES);
+    if let Some(preamble) = preamble(framing) {
+        let _ = body_tx.try_send(Bytes::from_static(preamble));
     }
-    params.emulation = Some((session_id, edge.node.clone()));
     let transport = StreamTransport {
         framing,
         encoding,
@@ -203,18 +269,12 @@ pub fn start(
         body: Some(body_tx),
         _registration: registration,
     };
-    tokio::spawn(session::run(
+    edge.tracker().spawn(session::run(
         transport,
         settings.link.clone(),
         params,
         edge.phase.clone(),
     ));
-
-    let content_type = match (framing, encoding) {
-        (Framing::Sse, _) => "text/event-stream; charset=utf-8",
-        (Framing::HttpStream, Encoding::Json) => "text/plain; charset=utf-8",
-        (Framing::HttpStream, Encoding::Protobuf) => "application/octet-stream",
-    };
     streaming_response(body_rx, content_type)
 }
 
@@ -227,7 +287,12 @@ pub(crate) fn streaming_response(
 ) -> Response<Body> {
     let mut response = Response::new(OutboxBody { chunks }.boxed());
     *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
+    streaming_headers(response.headers_mut(), content_type);
+    response
+}
+
+/// The headers of every streaming response, in the order they are written.
+pub(crate) fn streaming_headers(headers: &mut HeaderMap, content_type: &'static str) {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         header::CACHE_CONTROL,
@@ -236,7 +301,6 @@ pub(crate) fn streaming_response(
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     headers.insert("expire", HeaderValue::from_static("0"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -13,14 +12,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
-use super::Acceptor;
 use crate::config::TlsConfig;
-
-/// Time allowed for a TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::server::tls::TlsAcceptor;
 
 /// Why a certificate could not be loaded.
 #[derive(Debug, Error)]
@@ -107,6 +101,44 @@ impl CertResolver {
         Ok(())
     }
 
+    /// Builds a certificate from PEM bytes read beforehand (no I/O, nothing swapped); the
+    /// paths of `config` only name the files in errors. Used by the reload's `prepare` step.
+    pub fn parse(
+        &self,
+        config: &TlsConfig,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Arc<CertifiedKey>, TlsError> {
+        let cert_error = |reason: String| TlsError::Cert {
+            path: config.cert_file.clone(),
+            reason,
+        };
+        let key_error = |reason: String| TlsError::Key {
+            path: config.key_file.clone(),
+            reason,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| cert_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(cert_error("no certificate found".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| key_error(e.to_string()))?;
+        CertifiedKey::from_der(certs, key, &self.provider)
+            .map(Arc::new)
+            .map_err(|e| key_error(e.to_string()))
+    }
+
+    /// The certificate new handshakes get now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
+    /// Serves `key` to new handshakes from now on (cannot fail; live connections keep theirs).
+    pub fn install(&self, key: Arc<CertifiedKey>) {
+        self.current.store(key);
+    }
+
     /// A rustls server config using this resolver, with ALPN `h2` and `http/1.1`.
     pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
@@ -159,39 +191,19 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// TLS handshakes for the client listener.
-#[derive(Clone)]
-pub struct TlsAcceptor {
-    inner: tokio_rustls::TlsAcceptor,
-}
-
-impl TlsAcceptor {
-    /// An acceptor serving the resolver's current certificate.
-    pub fn new(resolver: &Arc<CertResolver>) -> Result<TlsAcceptor, TlsError> {
-        Ok(TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(Arc::new(resolver.server_config()?)),
-        })
+impl CertResolver {
+    /// A TLS acceptor serving this resolver's current certificate.
+    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
+        Ok(TlsAcceptor::new(Arc::new(self.server_config()?)))
     }
 
-    /// An acceptor that also requires a client certificate signed by `client_ca_file`.
-    pub fn with_client_ca(
-        resolver: &Arc<CertResolver>,
+    /// A TLS acceptor that also requires a client certificate signed by `client_ca_file`.
+    pub fn acceptor_with_client_ca(
+        self: &Arc<Self>,
         client_ca_file: &str,
     ) -> Result<TlsAcceptor, TlsError> {
-        Ok(TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(Arc::new(
-                resolver.server_config_with_client_ca(client_ca_file)?,
-            )),
-        })
-    }
-}
-
-impl Acceptor for TlsAcceptor {
-    type Stream = TlsStream<TcpStream>;
-
-    async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Stream> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(stream))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+        Ok(TlsAcceptor::new(Arc::new(
+            self.server_config_with_client_ca(client_ca_file)?,
+        )))
     }
 }

@@ -114,11 +114,11 @@ pub fn to_uni(reply: Bytes) -> UniMessage {
 /// (Centrifugo's default mapping; anything else is 3004 internal server error).
 pub fn refusal_disconnect(code: u32) -> Disconnect {
     if code == ErrorCode::Expired.code() || code == ErrorCode::TokenExpired.code() {
-        Disconnect::new(3005, "expired")
+        Disconnect::EXPIRED
     } else if code == ErrorCode::TooManyRequests.code() {
-        Disconnect::new(3013, "too many requests")
+        Disconnect::TOO_MANY_REQUESTS
     } else if code == ErrorCode::PermissionDenied.code() {
-        Disconnect::new(3507, "permission denied")
+        Disconnect::PERMISSION_DENIED
     } else if code == ErrorCode::Unauthorized.code() {
         Disconnect::INVALID_TOKEN
     } else {

@@ -239,7 +239,7 @@ fn start(
         refused: None,
         body: Some(body_tx),
     };
-    tokio::spawn(session::run(
+    edge.tracker().spawn(session::run(
         transport,
         settings.link.clone(),
         params,

@@ -57,7 +57,7 @@ pub fn handle(
     params.settings.pong_timeout = Duration::ZERO;
     let link = settings.link.clone();
     let phase = edge.phase.clone();
-    run_upgraded(&mut request, peer, move |io| {
+    run_upgraded(edge.tracker(), &mut request, peer, move |io| {
         session::run(
             UniWsTransport::new(WsConn::new(io, limit)),
             link,
@@ -145,7 +145,8 @@ where
         if disconnect == Disconnect::CONNECTION_CLOSED {
             return;
         }
-        let code = u16::try_from(disconnect.code).unwrap_or(1011);
+        let code = u16::try_from(disconnect.code)
+            .unwrap_or(crate::protocol::codes::WS_CLOSE_INTERNAL_ERROR);
         // A client that stopped reading cannot block the close: push and close frame get
         // CLOSE_WRITE_TIMEOUT, then the socket is dropped.
         if let Some(push) = disconnect_push(&disconnect)

@@ -107,7 +107,7 @@ pub fn handle(
     let link = settings.link.clone();
     let phase = edge.phase.clone();
     let encoding = negotiated.encoding;
-    run_upgraded(&mut request, peer, move |io| {
+    run_upgraded(edge.tracker(), &mut request, peer, move |io| {
         session::run(
             WsTransport::new(WsConn::new(io, limit), encoding),
             link,
@@ -141,16 +141,24 @@ pub(crate) fn accept_handshake(
 /// sent); an upgrade that fails is logged and dropped. The session gets a task of its own once
 /// the upgrade is done, so that its task holds only the session (not the upgrade future nor the
 /// closure's captures beside it).
-pub(crate) fn run_upgraded<F, S>(request: &mut Request<Incoming>, peer: SocketAddr, session: F)
-where
+///
+/// Both tasks run on `tracker`, so drain sees the session from the moment the handshake is
+/// answered, before it has counted itself anywhere.
+pub(crate) fn run_upgraded<F, S>(
+    tracker: &crate::server::TaskTracker,
+    request: &mut Request<Incoming>,
+    peer: SocketAddr,
+    session: F,
+) where
     F: FnOnce(TokioIo<Upgraded>) -> S + Send + 'static,
     S: std::future::Future<Output = ()> + Send + 'static,
 {
     let upgrade = hyper::upgrade::on(request);
-    tokio::spawn(async move {
+    let session_tracker = tracker.clone();
+    tracker.spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                tokio::spawn(session(TokioIo::new(upgraded)));
+                session_tracker.spawn(session(TokioIo::new(upgraded)));
             }
             Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
         }
@@ -254,7 +262,8 @@ where
         if disconnect == Disconnect::CONNECTION_CLOSED {
             return;
         }
-        let code = u16::try_from(disconnect.code).unwrap_or(1011);
+        let code = u16::try_from(disconnect.code)
+            .unwrap_or(crate::protocol::codes::WS_CLOSE_INTERNAL_ERROR);
         // A client that stopped reading cannot block the close: the frame gets
         // CLOSE_WRITE_TIMEOUT, then the socket is dropped; the client's close reply is awaited
         // so that our close frame is not lost to a reset caused by unread input.
@@ -321,12 +330,11 @@ mod memory_tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::admin::metrics::Metrics;
-    use crate::config::HubConfig;
-    use crate::hub::Hub;
     use crate::lifecycle;
     use crate::link::backoff::Backoff;
+    use crate::link::member::Unreachable;
     use crate::link::{Link, Upstream};
+    use crate::metrics::Metrics;
     use crate::session::{SessionParams, SessionSettings};
 
     /// Bytes of state one idle WebSocket session keeps in its task (debug build), beyond the
@@ -342,9 +350,8 @@ mod memory_tests {
         let ws = WsConn::new(server, 65536);
         let (_phase_tx, phase) = lifecycle::channel();
         let metrics = Arc::new(Metrics::default());
-        let hub = Hub::start(HubConfig::default(), phase.clone());
         let link = Link::spawn(
-            Upstream::Embedded(hub),
+            Upstream::Embedded(Arc::new(Unreachable)),
             Arc::from("node"),
             Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
             phase.clone(),

@@ -392,6 +392,36 @@ where
     }
 }
 
+/// Reads what `io` has (at most [`SCRATCH_BYTES`]) through the worker thread's scratch buffer
+/// and appends the first `max` of those bytes to `out`, dropping the rest: the number of bytes
+/// read (0 at the end of the stream). Nothing is held between calls. Shared with the owned
+/// HTTP/1 path (`edge::h1`), which keeps no read buffer of its own either.
+pub(crate) fn poll_read_scratch<S: AsyncRead + Unpin>(
+    io: &mut S,
+    cx: &mut Context<'_>,
+    out: &mut BytesMut,
+    max: usize,
+) -> Poll<io::Result<usize>> {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => read_capped(io, cx, &mut scratch, out, max),
+        Err(_) => read_capped(io, cx, &mut vec![0; SCRATCH_BYTES], out, max),
+    })
+}
+
+fn read_capped<S: AsyncRead + Unpin>(
+    io: &mut S,
+    cx: &mut Context<'_>,
+    scratch: &mut [u8],
+    out: &mut BytesMut,
+    max: usize,
+) -> Poll<io::Result<usize>> {
+    let mut buf = ReadBuf::new(scratch);
+    ready!(Pin::new(io).poll_read(cx, &mut buf))?;
+    let filled = buf.filled();
+    out.extend_from_slice(&filled[..filled.len().min(max)]);
+    Poll::Ready(Ok(filled.len()))
+}
+
 fn read_into<S: AsyncRead + Unpin>(
     io: &mut S,
     cx: &mut Context<'_>,

@@ -25,9 +25,9 @@ use super::namespace::Operation;
 use super::policy::{validate_channel, validate_disconnect_code};
 use super::state::PublishOptions;
 use crate::http::{Body, json as json_response};
+use crate::protocol::SERVER_VERSION;
 use crate::protocol::client::{HistoryRequest, StreamPosition};
 use crate::protocol::{Disconnect, ErrorCode};
-use crate::session::handle::SERVER_VERSION;
 
 /// Largest API request body, bytes.
 pub const MAX_API_BODY_BYTES: usize = 16 * 1024 * 1024;

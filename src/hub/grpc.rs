@@ -17,17 +17,14 @@ use super::Hub;
 use super::drain::{self, LinkSessions};
 use super::link_auth::LinkAuth;
 use crate::config::HubConfig;
-use crate::edge::Acceptor;
 use crate::lifecycle::{self, PhaseWatch};
 use crate::linkproto::link_server::{Link, LinkServer};
 use crate::linkproto::{SidecarFrame, UpstreamFrame, sidecar_frame, upstream_frame};
+use crate::server::{self, Acceptor, HandshakeError};
 
-/// Time a new Link connection has for its TLS handshake.
-const LINK_HANDSHAKE_TIMEOUT: Duration = crate::config::DEFAULT_CLIENT_HANDSHAKE_TIMEOUT;
-/// First pause after a failed accept.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-/// Longest pause between failed accepts.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Time a new Link connection has for its TLS handshake (the same 10 s the edge gives clients
+/// by default).
+const LINK_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames of the drain (3001 disconnects) queued per Link beside the hub's own queue.
 const DRAIN_QUEUE_FRAMES: usize = 1024;
 
@@ -141,45 +138,21 @@ pub async fn serve<A: Acceptor>(
     let service = LinkServer::new(LinkService::new(hub, phase.clone(), auth))
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let closing = lifecycle::closing(&mut phase);
-    tokio::pin!(closing);
-    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
-    let mut accept_failures: u64 = 0;
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    if accept_failures > 0 {
-                        tracing::info!(failures = accept_failures, "hub: accept recovered");
-                        accept_failures = 0;
-                        accept_backoff = ACCEPT_BACKOFF_MIN;
-                    }
-                    accepted
-                }
-                Err(error) => {
-                    if accept_failures == 0 {
-                        tracing::warn!(%error, "hub: accept failed; backing off");
-                    }
-                    accept_failures += 1;
-                    tokio::time::sleep(accept_backoff).await;
-                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            },
-            _ = &mut closing => break,
-        };
-        let _ = stream.set_nodelay(true);
+    let closing = async move {
+        lifecycle::closing(&mut phase).await;
+    };
+    let on_connection = |stream, peer: SocketAddr| {
         let service = TowerToHyperService::new(service.clone());
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let accepted = tokio::time::timeout(LINK_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            let stream = match accepted.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
+            let deadline = tokio::time::Instant::now() + LINK_HANDSHAKE_TIMEOUT;
+            let stream = match server::handshake(&acceptor, stream, deadline).await {
+                Ok(stream) => stream,
+                Err(HandshakeError::Failed(error)) => {
                     tracing::debug!(%peer, %error, "hub: handshake failed");
                     return;
                 }
-                Err(_) => {
+                Err(HandshakeError::TimedOut) => {
                     tracing::debug!(%peer, "hub: handshake timed out");
                     return;
                 }
@@ -198,7 +171,8 @@ pub async fn serve<A: Acceptor>(
                 tracing::debug!(%peer, %error, "hub: link connection ended");
             }
         });
-    }
+    };
+    server::accept_loop("hub.link_listen", &listener, closing, on_connection, || {}).await;
 }
 
 /// Binds the Link listener; returns it with its bound address.

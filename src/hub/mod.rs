@@ -28,12 +28,15 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::HubConfig;
 use crate::lifecycle::{self, PhaseWatch};
+use crate::link::uplink::UplinkFrames;
+use crate::link::{ConnectError, Connector, Downstream};
 use crate::linkproto::{SidecarFrame, UpstreamFrame, Welcome, sidecar_frame, upstream_frame};
+use crate::protocol::SERVER_VERSION;
 use crate::protocol::client::Command;
-use crate::session::handle::SERVER_VERSION;
 use counters::HubCounters;
 use link_queue::LinkQueue;
 use state::{HubState, Verified};
@@ -273,5 +276,11 @@ fn verify_command_token(state: &HubState, command: &Command) -> Option<Verified>
             state.verify_subscription(&request.token),
         )),
         _ => None,
+    }
+}
+/// The embedded hub as the sidecar's in-process upstream (`app` wires it into the Link).
+impl Connector for Hub {
+    fn open(&self, uplink: UplinkFrames) -> Result<Downstream, ConnectError> {
+        Ok(ReceiverStream::new(self.attach(uplink)).map(Ok).boxed())
     }
 }

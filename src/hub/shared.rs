@@ -661,7 +661,7 @@ pub(super) fn node_info(state: &HubState) -> bytes::Bytes {
     let value = serde_json::json!({
         "uid": state.node_uid(),
         "name": super::api::NODE_NAME,
-        "version": crate::session::handle::SERVER_VERSION,
+        "version": crate::protocol::SERVER_VERSION,
         "num_clients": counts.num_clients,
         "num_users": counts.num_users,
         "num_channels": counts.num_channels,

@@ -42,6 +42,7 @@ use crate::linkproto::{
     ChannelPush, Encoding, Membership, SessionDisconnect, SessionOpen, SessionReply, UpstreamFrame,
     upstream_frame,
 };
+use crate::protocol::SERVER_VERSION;
 use crate::protocol::client::{
     ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, HistoryResult, Join, Leave,
     Message, PresenceResult, PresenceStatsResult, Publication, PublishResult, Push, RefreshResult,
@@ -49,7 +50,6 @@ use crate::protocol::client::{
     UnsubscribeResult,
 };
 use crate::protocol::{Disconnect, ErrorCode};
-use crate::session::handle::SERVER_VERSION;
 
 pub use super::channel::SessionKey;
 pub use server::{CONNECTION_EXPIRED, NodeCounts, UNSUBSCRIBE_SERVER};
@@ -66,10 +66,7 @@ pub const SHARDS: usize = 64;
 /// Unsubscribe code telling SDKs to resubscribe and recover ("insufficient state").
 pub const UNSUBSCRIBE_INSUFFICIENT_STATE: u32 = 2500;
 /// Disconnect of a session whose frames were lost: the client reconnects.
-pub const INSUFFICIENT_STATE: Disconnect = Disconnect {
-    code: 3010,
-    reason: std::borrow::Cow::Borrowed("insufficient state"),
-};
+pub const INSUFFICIENT_STATE: Disconnect = Disconnect::INSUFFICIENT_STATE;
 /// Unsubscribe code of a subscription whose token expired (Centrifugo's
 /// `UnsubscribeCodeExpired`): the SDK resubscribes with a fresh subscription token.
 pub const UNSUBSCRIBE_EXPIRED: u32 = 2501;
@@ -1811,7 +1808,7 @@ impl HubState {
                     subject: session.subject(),
                 });
             } else {
-                self.disconnect(key, &Disconnect::new(3005, "connection expired"));
+                self.disconnect(key, &CONNECTION_EXPIRED);
                 self.remove_session(&mut sessions, key);
             }
         }
@@ -1849,7 +1846,7 @@ impl HubState {
                     sessions.schedule_expiry(at, key);
                     return;
                 }
-                _ => Disconnect::new(3005, "connection expired"),
+                _ => CONNECTION_EXPIRED,
             },
         };
         self.disconnect(key, &disconnect);

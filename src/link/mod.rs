@@ -14,6 +14,7 @@
 //!   lost stream end with 3004 (clients reconnect); reconnects use capped, jittered backoff.
 
 pub mod backoff;
+pub mod member;
 pub mod registry;
 pub mod uplink;
 pub mod upstream;
@@ -27,19 +28,19 @@ use thiserror::Error;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::timeout;
 
-use crate::admin::metrics::{Metrics, ReasonLabels};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::linkproto::{
     Hello, LinkError, SessionClose, SessionCommand, SessionCommandTimeout, SessionOpen,
     SidecarFrame, UpstreamFrame, Welcome, sidecar_frame, upstream_frame,
 };
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::protocol::client::Command;
 use crate::protocol::{Disconnect, Encoding};
-use crate::session::SessionHandle;
 use backoff::Backoff;
+pub use member::{Connector, Delivery, Member};
 use registry::Registry;
 use uplink::{UplinkError, UplinkSender};
-pub use upstream::{ConnectError, Upstream};
+pub use upstream::{ConnectError, Downstream, Upstream};
 
 /// Frames queued from sessions towards the upstream before senders wait (backpressure).
 pub const UPLINK_QUEUE_FRAMES: usize = 4096;
@@ -114,7 +115,7 @@ pub struct OpenRequest {
 enum Control {
     /// A session opened on the stream of generation `stream`.
     Insert {
-        handle: Arc<SessionHandle>,
+        handle: Arc<dyn Member>,
         stream: u64,
     },
     /// A session ended.
@@ -259,7 +260,7 @@ impl Link {
     /// Registers the session and sends `SessionOpen` with its connect command.
     pub async fn open(
         &self,
-        handle: Arc<SessionHandle>,
+        handle: Arc<dyn Member>,
         request: OpenRequest,
         connect: Command,
     ) -> Result<LinkSession, Unavailable> {
@@ -276,17 +277,17 @@ impl Link {
         });
         let session = LinkSession {
             link: self.clone(),
-            id: handle.id,
+            id: handle.id(),
             stream: live.generation,
             uplink: live.sender,
             capabilities: live.capabilities,
         };
         handle.mark_connecting(connect.id);
         let open = SessionOpen {
-            session: handle.id,
+            session: handle.id(),
             client: handle.client_id().to_owned(),
             transport: request.transport.to_owned(),
-            encoding: match handle.encoding {
+            encoding: match handle.encoding() {
                 Encoding::Json => crate::linkproto::Encoding::Json as i32,
                 Encoding::Protobuf => crate::linkproto::Encoding::Protobuf as i32,
             },
@@ -513,7 +514,7 @@ impl Router {
                     self.registry.insert(handle);
                 } else {
                     // Opened on a stream that has since been lost: it is gone upstream too.
-                    handle.outbox.end(Disconnect::UPSTREAM_UNAVAILABLE);
+                    handle.end(Disconnect::UPSTREAM_UNAVAILABLE);
                 }
             }
             Control::Remove(session) => self.registry.remove(session),
@@ -559,7 +560,7 @@ impl Router {
                 {
                     connect.version.clone_from(&self.welcome_version);
                 }
-                if handle.deliver_reply(inner).is_none() {
+                if !handle.deliver_reply(inner) {
                     tracing::debug!(
                         session = reply.session,
                         "link: reply to no pending command dropped"
@@ -570,9 +571,7 @@ impl Router {
             upstream_frame::Frame::Disconnect(disconnect) => {
                 match self.registry.get(disconnect.session) {
                     Some(handle) => {
-                        handle
-                            .outbox
-                            .end(Disconnect::new(disconnect.code, disconnect.reason));
+                        handle.end(Disconnect::new(disconnect.code, disconnect.reason));
                     }
                     None => dropped("unknown_session"),
                 }

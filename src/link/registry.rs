@@ -11,19 +11,20 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::member::{Delivery, Member as LinkMember};
 use crate::protocol::client::{Push, Reply};
 use crate::protocol::{Disconnect, Encoding, encode_reply};
-use crate::session::{PushOutcome, SessionHandle};
 
-#[derive(Debug)]
+/// A registered session: one `Arc` made when it opened, shared by its memberships.
+type Handle = Arc<dyn LinkMember>;
+
 struct Member {
-    handle: Arc<SessionHandle>,
+    handle: Handle,
     join_leave: bool,
 }
 
-#[derive(Debug)]
 struct Entry {
-    handle: Arc<SessionHandle>,
+    handle: Handle,
     /// Channels this session is a member of (for cleanup when it ends).
     channels: HashSet<Arc<str>>,
 }
@@ -41,7 +42,7 @@ pub struct FanOut {
 }
 
 /// Sessions and channel membership of one Link.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     sessions: HashMap<u64, Entry>,
     channels: HashMap<Arc<str>, HashMap<u64, Member>>,
@@ -49,9 +50,9 @@ pub struct Registry {
 
 impl Registry {
     /// Adds a live session.
-    pub fn insert(&mut self, handle: Arc<SessionHandle>) {
+    pub fn insert(&mut self, handle: Handle) {
         self.sessions.insert(
-            handle.id,
+            handle.id(),
             Entry {
                 handle,
                 channels: HashSet::new(),
@@ -60,7 +61,7 @@ impl Registry {
     }
 
     /// The handle of a live session.
-    pub fn get(&self, session: u64) -> Option<&Arc<SessionHandle>> {
+    pub fn get(&self, session: u64) -> Option<&Handle> {
         self.sessions.get(&session).map(|entry| &entry.handle)
     }
 
@@ -137,14 +138,14 @@ impl Registry {
             if join_leave_only && !member.join_leave {
                 continue;
             }
-            let encoding: Encoding = member.handle.encoding;
+            let encoding: Encoding = member.handle.encoding();
             let slot = &mut encoded[encoding.index()];
             let bytes = slot.get_or_insert_with(|| encode_reply(encoding, &reply).map_err(|_| ()));
             match bytes {
-                Ok(bytes) => match member.handle.deliver_encoded(bytes.clone()) {
-                    PushOutcome::Queued => counts.delivered += 1,
-                    PushOutcome::Overflow => counts.overflowed += 1,
-                    PushOutcome::Ended => {}
+                Ok(bytes) => match member.handle.deliver_push(bytes.clone()) {
+                    Delivery::Queued => counts.delivered += 1,
+                    Delivery::Overflow => counts.overflowed += 1,
+                    Delivery::Ended => {}
                 },
                 // Not representable in this member's encoding (non-JSON bytes for a JSON
                 // client): skipped, counted; the member is not punished for it.
@@ -158,7 +159,7 @@ impl Registry {
     pub fn end_all(&mut self, disconnect: &Disconnect) -> usize {
         let count = self.sessions.len();
         for entry in self.sessions.values() {
-            entry.handle.outbox.end(disconnect.clone());
+            entry.handle.end(disconnect.clone());
         }
         self.sessions.clear();
         self.channels.clear();
@@ -179,17 +180,11 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::member::fake::FakeMember;
     use crate::protocol::client::{Join, Publication};
-    use crate::session::ConnectFields;
-    use crate::session::outbox::Drain;
 
-    fn session(id: u64, encoding: Encoding, limit: usize) -> Arc<SessionHandle> {
-        Arc::new(SessionHandle::new(
-            id,
-            encoding,
-            limit,
-            ConnectFields::default(),
-        ))
+    fn session(id: u64, encoding: Encoding, limit: usize) -> Arc<FakeMember> {
+        Arc::new(FakeMember::new(id, encoding, limit))
     }
 
     fn publication(data: &'static [u8]) -> Push {
@@ -215,8 +210,8 @@ mod tests {
         }
         let counts = registry.fan_out("c", publication(b"{}"));
         assert_eq!(counts.delivered, 3);
-        let take = |h: &SessionHandle| match h.outbox.drain() {
-            Drain::Messages(mut batch) => batch.remove(0),
+        let take = |h: &FakeMember| match h.take().as_slice() {
+            [one] => one.clone(),
             other => panic!("{other:?}"),
         };
         let (ja, jb, pc) = (take(&a), take(&b), take(&c));
@@ -243,7 +238,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(registry.fan_out("c", push).delivered, 1);
-        assert!(matches!(b.outbox.drain(), Drain::Idle));
+        assert!(b.take().is_empty());
     }
 
     #[test]
@@ -260,8 +255,8 @@ mod tests {
             overflowed += registry.fan_out("c", publication(b"[1,2,3]")).overflowed;
         }
         assert_eq!(overflowed, 1);
-        assert!(slow.outbox.is_ended());
-        assert!(!fast.outbox.is_ended());
+        assert!(slow.is_ended());
+        assert!(!fast.is_ended());
     }
 
     #[test]
@@ -276,9 +271,9 @@ mod tests {
         let counts = registry.fan_out("c", publication(&[0xff, 0xfe]));
         assert_eq!(counts.skipped_not_json, 1);
         assert_eq!(counts.delivered, 1);
-        assert!(matches!(json.outbox.drain(), Drain::Idle));
-        assert!(!json.outbox.is_ended());
-        assert!(matches!(proto.outbox.drain(), Drain::Messages(_)));
+        assert!(json.take().is_empty());
+        assert!(!json.is_ended());
+        assert_eq!(proto.take().len(), 1);
     }
 
     #[test]

@@ -3,17 +3,17 @@
 //! path whatever the upstream is.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use thiserror::Error;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use super::member::Connector;
 use super::uplink::UplinkFrames;
 use crate::config::{UpstreamConfig, valid_token};
-use crate::hub::Hub;
 use crate::linkproto::UpstreamFrame;
 use crate::linkproto::link_client::LinkClient;
 
@@ -40,11 +40,14 @@ pub enum ConnectError {
     Token(String),
 }
 
+/// Time an in-process upstream has to open a stream and send its welcome.
+pub const EMBEDDED_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where the Link goes.
 #[derive(Clone)]
 pub enum Upstream {
-    /// The reference hub in this process.
-    Embedded(Hub),
+    /// An upstream in this process (the embedded hub, wired by `app`).
+    Embedded(Arc<dyn Connector>),
     /// An external upstream speaking `sidewire.v1.Link` over gRPC.
     Grpc(Box<UpstreamConfig>),
 }
@@ -52,7 +55,7 @@ pub enum Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Upstream::Embedded(_) => f.write_str("embedded hub"),
+            Upstream::Embedded(_) => f.write_str("embedded"),
             Upstream::Grpc(config) => write!(f, "{}", config.endpoint),
         }
     }
@@ -62,7 +65,7 @@ impl Upstream {
     /// Time allowed to open a stream and receive the welcome.
     pub fn connect_timeout(&self) -> Duration {
         match self {
-            Upstream::Embedded(_) => Duration::from_secs(5),
+            Upstream::Embedded(_) => EMBEDDED_CONNECT_TIMEOUT,
             Upstream::Grpc(config) => config.connect_timeout,
         }
     }
@@ -70,14 +73,11 @@ impl Upstream {
     /// Opens one stream whose request side is fed by `uplink`.
     pub async fn open(&self, uplink: UplinkFrames) -> Result<Downstream, ConnectError> {
         match self {
-            Upstream::Embedded(hub) => {
-                let downstream = hub.attach(uplink);
-                Ok(ReceiverStream::new(downstream).map(Ok).boxed())
-            }
+            Upstream::Embedded(connector) => connector.open(uplink),
             Upstream::Grpc(config) => {
-                let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+                let mut endpoint = Endpoint::from_shared(config.endpoint.as_str().to_owned())
                     .map_err(|e| ConnectError::Endpoint(e.to_string()))?;
-                if config.endpoint.starts_with("https://") {
+                if config.endpoint.is_https() {
                     endpoint = endpoint.tls_config(tls_config(config)?)?;
                 }
                 let mut endpoint = endpoint

@@ -115,19 +115,16 @@ impl std::fmt::Debug for Backend {
 impl Backend {
     /// Builds the client from config (no connection is made yet).
     pub fn new(config: &BackendConfig) -> Result<Backend, BackendError> {
-        let uri: Uri = config
-            .url
-            .parse()
-            .map_err(|e| BackendError(format!("url: invalid URL {:?}: {e}", config.url)))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-            return Err(BackendError(format!(
+        // Parsed (scheme and host checked) when the config was read.
+        let uri = config.url.uri().cloned().ok_or_else(|| {
+            BackendError(format!(
                 "url: must be http(s)://host:port[/prefix], got {:?}",
-                config.url
-            )));
-        }
+                config.url.as_str()
+            ))
+        })?;
         let trusted_proxies = trust::parse_all(&config.trusted_proxies)
             .map_err(|(index, error)| BackendError(format!("trusted_proxies[{index}]: {error}")))?;
-        let base = config.url.trim_end_matches('/').to_owned();
+        let base = config.url.as_str().trim_end_matches('/').to_owned();
         let common = |transport| Backend {
             transport,
             base: base.clone(),
@@ -169,13 +166,15 @@ impl Backend {
     }
 
     /// Proxies one request from `peer` (which reached us over `proto`, `http` or `https`).
-    /// A request body that makes no progress for `body_timeout` is abandoned: 408.
+    /// A request body that makes no progress for `body_timeout` is abandoned: 408. An
+    /// upgraded tunnel runs on a task of `tracker` (drain waits for it).
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         proto: &'static str,
         body_timeout: Duration,
+        tracker: &crate::server::TaskTracker,
     ) -> Response<Body> {
         let declared = request
             .headers()
@@ -266,7 +265,7 @@ impl Backend {
                 Exchanged::General(response) => response,
             };
             let backend_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((client, backend)) => {
                         let mut client = TokioIo::new(client);

@@ -1,5 +1,7 @@
 //! Error codes (inside `Reply.error`) and disconnect codes (close frames, disconnect pushes),
-//! as defined by Centrifugo. No other module writes a close code as a bare integer.
+//! as defined by Centrifugo, and the one RFC 6455 close code sidewire picks itself
+//! ([`WS_CLOSE_INTERNAL_ERROR`]; the framing codes of `edge::wsframe` are RFC 6455's own).
+//! No other module writes a close or disconnect code as a bare integer outside tests.
 
 use std::borrow::Cow;
 
@@ -77,6 +79,10 @@ impl ErrorCode {
     }
 }
 
+/// RFC 6455 "internal error": the WebSocket close code used when a disconnect code does not
+/// fit the close frame's 16 bits.
+pub const WS_CLOSE_INTERNAL_ERROR: u16 = 1011;
+
 /// Longest close reason that fits a WebSocket close frame (125 bytes minus the 2-byte code).
 pub const MAX_REASON_BYTES: usize = 123;
 
@@ -113,12 +119,21 @@ disconnects! {
     INTERNAL = 3004, "internal server error";
     /// The upstream Link is unavailable or was lost; clients reconnect.
     UPSTREAM_UNAVAILABLE = 3004, "upstream unavailable";
+    /// The connection's token expired (uni transports' refusal); clients reconnect with a
+    /// fresh token.
+    EXPIRED = 3005, "expired";
+    /// The connection expired and was not refreshed (hub, server API); clients reconnect.
+    CONNECTION_EXPIRED = 3005, "connection expired";
     /// Outbound queue overflow; clients reconnect.
     SLOW = 3008, "slow";
     /// Write to the client failed; clients reconnect.
     WRITE_ERROR = 3009, "write error";
+    /// The session's frames were lost (Link queue overflow); clients reconnect and recover.
+    INSUFFICIENT_STATE = 3010, "insufficient state";
     /// No pong within pong_timeout; clients reconnect.
     NO_PONG = 3012, "no pong";
+    /// Too many requests (uni transports' refusal); clients reconnect.
+    TOO_MANY_REQUESTS = 3013, "too many requests";
     /// Invalid connection token; terminal.
     INVALID_TOKEN = 3500, "invalid token";
     /// Protocol violation; terminal.
@@ -129,6 +144,8 @@ disconnects! {
     FORCE_DISCONNECT = 3503, "force disconnect";
     /// Binary data for a JSON client; terminal.
     INAPPROPRIATE_PROTOCOL = 3506, "inappropriate protocol";
+    /// Permission denied (uni transports' refusal); terminal.
+    PERMISSION_DENIED = 3507, "permission denied";
 }
 
 impl Disconnect {

@@ -14,6 +14,10 @@ pub use crate::pb::sidewire::client::v2 as client;
 pub use codes::{Disconnect, ErrorCode};
 pub use frame::{DecodeError, EncodeError, decode_commands, encode_reply};
 
+/// Version this server reports: `ConnectResult.version` when the upstream leaves it empty, the
+/// hub's own connect results and its `info` API.
+pub const SERVER_VERSION: &str = concat!("sidewire ", env!("CARGO_PKG_VERSION"));
+
 /// Encoding of one client connection, chosen once when it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {

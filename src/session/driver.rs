@@ -25,9 +25,9 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::handle::{ConnectFields, Phase, SessionHandle};
 use super::outbox::Drain;
-use crate::admin::metrics::{CommandLabels, Metrics, TransportLabels};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::{Link, LinkSession, OpenRequest};
+use crate::metrics::{CommandLabels, Metrics, TransportLabels};
 use crate::protocol::client::{Command, Reply};
 use crate::protocol::{Disconnect, Encoding, command_kind, decode_commands, encode_reply};
 
@@ -265,7 +265,7 @@ async fn drive<T: Transport>(
     Box::pin(transport.close(end.clone())).await;
     metrics.connections.get_or_create(&labels).dec();
     metrics.sessions_live.dec();
-    metrics.session_closed(end.code);
+    metrics.session_closed(end.code, end.code == Disconnect::SLOW.code);
     tracing::debug!(session = handle.id, code = end.code, reason = %end.reason, "session ended");
 }
 

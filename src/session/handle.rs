@@ -17,15 +17,10 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::outbox::{Outbox, PushOutcome};
+use crate::config::DEFAULT_COMMAND_TIMEOUT;
+use crate::link::{Delivery, Member};
 use crate::protocol::client::{self, Reply};
-use crate::protocol::{Disconnect, EncodeError, Encoding, ErrorCode, encode_reply};
-
-/// Version reported in `ConnectResult.version` when the upstream leaves it empty.
-pub const SERVER_VERSION: &str = concat!("sidewire ", env!("CARGO_PKG_VERSION"));
-
-/// Default time the upstream has to answer a command before the client gets
-/// [`command_timeout_error`] (`upstream.command_timeout`; also used for the embedded hub).
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::protocol::{Disconnect, EncodeError, Encoding, ErrorCode, SERVER_VERSION, encode_reply};
 
 /// The error a client gets for a command the upstream did not answer in time: Centrifugo has
 /// no dedicated code, so 100 "internal" with `temporary` set (clients may retry).
@@ -265,6 +260,42 @@ impl SessionHandle {
     /// Queues bytes already encoded in this session's encoding.
     pub fn deliver_encoded(&self, bytes: Bytes) -> PushOutcome {
         self.outbox.push(bytes)
+    }
+}
+
+/// The Link's registry delivers to a session through its handle (registered once, as an
+/// `Arc<dyn Member>`, when the session opens).
+impl Member for SessionHandle {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    fn client_id(&self) -> &str {
+        SessionHandle::client_id(self)
+    }
+
+    fn mark_connecting(&self, connect_id: u32) {
+        SessionHandle::mark_connecting(self, connect_id);
+    }
+
+    fn deliver_reply(&self, reply: Reply) -> bool {
+        SessionHandle::deliver_reply(self, reply).is_some()
+    }
+
+    fn deliver_push(&self, bytes: Bytes) -> Delivery {
+        match self.outbox.push(bytes) {
+            PushOutcome::Queued => Delivery::Queued,
+            PushOutcome::Overflow => Delivery::Overflow,
+            PushOutcome::Ended => Delivery::Ended,
+        }
+    }
+
+    fn end(&self, disconnect: Disconnect) {
+        self.outbox.end(disconnect);
     }
 }
 

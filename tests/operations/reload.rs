@@ -246,3 +246,47 @@ async fn sighup_right_after_the_listening_line_reloads() {
         wait_reloads(&server, "unchanged", 1.0).await;
     }
 }
+
+/// A config naming a certificate that is not there yet is rejected, and the old config (and
+/// certificate) keep serving; once the files appear the same config file is applied, without
+/// being touched again: a rejected config is retried.
+#[tokio::test]
+async fn a_config_rejected_for_a_missing_certificate_is_applied_once_it_appears() {
+    use crate::tls::{connector, install, make_cert, peer_cert, tls_connect};
+    let first_dir = tempfile::tempdir().unwrap();
+    let later_dir = tempfile::tempdir().unwrap();
+    let first = make_cert("sidewire-reload-one", 1);
+    let second = make_cert("sidewire-reload-two", 2);
+    install(&first, first_dir.path());
+    let tls_yaml = |dir: &std::path::Path| {
+        format!(
+            "tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n",
+            dir.join("tls.crt").display(),
+            dir.join("tls.key").display()
+        )
+    };
+    let server = Server::start(&tls_yaml(first_dir.path())).await;
+    server.wait_ready(RELOAD_WAIT).await;
+    let trusting_both = connector(&[&first, &second], &[b"http/1.1"]);
+    let served = |tls: std::io::Result<_>| peer_cert(&tls.expect("TLS handshake"));
+
+    server.rewrite_config(&tls_yaml(later_dir.path()));
+    let scraped = wait_reloads(&server, "rejected", 1.0).await;
+    assert_eq!(
+        scraped.value("sidewire_config_reloads_total", &[("result", "applied")]),
+        0.0,
+        "a config whose certificate is missing was applied"
+    );
+    let tls = tls_connect(&trusting_both, server.client_addr).await;
+    assert_eq!(served(tls), first.der, "the old certificate still serves");
+
+    // The certificate is mounted after the config: no further edit of the config file.
+    install(&second, later_dir.path());
+    wait_reloads(&server, "applied", 1.0).await;
+    let tls = tls_connect(&trusting_both, server.client_addr).await;
+    assert_eq!(
+        served(tls),
+        second.der,
+        "the retried config serves its certificate"
+    );
+}

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -21,13 +22,13 @@ use tokio_rustls::client::TlsStream;
 use crate::support::*;
 
 /// A self-signed certificate for `localhost` / `127.0.0.1`.
-struct TestCert {
+pub(crate) struct TestCert {
     cert_pem: String,
     key_pem: String,
-    der: CertificateDer<'static>,
+    pub(crate) der: CertificateDer<'static>,
 }
 
-fn make_cert(common_name: &str, serial: u64) -> TestCert {
+pub(crate) fn make_cert(common_name: &str, serial: u64) -> TestCert {
     let key = rcgen::KeyPair::generate().expect("generate key");
     let mut params =
         rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
@@ -45,7 +46,7 @@ fn make_cert(common_name: &str, serial: u64) -> TestCert {
 }
 
 /// Writes the pair the way a Secret update lands: each file replaced atomically (key first).
-fn install(cert: &TestCert, dir: &Path) {
+pub(crate) fn install(cert: &TestCert, dir: &Path) {
     for (name, text) in [("tls.key", &cert.key_pem), ("tls.crt", &cert.cert_pem)] {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text).unwrap();
@@ -54,7 +55,7 @@ fn install(cert: &TestCert, dir: &Path) {
 }
 
 /// A TLS client trusting exactly `trusted`, offering `alpn`.
-fn connector(trusted: &[&TestCert], alpn: &[&[u8]]) -> TlsConnector {
+pub(crate) fn connector(trusted: &[&TestCert], alpn: &[&[u8]]) -> TlsConnector {
     let mut roots = RootCertStore::empty();
     for cert in trusted {
         roots.add(cert.der.clone()).expect("trust anchor");
@@ -69,7 +70,7 @@ fn connector(trusted: &[&TestCert], alpn: &[&[u8]]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     connector: &TlsConnector,
     addr: SocketAddr,
 ) -> std::io::Result<TlsStream<TcpStream>> {
@@ -80,7 +81,7 @@ async fn tls_connect(
         .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
 }
 
-fn peer_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+pub(crate) fn peer_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     stream
         .get_ref()
         .1
@@ -97,7 +98,7 @@ async fn tls_serves_wss_and_https_with_h2_and_swaps_certificates() {
     let second = make_cert("sidewire-test-two", 2);
     install(&first, tls_dir.path());
     let server = Server::start(&format!(
-        "tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
+        "http_stream: true\ntls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
         tls_dir.path().join("tls.crt").display(),
         tls_dir.path().join("tls.key").display(),
         backend.yaml(&[])
@@ -106,6 +107,33 @@ async fn tls_serves_wss_and_https_with_h2_and_swaps_certificates() {
     server.wait_ready(RELOAD_WAIT).await;
     let addr = server.client_addr;
     let http1 = connector(&[&first, &second], &[b"http/1.1"]);
+
+    // HTTP-stream over TLS with ALPN http/1.1: served on the owned HTTP/1.1 path (its
+    // response ends the connection), connect reply included.
+    let mut tls = tls_connect(&http1, addr).await.expect("TLS handshake");
+    let connect = br#"{"id":1,"connect":{}}"#;
+    let head = format!(
+        "POST /connection/http_stream HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n",
+        connect.len()
+    );
+    tls.write_all(&[head.as_bytes(), connect].concat())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(RELOAD_WAIT, async {
+        while !String::from_utf8_lossy(&seen).contains("\"session\"") {
+            let mut buf = [0u8; 1024];
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("connect reply over TLS");
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200 OK\r\n"), "{seen}");
+    assert!(seen.contains("\r\nconnection: close\r\n"), "{seen}");
+    drop(tls);
 
     // wss: a session over TLS.
     let tls = tls_connect(&http1, addr).await.expect("TLS handshake");

@@ -14,8 +14,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thiserror::Error;
 
-use crate::config::proxy::{HookConfig, MAX_PROXY_RESPONSE_BYTES};
+use crate::config::proxy::HookConfig;
 
+/// Largest hook response body read, bytes; a larger one fails the call (error 100).
+pub const MAX_PROXY_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Idle pooled connections kept per backend host.
 const POOL_MAX_IDLE_PER_HOST: usize = 64;
 /// How long an idle pooled connection is kept.

@@ -19,10 +19,7 @@ use crate::protocol::{Disconnect, ErrorCode};
 /// Unsubscribe code of a server-side unsubscribe (Centrifugo's "server unsubscribe").
 pub const UNSUBSCRIBE_SERVER: u32 = 2000;
 /// Disconnect of a connection the server API declared expired.
-pub const CONNECTION_EXPIRED: Disconnect = Disconnect {
-    code: 3005,
-    reason: std::borrow::Cow::Borrowed("connection expired"),
-};
+pub const CONNECTION_EXPIRED: Disconnect = Disconnect::CONNECTION_EXPIRED;
 
 /// Counts of the hub for the `info` method.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,10 +1,16 @@
 //! Live reload: the config file (and the TLS and `*_file` secret files) are watched through their directories, so
 //! a Kubernetes ConfigMap/Secret `..data` symlink swap is seen; SIGHUP and a slow poll trigger
-//! the same path. Each trigger re-reads the file, skips identical bytes, parses, validates and
-//! hands the result to [`Runtime::apply`].
+//! the same path. Each trigger reads every input on a blocking thread ([`load`]), skips inputs
+//! identical to the ones in force, and hands the candidate to [`Runtime::apply`], which runs the
+//! pure [`prepare::prepare`] and then an infallible commit.
 //!
-//! Guarantee: an invalid file is rejected with a log line naming the field (and a metric); the
-//! config in force stays.
+//! Guarantees: an invalid config is rejected with a log line naming the field (and a metric),
+//! and nothing of it is applied; the inputs count as in force only after a commit, so a
+//! rejected config is tried again on the next event or poll (e.g. a certificate mounted a
+//! moment after the config), quietly while its inputs stay the same.
+
+pub mod load;
+pub mod prepare;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,10 +19,9 @@ use std::time::Duration;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::admin::metrics::ResultLabels;
-use crate::app::Runtime;
-use crate::config::{Config, sources};
+use crate::app::{ReloadOutcome, Runtime};
 use crate::lifecycle::{self, PhaseWatch};
+use crate::metrics::ResultLabels;
 
 /// Quiet time after a file event before reloading (editors and kubelet write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -78,7 +83,8 @@ fn watch_directories(
 }
 
 /// Runs the reload loop for the config at `path` until the process closes. `triggers`
-/// carries SIGHUPs (and file events, fed by the watcher this function installs).
+/// carries SIGHUPs (and file events, fed by the watcher this function installs). This one
+/// task serializes the reloads.
 pub async fn run(
     path: PathBuf,
     runtime: Arc<Runtime>,
@@ -86,21 +92,17 @@ pub async fn run(
     mut incoming: mpsc::Receiver<Trigger>,
     mut phase: PhaseWatch,
 ) {
-    // Unknown at first: the file may have changed since it was loaded at startup, so the first
-    // pass (below) compares it with the config in force.
-    let mut last_bytes: Option<Vec<u8>> = None;
+    // The fingerprint of the inputs in force: unknown at first, since the files may have
+    // changed since startup, so the first pass (below) compares them with the config in force.
+    let mut in_force: Option<Vec<u8>> = None;
+    // The fingerprint of the last rejected inputs: retried, but reported once.
+    let mut rejected: Option<Vec<u8>> = None;
     let mut pending = Some(Trigger::Poll);
-    let tls_files = |runtime: &Runtime| -> Vec<PathBuf> {
-        let settings = runtime.edge().settings();
-        settings
-            .config
-            .tls
-            .as_ref()
-            .map(|tls| vec![PathBuf::from(&tls.cert_file), PathBuf::from(&tls.key_file)])
-            .unwrap_or_default()
-    };
     let mut watched = vec![path.clone()];
-    watched.extend(tls_files(&runtime));
+    if let Some(tls) = &runtime.edge().settings().config.tls {
+        watched.push(PathBuf::from(&tls.cert_file));
+        watched.push(PathBuf::from(&tls.key_file));
+    }
     let mut watcher = watch_directories(&watched, triggers.clone());
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.tick().await;
@@ -128,57 +130,75 @@ pub async fn run(
                 }
             }
         }
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let base = runtime.edge().settings().config.clone();
+        let file = path.clone();
+        let attempt = match tokio::task::spawn_blocking(move || load::read(&file, &base)).await {
+            Ok(attempt) => attempt,
             Err(error) => {
-                tracing::error!(path = %path.display(), %error, "config reload: cannot read the file; keeping the current config");
-                count_rejected(&runtime);
+                tracing::error!(%error, "config reload: the read task failed; keeping the current config");
+                count(&runtime, "rejected");
                 continue;
             }
         };
-        // The secret files the config names are part of its input: a rotated Kubernetes
-        // Secret reloads like an edited config.
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let secret_files = sources::secret_files(&text);
-        let mut bytes = bytes;
-        for file in &secret_files {
-            bytes.push(0);
-            bytes.extend(std::fs::read(file).unwrap_or_default());
+        // The files this config names (even a rejected one: the certificate it waits for)
+        // are watched.
+        if attempt.files != watched {
+            watched = attempt.files;
+            watcher = watch_directories(&watched, triggers.clone());
         }
-        if trigger != Trigger::Signal && last_bytes.as_deref() == Some(&bytes[..]) {
-            // Same config: the event may be a certificate rotation.
-            if trigger == Trigger::FileEvent {
-                runtime.reload_tls();
-            }
+        if trigger != Trigger::Signal && in_force.as_ref() == Some(&attempt.fingerprint) {
             continue;
         }
-        last_bytes = Some(bytes);
-        match Config::from_yaml(&text) {
-            Ok(config) => {
-                runtime.apply(config);
-                // TLS and secret files may have moved: watch their directories too.
-                let mut files = vec![path.clone()];
-                files.extend(tls_files(&runtime));
-                files.extend(secret_files);
-                if files != watched {
-                    watched = files;
-                    watcher = watch_directories(&watched, triggers.clone());
-                }
+        let outcome = match attempt.candidate {
+            Ok(candidate) => runtime.apply(candidate),
+            Err(rejection) => ReloadOutcome::Rejected(rejection.to_string()),
+        };
+        if let ReloadOutcome::Rejected(reason) = &outcome {
+            let repeated = rejected.as_ref() == Some(&attempt.fingerprint);
+            rejected = Some(attempt.fingerprint);
+            if repeated && trigger != Trigger::Signal {
+                tracing::debug!(path = %path.display(), %reason, "config reload: still rejected");
+                continue;
             }
-            Err(error) => {
-                tracing::error!(path = %path.display(), error = %error, "config reload rejected; the previous config stays in force");
-                count_rejected(&runtime);
-            }
+        } else {
+            in_force = Some(attempt.fingerprint);
+            rejected = None;
         }
+        report(&runtime, &outcome);
     }
     drop(watcher);
 }
 
-fn count_rejected(runtime: &Runtime) {
+/// Logs `outcome` and counts it in `sidewire_config_reloads_total{result}`.
+fn report(runtime: &Runtime, outcome: &ReloadOutcome) {
+    match outcome {
+        ReloadOutcome::Unchanged => {
+            tracing::info!("config reload: unchanged");
+            count(runtime, "unchanged");
+        }
+        ReloadOutcome::Applied { restart_required } if restart_required.is_empty() => {
+            tracing::info!("config reload: applied");
+            count(runtime, "applied");
+        }
+        ReloadOutcome::Applied { restart_required } => {
+            tracing::warn!(
+                fields = ?restart_required,
+                "config reload: applied, but these fields need a restart to take effect"
+            );
+            count(runtime, "restart_required");
+        }
+        ReloadOutcome::Rejected(reason) => {
+            tracing::error!(%reason, "config reload rejected; the previous config stays in force");
+            count(runtime, "rejected");
+        }
+    }
+}
+
+fn count(runtime: &Runtime, result: &'static str) {
     runtime
         .edge()
         .metrics
         .config_reloads
-        .get_or_create(&ResultLabels { result: "rejected" })
+        .get_or_create(&ResultLabels { result })
         .inc();
 }

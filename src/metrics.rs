@@ -3,13 +3,10 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-
-use crate::engine::redis::RedisEngine;
-use crate::hub::counters::HubCounters;
 
 /// Transport and encoding of a connection.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,22 +122,13 @@ pub struct Metrics {
 impl Metrics {
     /// Encodes every metric as OpenMetrics text.
     pub fn encode(&self) -> String {
-        self.encode_with_hub(None)
+        self.encode_with(|_| {})
     }
 
-    /// Encodes every metric, plus the embedded hub's `sidewire_hub_*` counters when given.
-    pub fn encode_with_hub(&self, hub: Option<&HubCounters>) -> String {
-        self.encode_with_engine(hub, None)
-    }
-
-    /// Encodes every metric, plus the embedded hub's `sidewire_hub_*` counters and its
-    /// engine's `sidewire_engine_*` ones when a hub is given (the memory engine reports no
-    /// commands and `engine_connected` 1).
-    pub fn encode_with_engine(
-        &self,
-        hub: Option<&HubCounters>,
-        engine: Option<&RedisEngine>,
-    ) -> String {
+    /// Encodes every metric, after the families `extra` registers first (the embedded hub's
+    /// `sidewire_hub_*` and `sidewire_engine_*` ones; this module knows nothing of their
+    /// owners). The registry's prefix is `sidewire`.
+    pub fn encode_with(&self, extra: impl FnOnce(&mut Registry)) -> String {
         let mut registry = Registry::with_prefix("sidewire");
         // Known reasons are exported from the start (at 0), so rates work from the first
         // drop and dashboards find the family.
@@ -149,14 +137,7 @@ impl Metrics {
                 .link_frames_dropped
                 .get_or_create(&ReasonLabels { reason });
         }
-        if let Some(hub) = hub {
-            register_hub(&mut registry, hub);
-            register_engine(
-                &mut registry,
-                engine,
-                HubCounters::read(&hub.engine_events_dropped),
-            );
-        }
+        extra(&mut registry);
         registry.register(
             "connections",
             "Live client connections",
@@ -273,143 +254,17 @@ impl Metrics {
         text
     }
 
-    /// Counts a closed session.
-    pub fn session_closed(&self, code: u32) {
+    /// Counts a closed session by close code; `queue_overflow` (the session ended with
+    /// `Disconnect::SLOW`) also counts a queue overflow. The caller tells, so that metrics
+    /// knows no protocol code.
+    pub fn session_closed(&self, code: u32, queue_overflow: bool) {
         self.sessions_closed
             .get_or_create(&CodeLabels { code })
             .inc();
-        if code == 3008 {
+        if queue_overflow {
             self.queue_overflows.inc();
         }
     }
-}
-
-/// Kind of a hub Link-queue overflow.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-/// Repair action after an overflow.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ActionLabels {
-    action: &'static str,
-}
-
-/// Registers the hub's counters as constant samples read now.
-fn register_hub(registry: &mut Registry, hub: &HubCounters) {
-    let read = HubCounters::read;
-    let overflows = Family::<KindLabels, Counter>::default();
-    overflows
-        .get_or_create(&KindLabels { kind: "channel" })
-        .inc_by(read(&hub.link_channel_overflows));
-    overflows
-        .get_or_create(&KindLabels { kind: "session" })
-        .inc_by(read(&hub.link_session_overflows));
-    registry.register(
-        "hub_link_overflows",
-        "Hub frames that did not fit a Link queue, by what pays (channel: lagging subscription; session: stalled session)",
-        overflows,
-    );
-    let repairs = Family::<ActionLabels, Counter>::default();
-    repairs
-        .get_or_create(&ActionLabels {
-            action: "unsubscribe",
-        })
-        .inc_by(read(&hub.insufficient_state_unsubscribes));
-    repairs
-        .get_or_create(&ActionLabels {
-            action: "disconnect",
-        })
-        .inc_by(read(&hub.insufficient_state_disconnects));
-    registry.register(
-        "hub_insufficient_state",
-        "Subscriptions (2500) and sessions (3010) told to recover after a Link queue overflow",
-        repairs,
-    );
-    registry.register(
-        "hub_oversized_replies",
-        "Replies replaced by error 106 for exceeding hub.max_frame_bytes",
-        ConstCounter::new(read(&hub.oversized_replies)),
-    );
-    registry.register(
-        "hub_history_evictions",
-        "Publications evicted from history for hub.history_max_bytes",
-        ConstCounter::new(read(&hub.history_evictions)),
-    );
-    registry.register(
-        "hub_history_bytes",
-        "Bytes of history held across channels",
-        ConstGauge::new(i64::try_from(read(&hub.history_bytes)).unwrap_or(i64::MAX)),
-    );
-    registry.register(
-        "hub_channels",
-        "Channels the hub knows",
-        ConstGauge::new(i64::try_from(read(&hub.channels)).unwrap_or(i64::MAX)),
-    );
-    registry.register(
-        "hub_proxy_calls",
-        "Proxy hook calls to the backend, by hook",
-        hub.proxy.calls.clone(),
-    );
-    registry.register(
-        "hub_proxy_errors",
-        "Proxy hook calls that failed (client got error 100), by hook and kind",
-        hub.proxy.errors.clone(),
-    );
-    registry.register(
-        "hub_proxy_duration_seconds",
-        "Duration of proxy hook calls, by hook",
-        hub.proxy.duration.clone(),
-    );
-}
-
-/// Registers the engine's counters (zeros and connected for the memory engine).
-fn register_engine(
-    registry: &mut Registry,
-    engine: Option<&RedisEngine>,
-    engine_events_dropped: u64,
-) {
-    let read =
-        |pick: fn(&crate::engine::redis::EngineCounters) -> &std::sync::atomic::AtomicU64| {
-            engine.map_or(0, |e| HubCounters::read(pick(e.counters())))
-        };
-    registry.register(
-        "engine_commands",
-        "Commands sent to the shared engine (Redis)",
-        ConstCounter::new(read(|c| &c.commands)),
-    );
-    registry.register(
-        "engine_errors",
-        "Engine commands that failed (refused, timed out, disconnected)",
-        ConstCounter::new(read(|c| &c.errors)),
-    );
-    let micros = read(|c| &c.latency_micros);
-    registry.register(
-        "engine_command_seconds",
-        "Total time spent in engine commands (with engine_commands: the mean latency)",
-        ConstCounter::new(micros as f64 / 1_000_000.0),
-    );
-    registry.register(
-        "engine_pubsub_messages",
-        "Pub/sub messages received from the engine",
-        ConstCounter::new(read(|c| &c.messages_in)),
-    );
-    registry.register(
-        "engine_resyncs",
-        "Pub/sub resubscriptions after an engine reconnect",
-        ConstCounter::new(read(|c| &c.resyncs)),
-    );
-    registry.register(
-        "engine_events_dropped",
-        "Presence / join / leave updates for the engine dropped on a full queue",
-        ConstCounter::new(engine_events_dropped),
-    );
-    registry.register(
-        "engine_connected",
-        "1 while the engine is usable (always with the memory engine), else 0",
-        ConstGauge::new(i64::from(engine.is_none_or(RedisEngine::connected))),
-    );
 }
 
 #[cfg(test)]
@@ -419,7 +274,7 @@ mod tests {
     #[test]
     fn encodes_openmetrics_with_moved_counters() {
         let metrics = Metrics::default();
-        metrics.session_closed(3008);
+        metrics.session_closed(3008, true);
         metrics
             .commands
             .get_or_create(&CommandLabels { command: "publish" })
@@ -438,29 +293,14 @@ mod tests {
     }
 
     #[test]
-    fn hub_counters_are_exported_when_given() {
+    fn families_registered_by_the_caller_are_encoded() {
         let metrics = Metrics::default();
-        let hub = HubCounters::default();
-        HubCounters::bump(&hub.history_evictions);
-        HubCounters::bump(&hub.link_channel_overflows);
-        let text = metrics.encode_with_hub(Some(&hub));
-        assert!(
-            text.contains("sidewire_hub_history_evictions_total 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sidewire_hub_link_overflows_total{kind=\"channel\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("sidewire_hub_channels 0"), "{text}");
-        assert!(
-            text.contains("sidewire_hub_proxy_calls_total{hook=\"connect\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sidewire_hub_proxy_duration_seconds_count{hook=\"rpc\"} 0"),
-            "{text}"
-        );
+        let extra = Counter::<u64>::default();
+        extra.inc();
+        let text = metrics.encode_with(|registry| {
+            registry.register("hub_extra", "A family from outside", extra.clone());
+        });
+        assert!(text.contains("sidewire_hub_extra_total 1"), "{text}");
         assert!(!metrics.encode().contains("sidewire_hub_"));
     }
 }

@@ -11,15 +11,6 @@
 
 mod support;
 
-#[path = "support/balancer.rs"]
-mod balancer;
-#[path = "streaming/client.rs"]
-#[allow(dead_code)]
-mod client;
-#[path = "support/redis.rs"]
-#[allow(dead_code)]
-mod redis_server;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,10 +18,7 @@ use serde_json::json;
 use sidewire::protocol::Encoding;
 use tokio::time::Instant;
 
-use balancer::Balancer;
-use client::*;
-use redis_server::{RedisCluster, RedisServer};
-use support::{Server, eventually, http_get, json_of, publish, rpc, subscribe, unique_channel};
+use support::*;
 
 /// Replicas in every test.
 const REPLICAS: usize = 3;
@@ -152,11 +140,9 @@ async fn probe(addr: SocketAddr, node: &str) -> u16 {
 async fn outcome_total(replicas: &[Server], outcome: &str) -> f64 {
     let mut total = 0.0;
     for server in replicas {
-        total += metric(
-            &metrics_text(server.admin_addr).await,
-            EMULATION_REQUESTS,
-            &[("outcome", outcome)],
-        );
+        total += scrape(server.admin_addr)
+            .await
+            .value(EMULATION_REQUESTS, &[("outcome", outcome)]);
     }
     total
 }
@@ -291,14 +277,7 @@ async fn unknown_node_is_404_and_unknown_session_204() {
 /// 502 (a dead replica it has not skipped yet).
 async fn reconnect(addr: SocketAddr, deadline: Instant) -> StreamClient {
     loop {
-        let body = frame_commands(Encoding::Json, &[connect_command()]);
-        let request = request(
-            addr,
-            "POST",
-            "/connection/http_stream",
-            &[("content-type", "application/json")],
-            Payload::Sized(body),
-        );
+        let request = http_stream_request(addr, Encoding::Json, &[connect_command()], None);
         let mut client =
             StreamClient::open(addr, Flavor::HttpStream(Encoding::Json), request, None).await;
         if client.status == 200 {
@@ -433,13 +412,7 @@ async fn routing_works_with_an_external_upstream() {
         stream.expect_publication(&channel).await,
         json!({"via": "link"})
     );
-    support::api_ok(
-        hub.api_addr,
-        "publish",
-        &json!({"channel": channel, "data": {"via": "api"}}),
-        None,
-    )
-    .await;
+    support::api_publish(hub.api_addr, &channel, &json!({"via": "api"})).await;
     assert_eq!(
         stream.expect_publication(&channel).await,
         json!({"via": "api"})

@@ -152,9 +152,7 @@ fn family_of<'a>(name: &str, families: &'a BTreeMap<String, Family>) -> Result<&
 
 /// The `/metrics` text of `server`.
 async fn metrics_text(server: &Server) -> String {
-    let (status, text) = http_get(server.admin_addr, "/metrics").await;
-    assert_eq!(status, 200, "/metrics: {text}");
-    text
+    scrape(server.admin_addr).await.text
 }
 
 /// Waits until `/metrics` of `server` has a sample of every family in `wanted`.

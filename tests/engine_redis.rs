@@ -4,13 +4,10 @@
 //! restart under load loses nothing for clients that recover, and readiness is false while
 //! Redis is away.
 
-#[path = "support/redis.rs"]
-mod redis_support;
 mod support;
 
 use std::time::Duration;
 
-use redis_support::{RedisCluster, RedisServer};
 use serde_json::{Value, json};
 use sidewire::protocol::client::{Reply, SubscribeRequest};
 use support::*;
@@ -576,7 +573,7 @@ async fn server_api_acts_on_every_replica() {
 
 /// Pub/sub channels Redis has subscribers for under `prefix`.
 fn pubsub_channels(redis: &RedisServer, prefix: &str) -> usize {
-    redis_support::raw_command(redis.port, &format!("PUBSUB CHANNELS {prefix}.pub.*"))
+    raw_command(redis.port, &format!("PUBSUB CHANNELS {prefix}.pub.*"))
         .map(|reply| reply.lines().filter(|l| l.starts_with('$')).count())
         .unwrap_or(usize::MAX)
 }

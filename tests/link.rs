@@ -82,13 +82,7 @@ async fn working_client(server: &Server, hub: &Hub, encoding: Encoding) -> WsCli
     let chan = unique_channel("via-link");
     let reply = c.request(subscribe(&chan)).await;
     assert_eq!(reply.error, None, "{reply:?}");
-    api_ok(
-        hub.api_addr,
-        "publish",
-        &json!({"channel": chan, "data": {"via": "hub"}}),
-        None,
-    )
-    .await;
+    api_publish(hub.api_addr, &chan, &json!({"via": "hub"})).await;
     let publication = c.expect_publication(&chan, 1).await;
     assert_eq!(json_of(&publication.data), json!({"via": "hub"}));
     let reply = c.request(rpc("echo", &json!({"e": 1}))).await;

@@ -3,8 +3,6 @@
 //! whose channels disagree, unknown frames, a refused connect, a wrong or missing token. Each
 //! test checks that the damage stays within that session or stream.
 
-#[path = "support/scripted_upstream.rs"]
-mod scripted_upstream;
 mod support;
 
 use std::net::SocketAddr;
@@ -12,10 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use scripted_upstream::{ScriptOptions, UNKNOWN_SESSION};
 use serde_json::json;
 use sidewire::linkproto::sidecar_frame::Frame;
-use sidewire::protocol::client::{Command, ConnectRequest, RpcRequest};
+use sidewire::protocol::client::ConnectRequest;
+use support::scripted_upstream::{
+    self, ScriptOptions, UNKNOWN_SESSION, assert_echo, sidecar, upstream_yaml,
+};
 use support::*;
 
 fn options(capabilities: &[&str]) -> ScriptOptions {
@@ -25,53 +25,8 @@ fn options(capabilities: &[&str]) -> ScriptOptions {
     }
 }
 
-fn upstream_yaml(upstream: SocketAddr, extra_upstream_lines: &str) -> String {
-    let mut yaml = format!(
-        "upstream:\n  endpoint: \"http://{upstream}\"\n  reconnect_backoff_min: \"50ms\"\n  reconnect_backoff_max: \"200ms\"\n"
-    );
-    for line in extra_upstream_lines
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-    {
-        yaml.push_str("  ");
-        yaml.push_str(line);
-        yaml.push('\n');
-    }
-    yaml
-}
-
-/// A sidecar linked to `upstream`, once its Link is up.
-async fn sidecar(upstream: SocketAddr, extra_upstream_lines: &str) -> Server {
-    let server = Server::start(&upstream_yaml(upstream, extra_upstream_lines)).await;
-    server.wait_ready(WAIT).await;
-    server
-}
-
-fn rpc_raw(method: &str) -> Command {
-    Command {
-        rpc: Some(RpcRequest {
-            method: method.into(),
-            data: Bytes::from_static(b"{}"),
-        }),
-        ..Default::default()
-    }
-}
-
-async fn assert_echo(client: &mut WsClient, what: &str) {
-    let reply = client.request(rpc("echo", &json!({"alive": true}))).await;
-    assert_eq!(reply.error, None, "{what}: {reply:?}");
-    assert_eq!(
-        reply.rpc.map(|r| r.data),
-        Some(Bytes::from_static(br#"{"alive":true}"#)),
-        "{what}"
-    );
-}
-
 async fn metric(server: &Server, line: &str) -> bool {
-    http_get(server.admin_addr, "/metrics")
-        .await
-        .1
-        .contains(line)
+    scrape(server.admin_addr).await.text.contains(line)
 }
 
 #[tokio::test]
@@ -83,7 +38,7 @@ async fn missing_reply_times_out_with_error_100_and_upstream_is_told() {
     let mut bystander = server.ws(WsOptions::protobuf()).await;
     bystander.handshake().await;
 
-    let reply = client.request(rpc_raw("hang")).await;
+    let reply = client.request(rpc_raw("hang", b"{}")).await;
     let error = reply.error.clone().expect("a timeout error reply");
     assert_eq!((error.code, error.temporary), (100, true), "{reply:?}");
     let id = reply.id;
@@ -109,7 +64,11 @@ async fn timeout_frame_is_sent_only_to_upstreams_that_declared_it() {
     let mut client = server.ws(WsOptions::json()).await;
     client.handshake().await;
     assert_eq!(
-        client.request(rpc_raw("hang")).await.error.map(|e| e.code),
+        client
+            .request(rpc_raw("hang", b"{}"))
+            .await
+            .error
+            .map(|e| e.code),
         Some(100)
     );
     assert_echo(&mut client, "after a timeout").await;
@@ -126,7 +85,7 @@ async fn double_reply_reaches_the_client_once() {
     let server = sidecar(upstream, "").await;
     let mut client = server.ws(WsOptions::json()).await;
     client.handshake().await;
-    assert_eq!(client.request(rpc_raw("twice")).await.error, None);
+    assert_eq!(client.request(rpc_raw("twice", b"{}")).await.error, None);
     assert_echo(&mut client, "after a double reply").await;
     assert!(
         client.unconsumed().iter().all(|r| r.id == 0),
@@ -149,7 +108,13 @@ async fn frames_for_unknown_sessions_are_counted_and_harm_nobody() {
     let mut client = server.ws(WsOptions::json()).await;
     client.handshake().await;
     assert_eq!(client.request(subscribe("news")).await.error, None);
-    assert_eq!(client.request(rpc_raw("unknown_session")).await.error, None);
+    assert_eq!(
+        client
+            .request(rpc_raw("unknown_session", b"{}"))
+            .await
+            .error,
+        None
+    );
     assert_echo(&mut client, "after frames for an unknown session").await;
     // Reply, membership and disconnect for session UNKNOWN_SESSION: three drops.
     assert!(
@@ -169,7 +134,7 @@ async fn push_with_mismatched_channels_is_dropped() {
     let mut client = server.ws(WsOptions::json()).await;
     client.handshake().await;
     assert_eq!(client.request(subscribe("news")).await.error, None);
-    assert_eq!(client.request(rpc_raw("mismatch")).await.error, None);
+    assert_eq!(client.request(rpc_raw("mismatch", b"{}")).await.error, None);
     // A correct publication after it is the first one the client sees.
     assert_eq!(
         client
@@ -202,7 +167,10 @@ async fn unknown_frame_is_answered_with_link_error_and_the_stream_goes_on() {
     let server = sidecar(upstream, "").await;
     let mut client = server.ws(WsOptions::json()).await;
     client.handshake().await;
-    assert_eq!(client.request(rpc_raw("unknown_frame")).await.error, None);
+    assert_eq!(
+        client.request(rpc_raw("unknown_frame", b"{}")).await.error,
+        None
+    );
     eventually(WAIT, "LinkError upstream", || async {
         !script
             .frames(|f| match f {

@@ -5,8 +5,6 @@
 
 mod support;
 
-#[path = "operations/common.rs"]
-mod common;
 #[path = "operations/drain.rs"]
 mod drain;
 #[path = "operations/metrics.rs"]

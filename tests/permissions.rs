@@ -364,13 +364,7 @@ async fn without_hub_channel_nothing_is_allowed() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The server API needs no grant.
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": "plain", "data": {}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, "plain", &json!({})).await;
 }
 
 /// Anonymous connections, as Centrifugo: without a token and without
@@ -433,30 +427,8 @@ async fn check_names_bad_namespace_fields() {
     let yaml = hub_section(
         "channel:\n  without_namespace:\n    history_size: 5\n  namespaces:\n    - name: ok\n    - name: ok\n    - name: x\n      channel_regex: \"(\"",
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("sidewire.yaml");
-    std::fs::write(&path, yaml).expect("write config");
-    let mut child = std::process::Command::new(bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn sidewire check");
-    // Bounded: `check` must not start serving.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sidewire check did not exit within 20s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    assert!(!output.status.success());
-    let text = String::from_utf8_lossy(&output.stderr);
+    let (ok, text) = sidewire_check(&yaml);
+    assert!(!ok);
     for field in [
         "hub.channel.without_namespace.history_size",
         "hub.channel.namespaces[1].name",

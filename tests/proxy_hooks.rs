@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use sidewire::protocol::client::{Command, ConnectRequest, RpcRequest, SubscribeRequest};
+use sidewire::protocol::client::{Command, ConnectRequest, SubscribeRequest};
 use support::*;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -293,18 +293,8 @@ fn error_code(reply: &sidewire::protocol::client::Reply) -> u32 {
     reply.error.as_ref().map(|e| e.code).unwrap_or(0)
 }
 
-fn rpc_command(method: &str, data: &Value) -> Command {
-    Command {
-        rpc: Some(RpcRequest {
-            method: method.to_owned(),
-            data: json_bytes(data),
-        }),
-        ..Default::default()
-    }
-}
-
 async fn metrics_text(server: &Server) -> String {
-    http_get(server.admin_addr, "/metrics").await.1
+    scrape(server.admin_addr).await.text
 }
 
 #[tokio::test]
@@ -340,13 +330,7 @@ async fn connect_hook_authenticates_by_cookie_and_subscribes_server_side() {
     assert!(call.headers.get("user-agent").is_none());
 
     // The server-side subscription delivers publications.
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": "news:alice", "data": {"n": 1}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, "news:alice", &json!({"n": 1})).await;
     let publication = publication_on(&mut client, "news:alice").await;
     assert_eq!(json_of(&publication.data), json!({"n": 1}));
 }
@@ -588,24 +572,24 @@ async fn rpc_is_routed_by_namespace_and_echo_stays_built_in() {
     let mut client = client_as(&server, "erin").await;
     client.handshake().await;
     let reply = client
-        .request(rpc_command("app:sum", &json!({"a": 2, "b": 3})))
+        .request(rpc("app:sum", &json!({"a": 2, "b": 3})))
         .await;
     let result = reply.rpc.clone().unwrap_or_else(|| panic!("{reply:?}"));
     assert_eq!(json_of(&result.data), json!({"sum": 5}));
-    let reply = client.request(rpc_command("app:nothing", &json!({}))).await;
+    let reply = client.request(rpc("app:nothing", &json!({}))).await;
     assert_eq!(error_code(&reply), 1005);
     // Methods without a namespace are not proxied here: the built-in echo answers.
-    let reply = client.request(rpc_command("echo", &json!({"x": 1}))).await;
+    let reply = client.request(rpc("echo", &json!({"x": 1}))).await;
     assert_eq!(
         json_of(&reply.rpc.unwrap_or_default().data),
         json!({"x": 1})
     );
-    let reply = client.request(rpc_command("other:x", &json!({}))).await;
+    let reply = client.request(rpc("other:x", &json!({}))).await;
     assert_eq!(error_code(&reply), 104);
     // An oversized or malformed hook answer: error 100, counted as a `response` error.
-    let reply = client.request(rpc_command("app:huge", &json!({}))).await;
+    let reply = client.request(rpc("app:huge", &json!({}))).await;
     assert_eq!(error_code(&reply), 100);
-    let reply = client.request(rpc_command("app:garbage", &json!({}))).await;
+    let reply = client.request(rpc("app:garbage", &json!({}))).await;
     assert_eq!(error_code(&reply), 100);
     let text = metrics_text(&server).await;
     assert!(
@@ -650,7 +634,7 @@ async fn calls_in_flight_are_bounded_and_over_limit_answers_100_at_once() {
     let commands: Vec<Command> = (0..10)
         .map(|i| Command {
             id: 100 + i,
-            ..rpc_command("app:hang", &json!({}))
+            ..rpc("app:hang", &json!({}))
         })
         .collect();
     client.send_commands(&commands).await;
@@ -680,7 +664,7 @@ async fn calls_in_flight_are_bounded_and_over_limit_answers_100_at_once() {
     );
     // The bound frees up again: a new call gets through.
     let reply = client
-        .request(rpc_command("app:sum", &json!({"a": 1, "b": 2})))
+        .request(rpc("app:sum", &json!({"a": 1, "b": 2})))
         .await;
     assert!(reply.rpc.is_some(), "{reply:?}");
 }
@@ -705,9 +689,7 @@ async fn refresh_hook_prolongs_or_ends_expiring_connections() {
     assert_eq!(call.body["client"], json!(result.client));
     // Past the old expiry and a few sweeps later, still connected.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let reply = short
-        .request(rpc_command("echo", &json!({"still": "here"})))
-        .await;
+    let reply = short.request(rpc("echo", &json!({"still": "here"}))).await;
     assert!(reply.rpc.is_some(), "{reply:?}");
     assert_eq!(backend.calls("/refresh").len(), 1);
 

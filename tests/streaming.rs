@@ -7,8 +7,6 @@
 
 mod support;
 
-#[path = "streaming/client.rs"]
-mod client;
 #[path = "streaming/http_stream.rs"]
 mod http_stream;
 #[path = "streaming/lifecycle.rs"]

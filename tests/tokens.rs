@@ -317,22 +317,6 @@ fn pkcs1_of_pkcs8(der: &[u8]) -> Vec<u8> {
     key.to_vec()
 }
 
-/// `sidewire gentoken` output, signed with the secret of `config`.
-fn gentoken(config: &std::path::Path, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sidewire"))
-        .args(["--config", config.to_str().unwrap(), "gentoken"])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run sidewire gentoken");
-    assert!(
-        output.status.success(),
-        "gentoken failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
 /// Tokens printed by `sidewire gentoken` work end to end: the connection token (with
 /// `--info`) connects, and the `--channel` subscription token subscribes to a `$` channel.
 #[tokio::test]

@@ -8,11 +8,6 @@
 
 mod support;
 
-/// Raw HTTP client shared with the streaming suite.
-#[allow(dead_code)]
-#[path = "streaming/client.rs"]
-mod stream_client;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,7 +18,7 @@ use futures_util::{SinkExt, Stream, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use sidewire::linkproto::link_server::{Link, LinkServer};
+use sidewire::linkproto::link_server::Link;
 use sidewire::linkproto::{
     ChannelPush, Membership, SessionOpen, SessionReply, SidecarFrame, UpstreamFrame, Welcome,
     sidecar_frame, upstream_frame,
@@ -38,7 +33,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tonic::{Request, Response, Status, Streaming};
 
-use stream_client::{Conn, Payload, fetch, request};
 use support::*;
 
 /// The Origin the test servers allow.
@@ -184,24 +178,10 @@ impl Link for ScriptedUpstream {
 /// Serves the scripted upstream on an ephemeral loopback port.
 async fn scripted_upstream() -> (SocketAddr, Arc<Script>) {
     let script = Arc::new(Script::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = LinkServer::new(ScriptedUpstream {
+    let addr = scripted_upstream::serve(ScriptedUpstream {
         script: script.clone(),
-    });
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper_util::service::TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .http2_only()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            });
-        }
-    });
+    })
+    .await;
     (addr, script)
 }
 
@@ -251,7 +231,7 @@ impl UniStream {
     async fn open(
         addr: SocketAddr,
         framing: Framing,
-        request: http::Request<stream_client::ReqBody>,
+        request: http::Request<ReqBody>,
     ) -> UniStream {
         let mut conn = Conn::open(addr).await;
         let response = conn.send(request).await;
@@ -737,13 +717,7 @@ async fn uni_sse_on_the_hub_receives_after_api_subscribe() {
     let subscribed = stream.next_push("subscribe push").await;
     assert_eq!(subscribed["channel"], CHANNEL, "{subscribed}");
     assert!(subscribed.get("subscribe").is_some(), "{subscribed}");
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": CHANNEL, "data": {"n": 1}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, CHANNEL, &json!({"n": 1})).await;
     let publication = stream.next_push("publication").await;
     assert_eq!(publication["channel"], CHANNEL, "{publication}");
     assert_eq!(publication["pub"]["data"], json!({"n": 1}));

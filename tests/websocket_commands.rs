@@ -321,13 +321,7 @@ async fn anonymous_flow(encoding: Encoding, upstream: Upstream) {
     assert_eq!(json_of(&push.message.unwrap().data), payload);
 
     // --- server API: publish ---
-    let result = api_ok(
-        api_at,
-        "publish",
-        &json!({"channel": chan, "data": {"from": "api"}}),
-        None,
-    )
-    .await;
+    let result = api_publish(api_at, &chan, &json!({"from": "api"})).await;
     assert_eq!(result["offset"], json!(7), "API publish result: {result}");
     assert_eq!(
         result["epoch"],
@@ -623,13 +617,7 @@ async fn history_limit_without_since_follows_centrifugo() {
     c.handshake().await;
     let chan = unique_channel("hist");
     for n in 1..=5u64 {
-        api_ok(
-            deployment.api_addr,
-            "publish",
-            &json!({"channel": chan, "data": {"n": n}}),
-            None,
-        )
-        .await;
+        api_publish(deployment.api_addr, &chan, &json!({"n": n})).await;
     }
     let reply = ok(c.request(history(&chan, 2, None, false)).await, "history");
     let h = reply.history.expect("history result");
@@ -651,13 +639,7 @@ async fn history_size_bounds_history_and_recovery() {
     let chan = unique_channel("bounded");
     let mut epoch = String::new();
     for n in 1..=6u64 {
-        let result = api_ok(
-            deployment.api_addr,
-            "publish",
-            &json!({"channel": chan, "data": {"n": n}}),
-            None,
-        )
-        .await;
+        let result = api_publish(deployment.api_addr, &chan, &json!({"n": n})).await;
         assert_eq!(result["offset"], json!(n), "{result}");
         epoch = result["epoch"].as_str().unwrap_or_default().to_owned();
     }
@@ -714,13 +696,7 @@ async fn recovery_with_wrong_epoch_is_not_recovered() {
     let mut c = client(&deployment, Encoding::Protobuf).await;
     c.handshake().await;
     let chan = unique_channel("epoch");
-    api_ok(
-        deployment.api_addr,
-        "publish",
-        &json!({"channel": chan, "data": {}}),
-        None,
-    )
-    .await;
+    api_publish(deployment.api_addr, &chan, &json!({})).await;
     let reply = ok(
         c.request(subscribe_with(SubscribeRequest {
             channel: chan.clone(),

@@ -537,13 +537,7 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
             }
         }
         published += 1;
-        let result = api_ok(
-            api_at,
-            "publish",
-            &json!({"channel": chan, "data": {"n": published, "pad": pad}}),
-            None,
-        )
-        .await;
+        let result = api_publish(api_at, &chan, &json!({"n": published, "pad": pad})).await;
         assert_eq!(result["offset"], json!(published), "{result}");
         let presence = api_ok(api_at, "presence", &json!({"channel": chan}), None).await;
         if presence["presence"].get(&slow_id).is_none() {
@@ -555,13 +549,7 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
             "publishing took too long ({published} publications)"
         );
     }
-    let end = api_ok(
-        api_at,
-        "publish",
-        &json!({"channel": chan, "data": {"end": true}}),
-        None,
-    )
-    .await;
+    let end = api_publish(api_at, &chan, &json!({"end": true})).await;
 
     let offsets = match tokio::time::timeout(Duration::from_secs(40), reading).await {
         Err(_) => panic!("reader did not get the end marker in time"),
@@ -610,13 +598,7 @@ async fn stuck_client_is_released_without_its_cooperation() {
 
     let pad = "p".repeat(SLOW_PAYLOAD_BYTES);
     for n in 1..=SLOW_MAX_PUBLICATIONS {
-        api_ok(
-            api_at,
-            "publish",
-            &json!({"channel": chan, "data": {"n": n, "pad": pad}}),
-            None,
-        )
-        .await;
+        api_publish(api_at, &chan, &json!({"n": n, "pad": pad})).await;
     }
     eventually(
         Duration::from_secs(15),
@@ -640,21 +622,9 @@ async fn message_larger_than_the_queue_bound_closes_3008() {
     let mut small = server.ws(WsOptions::json()).await;
     small.handshake().await;
     assert_eq!(small.request(subscribe(&chan)).await.error, None);
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": chan, "data": {"pad": "x".repeat(600)}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, &chan, &json!({"pad": "x".repeat(600)})).await;
     small.expect_publication(&chan, 1).await;
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": chan, "data": {"pad": "x".repeat(2048)}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, &chan, &json!({"pad": "x".repeat(2048)})).await;
     let (code, reason) = small.expect_close(WAIT).await;
     assert_eq!((code, reason.as_str()), (3008, "slow"));
 }
@@ -716,13 +686,7 @@ async fn bad_input_from_one_client_leaves_others_working() {
             json!({"from": 1})
         );
     }
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": chan, "data": {"from": "api"}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, &chan, &json!({"from": "api"})).await;
     for c in [&mut good_json, &mut good_pb] {
         assert_eq!(
             json_of(&c.expect_publication(&chan, 3).await.data),
@@ -746,39 +710,6 @@ async fn health_and_readiness_with_the_embedded_hub() {
 
 // === sidewire check ===
 
-/// Runs `sidewire check --config <yaml>`; returns (success, stderr).
-fn check(yaml: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidewire.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut child = std::process::Command::new(bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn sidewire check");
-    // Bounded: `check` must not start serving.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sidewire check did not exit within 20s for {yaml:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_accepts_valid_configs() {
     for yaml in [
@@ -786,7 +717,7 @@ fn check_accepts_valid_configs() {
         "listen: \"127.0.0.1:0\"\nallowed_origins: [\"https://*.example.com\"]\nping_interval: \"0s\"\n",
         include_str!("../configs/sidewire.yaml"),
     ] {
-        let (ok, stderr) = check(yaml);
+        let (ok, stderr) = sidewire_check(yaml);
         assert!(ok, "valid config rejected: {yaml:?}\n{stderr}");
     }
 }
@@ -817,7 +748,7 @@ fn check_rejects_invalid_configs_naming_the_field() {
         ),
         ("allowed_origins: [\"\"]\n", "allowed_origins"),
     ] {
-        let (ok, stderr) = check(yaml);
+        let (ok, stderr) = sidewire_check(yaml);
         assert!(!ok, "invalid config accepted: {yaml:?}");
         assert!(
             stderr.contains(field),

@@ -55,6 +55,8 @@ pub use super::channel::SessionKey;
 
 mod server;
 mod shared;
+#[cfg(test)]
+mod unit;
 
 pub use shared::{SHARED_EVENT_QUEUE, Shared, SharedEvent, history_reply};
 

@@ -14,8 +14,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::common::{Backend, request_to};
-use crate::support::{Server, WAIT, WsOptions, try_http};
+use crate::support::{Backend, Server, WAIT, WsOptions, request_to, try_http};
 
 const DELAY: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(2);

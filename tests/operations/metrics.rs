@@ -4,11 +4,9 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
+use sidewire::protocol::Encoding;
 
-use crate::common::*;
-use crate::support::{
-    HandshakeFailure, Server, WAIT, WsClient, WsOptions, api_ok, subscribe, unique_channel,
-};
+use crate::support::*;
 
 const SESSIONS_OPENED: &str = "sidewire_sessions_opened_total";
 const COMMANDS: &str = "sidewire_commands_total";
@@ -80,26 +78,13 @@ async fn metrics_are_openmetrics_and_counters_move() {
     assert_eq!(fetched.status, 200);
 
     // An emulation delivery (HTTP-streaming session subscribing through /emulation).
-    let mut stream = HttpStreamClient::connect(addr, None).await;
-    stream
-        .emulate(
-            addr,
-            None,
-            &json!({"id": 2, "subscribe": {"channel": channel}}),
-        )
-        .await;
-    stream.expect("subscribe reply", |m| m["id"] == 2).await;
-    api_ok(
-        admin,
-        "publish",
-        &json!({"channel": channel, "data": {"m": 1}}),
-        None,
-    )
-    .await;
+    let mut stream = StreamClient::http_stream(addr, Encoding::Json, None).await;
+    stream.request(subscribe(&channel), 2).await;
+    api_publish(admin, &channel, &json!({"m": 1})).await;
     ws.expect_push("publication", WAIT, |p| p.channel == channel)
         .await;
     stream
-        .expect("publication", |m| m["push"]["channel"] == channel.as_str())
+        .expect_push("publication", |p| p.channel == channel)
         .await;
 
     // A session closed by the server (protocol violation: 3501).
@@ -169,4 +154,20 @@ async fn metrics_are_openmetrics_and_counters_move() {
             after.text
         );
     }
+}
+
+/// The harness's OpenMetrics parser (tests/support/metrics.rs) itself.
+#[test]
+fn parser_reads_labels_escapes_and_plain_samples() {
+    let samples = parse_openmetrics(
+        "# HELP x y\n# TYPE a counter\na_total{k=\"v\",q=\"a\\\"b\"} 3\nb 1.5\nc{} 0\n# EOF\n",
+    );
+    assert_eq!(samples.len(), 3);
+    assert_eq!(samples[0].name, "a_total");
+    assert_eq!(samples[0].labels["q"], "a\"b");
+    assert_eq!(samples[0].value, 3.0);
+    assert_eq!(samples[1].value, 1.5);
+    assert!(samples[2].labels.is_empty());
+    assert!(parse_sample("a{k=v} 1").is_err());
+    assert!(parse_sample("a 1 2 3").is_err());
 }

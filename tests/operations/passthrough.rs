@@ -19,8 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::common::*;
-use crate::support::{Server, WAIT, WsOptions};
+use crate::support::*;
 
 /// GET with query and custom headers; response status, headers and body unchanged;
 /// hop-by-hop headers stripped both ways; forwarding headers added.

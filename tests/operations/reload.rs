@@ -3,10 +3,11 @@
 //! the old config keeps serving.
 
 use serde_json::json;
+use sidewire::protocol::Encoding;
 use sidewire::protocol::client::Push;
 use tokio::time::Instant;
 
-use crate::common::*;
+use crate::support::*;
 use crate::support::{
     HandshakeFailure, Server, WAIT, WsClient, WsOptions, api_ok, rpc, subscribe, try_http,
     unique_channel,
@@ -65,16 +66,9 @@ async fn origin_change_applies_to_new_handshakes_and_keeps_live_sessions() {
     assert_eq!(reply.error, None, "{reply:?}");
 
     // An HTTP-streaming session, subscribed through /emulation.
-    let mut stream = HttpStreamClient::connect(addr, Some(ORIGIN_A)).await;
-    stream
-        .emulate(
-            addr,
-            Some(ORIGIN_A),
-            &json!({"id": 2, "subscribe": {"channel": channel}}),
-        )
-        .await;
-    let reply = stream.expect("subscribe reply", |m| m["id"] == 2).await;
-    assert!(reply["subscribe"].is_object(), "{reply}");
+    let mut stream = StreamClient::http_stream(addr, Encoding::Json, Some(ORIGIN_A)).await;
+    let reply = stream.request(subscribe(&channel), 2).await;
+    assert!(reply.subscribe.is_some(), "{reply:?}");
 
     assert_eq!(handshake_status(addr, ORIGIN_B).await, 403);
 
@@ -116,12 +110,8 @@ async fn origin_change_applies_to_new_handshakes_and_keeps_live_sessions() {
         crate::support::json_of(&push.r#pub.unwrap().data),
         json!({"after": "reload"})
     );
-    let push = stream
-        .expect("publication after reload", |m| {
-            m["push"]["channel"] == channel.as_str() && m["push"]["pub"].is_object()
-        })
-        .await;
-    assert_eq!(push["push"]["pub"]["data"], json!({"after": "reload"}));
+    let data = stream.expect_publication(&channel).await;
+    assert_eq!(data, json!({"after": "reload"}));
 }
 
 /// Kubernetes ConfigMap layout: `config.yaml -> ..data/config.yaml`, `..data -> ..2026_1`.

@@ -19,8 +19,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::common::*;
-use crate::support::{Server, WAIT};
+use crate::support::*;
 
 /// A self-signed certificate for `localhost` / `127.0.0.1`.
 pub(crate) struct TestCert {

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::edge::{ShellChild, addr_of};
-use crate::stream_client::presence_clients;
+use crate::support::presence_clients;
 use crate::support::{
     Hub, Server, WAIT, WsOptions, api, api_ok, eventually, http, subscribe, unique_channel,
 };

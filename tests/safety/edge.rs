@@ -14,10 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::common::{scrape, wait_metric};
-use crate::support::{
-    Server, WAIT, WsClient, WsOptions, bin, eventually, publish, unique_channel, with_test_defaults,
-};
+use crate::support::*;
 
 /// Generous bound for "closed by a 1 s timer".
 const CLOSED_WITHIN: Duration = Duration::from_secs(6);
@@ -397,13 +394,13 @@ async fn fd_exhaustion_backs_off_and_existing_clients_keep_working() {
 #[tokio::test]
 async fn live_sessions_outlive_the_idle_timeout() {
     // A WebSocket (upgraded) and an HTTP-stream (response in flight) are not idle connections.
-    let server = crate::stream_client::start_server(
+    let server = crate::support::start_server(
         "client_idle_timeout: \"1s\"\nclient_handshake_timeout: \"1s\"\n",
     )
     .await;
     let mut ws = server.ws(WsOptions::json()).await;
     ws.handshake().await;
-    let mut stream = crate::stream_client::StreamClient::http_stream(
+    let mut stream = crate::support::StreamClient::http_stream(
         server.client_addr,
         sidewire::protocol::Encoding::Json,
         None,

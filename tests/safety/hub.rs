@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use sidewire::protocol::Encoding;
 use sidewire::protocol::client::{Command, PublishRequest, Reply};
 
-use crate::common::HttpStreamClient;
 use crate::support::*;
 
 const SECRET: &str = "hub-safety-secret";
@@ -87,13 +87,7 @@ async fn channel_limit_answers_106_and_others_keep_working() {
     );
 
     assert_served(&mut victim, "after the channel limit").await;
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": channel, "data": {"n": 1}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, &channel, &json!({"n": 1})).await;
     victim.expect_publication(&channel, 1).await;
 }
 
@@ -104,16 +98,9 @@ async fn subscribe_flood_does_not_disconnect_others() {
     let mut victim = server.ws(WsOptions::json()).await;
     victim.handshake().await;
     assert_eq!(error_code(&victim.request(subscribe(&channel)).await), None);
-    let mut streamer = HttpStreamClient::connect(server.client_addr, None).await;
-    streamer
-        .emulate(
-            server.client_addr,
-            None,
-            &json!({"id": 2, "subscribe": {"channel": channel}}),
-        )
-        .await;
-    let reply = streamer.expect("subscribe reply", |m| m["id"] == 2).await;
-    assert!(reply["subscribe"].is_object(), "{reply}");
+    let mut streamer = StreamClient::http_stream(server.client_addr, Encoding::Json, None).await;
+    let reply = streamer.request(subscribe(&channel), 2).await;
+    assert!(reply.subscribe.is_some(), "{reply:?}");
 
     // 20 000 subscribes in batches of 400, each batch sent in one message as soon as the
     // previous batch is answered; the flooder gets its 128 channels, then 106 for the rest.
@@ -144,26 +131,13 @@ async fn subscribe_flood_does_not_disconnect_others() {
     }
     assert_eq!((accepted, limited), (128, 20_000 - 128));
     assert_served(&mut victim, "ws victim during the flood").await;
-    streamer
-        .emulate(
-            server.client_addr,
-            None,
-            &json!({"id": 3, "rpc": {"method": "echo", "data": {"x": 1}}}),
-        )
-        .await;
-    let reply = streamer.expect("rpc reply", |m| m["id"] == 3).await;
-    assert!(reply["rpc"].is_object(), "{reply}");
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": channel, "data": {"after": "flood"}}),
-        None,
-    )
-    .await;
+    let reply = streamer.request(rpc("echo", &json!({"x": 1})), 3).await;
+    assert!(reply.rpc.is_some(), "{reply:?}");
+    api_publish(server.admin_addr, &channel, &json!({"after": "flood"})).await;
     victim.expect_publication(&channel, 1).await;
     streamer
-        .expect("publication after the flood", |m| {
-            m["push"]["channel"] == channel.as_str() && m["push"]["pub"]["offset"] == 1
+        .expect_push("publication after the flood", |p| {
+            p.channel == channel && p.r#pub.as_ref().is_some_and(|p| p.offset == 1)
         })
         .await;
     // A client connecting after the flood is served as well.
@@ -178,11 +152,10 @@ async fn history_bytes_are_capped() {
     let prefix = unique_channel("capped");
     let payload = "x".repeat(60_000);
     for i in 0..300 {
-        api_ok(
+        api_publish(
             server.admin_addr,
-            "publish",
-            &json!({"channel": format!("{prefix}-{i}"), "data": {"p": payload}}),
-            None,
+            &format!("{prefix}-{i}"),
+            &json!({"p": payload}),
         )
         .await;
     }
@@ -222,13 +195,7 @@ async fn history_bytes_are_capped() {
 async fn private_channel_history_presence_publish_need_subscribe_right() {
     let server = Server::start("").await;
     let channel = format!("${}", unique_channel("private"));
-    api_ok(
-        server.admin_addr,
-        "publish",
-        &json!({"channel": channel, "data": {"secret": 1}}),
-        None,
-    )
-    .await;
+    api_publish(server.admin_addr, &channel, &json!({"secret": 1})).await;
     let mut client = server.ws(WsOptions::json()).await;
     client.handshake().await;
     let denied = [
@@ -440,13 +407,7 @@ async fn oversized_history_reply_fails_the_command_not_the_link() {
     let channel = unique_channel("big");
     let payload = "y".repeat(30_000);
     for _ in 0..3 {
-        api_ok(
-            server.admin_addr,
-            "publish",
-            &json!({"channel": channel, "data": {"p": payload}}),
-            None,
-        )
-        .await;
+        api_publish(server.admin_addr, &channel, &json!({"p": payload})).await;
     }
     let mut bystander = server.ws(WsOptions::json()).await;
     bystander.handshake().await;

@@ -8,45 +8,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use sidewire::protocol::client::{Command, RpcRequest};
+use sidewire::protocol::client::Command;
 
-use crate::scripted_upstream::{self, Script, ScriptOptions};
+use crate::support::scripted_upstream::{
+    self, Script, ScriptOptions, assert_echo, sidecar, sidecar_with,
+};
 use crate::support::*;
 
 /// The shared scripted upstream (tests/support/scripted_upstream.rs) with default options.
 async fn scripted_upstream() -> (SocketAddr, std::sync::Arc<Script>) {
     scripted_upstream::start(ScriptOptions::default()).await
-}
-
-/// A sidecar linked to `upstream`, returned once its Link is up.
-async fn sidecar(upstream: SocketAddr, extra: &str) -> Server {
-    let server = Server::start(&format!(
-        "upstream:\n  endpoint: \"http://{upstream}\"\n  reconnect_backoff_min: \"50ms\"\n  reconnect_backoff_max: \"200ms\"\n{extra}"
-    ))
-    .await;
-    server.wait_ready(WAIT).await;
-    server
-}
-
-fn rpc_command(method: &str, data: &[u8]) -> Command {
-    Command {
-        rpc: Some(RpcRequest {
-            method: method.into(),
-            data: Bytes::copy_from_slice(data),
-        }),
-        ..Default::default()
-    }
-}
-
-/// The client gets an echo answer through the Link.
-async fn assert_echo(client: &mut WsClient, what: &str) {
-    let reply = client.request(rpc("echo", &json!({"alive": true}))).await;
-    assert_eq!(reply.error, None, "{what}: {reply:?}");
-    assert_eq!(
-        reply.rpc.map(|r| r.data),
-        Some(Bytes::from_static(br#"{"alive":true}"#)),
-        "{what}"
-    );
 }
 
 #[tokio::test]
@@ -68,7 +39,7 @@ async fn second_reply_to_one_command_is_dropped() {
     let server = sidecar(upstream, "").await;
     let mut client = server.ws(WsOptions::json()).await;
     client.handshake().await;
-    let reply = client.request(rpc_command("twice", b"1")).await;
+    let reply = client.request(rpc_raw("twice", b"1")).await;
     assert_eq!(reply.error, None);
     // The next command's reply is the next reply: the duplicate never reached the client.
     assert_echo(&mut client, "after a double reply").await;
@@ -144,7 +115,7 @@ async fn unanswered_commands_stop_the_session_reading_not_the_link() {
     greedy.handshake().await;
     // 400 commands that are never answered, one WebSocket message each.
     for _ in 0..400 {
-        let mut command = rpc_command("hang", b"0");
+        let mut command = rpc_raw("hang", b"0");
         command.id = greedy.next_id();
         greedy.send_commands(&[command]).await;
     }
@@ -171,7 +142,7 @@ async fn unanswered_commands_stop_the_session_reading_not_the_link() {
 #[tokio::test]
 async fn stalled_upstream_ends_waiting_sessions_instead_of_freezing_them() {
     let (upstream, script) = scripted_upstream().await;
-    let server = sidecar(upstream, "message_size_limit: 4194304\n").await;
+    let server = sidecar_with(upstream, "", "message_size_limit: 4194304\n").await;
     let mut writers = Vec::new();
     for _ in 0..3 {
         let mut client = server.ws(WsOptions::protobuf()).await;
@@ -184,7 +155,7 @@ async fn stalled_upstream_ends_waiting_sessions_instead_of_freezing_them() {
     for client in &mut writers {
         let commands: Vec<Command> = (0..100_000)
             .map(|_| {
-                let mut command = rpc_command("hang", b"0");
+                let mut command = rpc_raw("hang", b"0");
                 command.id = client.next_id();
                 command
             })
@@ -214,7 +185,7 @@ async fn stalled_upstream_ends_waiting_sessions_instead_of_freezing_them() {
 #[tokio::test]
 async fn reads_and_replies_progress_under_sustained_fan_out() {
     let (upstream, _script) = scripted_upstream().await;
-    let server = sidecar(upstream, "queue_max_size: 67108864\n").await;
+    let server = sidecar_with(upstream, "", "queue_max_size: 67108864\n").await;
     let mut streamer = server.ws(WsOptions::json()).await;
     let mut victim = server.ws(WsOptions::json()).await;
     streamer.handshake().await;
@@ -223,7 +194,7 @@ async fn reads_and_replies_progress_under_sustained_fan_out() {
     // A sustained stream of publications to the victim (100 every millisecond for a few
     // seconds); meanwhile the victim's own commands are still read and answered: its reply is
     // queued behind at most a few milliseconds of publications.
-    let mut stream = rpc_command("stream", b"200000");
+    let mut stream = rpc_raw("stream", b"200000");
     stream.id = streamer.next_id();
     streamer.send_commands(&[stream]).await;
     let _ = streamer.next_reply(WAIT).await;

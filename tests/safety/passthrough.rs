@@ -2,7 +2,7 @@
 //!
 //! Requests are written as raw bytes where the point is what a hostile client can put on the
 //! wire (duplicate Host, quotes in Host, dot segments, a broken chunk, `OPTIONS *`, CONNECT);
-//! the recording backend of `crate::common` shows what reached it.
+//! the recording backend of `crate::support` shows what reached it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,8 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::common::*;
-use crate::support::{HTTP_TIMEOUT, Server};
+use crate::support::*;
 
 /// A response head read off a raw connection.
 #[derive(Debug)]

@@ -10,8 +10,7 @@ use serde_json::{Value, json};
 use sidewire::protocol::Encoding;
 use sidewire::protocol::client::{Command, Reply};
 
-use crate::client::*;
-use crate::support::{api_ok, subscribe, unique_channel};
+use crate::support::*;
 
 /// Timers short enough to see pings within a test: first ping within 2 s, pong due in 1 s.
 const FAST_PING: &str = "ping_interval: \"2s\"\npong_timeout: \"1s\"\n";
@@ -72,13 +71,7 @@ async fn http_stream_json_session_from_connect_to_disconnect() {
     );
 
     // A server API publication arrives.
-    api_ok(
-        admin,
-        "publish",
-        &json!({"channel": channel, "data": {"x": 1}}),
-        None,
-    )
-    .await;
+    api_publish(admin, &channel, &json!({"x": 1})).await;
     assert_eq!(stream.expect_publication(&channel).await, json!({"x": 1}));
     // Newlines inside a payload never break the line framing.
     publish_pretty(admin, &channel).await;
@@ -175,13 +168,7 @@ async fn http_stream_protobuf_session() {
         "{reply:?}"
     );
 
-    api_ok(
-        admin,
-        "publish",
-        &json!({"channel": channel, "data": {"x": 1}}),
-        None,
-    )
-    .await;
+    api_publish(admin, &channel, &json!({"x": 1})).await;
     assert_eq!(stream.expect_publication(&channel).await, json!({"x": 1}));
 
     // Pings are empty messages (a single 0x00 byte); pongs go back as a delimited empty
@@ -247,17 +234,8 @@ async fn commands_in_the_connect_body_after_connect_are_processed() {
     let server = start_server("").await;
     let addr = server.client_addr;
     let channel = unique_channel("hs-batch");
-    let body = frame_commands(
-        Encoding::Json,
-        &[connect_command(), with_id(subscribe(&channel), 2)],
-    );
-    let opened = request(
-        addr,
-        "POST",
-        "/connection/http_stream",
-        &[("content-type", "application/json")],
-        Payload::Sized(body),
-    );
+    let commands = [connect_command(), with_id(subscribe(&channel), 2)];
+    let opened = http_stream_request(addr, Encoding::Json, &commands, None);
     let mut stream =
         StreamClient::open(addr, Flavor::HttpStream(Encoding::Json), opened, None).await;
     stream.expect_connected().await;

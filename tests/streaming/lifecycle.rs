@@ -10,8 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::client::*;
-use crate::support::{WAIT, WsOptions, api_ok, json_of, publish, subscribe, unique_channel};
+use crate::support::*;
 
 const SESSIONS_LIVE: &str = "sidewire_sessions_live";
 /// Bound for "the server noticed the client is gone".
@@ -21,7 +20,7 @@ async fn client_gone_is_cleaned_up(flavor: Flavor) {
     let server = start_server("").await;
     let (addr, admin) = (server.client_addr, server.admin_addr);
     let channel = unique_channel("gone");
-    let live_before = metric(&metrics_text(admin).await, SESSIONS_LIVE, &[]);
+    let live_before = scrape(admin).await.value(SESSIONS_LIVE, &[]);
 
     let mut client = match flavor {
         Flavor::HttpStream(encoding) => StreamClient::http_stream(addr, encoding, None).await,
@@ -30,7 +29,7 @@ async fn client_gone_is_cleaned_up(flavor: Flavor) {
     let reply = client.request(subscribe(&channel), 2).await;
     assert!(reply.subscribe.is_some(), "{reply:?}");
     await_presence(admin, &channel, &client.client, true, WAIT).await;
-    let live = metric(&metrics_text(admin).await, SESSIONS_LIVE, &[]);
+    let live = scrape(admin).await.value(SESSIONS_LIVE, &[]);
     assert_eq!(live, live_before + 1.0, "{flavor:?} session not live");
 
     // The client drops its TCP connection mid-response.
@@ -38,15 +37,9 @@ async fn client_gone_is_cleaned_up(flavor: Flavor) {
     drop(client);
 
     await_presence(admin, &channel, &gone, false, GONE_WAIT).await;
-    await_metric(admin, SESSIONS_LIVE, &[], GONE_WAIT, |v| v == live_before).await;
+    wait_metric(admin, SESSIONS_LIVE, &[], GONE_WAIT, |v| v == live_before).await;
     // Publishing to the channel now reaches nobody and breaks nothing.
-    api_ok(
-        admin,
-        "publish",
-        &json!({"channel": channel, "data": {}}),
-        None,
-    )
-    .await;
+    api_publish(admin, &channel, &json!({})).await;
 }
 
 #[tokio::test]
@@ -240,13 +233,7 @@ async fn websocket_and_streaming_sessions_share_a_channel() {
     }
 
     // And a server API publication reaches all four.
-    api_ok(
-        admin,
-        "publish",
-        &json!({"channel": channel, "data": {"from": "api"}}),
-        None,
-    )
-    .await;
+    api_publish(admin, &channel, &json!({"from": "api"})).await;
     let publication = ws.expect_publication(&channel, 3).await;
     assert_eq!(json_of(&publication.data), json!({"from": "api"}));
     for client in [&mut json_stream, &mut protobuf_stream, &mut sse] {

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use sidewire::protocol::Encoding;
 
-use crate::client::*;
+use crate::support::*;
 
 const LIMITS: &str = "http_stream_max_request_body_size: 1024\nsse_max_request_body_size: 1024\nemulation_max_request_body_size: 1024\n";
 const SESSIONS_OPENED: &str = "sidewire_sessions_opened_total";
@@ -26,7 +26,7 @@ fn connect_of_size(size: usize) -> Bytes {
 async fn oversized_bodies_get_413_declared_or_chunked() {
     let server = start_server(LIMITS).await;
     let (addr, admin) = (server.client_addr, server.admin_addr);
-    let before = metric(&metrics_text(admin).await, SESSIONS_OPENED, &[]);
+    let before = scrape(admin).await.value(SESSIONS_OPENED, &[]);
 
     // A live session, so that emulation bodies have a real target.
     let stream = StreamClient::http_stream(addr, Encoding::Json, None).await;
@@ -97,8 +97,13 @@ async fn oversized_bodies_get_413_declared_or_chunked() {
     fits.expect_connected().await;
 
     // Two sessions exist (`stream` and `fits`): the refused requests opened none.
-    let text = metrics_text(admin).await;
-    assert_eq!(metric(&text, SESSIONS_OPENED, &[]), before + 2.0, "{text}");
+    let scraped = scrape(admin).await;
+    assert_eq!(
+        scraped.value(SESSIONS_OPENED, &[]),
+        before + 2.0,
+        "{}",
+        scraped.text
+    );
 }
 
 #[tokio::test]

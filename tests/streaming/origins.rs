@@ -5,8 +5,7 @@
 use bytes::Bytes;
 use sidewire::protocol::Encoding;
 
-use crate::client::*;
-use crate::support::{HandshakeFailure, WsClient, WsOptions, subscribe, unique_channel};
+use crate::support::*;
 
 const SESSIONS_OPENED: &str = "sidewire_sessions_opened_total";
 const ORIGIN_REJECTIONS: &str = "sidewire_origin_rejections_total";
@@ -50,9 +49,9 @@ fn assert_no_cors(what: &str, headers: &::http::HeaderMap) {
 async fn disallowed_origin_gets_403_everywhere_and_opens_nothing() {
     let server = start_server("").await;
     let (addr, admin) = (server.client_addr, server.admin_addr);
-    let text = metrics_text(admin).await;
-    let opened_before = metric(&text, SESSIONS_OPENED, &[]);
-    let rejections_before = metric(&text, ORIGIN_REJECTIONS, &[]);
+    let scraped = scrape(admin).await;
+    let opened_before = scraped.value(SESSIONS_OPENED, &[]);
+    let rejections_before = scraped.value(ORIGIN_REJECTIONS, &[]);
     // A live session (opened without Origin) for the emulation case.
     let mut stream = StreamClient::http_stream(addr, Encoding::Json, None).await;
     let mut refused = 0.0;
@@ -138,16 +137,18 @@ async fn disallowed_origin_gets_403_everywhere_and_opens_nothing() {
     // opened on purpose, and every refusal was counted.
     let mut ws = WsClient::connect(addr, WsOptions::json()).await;
     ws.handshake().await;
-    let text = metrics_text(admin).await;
+    let scraped = scrape(admin).await;
     assert_eq!(
-        metric(&text, SESSIONS_OPENED, &[]),
+        scraped.value(SESSIONS_OPENED, &[]),
         opened_before + 2.0,
-        "{text}"
+        "{}",
+        scraped.text
     );
     assert_eq!(
-        metric(&text, ORIGIN_REJECTIONS, &[]),
+        scraped.value(ORIGIN_REJECTIONS, &[]),
         rejections_before + refused,
-        "{text}"
+        "{}",
+        scraped.text
     );
 }
 

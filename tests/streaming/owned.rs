@@ -12,8 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::client::*;
-use crate::support::WAIT;
+use crate::support::*;
 
 const SESSIONS_LIVE: &str = "sidewire_sessions_live";
 /// Bound for one raw exchange.
@@ -191,7 +190,7 @@ async fn malformed_huge_and_slow_heads_get_their_answer_while_sessions_go_on() {
 
     let closed = read_to_close(&mut slow).await;
     assert!(closed.is_empty(), "{:?}", String::from_utf8_lossy(&closed));
-    await_metric(
+    wait_metric(
         admin,
         "sidewire_connection_timeouts_total",
         &[("reason", "handshake")],
@@ -212,11 +211,9 @@ async fn malformed_huge_and_slow_heads_get_their_answer_while_sessions_go_on() {
 async fn a_stalled_body_gets_408_with_cors_and_a_short_one_is_dropped() {
     let server = start_server("request_body_timeout: \"1s\"").await;
     let (addr, admin) = (server.client_addr, server.admin_addr);
-    let before = metric(
-        &metrics_text(admin).await,
-        "sidewire_request_body_timeouts_total",
-        &[],
-    );
+    let before = scrape(admin)
+        .await
+        .value("sidewire_request_body_timeouts_total", &[]);
     let head = format!(
         "POST /connection/http_stream HTTP/1.1\r\nhost: x\r\norigin: {ALLOWED_ORIGIN}\r\ncontent-length: 100\r\n\r\n{{\"id\":1,"
     );
@@ -230,7 +227,7 @@ async fn a_stalled_body_gets_408_with_cors_and_a_short_one_is_dropped() {
         answer.contains("\r\naccess-control-allow-origin: http://ok.example\r\n"),
         "{answer}"
     );
-    await_metric(
+    wait_metric(
         admin,
         "sidewire_request_body_timeouts_total",
         &[],
@@ -240,7 +237,7 @@ async fn a_stalled_body_gets_408_with_cors_and_a_short_one_is_dropped() {
     .await;
 
     // The client leaves mid-body: nothing is opened, nothing answered.
-    let live = metric(&metrics_text(admin).await, SESSIONS_LIVE, &[]);
+    let live = scrape(admin).await.value(SESSIONS_LIVE, &[]);
     let mut short = raw(addr, head.as_bytes()).await;
     short.shutdown().await.unwrap();
     let answer = read_to_close(&mut short).await;
@@ -249,7 +246,7 @@ async fn a_stalled_body_gets_408_with_cors_and_a_short_one_is_dropped() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
-    assert_eq!(metric(&metrics_text(admin).await, SESSIONS_LIVE, &[]), live);
+    assert_eq!(scrape(admin).await.value(SESSIONS_LIVE, &[]), live);
     StreamClient::http_stream(addr, Encoding::Protobuf, None).await;
 }
 
@@ -257,7 +254,7 @@ async fn a_stalled_body_gets_408_with_cors_and_a_short_one_is_dropped() {
 async fn pipelined_bytes_are_dropped_and_later_bytes_end_the_session() {
     let server = start_server("").await;
     let (addr, admin) = (server.client_addr, server.admin_addr);
-    let live = metric(&metrics_text(admin).await, SESSIONS_LIVE, &[]);
+    let live = scrape(admin).await.value(SESSIONS_LIVE, &[]);
     let connect = br#"{"id":1,"connect":{}}"#;
     let request = format!(
         "POST /connection/http_stream HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
@@ -268,7 +265,7 @@ async fn pipelined_bytes_are_dropped_and_later_bytes_end_the_session() {
     let (head, chunks) = read_head_and_chunks(&mut stream, 1).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(masked(&chunks[0]).contains("\"connect\""), "{chunks:?}");
-    await_metric(admin, SESSIONS_LIVE, &[], WAIT, |v| v == live + 1.0).await;
+    wait_metric(admin, SESSIONS_LIVE, &[], WAIT, |v| v == live + 1.0).await;
 
     // Anything more is garbage on a streaming connection: the session ends, the response is
     // terminated and the connection closed.
@@ -279,6 +276,6 @@ async fn pipelined_bytes_are_dropped_and_later_bytes_end_the_session() {
         "{:?}",
         String::from_utf8_lossy(&rest)
     );
-    await_metric(admin, SESSIONS_LIVE, &[], WAIT, |v| v == live).await;
+    wait_metric(admin, SESSIONS_LIVE, &[], WAIT, |v| v == live).await;
     StreamClient::sse(addr, None).await;
 }

@@ -7,8 +7,7 @@ use bytes::Bytes;
 use serde_json::json;
 use sidewire::protocol::client::Reply;
 
-use crate::client::*;
-use crate::support::{api_ok, subscribe, unique_channel};
+use crate::support::*;
 
 #[tokio::test]
 async fn sse_get_session_from_connect_to_disconnect() {
@@ -36,13 +35,7 @@ async fn sse_get_session_from_connect_to_disconnect() {
         reply.error.is_none() && reply.subscribe.is_some(),
         "{reply:?}"
     );
-    api_ok(
-        admin,
-        "publish",
-        &json!({"channel": channel, "data": {"x": 1}}),
-        None,
-    )
-    .await;
+    api_publish(admin, &channel, &json!({"x": 1})).await;
     assert_eq!(sse.expect_publication(&channel).await, json!({"x": 1}));
     // Newlines inside a payload never split an event's data line.
     publish_pretty(admin, &channel).await;
@@ -111,12 +104,6 @@ async fn sse_post_with_json_body() {
     );
     let reply = sse.request(subscribe(&channel), 2).await;
     assert!(reply.subscribe.is_some(), "{reply:?}");
-    api_ok(
-        admin,
-        "publish",
-        &json!({"channel": channel, "data": {"y": 2}}),
-        None,
-    )
-    .await;
+    api_publish(admin, &channel, &json!({"y": 2})).await;
     assert_eq!(sse.expect_publication(&channel).await, json!({"y": 2}));
 }

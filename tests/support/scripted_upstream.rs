@@ -38,6 +38,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::{Server, WAIT, WsClient, rpc};
+use serde_json::json;
+
 /// A session id no sidecar hands out in a test.
 pub const UNKNOWN_SESSION: u64 = 987_654_321;
 
@@ -327,11 +330,19 @@ pub async fn start(options: ScriptOptions) -> (SocketAddr, Arc<Script>) {
         options,
         ..Script::default()
     });
+    let addr = serve(Service {
+        script: script.clone(),
+    })
+    .await;
+    (addr, script)
+}
+
+/// Serves `link` (any Link implementation) over HTTP/2 on an ephemeral loopback port, until
+/// the runtime ends.
+pub async fn serve<L: Link>(link: L) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = LinkServer::new(Service {
-        script: script.clone(),
-    });
+    let service = LinkServer::new(link);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let service = hyper_util::service::TowerToHyperService::new(service.clone());
@@ -345,5 +356,43 @@ pub async fn start(options: ScriptOptions) -> (SocketAddr, Arc<Script>) {
             });
         }
     });
-    (addr, script)
+    addr
+}
+
+/// Sidecar config linked to `upstream` (reconnecting after 50 to 200 ms); `upstream_lines`
+/// (`key: value` lines) go under `upstream:`.
+pub fn upstream_yaml(upstream: SocketAddr, upstream_lines: &str) -> String {
+    let mut yaml = format!(
+        "upstream:\n  endpoint: \"http://{upstream}\"\n  reconnect_backoff_min: \"50ms\"\n  reconnect_backoff_max: \"200ms\"\n"
+    );
+    for line in upstream_lines.lines().filter(|l| !l.trim().is_empty()) {
+        yaml.push_str("  ");
+        yaml.push_str(line);
+        yaml.push('\n');
+    }
+    yaml
+}
+
+/// A sidecar on [`upstream_yaml`], returned once its Link is up.
+pub async fn sidecar(upstream: SocketAddr, upstream_lines: &str) -> Server {
+    sidecar_with(upstream, upstream_lines, "").await
+}
+
+/// [`sidecar`] with `extra` top-level YAML after the `upstream:` section.
+pub async fn sidecar_with(upstream: SocketAddr, upstream_lines: &str, extra: &str) -> Server {
+    let yaml = format!("{}{extra}", upstream_yaml(upstream, upstream_lines));
+    let server = Server::start(&yaml).await;
+    server.wait_ready(WAIT).await;
+    server
+}
+
+/// The client gets an echo answer through the Link.
+pub async fn assert_echo(client: &mut WsClient, what: &str) {
+    let reply = client.request(rpc("echo", &json!({"alive": true}))).await;
+    assert_eq!(reply.error, None, "{what}: {reply:?}");
+    assert_eq!(
+        reply.rpc.map(|r| r.data),
+        Some(Bytes::from_static(br#"{"alive":true}"#)),
+        "{what}"
+    );
 }

@@ -1,32 +1,27 @@
-//! Clients of the streaming transports for the streaming tests: raw HTTP/1.1 exchanges (sized
-//! or chunked bodies, one keep-alive connection for many requests), a session client that
-//! reads an HTTP-stream (JSON or Protobuf) or SSE response incrementally and checks its framing
-//! byte for byte, `/emulation` requests in both encodings, and small `/metrics` and presence
-//! readers.
+//! The streaming transports' client: a session that reads an HTTP-stream (JSON or Protobuf)
+//! or SSE response incrementally and checks its framing byte for byte ([`StreamClient`]),
+//! `/emulation` requests in both encodings, and a sidecar started with both transports on.
 //!
 //! Every wait is bounded; nothing sleeps to let something happen.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ::http::{HeaderMap, Request, header};
+use ::http::{HeaderMap, Request};
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use prost::Message as _;
 use serde_json::{Value, json};
 use sidewire::protocol::Encoding;
 use sidewire::protocol::client::{Command, ConnectRequest, EmulationRequest, Push, Reply};
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::support::{HTTP_TIMEOUT, Server, WAIT, api_ok, eventually, http, http_get};
+use super::{
+    Conn, Fetched, Payload, ReqBody, Server, WAIT, eventually, fetch, http, presence_clients,
+    request,
+};
 
 /// The one Origin the test server allows.
 pub const ALLOWED_ORIGIN: &str = "http://ok.example";
@@ -44,159 +39,6 @@ pub async fn start_server(extra: &str) -> Server {
     .await;
     server.wait_ready(Duration::from_secs(10)).await;
     server
-}
-
-// === raw HTTP ===
-
-/// Request body type of every request the tests send.
-pub type ReqBody = BoxBody<Bytes, Infallible>;
-
-/// How a request body is sent.
-#[derive(Debug, Clone)]
-pub enum Payload {
-    /// No body.
-    Empty,
-    /// With `Content-Length`.
-    Sized(Bytes),
-    /// `Transfer-Encoding: chunked`, one chunk per element (no length announced).
-    Chunked(Vec<Bytes>),
-}
-
-impl Payload {
-    fn into_body(self) -> ReqBody {
-        match self {
-            Payload::Empty => Empty::new().boxed(),
-            Payload::Sized(bytes) => Full::new(bytes).boxed(),
-            Payload::Chunked(chunks) => StreamBody::new(futures_util::stream::iter(
-                chunks
-                    .into_iter()
-                    .map(|chunk| Ok::<_, Infallible>(Frame::data(chunk))),
-            ))
-            .boxed(),
-        }
-    }
-
-    /// `bytes` cut into chunks of at most `size` bytes, sent chunked.
-    pub fn chunked(bytes: &[u8], size: usize) -> Payload {
-        Payload::Chunked(bytes.chunks(size).map(Bytes::copy_from_slice).collect())
-    }
-}
-
-/// A request to `addr` with `Host` set and the given headers.
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path_and_query: &str,
-    headers: &[(&str, &str)],
-    payload: Payload,
-) -> Request<ReqBody> {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path_and_query)
-        .header(header::HOST, addr.to_string());
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    builder.body(payload.into_body()).expect("valid request")
-}
-
-/// A response read in full.
-#[derive(Debug)]
-pub struct Fetched {
-    /// Status code.
-    pub status: u16,
-    /// Headers.
-    pub headers: HeaderMap,
-    /// Body.
-    pub body: Bytes,
-}
-
-impl Fetched {
-    /// The body as text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The value of a header, if present (as text).
-    pub fn header(&self, name: &str) -> Option<String> {
-        header_text(&self.headers, name)
-    }
-}
-
-/// The value of a header, if present (as text).
-pub fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .map(|v| v.to_str().unwrap_or("<non-ascii>").to_owned())
-}
-
-/// One HTTP/1.1 client connection, kept alive across requests (sent one after the other).
-pub struct Conn {
-    sender: SendRequest<ReqBody>,
-    driver: JoinHandle<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // Dropping the connection task closes the TCP connection.
-        self.driver.abort();
-    }
-}
-
-impl Conn {
-    /// Connects to `addr`.
-    pub async fn open(addr: SocketAddr) -> Conn {
-        let connect = async {
-            let tcp = TcpStream::connect(addr).await.expect("TCP connect");
-            tcp.set_nodelay(true).ok();
-            hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .expect("HTTP/1.1 handshake")
-        };
-        let (sender, connection) = tokio::time::timeout(WAIT, connect)
-            .await
-            .unwrap_or_else(|_| panic!("no connection to {addr} within {WAIT:?}"));
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Conn { sender, driver }
-    }
-
-    /// Sends `request` and returns the response head with its unread body.
-    pub async fn send(&mut self, request: Request<ReqBody>) -> hyper::Response<Incoming> {
-        let what = format!("{} {}", request.method(), request.uri());
-        let send = async {
-            self.sender.ready().await.expect("connection usable");
-            self.sender.send_request(request).await
-        };
-        match tokio::time::timeout(HTTP_TIMEOUT, send).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => panic!("{what}: {e}"),
-            Err(_) => panic!("{what}: no response head within {HTTP_TIMEOUT:?}"),
-        }
-    }
-
-    /// Sends `request` and reads the whole response.
-    pub async fn fetch(&mut self, request: Request<ReqBody>) -> Fetched {
-        let what = format!("{} {}", request.method(), request.uri());
-        let response = self.send(request).await;
-        let (parts, body) = response.into_parts();
-        let body = match tokio::time::timeout(HTTP_TIMEOUT, body.collect()).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) => panic!("{what}: reading the body: {e}"),
-            Err(_) => panic!("{what}: body not complete within {HTTP_TIMEOUT:?}"),
-        };
-        Fetched {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        }
-    }
-}
-
-/// `request` on a new connection, read in full.
-pub async fn fetch(addr: SocketAddr, request: Request<ReqBody>) -> Fetched {
-    Conn::open(addr).await.fetch(request).await
 }
 
 // === client protocol framing ===
@@ -229,6 +71,32 @@ pub fn frame_commands(encoding: Encoding, commands: &[Command]) -> Bytes {
             Bytes::from(out)
         }
     }
+}
+
+/// `POST /connection/http_stream` carrying `commands` (the connect first) in `encoding`, with
+/// its Content-Type (`application/json` or exactly `application/octet-stream`).
+pub fn http_stream_request(
+    addr: SocketAddr,
+    encoding: Encoding,
+    commands: &[Command],
+    origin: Option<&str>,
+) -> Request<ReqBody> {
+    let content_type = match encoding {
+        Encoding::Json => "application/json",
+        Encoding::Protobuf => "application/octet-stream",
+    };
+    let mut headers = vec![("content-type", content_type)];
+    if let Some(origin) = origin {
+        headers.push(("origin", origin));
+    }
+    let body = frame_commands(encoding, commands);
+    request(
+        addr,
+        "POST",
+        "/connection/http_stream",
+        &headers,
+        Payload::Sized(body),
+    )
 }
 
 /// A command with `id` set.
@@ -373,22 +241,7 @@ impl StreamClient {
         encoding: Encoding,
         origin: Option<&str>,
     ) -> StreamClient {
-        let content_type = match encoding {
-            Encoding::Json => "application/json",
-            Encoding::Protobuf => "application/octet-stream",
-        };
-        let mut headers = vec![("content-type", content_type)];
-        if let Some(origin) = origin {
-            headers.push(("origin", origin));
-        }
-        let body = frame_commands(encoding, &[connect_command()]);
-        let request = request(
-            addr,
-            "POST",
-            "/connection/http_stream",
-            &headers,
-            Payload::Sized(body),
-        );
+        let request = http_stream_request(addr, encoding, &[connect_command()], origin);
         let mut client =
             StreamClient::open(addr, Flavor::HttpStream(encoding), request, origin).await;
         client.expect_connected().await;
@@ -764,69 +617,6 @@ fn json_reply(bytes: &[u8]) -> Reply {
 pub fn sse_connect_path(command: &str) -> String {
     let encoded: String = form_urlencoded::byte_serialize(command.as_bytes()).collect();
     format!("/connection/sse?cf_connect={encoded}")
-}
-
-// === admin: metrics and presence ===
-
-/// The `/metrics` text of the admin listener.
-pub async fn metrics_text(admin: SocketAddr) -> String {
-    let (status, text) = http_get(admin, "/metrics").await;
-    assert_eq!(status, 200, "/metrics: {text}");
-    text
-}
-
-/// Sum of the samples of `name` whose labels include every `labels` pair (0 when none).
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = match series.split_once('{') {
-                Some((n, l)) => (n, l),
-                None => (series, ""),
-            };
-            if series_name != name {
-                return None;
-            }
-            let matches = labels
-                .iter()
-                .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")));
-            matches.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
-/// Scrapes until `check` holds for `name` (bounded polling of a scraped value); returns it.
-pub async fn await_metric(
-    admin: SocketAddr,
-    name: &str,
-    labels: &[(&str, &str)],
-    timeout: Duration,
-    check: impl Fn(f64) -> bool,
-) -> f64 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = metrics_text(admin).await;
-        let value = metric(&text, name, labels);
-        if check(value) {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            panic!("{name}{labels:?} = {value}: not as expected within {timeout:?}:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Client ids present in `channel` according to the hub's server API.
-pub async fn presence_clients(api: SocketAddr, channel: &str) -> Vec<String> {
-    let result = api_ok(api, "presence", &json!({ "channel": channel }), None).await;
-    result["presence"]
-        .as_object()
-        .unwrap_or_else(|| panic!("presence result without a presence map: {result}"))
-        .keys()
-        .cloned()
-        .collect()
 }
 
 /// Waits (polling the server API, at most `timeout`) until `client`'s presence in `channel`

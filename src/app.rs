@@ -23,7 +23,7 @@ use crate::hub::{self, Hub};
 use crate::lifecycle::{PhaseWatch, RunPhase};
 use crate::link::backoff::Backoff;
 use crate::link::{Link, LinkState, Upstream};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ResultLabels};
 use crate::passthrough::{Backend, BackendError};
 use crate::reload::prepare::{BackendPlan, Candidate, Current, Prepared, prepare};
 
@@ -70,19 +70,7 @@ fn start_hub(config: &Config, phase: &PhaseWatch) -> Result<Hub, AppError> {
     ))
 }
 
-/// Result of applying a config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    /// The same config as the one in force.
-    Unchanged,
-    /// Applied; the listed fields only take effect after a restart.
-    Applied {
-        /// Dotted names of fields that need a restart.
-        restart_required: Vec<&'static str>,
-    },
-    /// Rejected; the old config stays in force.
-    Rejected(String),
-}
+pub use crate::reload::ReloadOutcome;
 
 /// Swaps the log filter at run time (installed by the binary); cannot fail.
 pub type LogControl = Box<dyn Fn(EnvFilter) + Send + Sync>;
@@ -114,6 +102,23 @@ pub struct Runtime {
     started: Arc<Config>,
     /// Serialises reloads.
     reloading: Mutex<()>,
+}
+
+impl crate::reload::Target for Runtime {
+    fn config(&self) -> Arc<Config> {
+        self.edge.settings().config.clone()
+    }
+
+    fn apply(&self, candidate: Candidate) -> ReloadOutcome {
+        Runtime::apply(self, candidate)
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
 }
 
 impl Runtime {

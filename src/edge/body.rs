@@ -1,6 +1,6 @@
 //! Reading request bodies on the edge under a byte limit (413 when over, before anything else
 //! happens) and a progress deadline (408 when the client stops sending): the edge's mapping of
-//! [`crate::body::read_bounded`]'s typed error. [`TimedBody`] (the progress deadline on any
+//! [`crate::body::read_bounded`]'s typed error. `TimedBody` (the progress deadline on any
 //! body, passthrough streams through it) lives in [`crate::body`].
 
 use std::time::Duration;
@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use hyper::body::Body;
 
-pub use crate::body::{TimedBody, is_body_timeout};
 use crate::body::{ReadError, read_bounded};
 use crate::http::BoxError;
 

@@ -19,9 +19,9 @@ use std::time::Duration;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::app::{ReloadOutcome, Runtime};
+use crate::config::Config;
 use crate::lifecycle::{self, PhaseWatch};
-use crate::metrics::ResultLabels;
+use prepare::Candidate;
 
 /// Quiet time after a file event before reloading (editors and kubelet write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -82,12 +82,37 @@ fn watch_directories(
     Some(watcher)
 }
 
+/// Result of applying a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The same config as the one in force.
+    Unchanged,
+    /// Applied; the listed fields only take effect after a restart.
+    Applied {
+        /// Dotted names of fields that need a restart.
+        restart_required: Vec<&'static str>,
+    },
+    /// Rejected; the old config stays in force.
+    Rejected(String),
+}
+
+/// What the reload loop drives (the running sidecar, `app::Runtime`): reload knows nothing of
+/// the app, the app implements this.
+pub trait Target: Send + Sync + 'static {
+    /// The config in force.
+    fn config(&self) -> Arc<Config>;
+    /// Prepares and commits `candidate`, or rejects it changing nothing.
+    fn apply(&self, candidate: Candidate) -> ReloadOutcome;
+    /// Counts one reload by `result` (`sidewire_config_reloads_total{result}`).
+    fn count(&self, result: &'static str);
+}
+
 /// Runs the reload loop for the config at `path` until the process closes. `triggers`
 /// carries SIGHUPs (and file events, fed by the watcher this function installs). This one
 /// task serializes the reloads.
 pub async fn run(
     path: PathBuf,
-    runtime: Arc<Runtime>,
+    runtime: Arc<impl Target>,
     triggers: mpsc::Sender<Trigger>,
     mut incoming: mpsc::Receiver<Trigger>,
     mut phase: PhaseWatch,
@@ -99,7 +124,7 @@ pub async fn run(
     let mut rejected: Option<Vec<u8>> = None;
     let mut pending = Some(Trigger::Poll);
     let mut watched = vec![path.clone()];
-    if let Some(tls) = &runtime.edge().settings().config.tls {
+    if let Some(tls) = &runtime.config().tls {
         watched.push(PathBuf::from(&tls.cert_file));
         watched.push(PathBuf::from(&tls.key_file));
     }
@@ -130,13 +155,13 @@ pub async fn run(
                 }
             }
         }
-        let base = runtime.edge().settings().config.clone();
+        let base = runtime.config();
         let file = path.clone();
         let attempt = match tokio::task::spawn_blocking(move || load::read(&file, &base)).await {
             Ok(attempt) => attempt,
             Err(error) => {
                 tracing::error!(%error, "config reload: the read task failed; keeping the current config");
-                count(&runtime, "rejected");
+                runtime.count("rejected");
                 continue;
             }
         };
@@ -164,41 +189,32 @@ pub async fn run(
             in_force = Some(attempt.fingerprint);
             rejected = None;
         }
-        report(&runtime, &outcome);
+        report(runtime.as_ref(), &outcome);
     }
     drop(watcher);
 }
 
 /// Logs `outcome` and counts it in `sidewire_config_reloads_total{result}`.
-fn report(runtime: &Runtime, outcome: &ReloadOutcome) {
+fn report(runtime: &impl Target, outcome: &ReloadOutcome) {
     match outcome {
         ReloadOutcome::Unchanged => {
             tracing::info!("config reload: unchanged");
-            count(runtime, "unchanged");
+            runtime.count("unchanged");
         }
         ReloadOutcome::Applied { restart_required } if restart_required.is_empty() => {
             tracing::info!("config reload: applied");
-            count(runtime, "applied");
+            runtime.count("applied");
         }
         ReloadOutcome::Applied { restart_required } => {
             tracing::warn!(
                 fields = ?restart_required,
                 "config reload: applied, but these fields need a restart to take effect"
             );
-            count(runtime, "restart_required");
+            runtime.count("restart_required");
         }
         ReloadOutcome::Rejected(reason) => {
             tracing::error!(%reason, "config reload rejected; the previous config stays in force");
-            count(runtime, "rejected");
+            runtime.count("rejected");
         }
     }
-}
-
-fn count(runtime: &Runtime, result: &'static str) {
-    runtime
-        .edge()
-        .metrics
-        .config_reloads
-        .get_or_create(&ResultLabels { result })
-        .inc();
 }

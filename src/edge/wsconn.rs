@@ -704,6 +704,98 @@ mod tests {
         );
     }
 
+    /// A vectored writer that takes at most `per_write` bytes per call and counts the calls.
+    struct Trickle {
+        per_write: usize,
+        written: Vec<u8>,
+        vectored_calls: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.per_write);
+            self.written.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.vectored_calls += 1;
+            let mut left = self.per_write;
+            for buf in bufs {
+                let n = buf.len().min(left);
+                self.written.extend_from_slice(&buf[..n]);
+                left -= n;
+            }
+            Poll::Ready(Ok(self.per_write - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_go_out_straight_from_the_parts_and_partial_writes_keep_the_rest() {
+        let parts = [&b"{}"[..], b"{\"id\":1}", b"[]"];
+        let expected = b"\x81\x0e{}\n{\"id\":1}\n[]";
+        // The socket takes everything at once: one vectored write, nothing buffered.
+        let mut whole = WsConn::new(
+            Trickle {
+                per_write: 1 << 16,
+                written: Vec::new(),
+                vectored_calls: 0,
+            },
+            1024,
+        );
+        whole.send(true, &parts, b"\n").await.unwrap();
+        assert_eq!(whole.io.vectored_calls, 1);
+        assert_eq!(whole.io.written, expected);
+        assert_eq!(whole.out.capacity(), 0);
+        // Three bytes per write: the rest of the frame is copied and written in order,
+        // and a control frame queued behind it follows it whole.
+        let mut trickle = WsConn::new(
+            Trickle {
+                per_write: 3,
+                written: Vec::new(),
+                vectored_calls: 0,
+            },
+            1024,
+        );
+        trickle.send(true, &parts, b"\n").await.unwrap();
+        assert_eq!(trickle.io.vectored_calls, 1);
+        assert_eq!(trickle.io.written, expected);
+        assert_eq!(trickle.out.capacity(), 0);
+        trickle.send(false, &[b"\x01"], b"").await.unwrap();
+        assert_eq!(trickle.io.written.len(), expected.len() + 3);
+        assert_eq!(&trickle.io.written[expected.len()..], b"\x82\x01\x01");
+    }
+
     #[tokio::test]
     async fn end_of_stream_and_pong_are_quiet() {
         let (mut conn, mut client) = pair(1024);

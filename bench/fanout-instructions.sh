@@ -3,11 +3,12 @@
 # loaded the machine is: sidewire (and optionally another build) and the floor server, each
 # run under callgrind while SUBS WebSocket subscribers on one channel receive PUBS publications
 # (128-byte payloads, one publisher, as fast as accepted). Counters are zeroed once everyone is
-# subscribed (`fanout --start-file`) and dumped when the bench has finished, so connection set-up
-# is not counted; the publish requests (HTTP API, and for sidewire the embedded hub and the
-# Link) are, as part of what a delivery costs. Instructions of the server process only
-# (all threads), kernel time not counted. One JSON line per target, and the per-function
-# self-cost top list of each (callgrind_annotate) on stderr when TOP=N is set.
+# subscribed (`fanout --start-file`) and dumped once everything is delivered, before the
+# subscribers disconnect (`--done-file`), so connection set-up and teardown are not counted;
+# the publish requests (HTTP API, and for sidewire the embedded hub and the Link) are, as part
+# of what a delivery costs. Instructions of the server process only (all threads), kernel
+# time not counted. One JSON line per target, and the per-function self-cost top list of each
+# (callgrind_annotate) on stderr when TOP=N is set.
 #
 # Usage: bench/fanout-instructions.sh [subscribers=2000] [publications=50]
 #   SIDEWIRE_BIN=path         the sidewire to measure (default: the tree's release build)
@@ -79,17 +80,20 @@ measure() {
         pub="http://$(sed -n 's/.*http=\([^ ]*\).*/\1/p' <<<"$line")/publish"
         extra=(--raw) ;;
     esac
-    rm -f "$WORK/start"
+    rm -f "$WORK/start" "$WORK/done"
     "$BENCH" fanout --label "$label" "${extra[@]}" --url "$url" --subscribers "$SUBS" \
         --channels 1 --publishes "$PUBS" --publishers 1 --rate 0 --payload-bytes 128 \
         --publish-url "$pub" --setup-deadline 600s --timeout 900s \
-        --start-file "$WORK/start" >"$WORK/$label.bench" 2>"$WORK/$label.bench.err" &
+        --start-file "$WORK/start" --done-file "$WORK/done" \
+        >"$WORK/$label.bench" 2>"$WORK/$label.bench.err" &
     local bench=$!
     wait_line "$WORK/$label.bench.err" '^subscribed' >/dev/null
     callgrind_control -z "$pid" >/dev/null  # count from here
     touch "$WORK/start"
-    wait "$bench" || { echo "$label: bench failed: $(tail -3 "$WORK/$label.bench.err")" >&2; }
+    wait_line "$WORK/$label.bench.err" '^delivered' >/dev/null
     callgrind_control -d "$pid" >/dev/null  # the measured phase, in $label.cg.1
+    touch "$WORK/done"  # now the subscribers disconnect (not counted)
+    wait "$bench" || { echo "$label: bench failed: $(tail -3 "$WORK/$label.bench.err")" >&2; }
     sleep 1
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true

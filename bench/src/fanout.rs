@@ -94,6 +94,11 @@ pub struct FanoutArgs {
     /// the publish phase (`bench/fanout-instructions.sh`). Single-process mode only.
     #[arg(long)]
     start_file: Option<std::path::PathBuf>,
+    /// With --start-file: once everything is delivered (before the subscribers disconnect),
+    /// print `delivered` on stderr and wait (bounded by --setup-deadline) until this file
+    /// exists, so that the profiler's count can stop before the teardown.
+    #[arg(long, requires = "start_file")]
+    done_file: Option<std::path::PathBuf>,
     /// Internal: run as child I of --procs (subscribe, report over stdout, wait for stdin).
     #[arg(long, hide = true)]
     child_slice: Option<usize>,
@@ -114,9 +119,9 @@ struct SubResult {
 }
 
 /// Runs the scenario and prints its result lines.
-/// Announces the end of the setup on stderr, then polls for `path` for at most `limit`.
-async fn wait_for_file(path: &std::path::Path, limit: Duration) -> Result<()> {
-    eprintln!("subscribed");
+/// Announces a phase's end (`what`) on stderr, then polls for `path` for at most `limit`.
+async fn wait_for_file(path: &std::path::Path, what: &str, limit: Duration) -> Result<()> {
+    eprintln!("{what}");
     let deadline = Instant::now() + limit;
     while !path.exists() {
         if Instant::now() > deadline {
@@ -163,7 +168,7 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     if let Some(path) = &args.start_file {
-        wait_for_file(path, args.setup_deadline).await?;
+        wait_for_file(path, "subscribed", args.setup_deadline).await?;
     }
 
     // Publish.
@@ -178,6 +183,9 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     // Collect: finished subscribers report as soon as they have everything.
     let mut results = subs.collect(deadline).await;
     let published = join_publishers(&mut publisher_tasks).await;
+    if let Some(path) = &args.done_file {
+        wait_for_file(path, "delivered", args.setup_deadline).await?;
+    }
     let cpu_after = read_cpu(&args.pids);
     let client_cpu_after = read_cpu(&own);
     let publish_phase_s = publish_start.elapsed().as_secs_f64();

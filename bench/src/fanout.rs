@@ -89,6 +89,16 @@ pub struct FanoutArgs {
     /// process publishes and merges their results (latency samples included).
     #[arg(long, default_value_t = 1)]
     procs: usize,
+    /// Once everyone is subscribed, print `subscribed` on stderr and wait (bounded by
+    /// --setup-deadline) until this file exists before publishing: lets a profiler count only
+    /// the publish phase (`bench/fanout-instructions.sh`). Single-process mode only.
+    #[arg(long)]
+    start_file: Option<std::path::PathBuf>,
+    /// With --start-file: once everything is delivered (before the subscribers disconnect),
+    /// print `delivered` on stderr and wait (bounded by --setup-deadline) until this file
+    /// exists, so that the profiler's count can stop before the teardown.
+    #[arg(long, requires = "start_file")]
+    done_file: Option<std::path::PathBuf>,
     /// Internal: run as child I of --procs (subscribe, report over stdout, wait for stdin).
     #[arg(long, hide = true)]
     child_slice: Option<usize>,
@@ -109,6 +119,19 @@ struct SubResult {
 }
 
 /// Runs the scenario and prints its result lines.
+/// Announces a phase's end (`what`) on stderr, then polls for `path` for at most `limit`.
+async fn wait_for_file(path: &std::path::Path, what: &str, limit: Duration) -> Result<()> {
+    eprintln!("{what}");
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            bail!("{} did not appear within {limit:?}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 pub async fn run(args: FanoutArgs) -> Result<()> {
     if args.subscribers == 0 || args.channels == 0 || args.publishers == 0 {
         bail!("--subscribers, --channels and --publishers must be positive");
@@ -128,6 +151,9 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         return child(&args, target, slice).await;
     }
     if args.procs > 1 {
+        if args.start_file.is_some() {
+            bail!("--start-file needs --procs 1");
+        }
         return parent(&args, target, format).await;
     }
 
@@ -141,6 +167,9 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
         );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(path) = &args.start_file {
+        wait_for_file(path, "subscribed", args.setup_deadline).await?;
+    }
 
     // Publish.
     let cpu_before = read_cpu(&args.pids);
@@ -154,6 +183,9 @@ pub async fn run(args: FanoutArgs) -> Result<()> {
     // Collect: finished subscribers report as soon as they have everything.
     let mut results = subs.collect(deadline).await;
     let published = join_publishers(&mut publisher_tasks).await;
+    if let Some(path) = &args.done_file {
+        wait_for_file(path, "delivered", args.setup_deadline).await?;
+    }
     let cpu_after = read_cpu(&args.pids);
     let client_cpu_after = read_cpu(&own);
     let publish_phase_s = publish_start.elapsed().as_secs_f64();

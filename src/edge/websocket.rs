@@ -235,11 +235,10 @@ where
     async fn send(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
         match self.encoding {
             Encoding::Json => {
-                for message in &batch {
-                    std::str::from_utf8(message).map_err(|_| {
-                        io::Error::new(io::ErrorKind::InvalidData, "non-UTF-8 JSON")
-                    })?;
-                }
+                // Not re-validated per delivery: a JSON session's outbox only holds
+                // `encode_reply` output (serde_json, always UTF-8; payloads that are not JSON
+                // fail to encode and never reach it).
+                debug_assert!(batch.iter().all(|m| std::str::from_utf8(m).is_ok()));
                 self.ws.send(true, &batch, b"\n").await
             }
             Encoding::Protobuf => self.ws.send(false, &batch, b"").await,

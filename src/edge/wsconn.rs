@@ -6,7 +6,8 @@
 //! - Reads go through one scratch buffer per worker thread; the connection keeps bytes only
 //!   while a frame or fragmented message is incomplete (bounded by the message size limit),
 //!   and releases the allocation as soon as nothing is pending. Writes keep bytes only until
-//!   they reach the socket.
+//!   they reach the socket; a data frame the socket takes at once is written straight from
+//!   the caller's buffers (one vectored write, nothing copied or allocated).
 //! - Frames and messages over the limit are refused with 1009 before their payload is
 //!   buffered (the payload is skipped, so the client's close reply can still be read);
 //!   malformed frames (reserved bits, unknown opcodes, unmasked, bad control frames, bad
@@ -19,7 +20,7 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -31,6 +32,9 @@ use super::wsframe::{self, FrameError, Opcode};
 
 /// Bytes read from the socket at once, into the worker thread's scratch buffer.
 const SCRATCH_BYTES: usize = 16 * 1024;
+/// Most parts of a frame written straight from the caller's buffers (one vectored write of
+/// header, parts and separators); bigger batches are copied into one buffer first.
+const MAX_DIRECT_PARTS: usize = 16;
 
 thread_local! {
     /// The worker thread's read buffer, shared by all its connections (reads are synchronous
@@ -115,7 +119,10 @@ where
         poll_fn(|cx| self.poll_next(cx)).await
     }
 
-    /// Writes one data frame (text or binary) made of `parts` joined by `separator`.
+    /// Writes one data frame (text or binary) made of `parts` joined by `separator`. When
+    /// nothing else is queued, the frame goes to the socket straight from `parts` in one
+    /// vectored write (no copy, no buffer); only what the socket does not take at once is
+    /// copied into the connection's buffer and written like any queued frame.
     pub async fn send(
         &mut self,
         text: bool,
@@ -123,8 +130,56 @@ where
         separator: &[u8],
     ) -> io::Result<()> {
         let opcode = if text { Opcode::Text } else { Opcode::Binary };
-        self.queue(wsframe::server_frame(opcode, parts, separator));
+        let direct =
+            poll_fn(|cx| Poll::Ready(self.write_direct(cx, opcode, parts, separator))).await?;
+        if let Some(written) = direct {
+            let mut frame = wsframe::server_frame(opcode, parts, separator);
+            frame.advance(written.min(frame.len()));
+            self.queue(frame);
+        }
         self.flush().await
+    }
+
+    /// One attempt to write a whole data frame straight from `parts`: `Ok(None)` when all of
+    /// it reached the socket, `Ok(Some(n))` when only its first `n` bytes did (0 when the
+    /// socket is not ready, something else is queued, or the stream has no vectored writes).
+    fn write_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+        opcode: Opcode,
+        parts: &[impl AsRef<[u8]>],
+        separator: &[u8],
+    ) -> io::Result<Option<usize>> {
+        if self.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if !self.out.is_empty() || parts.len() > MAX_DIRECT_PARTS || !self.io.is_write_vectored() {
+            return Ok(Some(0));
+        }
+        let len = wsframe::joined_len(parts, separator);
+        let (header, header_len) = wsframe::server_header(opcode, len);
+        let mut slices = [IoSlice::new(&[]); 2 * MAX_DIRECT_PARTS];
+        slices[0] = IoSlice::new(&header[..header_len]);
+        let mut used = 1;
+        for (index, part) in parts.iter().enumerate() {
+            if index > 0 && !separator.is_empty() {
+                slices[used] = IoSlice::new(separator);
+                used += 1;
+            }
+            slices[used] = IoSlice::new(part.as_ref());
+            used += 1;
+        }
+        let total = header_len + len;
+        match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..used]) {
+            Poll::Ready(Ok(0)) => Err(self.broke(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                self.unflushed = true;
+                Ok((n < total).then_some(n))
+            }
+            Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::Interrupted => Ok(Some(0)),
+            Poll::Ready(Err(error)) => Err(self.broke(error)),
+            Poll::Pending => Ok(Some(0)),
+        }
     }
 
     /// Queues a data frame without writing it (see [`WsConn::flush`]).
@@ -677,6 +732,98 @@ mod tests {
             written(&mut client).await,
             b"\x81\x0b{}\n{\"id\":1}\x82\x02\x01\x02"
         );
+    }
+
+    /// A vectored writer that takes at most `per_write` bytes per call and counts the calls.
+    struct Trickle {
+        per_write: usize,
+        written: Vec<u8>,
+        vectored_calls: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.per_write);
+            self.written.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.vectored_calls += 1;
+            let mut left = self.per_write;
+            for buf in bufs {
+                let n = buf.len().min(left);
+                self.written.extend_from_slice(&buf[..n]);
+                left -= n;
+            }
+            Poll::Ready(Ok(self.per_write - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_go_out_straight_from_the_parts_and_partial_writes_keep_the_rest() {
+        let parts = [&b"{}"[..], b"{\"id\":1}", b"[]"];
+        let expected = b"\x81\x0e{}\n{\"id\":1}\n[]";
+        // The socket takes everything at once: one vectored write, nothing buffered.
+        let mut whole = WsConn::new(
+            Trickle {
+                per_write: 1 << 16,
+                written: Vec::new(),
+                vectored_calls: 0,
+            },
+            1024,
+        );
+        whole.send(true, &parts, b"\n").await.unwrap();
+        assert_eq!(whole.io.vectored_calls, 1);
+        assert_eq!(whole.io.written, expected);
+        assert_eq!(whole.out.capacity(), 0);
+        // Three bytes per write: the rest of the frame is copied and written in order,
+        // and a control frame queued behind it follows it whole.
+        let mut trickle = WsConn::new(
+            Trickle {
+                per_write: 3,
+                written: Vec::new(),
+                vectored_calls: 0,
+            },
+            1024,
+        );
+        trickle.send(true, &parts, b"\n").await.unwrap();
+        assert_eq!(trickle.io.vectored_calls, 1);
+        assert_eq!(trickle.io.written, expected);
+        assert_eq!(trickle.out.capacity(), 0);
+        trickle.send(false, &[b"\x01"], b"").await.unwrap();
+        assert_eq!(trickle.io.written.len(), expected.len() + 3);
+        assert_eq!(&trickle.io.written[expected.len()..], b"\x82\x01\x01");
     }
 
     #[tokio::test]

@@ -226,10 +226,39 @@ pub fn put_server_header(out: &mut BytesMut, opcode: Opcode, len: usize) {
     }
 }
 
+/// A final, unmasked server frame header for a `len`-byte payload, on the stack: the bytes
+/// and how many of them are used.
+pub fn server_header(opcode: Opcode, len: usize) -> ([u8; MAX_SERVER_HEADER], usize) {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    header[0] = 0x80 | opcode.bits();
+    let used = match len {
+        0..=125 => {
+            header[1] = len as u8;
+            2
+        }
+        126..=65535 => {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    };
+    (header, used)
+}
+
+/// Payload length of a frame made of `parts` joined by `separator`.
+pub fn joined_len(parts: &[impl AsRef<[u8]>], separator: &[u8]) -> usize {
+    parts.iter().map(|p| p.as_ref().len()).sum::<usize>()
+        + separator.len() * parts.len().saturating_sub(1)
+}
+
 /// A whole server frame: header then the `parts` joined by `separator`, in one buffer.
 pub fn server_frame(opcode: Opcode, parts: &[impl AsRef<[u8]>], separator: &[u8]) -> BytesMut {
-    let len = parts.iter().map(|p| p.as_ref().len()).sum::<usize>()
-        + separator.len() * parts.len().saturating_sub(1);
+    let len = joined_len(parts, separator);
     let mut out = BytesMut::with_capacity(server_header_len(len) + len);
     put_server_header(&mut out, opcode, len);
     for (index, part) in parts.iter().enumerate() {
@@ -292,6 +321,17 @@ mod tests {
         apply_mask(&mut masked, mask);
         out.extend_from_slice(&masked);
         out
+    }
+
+    #[test]
+    fn stack_header_matches_the_buffered_one() {
+        for len in [0, 1, 125, 126, 65535, 65536, 1 << 20] {
+            let mut buffered = BytesMut::new();
+            put_server_header(&mut buffered, Opcode::Text, len);
+            let (header, used) = server_header(Opcode::Text, len);
+            assert_eq!(&header[..used], &buffered[..], "len {len}");
+            assert_eq!(used, server_header_len(len));
+        }
     }
 
     #[test]

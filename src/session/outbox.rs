@@ -3,6 +3,9 @@
 //! Guarantee: pushing never blocks and never waits on the client. When the queued bytes
 //! would exceed the bound, the queue is dropped and the session ends with 3008 slow; the
 //! producer (usually the Link router) keeps flowing. An idle outbox allocates nothing.
+//! The writer is woken once per burst (when the queue stops being empty, and when the
+//! session ends), not once per message; it drains until [`Drain::Idle`] before it waits
+//! again.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -85,10 +88,15 @@ impl Outbox {
             self.notify.notify_one();
             return PushOutcome::Overflow;
         }
+        // One wake-up per burst: a queue that already held messages has a wake-up pending
+        // (or a writer still draining, which takes everything before it reports idle).
+        let first = state.queue.is_empty();
         state.bytes += message.len();
         state.queue.push_back(message);
         drop(state);
-        self.notify.notify_one();
+        if first {
+            self.notify.notify_one();
+        }
         PushOutcome::Queued
     }
 
@@ -135,7 +143,9 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Waits until something was pushed or the session ended since the last wait.
+    /// Waits until the queue stopped being empty or the session ended since the last wait.
+    /// The writer must drain until [`Drain::Idle`] (or [`Outbox::wake`] itself) before it
+    /// waits again: messages pushed behind others do not wake it.
     pub async fn changed(&self) {
         self.notify.notified().await;
     }
@@ -176,6 +186,49 @@ mod tests {
             outbox.push(Bytes::from_static(b"123456")),
             PushOutcome::Overflow
         );
+        assert!(matches!(outbox.drain(), Drain::End(d) if d == Disconnect::SLOW));
+    }
+
+    fn woken(outbox: &Outbox) -> bool {
+        use futures_util::FutureExt;
+        outbox.changed().now_or_never().is_some()
+    }
+
+    #[test]
+    fn one_wake_per_burst() {
+        let outbox = Outbox::new(1024);
+        assert!(!woken(&outbox));
+        outbox.push(Bytes::from_static(b"a"));
+        outbox.push(Bytes::from_static(b"b"));
+        assert!(woken(&outbox), "the first message wakes the writer");
+        outbox.push(Bytes::from_static(b"c"));
+        assert!(
+            !woken(&outbox),
+            "messages behind others do not wake it again"
+        );
+        match outbox.drain() {
+            Drain::Messages(batch) => assert_eq!(batch.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        // Drained but not yet seen idle: a push into the empty queue wakes again.
+        outbox.push(Bytes::from_static(b"d"));
+        assert!(woken(&outbox));
+        while let Drain::Messages(_) = outbox.drain() {}
+        assert!(!woken(&outbox));
+        assert!(outbox.end(Disconnect::SHUTDOWN));
+        assert!(woken(&outbox), "the end always wakes");
+    }
+
+    #[test]
+    fn overflow_wakes_a_writer_with_a_full_queue() {
+        let outbox = Outbox::new(4);
+        outbox.push(Bytes::from_static(b"ab"));
+        assert!(woken(&outbox));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"cde")),
+            PushOutcome::Overflow
+        );
+        assert!(woken(&outbox));
         assert!(matches!(outbox.drain(), Drain::End(d) if d == Disconnect::SLOW));
     }
 

@@ -8,6 +8,9 @@
 
 use bytes::{BufMut, BytesMut};
 
+/// Largest server frame header: 2 bytes + 8-byte extended length (servers do not mask).
+pub const MAX_SERVER_HEADER: usize = 10;
+
 /// Largest control-frame payload (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 

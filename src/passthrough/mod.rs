@@ -28,8 +28,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use thiserror::Error;
 
-use crate::config::BackendConfig;
 use crate::body::{TimedBody, is_body_timeout};
+use crate::config::BackendConfig;
 use crate::http::{Body, BoxError, status};
 use headers::{Hop, add_forwarding, is_websocket_upgrade, strip_hop_by_hop, upgrades_to_websocket};
 use host::HostError;

@@ -154,6 +154,25 @@ impl ClientConfig {
         }
     }
 
+    /// Every unusable public key (connection keys, and subscription keys when enabled), each
+    /// naming its section; the hub builds its keys from the same checks.
+    pub fn key_problems(&self) -> Vec<super::pem::KeyError> {
+        let mut sections = vec![(self.token.clone(), "hub.client.token")];
+        if self.subscription_token.enabled {
+            sections.push(self.subscription_keys());
+        }
+        let mut problems = Vec::new();
+        for (token, section) in sections {
+            if let Some(pem) = &token.rsa_public_key {
+                problems.extend(super::pem::rsa_der(pem, section).err());
+            }
+            if let Some(pem) = &token.ecdsa_public_key {
+                problems.extend(super::pem::ec_point(pem, section).err());
+            }
+        }
+        problems
+    }
+
     /// Every problem, each naming its dotted field.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = self.token.problems("hub.client.token");

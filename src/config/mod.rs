@@ -5,12 +5,14 @@
 //! [`Config::validate`]; nothing binds a port before that.
 
 pub mod channel;
+pub mod cidr;
 pub mod client;
 pub mod duration;
 pub mod engine;
 pub mod env;
 pub mod http_api;
 pub mod logging;
+pub mod pem;
 pub mod proxy;
 pub mod renamed;
 pub mod schema;
@@ -721,7 +723,7 @@ impl Config {
                 "backend.response_timeout: must be greater than 0s".to_owned(),
             );
             for (index, entry) in backend.trusted_proxies.iter().enumerate() {
-                if let Err(error) = entry.parse::<crate::passthrough::trust::Cidr>() {
+                if let Err(error) = entry.parse::<cidr::Cidr>() {
                     check(false, format!("backend.trusted_proxies[{index}]: {error}"));
                 }
             }
@@ -787,7 +789,7 @@ impl Config {
         for problem in self.hub.client.problems() {
             check(false, problem);
         }
-        for error in crate::hub::auth::TokenKeys::problems(&self.hub.client) {
+        for error in self.hub.client.key_problems() {
             check(false, error.to_string());
         }
         for problem in self.hub.http_api.problems() {

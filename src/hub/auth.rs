@@ -19,11 +19,11 @@ use bytes::Bytes;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
-use thiserror::Error;
 
 use std::sync::Arc;
 
 use crate::config::client::{ClientConfig, TokenConfig};
+use crate::config::pem;
 use crate::hub::jwks::Jwks;
 
 /// The verified claims of a connection token.
@@ -83,17 +83,8 @@ pub enum SubTokenCheck {
     Invalid,
 }
 
-/// A configured public key is not a usable PEM key; carries the dotted section it is under
-/// (`hub.client.token` or `hub.client.subscription_token`).
-#[derive(Debug, Error)]
-pub enum TokenKeyError {
-    /// `<section>.rsa_public_key` does not parse.
-    #[error("{0}.rsa_public_key: not an RSA public key in PEM")]
-    Rsa(&'static str),
-    /// `<section>.ecdsa_public_key` does not parse.
-    #[error("{0}.ecdsa_public_key: not a P-256 EC public key in PEM")]
-    Ecdsa(&'static str),
-}
+/// A configured public key is not a usable PEM key (the check lives with the config).
+pub use crate::config::pem::KeyError as TokenKeyError;
 
 /// The keys and expectations tokens are verified against; built once per config.
 #[derive(Clone, Default)]
@@ -150,16 +141,6 @@ impl TokenKeys {
         TokenKeys::from_token(&token, field)
     }
 
-    /// Every key problem of `config` (connection and subscription keys), for validation.
-    pub fn problems(config: &ClientConfig) -> Vec<TokenKeyError> {
-        let mut problems: Vec<TokenKeyError> =
-            TokenKeys::from_config(config).err().into_iter().collect();
-        if config.subscription_token.enabled {
-            problems.extend(TokenKeys::for_subscriptions(config).err());
-        }
-        problems
-    }
-
     /// Keys of one token section named `field`.
     pub fn from_token(
         config: &TokenConfig,
@@ -168,20 +149,12 @@ impl TokenKeys {
         let rsa = config
             .rsa_public_key
             .as_deref()
-            .map(|pem| match pem::public_key_bytes(pem) {
-                Some((der, _)) if der.first() == Some(&0x30) => Ok(DecodingKey::from_rsa_der(&der)),
-                _ => Err(TokenKeyError::Rsa(field)),
-            })
+            .map(|pem| pem::rsa_der(pem, field).map(|der| DecodingKey::from_rsa_der(&der)))
             .transpose()?;
         let ecdsa = config
             .ecdsa_public_key
             .as_deref()
-            .map(|pem| match pem::public_key_bytes(pem) {
-                Some((point, false)) if point.len() == 65 && point.first() == Some(&0x04) => {
-                    Ok(DecodingKey::from_ec_der(&point))
-                }
-                _ => Err(TokenKeyError::Ecdsa(field)),
-            })
+            .map(|pem| pem::ec_point(pem, field).map(|point| DecodingKey::from_ec_der(&point)))
             .transpose()?;
         Ok(TokenKeys {
             hmac: config
@@ -361,8 +334,6 @@ pub fn check_token(token: &str, secret: &str) -> TokenCheck {
         .map(|keys| keys.check_connection(token))
         .unwrap_or(TokenCheck::Invalid)
 }
-
-mod pem;
 
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,6 @@ pub mod host;
 pub mod local;
 pub mod path;
 pub mod pool;
-pub mod trust;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,12 +29,12 @@ use thiserror::Error;
 
 use crate::body::{TimedBody, is_body_timeout};
 use crate::config::BackendConfig;
+use crate::config::cidr::{self as trust, Cidr};
 use crate::http::{Body, BoxError, status};
 use headers::{Hop, add_forwarding, is_websocket_upgrade, strip_hop_by_hop, upgrades_to_websocket};
 use host::HostError;
 use path::PathError;
 use pool::{Http1Pool, PoolConfig, PoolError};
-use trust::Cidr;
 
 /// Why a backend could not be set up from config; the message starts with the dotted field.
 #[derive(Debug, Error)]

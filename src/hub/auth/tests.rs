@@ -47,7 +47,7 @@ fn pkcs1_of_pkcs8(der: &[u8]) -> Vec<u8> {
 }
 
 fn pem_element(input: &[u8]) -> (u8, &[u8], &[u8]) {
-    super::pem::tests_element(input).unwrap()
+    crate::config::pem::tests_element(input).unwrap()
 }
 
 #[test]

@@ -1,8 +1,39 @@
 //! Just enough PEM and DER to read public keys: a `PUBLIC KEY` (SubjectPublicKeyInfo) yields
 //! its key bytes (PKCS#1 for RSA, the uncompressed point for EC); an `RSA PUBLIC KEY` is
-//! PKCS#1 already.
+//! PKCS#1 already. [`rsa_der`] and [`ec_point`] check the shape a token key must have, so
+//! that validation and the hub judge a configured key the same way.
 
 use base64::Engine as _;
+
+/// A configured public key is not a usable PEM key; carries the dotted section it is under
+/// (`hub.client.token` or `hub.client.subscription_token`).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// `<section>.rsa_public_key` does not parse.
+    #[error("{0}.rsa_public_key: not an RSA public key in PEM")]
+    Rsa(&'static str),
+    /// `<section>.ecdsa_public_key` does not parse.
+    #[error("{0}.ecdsa_public_key: not a P-256 EC public key in PEM")]
+    Ecdsa(&'static str),
+}
+
+/// The PKCS#1 DER of an RSA public key in PEM (`PUBLIC KEY` or `RSA PUBLIC KEY`) under
+/// `section`.
+pub fn rsa_der(pem: &str, section: &'static str) -> Result<Vec<u8>, KeyError> {
+    match public_key_bytes(pem) {
+        Some((der, _)) if der.first() == Some(&0x30) => Ok(der),
+        _ => Err(KeyError::Rsa(section)),
+    }
+}
+
+/// The uncompressed P-256 point (65 bytes, `0x04` first) of an EC public key in PEM under
+/// `section`.
+pub fn ec_point(pem: &str, section: &'static str) -> Result<Vec<u8>, KeyError> {
+    match public_key_bytes(pem) {
+        Some((point, false)) if point.len() == 65 && point.first() == Some(&0x04) => Ok(point),
+        _ => Err(KeyError::Ecdsa(section)),
+    }
+}
 
 /// The key bytes of a PEM public key, with whether it was a bare PKCS#1 RSA key.
 pub fn public_key_bytes(pem: &str) -> Option<(Vec<u8>, bool)> {

@@ -208,8 +208,8 @@ fn spawn_link(
         Some(upstream) => (
             Upstream::Grpc(Box::new(upstream.clone())),
             Backoff::new(
-                upstream.reconnect_backoff_min,
-                upstream.reconnect_backoff_max,
+                *upstream.reconnect_backoff_min,
+                *upstream.reconnect_backoff_max,
             ),
         ),
         None => (
@@ -408,13 +408,13 @@ pub async fn shutdown_sequence(
     let settings = runtime.edge.settings();
     let shutdown = settings.config.shutdown.clone();
     let started = tokio::time::Instant::now();
-    deadline.send_replace(Some(started + shutdown.timeout));
+    deadline.send_replace(Some(started + *shutdown.timeout));
     phase.send_replace(RunPhase::Draining);
     tracing::info!(delay = ?shutdown.delay, window = ?shutdown.drain_window, "draining: readiness false");
-    tokio::time::sleep(shutdown.delay).await;
+    tokio::time::sleep(*shutdown.delay).await;
     tracing::info!("draining: listener closed, disconnecting sessions with 3001");
     phase.send_replace(RunPhase::Closing {
-        window: shutdown.drain_window,
+        window: *shutdown.drain_window,
     });
 }
 
@@ -459,7 +459,7 @@ impl StandaloneHub {
             api,
             hub,
             access,
-            body_timeout,
+            body_timeout: *body_timeout,
             keepalive,
             link_auth,
             phase,
@@ -547,13 +547,13 @@ pub async fn hub_shutdown_sequence(
     let started = tokio::time::Instant::now();
     phase.send_replace(RunPhase::Draining);
     tracing::info!(delay = ?shutdown.delay, window = ?shutdown.drain_window, "hub draining: readiness false");
-    tokio::time::sleep(shutdown.delay).await;
+    tokio::time::sleep(*shutdown.delay).await;
     tracing::info!("hub draining: listeners closed, sessions get 3001 spread over the window");
     phase.send_replace(RunPhase::Closing {
-        window: shutdown.drain_window,
+        window: *shutdown.drain_window,
     });
-    let done = tokio::time::Instant::now() + shutdown.drain_window + HUB_DRAIN_FLUSH;
-    tokio::time::sleep_until(done.min(started + shutdown.timeout)).await;
+    let done = tokio::time::Instant::now() + *shutdown.drain_window + HUB_DRAIN_FLUSH;
+    tokio::time::sleep_until(done.min(started + *shutdown.timeout)).await;
     tracing::info!("hub drained");
 }
 

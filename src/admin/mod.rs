@@ -129,7 +129,7 @@ impl Admin {
                     (Some(hub), None) => {
                         let access = ApiAccess::decide(self.listen, &config.hub);
                         let timeout = config.request_body_timeout;
-                        api_call(hub, &access, timeout, request).await
+                        api_call(hub, &access, *timeout, request).await
                     }
                     _ => status(StatusCode::NOT_FOUND),
                 }

@@ -5,11 +5,10 @@
 //! rules themselves live in `crate::hub::namespace`.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration;
+use super::duration::ConfigDuration;
 
 /// Largest `history_size` of a namespace (the hub-wide limit of `hub.history_size`).
 pub const MAX_NAMESPACE_HISTORY_SIZE: usize = 100_000;
@@ -26,13 +25,13 @@ pub fn valid_namespace_name(name: &str) -> bool {
 }
 
 macro_rules! channel_options {
-    ($( $(#[$doc:meta])* $field:ident : $ty:ty $(=> $with:literal)? ),* $(,)?) => {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty ),* $(,)?) => {
         /// Options of one namespace (or of `without_namespace`); every flag defaults to off,
         /// every size to 0 (feature off), as in Centrifugo.
         #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
         #[serde(default, deny_unknown_fields)]
         pub struct ChannelOptions {
-            $( $(#[$doc])* $(#[serde(deserialize_with = $with)])? pub $field: $ty, )*
+            $( $(#[$doc])* pub $field: $ty, )*
         }
 
         /// One entry of `hub.channel.namespaces`: a `name` beside the options (flat, as in
@@ -42,7 +41,7 @@ macro_rules! channel_options {
         pub struct NamespaceConfig {
             /// Namespace name: the channel prefix before `:`.
             pub name: String,
-            $( $(#[$doc])* $(#[serde(deserialize_with = $with)])? pub $field: $ty, )*
+            $( $(#[$doc])* pub $field: $ty, )*
         }
 
         impl NamespaceConfig {
@@ -64,7 +63,7 @@ channel_options! {
     /// Publications kept per channel; with `history_ttl` > 0 enables history (else 108).
     history_size: usize,
     /// Must be > 0 for history; retention itself follows the hub-wide `hub.history_ttl`.
-    history_ttl: Duration => "duration::deserialize",
+    history_ttl: ConfigDuration,
     /// Subscriptions are always recoverable (as if the client asked for recovery).
     force_recovery: bool,
     /// Authenticated clients may subscribe.
@@ -284,7 +283,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}\n{example}"));
         let channel = config.hub.channel;
         assert_eq!(channel.namespaces.len(), 2);
-        assert_eq!(channel.namespaces[0].history_ttl, Duration::from_secs(300));
+        assert_eq!(
+            channel.namespaces[0].history_ttl,
+            std::time::Duration::from_secs(300)
+        );
         // The demo's permissive channels without a namespace.
         assert!(channel.without_namespace.allow_subscribe_for_anonymous);
         assert!(channel.without_namespace.allow_publish_for_anonymous);

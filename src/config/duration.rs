@@ -27,8 +27,57 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
-/// Serde `deserialize_with` for a duration field.
-pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+/// A duration read from a config file (`"25s"`, `"500ms"`, `"5m"`, `"1h"`): the one type every
+/// duration field has, so parsing is written once, on the type, not on each field. Derefs to
+/// [`std::time::Duration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ConfigDuration(Duration);
+
+impl ConfigDuration {
+    /// Wraps `duration` (for defaults and tests).
+    pub const fn new(duration: Duration) -> ConfigDuration {
+        ConfigDuration(duration)
+    }
+
+    /// The duration.
+    pub const fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ConfigDuration {
+    type Target = Duration;
+    fn deref(&self) -> &Duration {
+        &self.0
+    }
+}
+
+impl From<Duration> for ConfigDuration {
+    fn from(duration: Duration) -> ConfigDuration {
+        ConfigDuration(duration)
+    }
+}
+
+impl From<ConfigDuration> for Duration {
+    fn from(duration: ConfigDuration) -> Duration {
+        duration.0
+    }
+}
+
+impl PartialEq<Duration> for ConfigDuration {
+    fn eq(&self, other: &Duration) -> bool {
+        self.0 == *other
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ConfigDuration, D::Error> {
+        deserialize(deserializer).map(ConfigDuration)
+    }
+}
+
+/// Reads a duration string (what [`ConfigDuration`] deserializes with).
+fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     struct DurationVisitor;
     impl Visitor<'_> for DurationVisitor {
         type Value = Duration;
@@ -57,5 +106,21 @@ mod tests {
         assert!(parse("s").is_err());
         assert!(parse("5 days").is_err());
         assert!(parse("99999999999999999h").is_err());
+    }
+
+    #[test]
+    fn config_duration_reads_the_same_strings_and_refuses_the_same() {
+        #[derive(serde::Deserialize)]
+        struct Holder {
+            timeout: ConfigDuration,
+        }
+        let holder: Holder = serde_saphyr::from_str("timeout: \"1500ms\"\n").unwrap();
+        assert_eq!(holder.timeout, Duration::from_millis(1500));
+        assert_eq!(*holder.timeout, Duration::from_millis(1500));
+        let error = serde_saphyr::from_str::<Holder>("timeout: \"5 days\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("unknown unit"), "{error}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration;
+use super::duration::ConfigDuration;
 
 /// Default prefix of every Redis key and pub/sub channel sidewire uses.
 pub const DEFAULT_REDIS_PREFIX: &str = "sidewire";
@@ -58,14 +58,11 @@ pub struct RedisConfig {
     /// Prefix of every key and pub/sub channel (lets several installations share a Redis).
     pub prefix: String,
     /// Time allowed to open a connection.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub connect_timeout: Duration,
+    pub connect_timeout: ConfigDuration,
     /// Time allowed for one command.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub io_timeout: Duration,
+    pub io_timeout: ConfigDuration,
     /// Lifetime of a presence entry that its node stops refreshing.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub presence_ttl: Duration,
+    pub presence_ttl: ConfigDuration,
 }
 
 impl Default for RedisConfig {
@@ -76,9 +73,9 @@ impl Default for RedisConfig {
             sentinel_address: Vec::new(),
             sentinel_master_name: String::new(),
             prefix: DEFAULT_REDIS_PREFIX.to_owned(),
-            connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT,
-            io_timeout: DEFAULT_REDIS_IO_TIMEOUT,
-            presence_ttl: DEFAULT_REDIS_PRESENCE_TTL,
+            connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT.into(),
+            io_timeout: DEFAULT_REDIS_IO_TIMEOUT.into(),
+            presence_ttl: DEFAULT_REDIS_PRESENCE_TTL.into(),
         }
     }
 }

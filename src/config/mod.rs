@@ -20,6 +20,7 @@ pub mod secret;
 pub mod sources;
 pub mod url;
 
+pub use duration::ConfigDuration;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
@@ -218,19 +219,15 @@ pub struct Config {
     /// go through one buffer per worker thread; an idle connection holds no buffer).
     pub websocket_read_buffer_size: usize,
     /// App-level ping period; `0s` turns pings off.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub ping_interval: Duration,
+    pub ping_interval: ConfigDuration,
     /// Time allowed for a pong after each ping (3012 when missed); `0s` stops expecting pongs.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub pong_timeout: Duration,
+    pub pong_timeout: ConfigDuration,
     /// Time allowed for the first `connect` command (3502 stale when missed).
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub stale_close_delay: Duration,
+    pub stale_close_delay: ConfigDuration,
     /// Bound of a session's outbound queue, bytes; overflow disconnects with 3008 slow.
     pub queue_max_size: usize,
     /// Time allowed for one write to a client (3009 write error when exceeded).
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub write_timeout: Duration,
+    pub write_timeout: ConfigDuration,
     /// Request headers (case-insensitive names) passed to the upstream in `SessionOpen`.
     pub forward_headers: Vec<String>,
     /// TLS on the client listener; plain TCP when absent.
@@ -249,21 +246,16 @@ pub struct Config {
     /// Logging.
     pub log: LogConfig,
     /// Time a new client connection has to finish TLS and send its first request headers.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub client_handshake_timeout: Duration,
+    pub client_handshake_timeout: ConfigDuration,
     /// Time a client connection may stay open with no request in flight.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub client_idle_timeout: Duration,
+    pub client_idle_timeout: ConfigDuration,
     /// Time a request body (emulation, HTTP-stream, SSE, server API, passthrough) may make no
     /// progress before it is abandoned with 408.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub request_body_timeout: Duration,
+    pub request_body_timeout: ConfigDuration,
     /// HTTP/2 PING period on client connections; `0s` turns pings off.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_interval: ConfigDuration,
     /// Time allowed for an HTTP/2 PING acknowledgement.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub http2_keepalive_timeout: Duration,
+    pub http2_keepalive_timeout: ConfigDuration,
     /// Cap of open client connections; further ones are closed at once after accept.
     /// 0 = no cap.
     pub max_connections: usize,
@@ -307,11 +299,11 @@ impl Default for Config {
             emulation_max_request_body_size: DEFAULT_MAX_REQUEST_BODY_SIZE,
             message_size_limit: DEFAULT_MESSAGE_SIZE_LIMIT,
             websocket_read_buffer_size: DEFAULT_WEBSOCKET_READ_BUFFER_SIZE,
-            ping_interval: DEFAULT_PING_INTERVAL,
-            pong_timeout: DEFAULT_PONG_TIMEOUT,
-            stale_close_delay: DEFAULT_STALE_CLOSE_DELAY,
+            ping_interval: DEFAULT_PING_INTERVAL.into(),
+            pong_timeout: DEFAULT_PONG_TIMEOUT.into(),
+            stale_close_delay: DEFAULT_STALE_CLOSE_DELAY.into(),
             queue_max_size: DEFAULT_QUEUE_MAX_SIZE,
-            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT.into(),
             forward_headers: DEFAULT_FORWARD_HEADERS
                 .iter()
                 .map(|h| h.to_string())
@@ -323,11 +315,11 @@ impl Default for Config {
             hub: HubConfig::default(),
             engine: engine::EngineConfig::default(),
             log: LogConfig::default(),
-            client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
-            client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
-            request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
-            http2_keepalive_interval: DEFAULT_HTTP2_KEEPALIVE_INTERVAL,
-            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
+            client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT.into(),
+            client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT.into(),
+            request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT.into(),
+            http2_keepalive_interval: DEFAULT_HTTP2_KEEPALIVE_INTERVAL.into(),
+            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT.into(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             uni_websocket: false,
@@ -363,22 +355,19 @@ pub struct TlsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// Time between the signal and closing the listener.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub delay: Duration,
+    pub delay: ConfigDuration,
     /// Spread of the 3001 disconnects.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub drain_window: Duration,
+    pub drain_window: ConfigDuration,
     /// Hard deadline, counted from the signal.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub timeout: Duration,
+    pub timeout: ConfigDuration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> ShutdownConfig {
         ShutdownConfig {
-            delay: DEFAULT_SHUTDOWN_DELAY,
-            drain_window: DEFAULT_SHUTDOWN_DRAIN_WINDOW,
-            timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            delay: DEFAULT_SHUTDOWN_DELAY.into(),
+            drain_window: DEFAULT_SHUTDOWN_DRAIN_WINDOW.into(),
+            timeout: DEFAULT_SHUTDOWN_TIMEOUT.into(),
         }
     }
 }
@@ -396,14 +385,11 @@ pub struct BackendConfig {
     /// Largest request body passed through, bytes (larger: 413); 0 = no limit.
     pub max_request_body_size: usize,
     /// Time allowed to open a TCP connection to the backend (else 502).
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub connect_timeout: Duration,
+    pub connect_timeout: ConfigDuration,
     /// Time allowed for the backend's response headers (else 504). Bodies stream unbounded.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub response_timeout: Duration,
+    pub response_timeout: ConfigDuration,
     /// Idle pooled connections are closed after this long.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub pool_idle_timeout: Duration,
+    pub pool_idle_timeout: ConfigDuration,
     /// Idle pooled connections kept per backend.
     pub pool_max_idle_per_host: usize,
     /// Peers (CIDRs or addresses) whose `X-Forwarded-Host` / `X-Forwarded-Proto` are kept;
@@ -418,9 +404,9 @@ impl Default for BackendConfig {
             tls_ca_file: None,
             http2: false,
             max_request_body_size: DEFAULT_BACKEND_MAX_REQUEST_BODY_SIZE,
-            connect_timeout: DEFAULT_BACKEND_CONNECT_TIMEOUT,
-            response_timeout: DEFAULT_BACKEND_RESPONSE_TIMEOUT,
-            pool_idle_timeout: DEFAULT_BACKEND_POOL_IDLE_TIMEOUT,
+            connect_timeout: DEFAULT_BACKEND_CONNECT_TIMEOUT.into(),
+            response_timeout: DEFAULT_BACKEND_RESPONSE_TIMEOUT.into(),
+            pool_idle_timeout: DEFAULT_BACKEND_POOL_IDLE_TIMEOUT.into(),
             pool_max_idle_per_host: DEFAULT_BACKEND_POOL_MAX_IDLE_PER_HOST,
             trusted_proxies: Vec::new(),
         }
@@ -434,14 +420,11 @@ pub struct UpstreamConfig {
     /// gRPC endpoint, `http://host:port` (or `https://` for TLS).
     pub endpoint: HttpUrl,
     /// Time allowed to establish the Link stream (TCP, HTTP/2, hello/welcome).
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub connect_timeout: Duration,
+    pub connect_timeout: ConfigDuration,
     /// First reconnect delay; doubles per failure with full jitter.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub reconnect_backoff_min: Duration,
+    pub reconnect_backoff_min: ConfigDuration,
     /// Cap of the reconnect delay.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub reconnect_backoff_max: Duration,
+    pub reconnect_backoff_max: ConfigDuration,
     /// For an `https://` endpoint: PEM file of the CA to trust (default: the system roots).
     pub tls_ca_file: Option<String>,
     /// For an `https://` endpoint: name to verify in the upstream's certificate (default: the
@@ -458,32 +441,29 @@ pub struct UpstreamConfig {
     pub token: Option<String>,
     /// Time the upstream has to answer one command; then the client gets error 100 for it
     /// and the upstream a `SessionCommandTimeout`.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub command_timeout: Duration,
+    pub command_timeout: ConfigDuration,
     /// HTTP/2 keepalive ping period on the Link, sent even while no data flows; `0s` turns
     /// pings off. The upstream's gRPC server must allow pings this often (docs/link.md §9).
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub keepalive_interval: Duration,
+    pub keepalive_interval: ConfigDuration,
     /// Time allowed for a keepalive ping's answer before the Link is considered lost.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub keepalive_timeout: Duration,
+    pub keepalive_timeout: ConfigDuration,
 }
 
 impl Default for UpstreamConfig {
     fn default() -> UpstreamConfig {
         UpstreamConfig {
             endpoint: HttpUrl::default(),
-            connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
-            reconnect_backoff_min: DEFAULT_UPSTREAM_RECONNECT_BACKOFF_MIN,
-            reconnect_backoff_max: DEFAULT_UPSTREAM_RECONNECT_BACKOFF_MAX,
+            connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT.into(),
+            reconnect_backoff_min: DEFAULT_UPSTREAM_RECONNECT_BACKOFF_MIN.into(),
+            reconnect_backoff_max: DEFAULT_UPSTREAM_RECONNECT_BACKOFF_MAX.into(),
             tls_ca_file: None,
             tls_domain: None,
             tls_cert_file: None,
             tls_key_file: None,
             token: None,
-            command_timeout: DEFAULT_COMMAND_TIMEOUT,
-            keepalive_interval: DEFAULT_UPSTREAM_KEEPALIVE_INTERVAL,
-            keepalive_timeout: DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT.into(),
+            keepalive_interval: DEFAULT_UPSTREAM_KEEPALIVE_INTERVAL.into(),
+            keepalive_timeout: DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT.into(),
         }
     }
 }
@@ -501,8 +481,7 @@ pub struct HubConfig {
     /// Hub-wide cap of a namespace's `history_size` (publications kept per channel).
     pub history_size: usize,
     /// How long publications stay in history.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub history_ttl: Duration,
+    pub history_ttl: ConfigDuration,
     /// Link (gRPC) listener of `sidewire hub`.
     pub link_listen: SocketAddr,
     /// Server API listener of `sidewire hub`.
@@ -511,11 +490,9 @@ pub struct HubConfig {
     /// With `tls.client_ca_file`, sidecars must present a certificate signed by that CA.
     pub tls: Option<TlsConfig>,
     /// HTTP/2 PING period of the standalone hub's Link server; `0s` turns pings off.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub link_keepalive_interval: Duration,
+    pub link_keepalive_interval: ConfigDuration,
     /// Time the standalone hub waits for a PING acknowledgement before dropping the Link.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub link_keepalive_timeout: Duration,
+    pub link_keepalive_timeout: ConfigDuration,
     /// Bound of the frames queued towards one sidecar, bytes (prost encoded length). On
     /// overflow only the affected subscriptions (2500) or sessions (3010) pay, never the Link.
     pub link_queue_max_bytes: usize,
@@ -548,12 +525,12 @@ impl Default for HubConfig {
             client: client::ClientConfig::default(),
             http_api: http_api::HttpApiConfig::default(),
             history_size: DEFAULT_HISTORY_SIZE,
-            history_ttl: DEFAULT_HISTORY_TTL,
+            history_ttl: DEFAULT_HISTORY_TTL.into(),
             link_listen: DEFAULT_HUB_LINK_LISTEN,
             api_listen: DEFAULT_HUB_API_LISTEN,
             tls: None,
-            link_keepalive_interval: DEFAULT_LINK_KEEPALIVE_INTERVAL,
-            link_keepalive_timeout: DEFAULT_LINK_KEEPALIVE_TIMEOUT,
+            link_keepalive_interval: DEFAULT_LINK_KEEPALIVE_INTERVAL.into(),
+            link_keepalive_timeout: DEFAULT_LINK_KEEPALIVE_TIMEOUT.into(),
             link_queue_max_bytes: DEFAULT_HUB_LINK_QUEUE_MAX_BYTES,
             max_frame_bytes: DEFAULT_HUB_MAX_FRAME_BYTES,
             history_max_bytes: DEFAULT_HUB_HISTORY_MAX_BYTES,
@@ -703,7 +680,7 @@ impl Config {
             );
         }
         check(
-            self.shutdown.delay + self.shutdown.drain_window <= self.shutdown.timeout,
+            *self.shutdown.delay + *self.shutdown.drain_window <= *self.shutdown.timeout,
             "shutdown.timeout: must be at least shutdown.delay + shutdown.drain_window".to_owned(),
         );
         if let Some(backend) = &self.backend {
@@ -915,7 +892,9 @@ impl Config {
     pub fn command_timeout(&self) -> Duration {
         self.upstream
             .as_ref()
-            .map_or(DEFAULT_COMMAND_TIMEOUT, |upstream| upstream.command_timeout)
+            .map_or(DEFAULT_COMMAND_TIMEOUT, |upstream| {
+                *upstream.command_timeout
+            })
     }
 }
 

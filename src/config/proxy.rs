@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::channel::valid_namespace_name;
-use super::duration;
+use super::duration::ConfigDuration;
 
 /// Default time one hook call may take (Centrifugo's `timeout` default).
 pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -32,8 +32,7 @@ pub struct HookConfig {
     /// `http://` or `https://` URL the hook POSTs to.
     pub endpoint: String,
     /// Time one call may take; then error 100.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub timeout: Duration,
+    pub timeout: ConfigDuration,
     /// Headers of the client's connection request forwarded to the backend (they must also be
     /// in the sidecar's `forward_headers`). Case-insensitive.
     pub http_headers: Vec<String>,
@@ -47,7 +46,7 @@ impl Default for HookConfig {
     fn default() -> HookConfig {
         HookConfig {
             endpoint: String::new(),
-            timeout: DEFAULT_PROXY_TIMEOUT,
+            timeout: DEFAULT_PROXY_TIMEOUT.into(),
             http_headers: Vec::new(),
             include_connection_meta: false,
             http: ProxyHttpConfig::default(),
@@ -64,8 +63,7 @@ pub struct ClientHookConfig {
     /// `http://` or `https://` URL the hook POSTs to.
     pub endpoint: String,
     /// Time one call may take; then error 100.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub timeout: Duration,
+    pub timeout: ConfigDuration,
     /// Headers of the client's connection request forwarded to the backend.
     pub http_headers: Vec<String>,
     /// Adds the connection's `meta` to the request (refresh only; connect sets it).
@@ -79,7 +77,7 @@ impl Default for ClientHookConfig {
         ClientHookConfig {
             enabled: false,
             endpoint: String::new(),
-            timeout: DEFAULT_PROXY_TIMEOUT,
+            timeout: DEFAULT_PROXY_TIMEOUT.into(),
             http_headers: Vec::new(),
             include_connection_meta: false,
             http: ProxyHttpConfig::default(),
@@ -316,7 +314,7 @@ mod tests {
         assert!(text.contains("hub.rpc.namespaces[0].name"), "{text}");
         let bad = HookConfig {
             endpoint: "ftp://x".into(),
-            timeout: Duration::ZERO,
+            timeout: Duration::ZERO.into(),
             ..Default::default()
         };
         let text = hook_problems("f", &bad, None).join("\n");

@@ -51,11 +51,11 @@ impl ConnectionTimeouts {
     /// The client listener's timeouts from `config`.
     pub fn from_config(config: &Config) -> ConnectionTimeouts {
         ConnectionTimeouts {
-            handshake: config.client_handshake_timeout,
-            idle: config.client_idle_timeout,
+            handshake: *config.client_handshake_timeout,
+            idle: *config.client_idle_timeout,
             keepalive_interval: (!config.http2_keepalive_interval.is_zero())
-                .then_some(config.http2_keepalive_interval),
-            keepalive_timeout: config.http2_keepalive_timeout,
+                .then_some(*config.http2_keepalive_interval),
+            keepalive_timeout: *config.http2_keepalive_timeout,
         }
     }
 

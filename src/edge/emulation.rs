@@ -61,7 +61,7 @@ pub async fn handle(
         body,
         &parts.headers,
         settings.config.emulation_max_request_body_size,
-        settings.config.request_body_timeout,
+        *settings.config.request_body_timeout,
     )
     .await
     {

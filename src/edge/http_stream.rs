@@ -32,7 +32,7 @@ pub async fn handle(
     let limit = settings.config.http_stream_max_request_body_size;
     let (parts, body) = request.into_parts();
     let timeout = settings.config.request_body_timeout;
-    let initial = match read_limited(body, &parts.headers, limit, timeout).await {
+    let initial = match read_limited(body, &parts.headers, limit, *timeout).await {
         // Copied: the body is a slice of hyper's read buffer, and holding it while the
         // response streams makes hyper allocate a second read buffer for the connection.
         Ok(initial) => Bytes::copy_from_slice(&initial),

@@ -201,7 +201,7 @@ impl Edge {
                         request,
                         peer,
                         self.scheme,
-                        settings.config.request_body_timeout,
+                        *settings.config.request_body_timeout,
                         &self.tracker,
                     )
                     .await;
@@ -297,12 +297,12 @@ impl Edge {
             headers,
             emulation: None,
             settings: SessionSettings {
-                ping_interval: config.ping_interval,
-                pong_timeout: config.pong_timeout,
-                stale_close_delay: config.stale_close_delay,
+                ping_interval: *config.ping_interval,
+                pong_timeout: *config.pong_timeout,
+                stale_close_delay: *config.stale_close_delay,
                 queue_max_size: config.queue_max_size,
                 command_size_limit,
-                write_timeout: config.write_timeout,
+                write_timeout: *config.write_timeout,
                 command_timeout: config.command_timeout(),
             },
             metrics: self.metrics.clone(),

@@ -70,13 +70,13 @@ where
         Ok(HeadRead::Closed) => return Served::Done,
         Ok(HeadRead::Malformed) => {
             tracing::debug!(%peer, "malformed request head");
-            h1::respond_and_close(&mut io, status(StatusCode::BAD_REQUEST), write_timeout).await;
+            h1::respond_and_close(&mut io, status(StatusCode::BAD_REQUEST), *write_timeout).await;
             return Served::Done;
         }
         Ok(HeadRead::TooLarge) => {
             tracing::debug!(%peer, "request head too large");
             let response = status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-            h1::respond_and_close(&mut io, response, write_timeout).await;
+            h1::respond_and_close(&mut io, response, *write_timeout).await;
             return Served::Done;
         }
     };
@@ -93,13 +93,13 @@ where
         None => {
             let body = SocketBody::new(&mut io, &early, route.body_len);
             let timeout = settings.config.request_body_timeout;
-            match read_limited(body, &parts.headers, route.limit, timeout).await {
+            match read_limited(body, &parts.headers, route.limit, *timeout).await {
                 // Copied: one exact allocation for the connect command.
                 Ok(body) => Bytes::copy_from_slice(&body),
                 Err(code) => {
                     let mut response = edge.body_refused(code);
                     cors::apply(response.headers_mut(), origin.as_ref());
-                    h1::respond_and_close(&mut io, response, write_timeout).await;
+                    h1::respond_and_close(&mut io, response, *write_timeout).await;
                     return Served::Done;
                 }
             }

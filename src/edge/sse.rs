@@ -40,7 +40,7 @@ pub async fn handle(
         },
         Method::POST => {
             let timeout = settings.config.request_body_timeout;
-            match read_limited(body, &parts.headers, limit, timeout).await {
+            match read_limited(body, &parts.headers, limit, *timeout).await {
                 // Copied, as in http_stream: a slice would pin hyper's read buffer.
                 Ok(initial) => Bytes::copy_from_slice(&initial),
                 Err(code) => return edge.body_refused(code),

@@ -144,7 +144,7 @@ pub async fn handle_http_stream(
     let limit = settings.config.uni_http_stream_max_request_body_size;
     let timeout = settings.config.request_body_timeout;
     let (parts, body) = request.into_parts();
-    let request = match read_limited(body, &parts.headers, limit, timeout).await {
+    let request = match read_limited(body, &parts.headers, limit, *timeout).await {
         Ok(request) => request,
         Err(code) => return edge.body_refused(code),
     };
@@ -174,7 +174,7 @@ pub async fn handle_sse(
             .unwrap_or_else(|| Bytes::from_static(EMPTY_CONNECT_REQUEST)),
         Method::POST => {
             let timeout = settings.config.request_body_timeout;
-            match read_limited(body, &parts.headers, limit, timeout).await {
+            match read_limited(body, &parts.headers, limit, *timeout).await {
                 Ok(request) => request,
                 Err(code) => return edge.body_refused(code),
             }

@@ -44,8 +44,8 @@ impl LinkKeepalive {
     pub fn from_config(config: &HubConfig) -> LinkKeepalive {
         LinkKeepalive {
             interval: (!config.link_keepalive_interval.is_zero())
-                .then_some(config.link_keepalive_interval),
-            timeout: config.link_keepalive_timeout,
+                .then_some(*config.link_keepalive_interval),
+            timeout: *config.link_keepalive_timeout,
         }
     }
 }

@@ -352,7 +352,7 @@ mod tests {
             allow_presence_for_subscriber: true,
             presence: true,
             history_size: 10,
-            history_ttl: Duration::from_secs(60),
+            history_ttl: Duration::from_secs(60).into(),
             ..Default::default()
         };
         let check = |op, asker| permit(&options, "c", op, asker);

@@ -1447,7 +1447,7 @@ impl HubState {
         let (publication, size) =
             Self::checked_publication(&settings, channel, data, info, options.tags)?;
         let size = if options.skip_history { 0 } else { size };
-        Ok((publication, size, settings.config.history_ttl))
+        Ok((publication, size, *settings.config.history_ttl))
     }
 
     /// The info of usable session `key` (for a hook-granted publish through a shared engine).
@@ -1547,7 +1547,7 @@ impl HubState {
         let ttl = settings.config.history_ttl;
         let now = Instant::now();
         loop {
-            let next = self.ledger().next_to_drop(max_bytes, ttl, now);
+            let next = self.ledger().next_to_drop(max_bytes, *ttl, now);
             let Oldest::Drop {
                 channel,
                 seq,
@@ -2207,7 +2207,7 @@ mod tests {
         options.presence = true;
         options.join_leave = true;
         options.history_size = 100;
-        options.history_ttl = std::time::Duration::from_secs(300);
+        options.history_ttl = std::time::Duration::from_secs(300).into();
         config
     }
 

@@ -66,7 +66,7 @@ impl Upstream {
     pub fn connect_timeout(&self) -> Duration {
         match self {
             Upstream::Embedded(_) => EMBEDDED_CONNECT_TIMEOUT,
-            Upstream::Grpc(config) => config.connect_timeout,
+            Upstream::Grpc(config) => *config.connect_timeout,
         }
     }
 
@@ -81,12 +81,12 @@ impl Upstream {
                     endpoint = endpoint.tls_config(tls_config(config)?)?;
                 }
                 let mut endpoint = endpoint
-                    .connect_timeout(config.connect_timeout)
+                    .connect_timeout(*config.connect_timeout)
                     .tcp_nodelay(true);
                 if !config.keepalive_interval.is_zero() {
                     endpoint = endpoint
-                        .http2_keep_alive_interval(config.keepalive_interval)
-                        .keep_alive_timeout(config.keepalive_timeout)
+                        .http2_keep_alive_interval(*config.keepalive_interval)
+                        .keep_alive_timeout(*config.keepalive_timeout)
                         .keep_alive_while_idle(true);
                 }
                 let channel = endpoint.connect().await?;

@@ -129,20 +129,20 @@ impl Backend {
             base: base.clone(),
             http2: config.http2,
             max_request_body_size: config.max_request_body_size,
-            response_timeout: config.response_timeout,
+            response_timeout: *config.response_timeout,
             trusted_proxies: trusted_proxies.clone(),
         };
         if uri.scheme_str() == Some("http") && !config.http2 {
             return Ok(common(Transport::Http1(Http1Pool::new(PoolConfig {
                 origin: uri.clone(),
-                connect_timeout: config.connect_timeout,
-                idle_timeout: config.pool_idle_timeout,
+                connect_timeout: *config.connect_timeout,
+                idle_timeout: *config.pool_idle_timeout,
                 max_idle: config.pool_max_idle_per_host,
             }))));
         }
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_connect_timeout(Some(*config.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         // `https://` backends are verified against `tls_ca_file`, or the system roots.
         http.enforce_http(false);
@@ -156,7 +156,7 @@ impl Backend {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_idle_timeout(*config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .http2_only(config.http2);
         Ok(common(Transport::General(Box::new(

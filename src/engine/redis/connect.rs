@@ -129,7 +129,7 @@ pub fn reconnect_policy() -> ReconnectPolicy {
 pub fn command_options(redis: &RedisConfig) -> Options {
     Options {
         max_attempts: Some(1),
-        timeout: Some(redis.io_timeout),
+        timeout: Some(*redis.io_timeout),
         fail_fast: true,
         ..Default::default()
     }
@@ -142,18 +142,18 @@ pub fn builder(redis: &RedisConfig) -> Result<(Builder, Topology), ConnectError>
     builder
         .set_policy(reconnect_policy())
         .set_connection_config(ConnectionConfig {
-            connection_timeout: redis.connect_timeout,
-            internal_command_timeout: redis.io_timeout,
+            connection_timeout: *redis.connect_timeout,
+            internal_command_timeout: *redis.io_timeout,
             max_command_attempts: 1,
             max_command_buffer_len: MAX_COMMAND_BUFFER,
             unresponsive: UnresponsiveConfig {
-                max_timeout: Some(redis.io_timeout),
-                interval: (redis.io_timeout / 4).max(Duration::from_millis(50)),
+                max_timeout: Some(*redis.io_timeout),
+                interval: (*redis.io_timeout / 4).max(Duration::from_millis(50)),
             },
             ..Default::default()
         })
         .set_performance_config(PerformanceConfig {
-            default_command_timeout: redis.io_timeout,
+            default_command_timeout: *redis.io_timeout,
             broadcast_channel_capacity: PUBSUB_BROADCAST_CAPACITY,
             ..Default::default()
         });
@@ -211,7 +211,7 @@ impl RedisClients {
     ) -> Result<RedisClients, ConnectError> {
         let clients = RedisClients::open(redis)?;
         clients
-            .wait_connected(wait.unwrap_or(redis.connect_timeout))
+            .wait_connected(wait.unwrap_or(*redis.connect_timeout))
             .await?;
         Ok(clients)
     }
@@ -299,6 +299,6 @@ mod tests {
         let options = command_options(&RedisConfig::default());
         assert!(options.fail_fast);
         assert_eq!(options.max_attempts, Some(1));
-        assert_eq!(options.timeout, Some(RedisConfig::default().io_timeout));
+        assert_eq!(options.timeout, Some(*RedisConfig::default().io_timeout));
     }
 }

@@ -146,7 +146,7 @@ impl RedisEngine {
         RedisEngine {
             keys: Keys::new(&redis.prefix),
             clients,
-            presence_ttl: redis.presence_ttl,
+            presence_ttl: *redis.presence_ttl,
             subscribed: Mutex::new(HashSet::new()),
             changing: tokio::sync::Mutex::new(()),
             resubscribing: AtomicBool::new(false),

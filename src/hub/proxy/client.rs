@@ -103,7 +103,7 @@ impl Endpoint {
         }
         Ok(Endpoint {
             uri,
-            timeout: config.timeout,
+            timeout: *config.timeout,
             http_headers: config
                 .http_headers
                 .iter()

@@ -15,13 +15,13 @@ fn config(size: usize, ttl: Duration) -> HubConfig {
     let mut config = HubConfig::default();
     config.client.insecure = true;
     config.history_size = size;
-    config.history_ttl = ttl;
+    config.history_ttl = ttl.into();
     config.link_queue_max_bytes = 1 << 20;
     let options = &mut config.channel.without_namespace;
     options.presence = true;
     options.join_leave = true;
     options.history_size = size;
-    options.history_ttl = ttl;
+    options.history_ttl = ttl.into();
     config
 }
 

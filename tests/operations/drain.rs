@@ -8,13 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{Backend, Server, WAIT, WsOptions, request_to, try_http};
+use crate::support::{Backend, Conn, Server, WAIT, WsOptions, request_to, try_http};
 
 const DELAY: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(2);
@@ -143,18 +142,11 @@ async fn slow_passthrough_request_in_flight_completes_before_exit() {
     let mut server = Server::start(&format!("{}{COMPLETION_SHUTDOWN}", backend.yaml(&[]))).await;
     let addr = server.client_addr;
 
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
+    let mut conn = Conn::open(addr).await;
     let request = request_to(addr, "GET", "/stream")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = tokio::time::timeout(WAIT, sender.send_request(request))
-        .await
-        .expect("response head in time")
-        .unwrap();
+    let response = conn.send(request).await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let mut received = Vec::new();
@@ -191,7 +183,7 @@ async fn slow_passthrough_request_in_flight_completes_before_exit() {
         .await
         .unwrap_or_else(|| panic!("no exit once the response ended:\n{}", server.stderr_tail()));
     assert_eq!(status.code(), Some(0), "exit status {status}");
-    driver.abort();
+    drop(conn);
 }
 
 /// Opens a WebSocket through the passthrough to the backend's echo endpoint.
@@ -283,18 +275,11 @@ async fn exits_promptly_when_nothing_is_left() {
     let mut server = Server::start(&format!("{}{COMPLETION_SHUTDOWN}", backend.yaml(&[]))).await;
     let addr = server.client_addr;
     // A keep-alive connection, served once and left idle (client_idle_timeout is far off).
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
+    let mut conn = Conn::open(addr).await;
     let request = request_to(addr, "GET", "/hello")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = tokio::time::timeout(WAIT, sender.send_request(request))
-        .await
-        .expect("response in time")
-        .unwrap();
+    let response = conn.send(request).await;
     assert_eq!(response.status(), 200);
     let _ = response.into_body().collect().await.unwrap();
 
@@ -311,5 +296,5 @@ async fn exits_promptly_when_nothing_is_left() {
         signalled.elapsed()
     );
     // The idle keep-alive connection was closed by the server, not left to the exit.
-    driver.abort();
+    drop(conn);
 }

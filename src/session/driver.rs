@@ -233,89 +233,97 @@ pub fn run<T: Transport>(
     drive(transport, session, phase)
 }
 
-/// The session loop proper (see [`run`]).
-async fn drive<T: Transport>(mut transport: T, mut session: Session, mut phase: PhaseWatch) {
-    let mut watching_phase = true;
-    // The session's one timer: its own deadlines between writes, a write's deadline during it.
-    let mut timer = pin!(sleep_until(far_future()));
-    // What `timer` is set to (`None`: nothing that matters, or it has fired).
-    let mut armed: Option<Instant> = None;
+/// The session loop proper (see [`run`]). A plain function returning an `async move` block,
+/// not an `async fn`: an `async fn` moves its arguments into locals, and its future then keeps
+/// both (the transport and the session twice); the block uses what it captured in place.
+fn drive<T: Transport>(
+    mut transport: T,
+    mut session: Session,
+    mut phase: PhaseWatch,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut watching_phase = true;
+        // The session's one timer: its own deadlines between writes, a write's deadline during it.
+        let mut timer = pin!(sleep_until(far_future()));
+        // What `timer` is set to (`None`: nothing that matters, or it has fired).
+        let mut armed: Option<Instant> = None;
 
-    let end = loop {
-        // Re-armed only when the earliest deadline moves: a delivery must not cost a timer
-        // registration.
-        let deadline = session.timers.next();
-        if deadline != armed {
-            armed = deadline;
-            timer.as_mut().reset(deadline.unwrap_or_else(far_future));
-        }
-        let handle = &*session.handle;
-        // Reading stops once the session is ending (the outbox branch finishes it) and while
-        // too many commands await replies; a reply wakes the outbox branch, and the condition
-        // is checked again on the next turn.
-        let reading = handle.in_flight() < MAX_IN_FLIGHT && !handle.outbox.is_ended();
-        // Unbiased on purpose: a ready outbox must not starve reads and timers.
-        tokio::select! {
-            changed = phase.changed(), if watching_phase => {
-                let current = *phase.borrow_and_update();
-                if let (true, RunPhase::Closing { window }) = (changed.is_ok(), current) {
-                    // Spread the disconnects of a draining process over the window.
-                    let delay = rand::rng().random_range(Duration::ZERO..=window);
-                    session.timers.close_at = Some(Instant::now() + delay);
-                }
-                // Nothing more to learn once closing (or once the sender is gone).
-                watching_phase = changed.is_ok() && !matches!(current, RunPhase::Closing { .. });
+        let end = loop {
+            // Re-armed only when the earliest deadline moves: a delivery must not cost a timer
+            // registration.
+            let deadline = session.timers.next();
+            if deadline != armed {
+                armed = deadline;
+                timer.as_mut().reset(deadline.unwrap_or_else(far_future));
             }
-            _ = handle.outbox.changed() => {
-                session.on_outbox_activity();
-                let handle = &*session.handle;
-                let write = Write {
-                    timer: timer.as_mut(),
-                    armed: &mut armed,
-                    limit: session.limits.write_timeout(),
-                };
-                match flush(&mut transport, handle, write, &session.metrics).await {
-                    Flushed::More => handle.outbox.wake(),
-                    Flushed::Idle => {}
-                    Flushed::Closed(end) => break end,
+            let handle = &*session.handle;
+            // Reading stops once the session is ending (the outbox branch finishes it) and while
+            // too many commands await replies; a reply wakes the outbox branch, and the condition
+            // is checked again on the next turn.
+            let reading = handle.in_flight() < MAX_IN_FLIGHT && !handle.outbox.is_ended();
+            // Unbiased on purpose: a ready outbox must not starve reads and timers.
+            tokio::select! {
+                changed = phase.changed(), if watching_phase => {
+                    let current = *phase.borrow_and_update();
+                    if let (true, RunPhase::Closing { window }) = (changed.is_ok(), current) {
+                        // Spread the disconnects of a draining process over the window.
+                        let delay = rand::rng().random_range(Duration::ZERO..=window);
+                        session.timers.close_at = Some(Instant::now() + delay);
+                    }
+                    // Nothing more to learn once closing (or once the sender is gone).
+                    watching_phase = changed.is_ok() && !matches!(current, RunPhase::Closing { .. });
                 }
-            }
-            inbound = transport.recv(), if reading => match inbound {
-                Inbound::Frame(frame) => {
-                    session.metrics.bytes_in.inc_by(frame.len() as u64);
-                    // Boxed: decoding and forwarding hold whole Commands, which would otherwise
-                    // sit in every idle session's task (see MAX_SESSION_FUTURE_BYTES).
-                    if let Err(disconnect) = Box::pin(session.on_frame(&frame)).await {
-                        session.handle.outbox.end(disconnect);
+                _ = handle.outbox.changed() => {
+                    session.on_outbox_activity();
+                    let handle = &*session.handle;
+                    let write = Write {
+                        timer: timer.as_mut(),
+                        armed: &mut armed,
+                        limit: session.limits.write_timeout(),
+                    };
+                    match flush(&mut transport, handle, write, &session.metrics).await {
+                        Flushed::More => handle.outbox.wake(),
+                        Flushed::Idle => {}
+                        Flushed::Closed(end) => break end,
                     }
                 }
-                Inbound::Gone => break Disconnect::CONNECTION_CLOSED,
-                Inbound::Violation(disconnect) => {
-                    handle.outbox.end(disconnect);
-                }
-            },
-            _ = &mut timer, if deadline.is_some() => {
-                armed = None;
-                if let Err(disconnect) = session.on_timer() {
-                    session.handle.outbox.end(disconnect);
-                }
-                if session.timers.commands_due.is_some_and(|at| at <= Instant::now()) {
-                    Box::pin(session.expire_commands()).await;
+                inbound = transport.recv(), if reading => match inbound {
+                    Inbound::Frame(frame) => {
+                        session.metrics.bytes_in.inc_by(frame.len() as u64);
+                        // Boxed: decoding and forwarding hold whole Commands, which would otherwise
+                        // sit in every idle session's task (see MAX_SESSION_FUTURE_BYTES).
+                        if let Err(disconnect) = Box::pin(session.on_frame(&frame)).await {
+                            session.handle.outbox.end(disconnect);
+                        }
+                    }
+                    Inbound::Gone => break Disconnect::CONNECTION_CLOSED,
+                    Inbound::Violation(disconnect) => {
+                        handle.outbox.end(disconnect);
+                    }
+                },
+                _ = &mut timer, if deadline.is_some() => {
+                    armed = None;
+                    if let Err(disconnect) = session.on_timer() {
+                        session.handle.outbox.end(disconnect);
+                    }
+                    if session.timers.commands_due.is_some_and(|at| at <= Instant::now()) {
+                        Box::pin(session.expire_commands()).await;
+                    }
                 }
             }
+        };
+        session.handle.outbox.end(end.clone());
+        // The upstream learns first (presence, subscriptions), whatever the client does next.
+        if let Some(link_session) = session.link_session.take() {
+            Box::pin(link_session.close(&end)).await;
         }
-    };
-    session.handle.outbox.end(end.clone());
-    // The upstream learns first (presence, subscriptions), whatever the client does next.
-    if let Some(link_session) = session.link_session.take() {
-        Box::pin(link_session.close(&end)).await;
+        Box::pin(transport.close(end.clone())).await;
+        let metrics = &session.metrics;
+        metrics.connections.get_or_create(&session.labels()).dec();
+        metrics.sessions_live.dec();
+        metrics.session_closed(end.code, end.code == Disconnect::SLOW.code);
+        tracing::debug!(session = session.handle.id, code = end.code, reason = %end.reason, "session ended");
     }
-    Box::pin(transport.close(end.clone())).await;
-    let metrics = &session.metrics;
-    metrics.connections.get_or_create(&session.labels()).dec();
-    metrics.sessions_live.dec();
-    metrics.session_closed(end.code, end.code == Disconnect::SLOW.code);
-    tracing::debug!(session = session.handle.id, code = end.code, reason = %end.reason, "session ended");
 }
 
 /// The write deadline, on the session's one timer (no second timer per session).
@@ -330,21 +338,23 @@ impl Write<'_> {
     /// Runs one client write within the deadline, arming the timer only if the write does not
     /// complete at once (most writes to a healthy client do). False when it failed or timed
     /// out.
-    async fn run<F: Future<Output = io::Result<()>>>(&mut self, mut write: Pin<&mut F>) -> bool {
-        let mut started: Option<Instant> = None;
-        poll_fn(|cx| {
+    fn run<F: Future<Output = io::Result<()>>>(
+        &mut self,
+        mut write: Pin<&mut F>,
+    ) -> impl Future<Output = bool> {
+        let mut armed = false;
+        poll_fn(move |cx| {
             if let Poll::Ready(result) = write.as_mut().poll(cx) {
                 return Poll::Ready(result.is_ok());
             }
-            if started.is_none() {
+            if !armed {
+                armed = true;
                 let deadline = Instant::now() + self.limit;
-                started = Some(deadline);
                 *self.armed = Some(deadline);
                 self.timer.as_mut().reset(deadline);
             }
             self.timer.as_mut().poll(cx).map(|()| false)
         })
-        .await
     }
 }
 
@@ -360,31 +370,34 @@ enum Flushed {
 
 /// Writes queued batches; reports the end once the outbox has ended and is empty (the caller
 /// tells the upstream first, then closes the transport).
-async fn flush<T: Transport>(
+/// (An `async` block for the same reason as [`drive`]: its arguments are held once.)
+fn flush<T: Transport>(
     transport: &mut T,
     handle: &SessionHandle,
     mut write: Write<'_>,
     metrics: &Metrics,
-) -> Flushed {
-    for _ in 0..MAX_BATCHES_PER_FLUSH {
-        match handle.outbox.drain() {
-            Drain::Idle => return Flushed::Idle,
-            Drain::Messages(batch) => {
-                metrics
-                    .bytes_out
-                    .inc_by(batch.iter().map(|m| m.len() as u64).sum());
-                // Pinned here, in place: an argument moved into the deadline's future would
-                // be stored twice in this future's state.
-                let send = pin!(transport.send(batch));
-                if !write.run(send).await {
-                    handle.outbox.end(Disconnect::WRITE_ERROR);
-                    return Flushed::Closed(Disconnect::WRITE_ERROR);
+) -> impl Future<Output = Flushed> {
+    async move {
+        for _ in 0..MAX_BATCHES_PER_FLUSH {
+            match handle.outbox.drain() {
+                Drain::Idle => return Flushed::Idle,
+                Drain::Messages(batch) => {
+                    metrics
+                        .bytes_out
+                        .inc_by(batch.iter().map(|m| m.len() as u64).sum());
+                    // Pinned here, in place: an argument moved into the deadline's future would
+                    // be stored twice in this future's state.
+                    let send = pin!(transport.send(batch));
+                    if !write.run(send).await {
+                        handle.outbox.end(Disconnect::WRITE_ERROR);
+                        return Flushed::Closed(Disconnect::WRITE_ERROR);
+                    }
                 }
+                Drain::End(disconnect) => return Flushed::Closed(disconnect),
             }
-            Drain::End(disconnect) => return Flushed::Closed(disconnect),
         }
+        Flushed::More
     }
-    Flushed::More
 }
 
 /// The session's protocol state (everything but the transport).

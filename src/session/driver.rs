@@ -236,6 +236,7 @@ pub fn run<T: Transport>(
 /// The session loop proper (see [`run`]). A plain function returning an `async move` block,
 /// not an `async fn`: an `async fn` moves its arguments into locals, and its future then keeps
 /// both (the transport and the session twice); the block uses what it captured in place.
+#[allow(clippy::manual_async_fn)]
 fn drive<T: Transport>(
     mut transport: T,
     mut session: Session,
@@ -371,6 +372,7 @@ enum Flushed {
 /// Writes queued batches; reports the end once the outbox has ended and is empty (the caller
 /// tells the upstream first, then closes the transport).
 /// (An `async` block for the same reason as [`drive`]: its arguments are held once.)
+#[allow(clippy::manual_async_fn)]
 fn flush<T: Transport>(
     transport: &mut T,
     handle: &SessionHandle,

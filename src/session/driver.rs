@@ -568,3 +568,90 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    /// A write that the socket takes at once leaves the session's timer alone.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_done_at_once_does_not_touch_the_timer() {
+        let session_deadline = Instant::now() + Duration::from_secs(60);
+        let mut timer = pin!(sleep_until(session_deadline));
+        let mut armed = Some(session_deadline);
+        let mut write = Write {
+            timer: timer.as_mut(),
+            armed: &mut armed,
+            limit: LIMIT,
+        };
+        let send = pin!(async { Ok(()) });
+        assert!(write.run(send).await);
+        assert_eq!(armed, Some(session_deadline));
+        assert_eq!(timer.deadline(), session_deadline);
+    }
+
+    /// A write the client never takes fails at the deadline, on the session's timer.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_write_fails_at_the_write_deadline() {
+        let started = Instant::now();
+        let mut timer = pin!(sleep_until(far_future()));
+        let mut armed = None;
+        let mut write = Write {
+            timer: timer.as_mut(),
+            armed: &mut armed,
+            limit: LIMIT,
+        };
+        let send = pin!(std::future::pending::<io::Result<()>>());
+        assert!(!write.run(send).await);
+        assert_eq!(Instant::now() - started, LIMIT);
+        assert_eq!(armed, Some(started + LIMIT));
+    }
+
+    /// A slow write within the deadline succeeds, and the loop learns that the timer now
+    /// holds the write's deadline (so it re-arms the session's own deadline next turn).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_write_in_time_succeeds_and_reports_the_moved_timer() {
+        let started = Instant::now();
+        let session_deadline = started + Duration::from_secs(60);
+        let mut timer = pin!(sleep_until(session_deadline));
+        let mut armed = Some(session_deadline);
+        let mut write = Write {
+            timer: timer.as_mut(),
+            armed: &mut armed,
+            limit: LIMIT,
+        };
+        let send = pin!(async {
+            tokio::time::sleep(LIMIT / 2).await;
+            Ok(())
+        });
+        assert!(write.run(send).await);
+        assert_eq!(Instant::now() - started, LIMIT / 2);
+        assert_eq!(armed, Some(started + LIMIT));
+        assert_eq!(timer.deadline(), started + LIMIT);
+    }
+
+    /// A write that fails is reported as failed at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_reported() {
+        let mut timer = pin!(sleep_until(far_future()));
+        let mut armed = None;
+        let mut write = Write {
+            timer: timer.as_mut(),
+            armed: &mut armed,
+            limit: LIMIT,
+        };
+        let send = pin!(async { Err(io::ErrorKind::BrokenPipe.into()) });
+        assert!(!write.run(send).await);
+        assert_eq!(armed, None);
+    }
+
+    #[test]
+    fn limits_round_up_and_saturate() {
+        assert_eq!(millis(Duration::ZERO), 0);
+        assert_eq!(millis(Duration::from_micros(1)), 1);
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::from_secs(u64::MAX)), u32::MAX);
+    }
+}

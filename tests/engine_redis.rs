@@ -230,6 +230,49 @@ async fn replicas_share_publications_history_presence_and_join_leave() {
     assert!(presence["presence"].get(&d_id).is_none(), "{presence}");
 }
 
+/// As Centrifugo, presence is written before the subscribe reply: a presence read on another
+/// replica right after the reply lists the new subscriber, with no waiting. Replica 1 reaches
+/// Redis through a link that holds its writes for 100 ms, so an entry written after the reply
+/// would still be missing when replica 2 (direct) reads it.
+#[tokio::test]
+async fn presence_is_in_redis_before_the_subscribe_reply() {
+    let redis = RedisServer::start();
+    let slow = SlowRedisLink::start(&redis, Duration::from_millis(100)).await;
+    let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut servers = Vec::new();
+    for address in [slow.url(), redis.url()] {
+        let lines = format!("    address: \"{address}\"");
+        let server = Server::start(&replica_yaml_with(&lines, &prefix, "")).await;
+        server.wait_ready(Duration::from_secs(10)).await;
+        servers.push(server);
+    }
+    let (r1, r2) = (&servers[0], &servers[1]);
+    for round in 0..3 {
+        let channel = unique_channel("present");
+        let mut client = r1.ws(WsOptions::json()).await;
+        let id = client
+            .handshake_with(connect_token(&hs256_token(
+                SECRET,
+                &format!("u{round}"),
+                3600,
+            )))
+            .await;
+        subscribed(
+            &mut client,
+            SubscribeRequest {
+                channel: channel.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let presence = call(r2, "presence", json!({ "channel": channel })).await;
+        assert!(
+            presence["presence"].get(&id).is_some(),
+            "round {round}: presence on the other replica lacks the subscriber: {presence}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_killed_replica_presence_expires() {
     let redis = RedisServer::start();

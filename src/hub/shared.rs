@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::Hub;
 use super::proxy::{PublishGrant, Refusal};
-use super::state::{HubState, ProxyGrant, PublishOptions, SharedEvent, history_reply};
+use super::state::{HubState, Prepared, ProxyGrant, PublishOptions, SharedEvent, history_reply};
 use crate::engine::redis::{Envelope, HistoryRead, RedisEngine, StreamState};
 use crate::hub::namespace::Operation;
 use crate::hub::policy::validate_channel;
@@ -224,8 +224,16 @@ impl Hub {
                 let channel = request.channel.clone();
                 match self.prepare_channel(engine, &channel, read).await {
                     Ok((interest, stream)) => {
+                        let entry = self.with_state(|s| {
+                            s.subscribe_presence_entry(key, &request, None, Some(&grant))
+                        });
+                        let (prepared, written) = self
+                            .presence_before_reply(engine, &channel, entry, stream)
+                            .await;
                         let outcome = Ok(ProxyGrant::Subscribe(request, grant));
-                        self.with_state(|s| s.proxied_command(key, id, outcome, Some(stream)));
+                        self.with_state(|s| s.proxied_command(key, id, outcome, Some(prepared)));
+                        self.undo_unused_presence(engine, key, &channel, written)
+                            .await;
                         drop(interest);
                     }
                     Err(code) => self.with_state(|s| s.answer(key, id, Err(code))),
@@ -240,6 +248,53 @@ impl Hub {
                 });
             }
             other => self.with_state(|s| s.proxied_command(key, id, other, None)),
+        }
+    }
+
+    /// Writes a subscriber's presence entry before its subscribe is applied and answered, as
+    /// Centrifugo does, so a presence read on any node right after the reply lists it. A
+    /// failed write (bounded by `io_timeout`) is left to the event worker and the periodic
+    /// refresh, which write it again: the subscribe itself does not fail for it. Returns the
+    /// client id whose entry was written.
+    async fn presence_before_reply(
+        &self,
+        engine: &RedisEngine,
+        channel: &str,
+        entry: Option<ClientInfo>,
+        stream: StreamState,
+    ) -> (Prepared, Option<String>) {
+        let written = match entry {
+            Some(info) => match engine.presence_add(channel, &info).await {
+                Ok(()) => Some(info.client),
+                Err(error) => {
+                    tracing::debug!(%error, channel, "engine: presence before the reply failed");
+                    None
+                }
+            },
+            None => None,
+        };
+        let prepared = Prepared {
+            stream,
+            presence_written: written.is_some(),
+        };
+        (prepared, written)
+    }
+
+    /// Removes a presence entry written before a subscribe that did not take effect after
+    /// all (the session went away meanwhile, or a concurrent change refused it).
+    async fn undo_unused_presence(
+        &self,
+        engine: &RedisEngine,
+        key: (u64, u64),
+        channel: &str,
+        written: Option<String>,
+    ) {
+        let Some(client) = written else { return };
+        if self.with_state(|s| s.is_subscribed(key, channel)) {
+            return;
+        }
+        if let Err(error) = engine.presence_remove(channel, &client).await {
+            tracing::debug!(%error, channel, "engine: presence undo failed");
         }
     }
 
@@ -290,7 +345,15 @@ impl Hub {
             let channel = request.channel.clone();
             match self.prepare_channel(engine, &channel, read).await {
                 Ok((interest, stream)) => {
-                    self.with_state(|s| s.command_prepared(key, command, token, Some(stream)));
+                    let entry = self.with_state(|s| {
+                        s.subscribe_presence_entry(key, request, token.as_ref(), None)
+                    });
+                    let (prepared, written) = self
+                        .presence_before_reply(engine, &channel, entry, stream)
+                        .await;
+                    self.with_state(|s| s.command_prepared(key, command, token, Some(prepared)));
+                    self.undo_unused_presence(engine, key, &channel, written)
+                        .await;
                     drop(interest);
                 }
                 Err(code) => self.with_state(|s| s.answer(key, id, Err(code))),
@@ -584,8 +647,12 @@ async fn work_events(
                         channel,
                         info,
                         join,
+                        presence,
                     } => {
-                        let added = engine.presence_add(channel, info).await;
+                        let added = match presence {
+                            true => engine.presence_add(channel, info).await,
+                            false => Ok(()),
+                        };
                         if *join {
                             let _ = engine.publish_presence_event(channel, true, info).await;
                         }

@@ -273,6 +273,55 @@ async fn presence_is_in_redis_before_the_subscribe_reply() {
     }
 }
 
+/// `channels` lists the active channels of every replica, with their subscribers summed
+/// across replicas, as Centrifugo's survey does; the pattern applies on every node.
+#[tokio::test]
+async fn channels_lists_every_replicas_channels() {
+    let redis = RedisServer::start();
+    let servers = replicas(2, &single(&redis)).await;
+    let (r1, r2) = (&servers[0], &servers[1]);
+    let shared = unique_channel("both");
+    let only_r2 = format!("solo-{}", unique_channel("r2"));
+    let mut clients = Vec::new();
+    for (server, channels) in [
+        (r1, vec![shared.clone()]),
+        (r2, vec![shared.clone(), only_r2.clone()]),
+    ] {
+        let mut client = server.ws(WsOptions::json()).await;
+        client
+            .handshake_with(connect_token(&hs256_token(SECRET, "lister", 3600)))
+            .await;
+        for channel in channels {
+            subscribed(
+                &mut client,
+                SubscribeRequest {
+                    channel,
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+        clients.push(client);
+    }
+    // A node is surveyed once its announcement is in Redis (as for `info`).
+    eventually(Duration::from_secs(10), "both nodes announced", || async {
+        call(r1, "info", json!({})).await["nodes"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
+    })
+    .await;
+    let listed = call(r1, "channels", json!({})).await;
+    assert_eq!(listed["channels"][&shared]["num_clients"], 2, "{listed}");
+    assert_eq!(listed["channels"][&only_r2]["num_clients"], 1, "{listed}");
+    let listed = call(r1, "channels", json!({ "pattern": "solo-*" })).await;
+    let names: Vec<&String> = listed["channels"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(names, vec![&only_r2], "{listed}");
+}
+
 #[tokio::test]
 async fn a_killed_replica_presence_expires() {
     let redis = RedisServer::start();

@@ -17,7 +17,6 @@ use http::{HeaderMap, Method, StatusCode, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use wildmatch::WildMatch;
 
 use super::Hub;
 use super::control::ControlOp;
@@ -497,12 +496,7 @@ async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError
         }
         "channels" => {
             let b: ChannelsBody = parse(params)?;
-            let pattern = b
-                .pattern
-                .filter(|p| !p.is_empty())
-                .map(|p| WildMatch::new(&p));
-            let found =
-                hub.with_state(|s| s.active_channels(pattern.as_ref(), MAX_CHANNELS_LISTED));
+            let found = hub.channels(b.pattern).await?;
             let channels: Map<String, Value> = found
                 .into_iter()
                 .map(|(name, clients)| (name, json!({ "num_clients": clients })))

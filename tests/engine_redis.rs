@@ -2,7 +2,8 @@
 //! real Redis (or a 3-node Redis Cluster) share publications (exactly once, in order),
 //! history and recovery, presence (a killed replica's entries expire), join/leave; a Redis
 //! restart under load loses nothing for clients that recover, and readiness is false while
-//! Redis is away.
+//! Redis is away; presence is written before the subscribe reply; `channels` and idempotent
+//! publishes span replicas.
 
 mod support;
 
@@ -320,6 +321,50 @@ async fn channels_lists_every_replicas_channels() {
         .map(|m| m.keys().collect())
         .unwrap_or_default();
     assert_eq!(names, vec![&only_r2], "{listed}");
+}
+
+/// An API publication repeated with the same `idempotency_key` on another replica returns
+/// the first result and is delivered once (the key's result lives in Redis, as Centrifugo's).
+#[tokio::test]
+async fn an_idempotency_key_publishes_once_across_replicas() {
+    let redis = RedisServer::start();
+    let servers = replicas(2, &single(&redis)).await;
+    let (r1, r2) = (&servers[0], &servers[1]);
+    let channel = unique_channel("idem");
+    let mut client = r2.ws(WsOptions::json()).await;
+    client
+        .handshake_with(connect_token(&hs256_token(SECRET, "reader", 3600)))
+        .await;
+    subscribed(
+        &mut client,
+        SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = json!({ "channel": channel, "data": {"n": 1}, "idempotency_key": "k1" });
+    let first = call(r1, "publish", body.clone()).await;
+    let repeat = call(r2, "publish", body).await;
+    assert_eq!(first, repeat, "the repeat answers the first result");
+    let other = call(
+        r2,
+        "publish",
+        json!({ "channel": channel, "data": {"n": 2}, "idempotency_key": "k2" }),
+    )
+    .await;
+    assert_ne!(other["offset"], first["offset"], "{other} vs {first}");
+    // Delivered: n=1 once, then n=2.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let push = client
+            .expect_push("publications", WAIT, |p| {
+                p.channel == channel && p.r#pub.is_some()
+            })
+            .await;
+        seen.push(json_of(&push.r#pub.map(|p| p.data).unwrap_or_default())["n"].clone());
+    }
+    assert_eq!(seen, vec![json!(1), json!(2)]);
 }
 
 #[tokio::test]

@@ -20,9 +20,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::Hub;
+use super::idempotency::IDEMPOTENCY_TTL;
 use super::proxy::{PublishGrant, Refusal};
 use super::state::{HubState, Prepared, ProxyGrant, PublishOptions, SharedEvent, history_reply};
-use crate::engine::redis::{Envelope, HistoryRead, RedisEngine, StreamState};
+use crate::engine::redis::{Envelope, HistoryRead, Idempotency, RedisEngine, StreamState};
 use crate::hub::namespace::Operation;
 use crate::hub::policy::validate_channel;
 use crate::lifecycle::{self, PhaseWatch};
@@ -424,26 +425,38 @@ impl Hub {
     ) -> Result<Reply, ErrorCode> {
         let (publication, size, ttl) =
             self.with_state(|s| s.shared_publication(channel, data, Some(info), options))?;
-        engine.publish(channel, &publication, size, ttl).await?;
+        engine
+            .publish(channel, &publication, size, ttl, None)
+            .await?;
         Ok(Reply {
             publish: Some(PublishResult {}),
             ..Default::default()
         })
     }
 
-    /// Publishes from the server API: through the engine when shared, else in process.
+    /// Publishes from the server API: through the engine when shared, else in process. With
+    /// a shared engine and an `idempotency_key` (non-empty), a repeat within
+    /// [`IDEMPOTENCY_TTL`] on any node returns the first result without publishing: the key
+    /// and its result live in Redis (the caller keeps the memory engine's own cache).
     pub async fn publish_api(
         &self,
         channel: &str,
         data: bytes::Bytes,
         options: PublishOptions,
+        idempotency_key: &str,
     ) -> Result<(u64, String), ErrorCode> {
         let Some(engine) = self.engine() else {
             return self.with_state(|s| s.publish_api(channel, data, options));
         };
         let (publication, size, ttl) =
             self.with_state(|s| s.shared_publication(channel, data, None, options))?;
-        Ok(engine.publish(channel, &publication, size, ttl).await?)
+        let idempotency = (!idempotency_key.is_empty()).then_some(Idempotency {
+            key: idempotency_key,
+            ttl: IDEMPOTENCY_TTL,
+        });
+        Ok(engine
+            .publish(channel, &publication, size, ttl, idempotency)
+            .await?)
     }
 
     /// History of a channel (see [`HubState::history`]), from the engine when shared.

@@ -367,6 +367,48 @@ async fn an_idempotency_key_publishes_once_across_replicas() {
     assert_eq!(seen, vec![json!(1), json!(2)]);
 }
 
+/// Replicas that find their Redis through Sentinel (`sentinel_address`,
+/// `sentinel_master_name`) share publications like replicas given the address.
+#[tokio::test]
+async fn replicas_find_redis_through_sentinel() {
+    let redis = RedisServer::start();
+    let sentinel = RedisSentinel::start(&redis, "sidewire-master");
+    let lines = format!(
+        "    sentinel_address: [\"{}\"]\n    sentinel_master_name: \"sidewire-master\"",
+        sentinel.url()
+    );
+    let servers = replicas(2, &lines).await;
+    let (r1, r2) = (&servers[0], &servers[1]);
+    let channel = unique_channel("sentinel");
+    let mut client = r2.ws(WsOptions::json()).await;
+    client
+        .handshake_with(connect_token(&hs256_token(SECRET, "watcher", 3600)))
+        .await;
+    subscribed(
+        &mut client,
+        SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    call(
+        r1,
+        "publish",
+        json!({ "channel": channel, "data": {"via": "sentinel"} }),
+    )
+    .await;
+    let push = client
+        .expect_push("publication through sentinel", WAIT, |p| {
+            p.channel == channel && p.r#pub.is_some()
+        })
+        .await;
+    assert_eq!(
+        json_of(&push.r#pub.map(|p| p.data).unwrap_or_default()),
+        json!({"via": "sentinel"})
+    );
+}
+
 #[tokio::test]
 async fn a_killed_replica_presence_expires() {
     let redis = RedisServer::start();

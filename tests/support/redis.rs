@@ -266,3 +266,67 @@ async fn forward_slowly(client: tokio::net::TcpStream, target: SocketAddr, delay
     };
     tokio::join!(inbound, outbound);
 }
+
+/// One Redis Sentinel (`redis-server --sentinel`) watching `master` under `name` (killed on
+/// drop).
+pub struct RedisSentinel {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl RedisSentinel {
+    /// Starts a Sentinel that monitors `master` as `name` (quorum 1) and waits until it
+    /// answers for it.
+    pub fn start(master: &RedisServer, name: &str) -> RedisSentinel {
+        require("redis-server");
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {name} 2000\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        let sentinel = RedisSentinel {
+            port,
+            _dir: dir,
+            child,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let question = format!("SENTINEL get-master-addr-by-name {name}");
+        while raw_command(port, &question).is_none_or(|r| !r.contains(&master.port.to_string())) {
+            assert!(
+                Instant::now() < deadline,
+                "sentinel on {port} did not report master {name}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sentinel
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -58,6 +58,25 @@ async fn subscribed(client: &mut WsClient, request: SubscribeRequest) -> Reply {
     reply
 }
 
+/// A client of `server` connected as `user` and subscribed to `channels`; its client id.
+async fn subscriber(server: &Server, user: &str, channels: &[&str]) -> (WsClient, String) {
+    let mut client = server.ws(WsOptions::json()).await;
+    let id = client
+        .handshake_with(connect_token(&hs256_token(SECRET, user, 3600)))
+        .await;
+    for channel in channels {
+        subscribed(
+            &mut client,
+            SubscribeRequest {
+                channel: (*channel).to_owned(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    (client, id)
+}
+
 /// Publication offsets received on `channel` until `last`, in arrival order.
 async fn offsets_until(client: &mut WsClient, channel: &str, last: u64) -> Vec<u64> {
     let mut seen = Vec::new();
@@ -250,22 +269,7 @@ async fn presence_is_in_redis_before_the_subscribe_reply() {
     let (r1, r2) = (&servers[0], &servers[1]);
     for round in 0..3 {
         let channel = unique_channel("present");
-        let mut client = r1.ws(WsOptions::json()).await;
-        let id = client
-            .handshake_with(connect_token(&hs256_token(
-                SECRET,
-                &format!("u{round}"),
-                3600,
-            )))
-            .await;
-        subscribed(
-            &mut client,
-            SubscribeRequest {
-                channel: channel.clone(),
-                ..Default::default()
-            },
-        )
-        .await;
+        let (_client, id) = subscriber(r1, &format!("u{round}"), &[&channel]).await;
         let presence = call(r2, "presence", json!({ "channel": channel })).await;
         assert!(
             presence["presence"].get(&id).is_some(),
@@ -283,27 +287,8 @@ async fn channels_lists_every_replicas_channels() {
     let (r1, r2) = (&servers[0], &servers[1]);
     let shared = unique_channel("both");
     let only_r2 = format!("solo-{}", unique_channel("r2"));
-    let mut clients = Vec::new();
-    for (server, channels) in [
-        (r1, vec![shared.clone()]),
-        (r2, vec![shared.clone(), only_r2.clone()]),
-    ] {
-        let mut client = server.ws(WsOptions::json()).await;
-        client
-            .handshake_with(connect_token(&hs256_token(SECRET, "lister", 3600)))
-            .await;
-        for channel in channels {
-            subscribed(
-                &mut client,
-                SubscribeRequest {
-                    channel,
-                    ..Default::default()
-                },
-            )
-            .await;
-        }
-        clients.push(client);
-    }
+    let _on_r1 = subscriber(r1, "lister", &[&shared]).await;
+    let _on_r2 = subscriber(r2, "lister", &[&shared, &only_r2]).await;
     // A node is surveyed once its announcement is in Redis (as for `info`).
     eventually(Duration::from_secs(10), "both nodes announced", || async {
         call(r1, "info", json!({})).await["nodes"]
@@ -331,18 +316,7 @@ async fn an_idempotency_key_publishes_once_across_replicas() {
     let servers = replicas(2, &single(&redis)).await;
     let (r1, r2) = (&servers[0], &servers[1]);
     let channel = unique_channel("idem");
-    let mut client = r2.ws(WsOptions::json()).await;
-    client
-        .handshake_with(connect_token(&hs256_token(SECRET, "reader", 3600)))
-        .await;
-    subscribed(
-        &mut client,
-        SubscribeRequest {
-            channel: channel.clone(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (mut client, _) = subscriber(r2, "reader", &[&channel]).await;
     let body = json!({ "channel": channel, "data": {"n": 1}, "idempotency_key": "k1" });
     let first = call(r1, "publish", body.clone()).await;
     let repeat = call(r2, "publish", body).await;
@@ -380,18 +354,7 @@ async fn replicas_find_redis_through_sentinel() {
     let servers = replicas(2, &lines).await;
     let (r1, r2) = (&servers[0], &servers[1]);
     let channel = unique_channel("sentinel");
-    let mut client = r2.ws(WsOptions::json()).await;
-    client
-        .handshake_with(connect_token(&hs256_token(SECRET, "watcher", 3600)))
-        .await;
-    subscribed(
-        &mut client,
-        SubscribeRequest {
-            channel: channel.clone(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (mut client, _) = subscriber(r2, "watcher", &[&channel]).await;
     call(
         r1,
         "publish",

@@ -582,6 +582,60 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
     }
 }
 
+/// A client that stops reading is closed by the write deadline (3009) when the queue bound is
+/// far away: the deadline of a write that the socket does not take rides the session's one
+/// timer, and it must still fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_timeout_closes_a_client_that_stops_reading_3009() {
+    // 64 MiB of queue: the ~15 MB published below cannot end the session with 3008.
+    let server = server("queue_max_size: 67108864\nwrite_timeout: \"1s\"\n").await;
+    let api_at = server.admin_addr;
+    let chan = unique_channel("unread");
+    let mut options = WsOptions::json();
+    options.recv_buffer = Some(16 * 1024);
+    let mut stuck = server.ws(options).await;
+    let stuck_id = stuck.handshake().await;
+    assert_eq!(stuck.request(subscribe(&chan)).await.error, None);
+    // `stuck` is never read again.
+
+    let pad = "p".repeat(SLOW_PAYLOAD_BYTES);
+    let listed = |chan: String, id: String| async move {
+        let presence = api_ok(api_at, "presence", &json!({"channel": chan}), None).await;
+        presence["presence"].get(&id).is_some()
+    };
+    for n in 1..=SLOW_MAX_PUBLICATIONS {
+        api_publish(api_at, &chan, &json!({"n": n, "pad": pad})).await;
+        if !listed(chan.clone(), stuck_id.clone()).await {
+            break;
+        }
+    }
+    eventually(
+        Duration::from_secs(15),
+        "a client that stopped reading is released by the write deadline",
+        || {
+            let (chan, id) = (chan.clone(), stuck_id.clone());
+            async move { !listed(chan, id).await }
+        },
+    )
+    .await;
+    let closed = "sidewire_sessions_closed_total";
+    let scraped = wait_metric(
+        api_at,
+        closed,
+        &[("code", "3009")],
+        Duration::from_secs(10),
+        |closes| closes >= 1.0,
+    )
+    .await;
+    assert_eq!(
+        scraped.value(closed, &[("code", "3008")]),
+        0.0,
+        "{}",
+        scraped.text
+    );
+    drop(stuck);
+}
+
 /// A client that never reads again must not keep its session (subscriptions, presence, Link
 /// session) alive: the sidecar has to let go within bounded time without the client's help.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

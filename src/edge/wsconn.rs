@@ -19,7 +19,7 @@
 //! - [`WsConn::next`] is cancel-safe: all progress lives in the connection.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -123,21 +123,28 @@ where
     /// nothing else is queued, the frame goes to the socket straight from `parts` in one
     /// vectored write (no copy, no buffer); only what the socket does not take at once is
     /// copied into the connection's buffer and written like any queued frame.
-    pub async fn send(
-        &mut self,
+    ///
+    /// A `poll_fn`, not an `async fn`: the future holds its arguments once (it sits in every
+    /// session's task while a write is pending).
+    pub fn send<'a, P: AsRef<[u8]>>(
+        &'a mut self,
         text: bool,
-        parts: &[impl AsRef<[u8]>],
-        separator: &[u8],
-    ) -> io::Result<()> {
+        parts: &'a [P],
+        separator: &'a [u8],
+    ) -> impl Future<Output = io::Result<()>> + 'a {
         let opcode = if text { Opcode::Text } else { Opcode::Binary };
-        let direct =
-            poll_fn(|cx| Poll::Ready(self.write_direct(cx, opcode, parts, separator))).await?;
-        if let Some(written) = direct {
-            let mut frame = wsframe::server_frame(opcode, parts, separator);
-            frame.advance(written.min(frame.len()));
-            self.queue(frame);
-        }
-        self.flush().await
+        let mut direct_tried = false;
+        poll_fn(move |cx| {
+            if !direct_tried {
+                direct_tried = true;
+                if let Some(written) = self.write_direct(cx, opcode, parts, separator)? {
+                    let mut frame = wsframe::server_frame(opcode, parts, separator);
+                    frame.advance(written.min(frame.len()));
+                    self.queue(frame);
+                }
+            }
+            self.poll_write_out(cx)
+        })
     }
 
     /// One attempt to write a whole data frame straight from `parts`: `Ok(None)` when all of

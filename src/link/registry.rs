@@ -26,7 +26,57 @@ struct Member {
 struct Entry {
     handle: Handle,
     /// Channels this session is a member of (for cleanup when it ends).
-    channels: HashSet<Arc<str>>,
+    channels: ChannelSet,
+}
+
+/// The channels of one session: nothing allocated for none or one (the common case: a hash set
+/// of one channel is a ~100-byte allocation per session), a hash set from the second on, so
+/// that a session in many channels still leaves each in O(1).
+#[derive(Debug, Default)]
+enum ChannelSet {
+    #[default]
+    Empty,
+    One(Arc<str>),
+    Many(HashSet<Arc<str>>),
+}
+
+impl ChannelSet {
+    fn insert(&mut self, channel: Arc<str>) {
+        match self {
+            ChannelSet::Empty => *self = ChannelSet::One(channel),
+            ChannelSet::One(existing) if *existing == channel => {}
+            ChannelSet::One(existing) => {
+                let existing = existing.clone();
+                *self = ChannelSet::Many(HashSet::from([existing, channel]));
+            }
+            ChannelSet::Many(set) => {
+                set.insert(channel);
+            }
+        }
+    }
+
+    /// Removes `channel`; an emptied set gives its memory back (idle sessions hold nothing).
+    fn remove(&mut self, channel: &str) {
+        match self {
+            ChannelSet::One(existing) if &**existing == channel => *self = ChannelSet::Empty,
+            ChannelSet::Many(set) => {
+                set.remove(channel);
+                if set.is_empty() {
+                    *self = ChannelSet::Empty;
+                }
+            }
+            ChannelSet::Empty | ChannelSet::One(_) => {}
+        }
+    }
+
+    /// Every channel, once, consuming the set.
+    fn into_vec(self) -> Vec<Arc<str>> {
+        match self {
+            ChannelSet::Empty => Vec::new(),
+            ChannelSet::One(channel) => vec![channel],
+            ChannelSet::Many(set) => set.into_iter().collect(),
+        }
+    }
 }
 
 /// Counters of one fan-out, for metrics and benches.
@@ -55,7 +105,7 @@ impl Registry {
             handle.id(),
             Entry {
                 handle,
-                channels: HashSet::new(),
+                channels: ChannelSet::Empty,
             },
         );
     }
@@ -70,7 +120,7 @@ impl Registry {
         let Some(entry) = self.sessions.remove(&session) else {
             return;
         };
-        for channel in entry.channels {
+        for channel in entry.channels.into_vec() {
             self.leave(&channel, session);
         }
     }
@@ -111,10 +161,6 @@ impl Registry {
             );
         } else {
             entry.channels.remove(channel);
-            if entry.channels.is_empty() {
-                // Give the set's memory back: idle sessions hold nothing.
-                entry.channels = HashSet::new();
-            }
             self.leave(channel, session);
         }
         true
@@ -264,6 +310,51 @@ mod tests {
         assert!(json.take().is_empty());
         assert!(!json.is_ended());
         assert_eq!(proto.take().len(), 1);
+    }
+
+    #[test]
+    fn channel_set_holds_one_without_a_table_and_many_in_one() {
+        let mut set = ChannelSet::default();
+        set.insert(Arc::from("a"));
+        set.insert(Arc::from("a"));
+        assert!(matches!(&set, ChannelSet::One(c) if &**c == "a"));
+        set.remove("b");
+        assert!(matches!(set, ChannelSet::One(_)));
+        set.insert(Arc::from("b"));
+        set.insert(Arc::from("c"));
+        let mut all = set.into_vec();
+        all.sort();
+        assert_eq!(all, [Arc::from("a"), Arc::from("b"), Arc::from("c")]);
+
+        let mut set = ChannelSet::default();
+        set.insert(Arc::from("a"));
+        set.insert(Arc::from("b"));
+        set.remove("a");
+        set.remove("b");
+        assert!(matches!(set, ChannelSet::Empty));
+        set.insert(Arc::from("a"));
+        set.remove("a");
+        assert!(matches!(set, ChannelSet::Empty));
+        assert!(set.into_vec().is_empty());
+    }
+
+    #[test]
+    fn remove_cleans_every_channel_of_a_session() {
+        let mut registry = Registry::default();
+        let a = session(1, Encoding::Json, 1024);
+        let b = session(2, Encoding::Json, 1024);
+        registry.insert(a.clone());
+        registry.insert(b.clone());
+        for channel in ["x", "y", "z"] {
+            registry.set_membership(a.id, channel, true, false);
+        }
+        registry.set_membership(b.id, "y", true, false);
+        registry.set_membership(a.id, "z", false, false);
+        registry.remove(a.id);
+        assert_eq!(registry.channels.len(), 1);
+        assert_eq!(registry.channels["y"].len(), 1);
+        registry.remove(b.id);
+        assert!(registry.channels.is_empty());
     }
 
     #[test]

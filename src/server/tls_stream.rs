@@ -538,3 +538,232 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use futures_util::FutureExt;
+    use rustls::RootCertStore;
+    use rustls_pki_types::{PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// A rustls client driven by hand, so a test decides how its records reach the server.
+    struct Client {
+        io: DuplexStream,
+        conn: rustls::ClientConnection,
+    }
+
+    impl Client {
+        /// `data` encrypted, as the bytes the server will see (records of at most 16 KiB).
+        fn seal(&mut self, data: &[u8]) -> Vec<u8> {
+            self.conn.writer().write_all(data).unwrap();
+            self.drain()
+        }
+
+        fn drain(&mut self) -> Vec<u8> {
+            let mut out = Vec::new();
+            while self.conn.wants_write() {
+                self.conn.write_tls(&mut out).unwrap();
+            }
+            out
+        }
+
+        /// Reads and decrypts until `len` bytes of plaintext arrived.
+        async fn open(&mut self, len: usize) -> Vec<u8> {
+            let mut plain = Vec::new();
+            let mut buf = vec![0; 64 * 1024];
+            while plain.len() < len {
+                let n = self.io.read(&mut buf).await.unwrap();
+                assert!(n > 0, "server closed after {} bytes", plain.len());
+                // `read_tls` takes at most what its buffer holds: feed the rest in turns.
+                let mut wire = &buf[..n];
+                while !wire.is_empty() {
+                    self.conn.read_tls(&mut wire).unwrap();
+                    self.conn.process_new_packets().unwrap();
+                    let mut chunk = vec![0; 64 * 1024];
+                    while let Ok(got) = self.conn.reader().read(&mut chunk) {
+                        if got == 0 {
+                            break;
+                        }
+                        plain.extend_from_slice(&chunk[..got]);
+                    }
+                }
+            }
+            plain
+        }
+    }
+
+    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        (Arc::new(server), Arc::new(client))
+    }
+
+    async fn pair() -> (TlsStream<DuplexStream>, Client) {
+        let (server_io, client_io) = tokio::io::duplex(256 * 1024);
+        let (server_config, client_config) = configs();
+        let server = tokio::spawn(accept(server_config, server_io));
+        let client = tokio_rustls::TlsConnector::from(client_config)
+            .connect(ServerName::try_from("localhost").unwrap(), client_io)
+            .await
+            .unwrap();
+        let (io, conn) = client.into_inner();
+        let server = server.await.unwrap().unwrap();
+        (server, Client { io, conn })
+    }
+
+    #[tokio::test]
+    async fn handshake_settles_alpn_and_keeps_no_buffer() {
+        let (server, _client) = pair().await;
+        assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(server.buffered_capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_record_split_across_reads_costs_at_most_its_own_size() {
+        let (mut server, mut client) = pair().await;
+        let wire = client.seal(b"hello, split world");
+        let mut buf = [0u8; 64];
+        for (i, byte) in wire[..wire.len() - 1].iter().enumerate() {
+            client.io.write_all(&[*byte]).await.unwrap();
+            assert!(server.read(&mut buf).now_or_never().is_none(), "byte {i}");
+            assert_eq!(server.pending.filled, i + 1);
+            assert!(server.buffered_capacity() <= wire.len(), "byte {i}");
+        }
+        client.io.write_all(&wire[wire.len() - 1..]).await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"hello, split world");
+        assert_eq!(server.buffered_capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn several_records_in_one_read() {
+        let (mut server, mut client) = pair().await;
+        let mut wire = Vec::new();
+        for part in [&b"one "[..], b"two ", b"three"] {
+            wire.extend(client.seal(part));
+        }
+        client.io.write_all(&wire).await.unwrap();
+        let mut got = vec![0; b"one two three".len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"one two three");
+        assert_eq!(server.buffered_capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn full_size_records_reach_a_small_reader_intact() {
+        let (mut server, mut client) = pair().await;
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let wire = client.seal(&data);
+        // The first record is a full 16 KiB one, sent in two pieces.
+        client.io.write_all(&wire[..100]).await.unwrap();
+        let mut small = [0u8; 1000];
+        assert!(server.read(&mut small).now_or_never().is_none());
+        client.io.write_all(&wire[100..]).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            let n = server.read(&mut small).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, data);
+        assert_eq!(server.buffered_capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn writes_arrive_and_leave_no_buffer() {
+        let (mut server, mut client) = pair().await;
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        server.write_all(&data).await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(server.buffered_capacity(), 0);
+        assert_eq!(client.open(data.len()).await, data);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_clean_error() {
+        let (mut server, mut client) = pair().await;
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        record.extend([0xAB; 32]);
+        client.io.write_all(&record).await.unwrap();
+        let mut buf = [0u8; 64];
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_record_header_is_refused_before_its_body() {
+        let (mut server, mut client) = pair().await;
+        client.io.write_all(&[0x17, 0x03]).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(server.read(&mut buf).now_or_never().is_none());
+        client.io.write_all(&[0x03, 0xFF, 0xFF]).await.unwrap();
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
+
+    #[tokio::test]
+    async fn plain_http_instead_of_a_handshake_fails() {
+        let (server_io, mut client_io) = tokio::io::duplex(4096);
+        let (server_config, _) = configs();
+        let server = tokio::spawn(accept(server_config, server_io));
+        client_io
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(server.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn close_notify_both_ways() {
+        let (mut server, mut client) = pair().await;
+        // The client's close_notify is the end of the stream.
+        client.conn.send_close_notify();
+        let wire = client.drain();
+        client.io.write_all(&wire).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        // The server's shutdown sends close_notify.
+        server.shutdown().await.unwrap();
+        let mut raw = Vec::new();
+        client.io.read_to_end(&mut raw).await.unwrap();
+        client.conn.read_tls(&mut &raw[..]).unwrap();
+        let state = client.conn.process_new_packets().unwrap();
+        assert!(state.peer_has_closed());
+    }
+
+    #[tokio::test]
+    async fn tcp_end_inside_a_record_is_an_error_and_between_records_is_eof() {
+        let (mut server, mut client) = pair().await;
+        let wire = client.seal(b"cut short");
+        client.io.write_all(&wire[..wire.len() - 3]).await.unwrap();
+        drop(client);
+        let mut buf = [0u8; 64];
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+
+        let (mut server, client) = pair().await;
+        drop(client);
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+    }
+}

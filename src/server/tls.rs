@@ -66,9 +66,12 @@ impl Acceptor for TlsAcceptor {
     type Stream = TlsStream<TcpStream>;
 
     async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Stream> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, tls_stream::accept(self.config.clone(), stream))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tls_stream::accept(self.config.clone(), stream),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     }
 
     fn negotiated_http1(&self, stream: &Self::Stream) -> bool {

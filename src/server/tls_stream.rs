@@ -370,14 +370,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             let (io, pending, tls) = (&mut self.io, &mut self.pending, &mut self.tls);
             return SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
                 Ok(mut scratch) => fill_from_scratch(io, cx, &mut scratch, pending, tls, &mut sink),
-                Err(_) => fill_from_scratch(
-                    io,
-                    cx,
-                    &mut vec![0; READ_CHUNK],
-                    pending,
-                    tls,
-                    &mut sink,
-                ),
+                Err(_) => {
+                    fill_from_scratch(io, cx, &mut vec![0; READ_CHUNK], pending, tls, &mut sink)
+                }
             });
         }
         // Complete the pending record in place: read no more than it misses.

@@ -592,6 +592,13 @@ mod tests {
     }
 
     fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        configs_for(rustls::DEFAULT_VERSIONS)
+    }
+
+    /// A server config and a client config trusting it, the client offering `versions`.
+    fn configs_for(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let der = cert.cert.der().clone();
         let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
@@ -606,7 +613,7 @@ mod tests {
         let mut roots = RootCertStore::empty();
         roots.add(der).unwrap();
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -625,6 +632,33 @@ mod tests {
         let (io, conn) = client.into_inner();
         let server = server.await.unwrap().unwrap();
         (server, Client { io, conn })
+    }
+
+    #[tokio::test]
+    async fn tls12_clients_are_served_both_ways() {
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let (server_config, client_config) = configs_for(&[&rustls::version::TLS12]);
+        let server = tokio::spawn(accept(server_config, server_io));
+        let mut client = tokio_rustls::TlsConnector::from(client_config)
+            .connect(ServerName::try_from("localhost").unwrap(), client_io)
+            .await
+            .unwrap();
+        let mut server = server.await.unwrap().unwrap();
+        assert_eq!(
+            client.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        client.write_all(b"ping over 1.2").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 13];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping over 1.2");
+        server.write_all(b"pong").await.unwrap();
+        server.flush().await.unwrap();
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        assert_eq!(server.buffered_capacity(), 0);
     }
 
     #[tokio::test]

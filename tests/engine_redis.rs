@@ -2,7 +2,8 @@
 //! real Redis (or a 3-node Redis Cluster) share publications (exactly once, in order),
 //! history and recovery, presence (a killed replica's entries expire), join/leave; a Redis
 //! restart under load loses nothing for clients that recover, and readiness is false while
-//! Redis is away.
+//! Redis is away; presence is written before the subscribe reply; `channels` and idempotent
+//! publishes span replicas.
 
 mod support;
 
@@ -55,6 +56,25 @@ async fn subscribed(client: &mut WsClient, request: SubscribeRequest) -> Reply {
     let reply = client.request(subscribe_with(request)).await;
     assert_eq!(reply.error, None, "subscribe failed: {reply:?}");
     reply
+}
+
+/// A client of `server` connected as `user` and subscribed to `channels`; its client id.
+async fn subscriber(server: &Server, user: &str, channels: &[&str]) -> (WsClient, String) {
+    let mut client = server.ws(WsOptions::json()).await;
+    let id = client
+        .handshake_with(connect_token(&hs256_token(SECRET, user, 3600)))
+        .await;
+    for channel in channels {
+        subscribed(
+            &mut client,
+            SubscribeRequest {
+                channel: (*channel).to_owned(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    (client, id)
 }
 
 /// Publication offsets received on `channel` until `last`, in arrival order.
@@ -228,6 +248,128 @@ async fn replicas_share_publications_history_presence_and_join_leave() {
     let presence = call(r1, "presence", json!({ "channel": channel })).await;
     assert!(presence["presence"].get(&c_id).is_some(), "{presence}");
     assert!(presence["presence"].get(&d_id).is_none(), "{presence}");
+}
+
+/// As Centrifugo, presence is written before the subscribe reply: a presence read on another
+/// replica right after the reply lists the new subscriber, with no waiting. Replica 1 reaches
+/// Redis through a link that holds its writes for 100 ms, so an entry written after the reply
+/// would still be missing when replica 2 (direct) reads it.
+#[tokio::test]
+async fn presence_is_in_redis_before_the_subscribe_reply() {
+    let redis = RedisServer::start();
+    let slow = SlowRedisLink::start(&redis, Duration::from_millis(100)).await;
+    let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut servers = Vec::new();
+    for address in [slow.url(), redis.url()] {
+        let lines = format!("    address: \"{address}\"");
+        let server = Server::start(&replica_yaml_with(&lines, &prefix, "")).await;
+        server.wait_ready(Duration::from_secs(10)).await;
+        servers.push(server);
+    }
+    let (r1, r2) = (&servers[0], &servers[1]);
+    for round in 0..3 {
+        let channel = unique_channel("present");
+        let (_client, id) = subscriber(r1, &format!("u{round}"), &[&channel]).await;
+        let presence = call(r2, "presence", json!({ "channel": channel })).await;
+        assert!(
+            presence["presence"].get(&id).is_some(),
+            "round {round}: presence on the other replica lacks the subscriber: {presence}"
+        );
+    }
+}
+
+/// `channels` lists the active channels of every replica, with their subscribers summed
+/// across replicas, as Centrifugo's survey does; the pattern applies on every node.
+#[tokio::test]
+async fn channels_lists_every_replicas_channels() {
+    let redis = RedisServer::start();
+    let servers = replicas(2, &single(&redis)).await;
+    let (r1, r2) = (&servers[0], &servers[1]);
+    let shared = unique_channel("both");
+    let only_r2 = format!("solo-{}", unique_channel("r2"));
+    let _on_r1 = subscriber(r1, "lister", &[&shared]).await;
+    let _on_r2 = subscriber(r2, "lister", &[&shared, &only_r2]).await;
+    // A node is surveyed once its announcement is in Redis (as for `info`).
+    eventually(Duration::from_secs(10), "both nodes announced", || async {
+        call(r1, "info", json!({})).await["nodes"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
+    })
+    .await;
+    let listed = call(r1, "channels", json!({})).await;
+    assert_eq!(listed["channels"][&shared]["num_clients"], 2, "{listed}");
+    assert_eq!(listed["channels"][&only_r2]["num_clients"], 1, "{listed}");
+    let listed = call(r1, "channels", json!({ "pattern": "solo-*" })).await;
+    let names: Vec<&String> = listed["channels"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(names, vec![&only_r2], "{listed}");
+}
+
+/// An API publication repeated with the same `idempotency_key` on another replica returns
+/// the first result and is delivered once (the key's result lives in Redis, as Centrifugo's).
+#[tokio::test]
+async fn an_idempotency_key_publishes_once_across_replicas() {
+    let redis = RedisServer::start();
+    let servers = replicas(2, &single(&redis)).await;
+    let (r1, r2) = (&servers[0], &servers[1]);
+    let channel = unique_channel("idem");
+    let (mut client, _) = subscriber(r2, "reader", &[&channel]).await;
+    let body = json!({ "channel": channel, "data": {"n": 1}, "idempotency_key": "k1" });
+    let first = call(r1, "publish", body.clone()).await;
+    let repeat = call(r2, "publish", body).await;
+    assert_eq!(first, repeat, "the repeat answers the first result");
+    let other = call(
+        r2,
+        "publish",
+        json!({ "channel": channel, "data": {"n": 2}, "idempotency_key": "k2" }),
+    )
+    .await;
+    assert_ne!(other["offset"], first["offset"], "{other} vs {first}");
+    // Delivered: n=1 once, then n=2.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let push = client
+            .expect_push("publications", WAIT, |p| {
+                p.channel == channel && p.r#pub.is_some()
+            })
+            .await;
+        seen.push(json_of(&push.r#pub.map(|p| p.data).unwrap_or_default())["n"].clone());
+    }
+    assert_eq!(seen, vec![json!(1), json!(2)]);
+}
+
+/// Replicas that find their Redis through Sentinel (`sentinel_address`,
+/// `sentinel_master_name`) share publications like replicas given the address.
+#[tokio::test]
+async fn replicas_find_redis_through_sentinel() {
+    let redis = RedisServer::start();
+    let sentinel = RedisSentinel::start(&redis, "sidewire-master");
+    let lines = format!(
+        "    sentinel_address: [\"{}\"]\n    sentinel_master_name: \"sidewire-master\"",
+        sentinel.url()
+    );
+    let servers = replicas(2, &lines).await;
+    let (r1, r2) = (&servers[0], &servers[1]);
+    let channel = unique_channel("sentinel");
+    let (mut client, _) = subscriber(r2, "watcher", &[&channel]).await;
+    call(
+        r1,
+        "publish",
+        json!({ "channel": channel, "data": {"via": "sentinel"} }),
+    )
+    .await;
+    let push = client
+        .expect_push("publication through sentinel", WAIT, |p| {
+            p.channel == channel && p.r#pub.is_some()
+        })
+        .await;
+    assert_eq!(
+        json_of(&push.r#pub.map(|p| p.data).unwrap_or_default()),
+        json!({"via": "sentinel"})
+    );
 }
 
 #[tokio::test]

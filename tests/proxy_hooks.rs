@@ -2,7 +2,8 @@
 //! in-test fake backend (hyper on an ephemeral port): connect, subscribe, publish, rpc,
 //! refresh and sub_refresh; error / disconnect mapping; failures (500, timeout) answered with
 //! error 100 and never a hang; headers forwarded from the connection request (and never from
-//! emulation POSTs); metrics; the bound on calls in flight; `sidewire check`.
+//! emulation POSTs); metrics; the bound on calls in flight; `sidewire check`; the hooks with
+//! the Redis engine across two replicas.
 
 mod support;
 
@@ -245,6 +246,8 @@ hub:
       - name: sub
         subscribe_proxy_enabled: true
         sub_refresh_proxy_enabled: true
+        presence: true
+        allow_presence_for_subscriber: true
       - name: pub
         publish_proxy_enabled: true
         allow_subscribe_for_client: true
@@ -841,4 +844,66 @@ impl StreamSession {
         .await;
         assert_eq!(status, 204, "{text}");
     }
+}
+
+/// The hooks with the Redis engine, two replicas on one Redis: what a hook grants on one
+/// replica (a connect's server-side channel, a subscription, a rewritten publication) works
+/// with what the other replica's clients and API do, and a hook-granted subscriber is in
+/// presence on the other replica as soon as its reply arrives.
+#[tokio::test]
+async fn hooks_work_across_replicas_on_the_redis_engine() {
+    let backend = HookBackend::start(Arc::new(backend_logic)).await;
+    let redis = RedisServer::start();
+    let prefix = format!("h{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let engine = format!(
+        "engine:\n  type: redis\n  redis:\n    address: \"{}\"\n    prefix: \"{prefix}\"\n",
+        redis.url()
+    );
+    let yaml = format!("{engine}{}", hooks_yaml(&backend, ""));
+    let r1 = Server::start(&yaml).await;
+    let r2 = Server::start(&yaml).await;
+    r1.wait_ready(Duration::from_secs(10)).await;
+    r2.wait_ready(Duration::from_secs(10)).await;
+
+    // Connect hook on replica 1: its server-side channel gets what replica 2's API publishes.
+    let mut alice = client_as(&r1, "alice").await;
+    alice.handshake().await;
+    api_publish(r2.admin_addr, "news:alice", &json!({"n": 1})).await;
+    let publication = publication_on(&mut alice, "news:alice").await;
+    assert_eq!(json_of(&publication.data), json!({"n": 1}));
+
+    // Subscribe hook on replica 2: presence on replica 1 lists the subscriber at once, and
+    // replica 1's API publication reaches it.
+    let mut bob = client_as(&r2, "bob").await;
+    let bob_id = bob.handshake().await;
+    let reply = bob.request(subscribe("sub:open-x")).await;
+    assert!(reply.subscribe.is_some(), "{reply:?}");
+    let presence = api_ok(
+        r1.admin_addr,
+        "presence",
+        &json!({"channel": "sub:open-x"}),
+        None,
+    )
+    .await;
+    assert!(
+        presence["presence"].get(&bob_id).is_some(),
+        "presence on replica 1 lacks bob: {presence}"
+    );
+    api_publish(r1.admin_addr, "sub:open-x", &json!({"n": 2})).await;
+    let publication = publication_on(&mut bob, "sub:open-x").await;
+    assert_eq!(json_of(&publication.data), json!({"n": 2}));
+
+    // Publish hook on replica 1: the rewritten publication reaches replica 2's subscriber.
+    assert!(bob.request(subscribe("pub:ok")).await.error.is_none());
+    assert!(alice.request(subscribe("pub:ok")).await.error.is_none());
+    let reply = alice
+        .request(publish("pub:ok", &json!({"text": "hi"})))
+        .await;
+    assert!(reply.publish.is_some(), "{reply:?}");
+    let publication = publication_on(&mut bob, "pub:ok").await;
+    assert_eq!(
+        json_of(&publication.data),
+        json!({"rewritten": {"text": "hi"}})
+    );
+    assert_eq!(publication.info.map(|i| i.user), Some("alice".to_owned()));
 }

@@ -136,6 +136,51 @@ async fn audience_and_issuer_mismatch_is_refused_with_3500() {
     }
 }
 
+/// Centrifugo's rotation and mapping options through the real binary: a token signed with
+/// `hmac_previous_secret_key` connects, its user taken from `user_id_claim`; an `aud` that
+/// `audience_regex` does not match is refused with 3500.
+#[tokio::test]
+async fn previous_secret_user_id_claim_and_audience_regex_apply() {
+    let server = hmac_server(
+        "      hmac_previous_secret_key: \"old-secret\"\n      user_id_claim: \"uid\"\n      \
+         audience_regex: \"^app-\"\n",
+    )
+    .await;
+    let old = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"uid": "from-uid", "aud": "app-web"}),
+        &EncodingKey::from_secret(b"old-secret"),
+    )
+    .unwrap();
+    let mut client = server.ws(WsOptions::json()).await;
+    client.handshake_with(connect_token(&old)).await;
+    let channel = unique_channel("rotated");
+    client.request(subscribe(&channel)).await;
+    let presence = api_ok(
+        server.admin_addr,
+        "presence",
+        &json!({ "channel": channel }),
+        Some(API_KEY),
+    )
+    .await;
+    let users: Vec<&str> = presence["presence"]
+        .as_object()
+        .map(|m| m.values().filter_map(|c| c["user"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(users, vec!["from-uid"], "{presence}");
+
+    let mut refused = server.ws(WsOptions::json()).await;
+    let id = refused.next_id();
+    refused
+        .send_commands(&[Command {
+            id,
+            connect: Some(connect_token(&hs256(json!({"uid": "u", "aud": "web"})))),
+            ..Default::default()
+        }])
+        .await;
+    assert_eq!(refused.expect_close(WAIT).await.0, 3500);
+}
+
 /// RS256 and ES256 tokens connect with the configured public keys.
 #[tokio::test]
 async fn rs256_and_es256_tokens_connect() {

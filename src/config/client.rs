@@ -68,6 +68,19 @@ pub struct TokenConfig {
     /// verified with that key (fetched in the background, refetched every minute and on an
     /// unknown `kid`, at most once a second).
     pub jwks_public_endpoint: Option<String>,
+    /// The previous HMAC secret during a key rotation: HS tokens that fail with
+    /// `hmac_secret_key` are tried with it. A secret, like `hmac_secret_key`.
+    pub hmac_previous_secret_key: Option<String>,
+    /// Unix time after which `hmac_previous_secret_key` is no longer accepted (0: no end).
+    pub hmac_previous_secret_key_valid_until: i64,
+    /// When set, one of the token's `aud` values must match this regular expression
+    /// (exclusive with `audience`).
+    pub audience_regex: Option<String>,
+    /// When set, the token's `iss` must match this regular expression (exclusive with
+    /// `issuer`).
+    pub issuer_regex: Option<String>,
+    /// The claim holding the user id instead of `sub` (a dotted path reaches into objects).
+    pub user_id_claim: Option<String>,
 }
 
 impl TokenConfig {
@@ -86,10 +99,37 @@ impl TokenConfig {
             ("hmac_secret_key", &self.hmac_secret_key),
             ("audience", &self.audience),
             ("issuer", &self.issuer),
+            ("hmac_previous_secret_key", &self.hmac_previous_secret_key),
+            ("audience_regex", &self.audience_regex),
+            ("issuer_regex", &self.issuer_regex),
+            ("user_id_claim", &self.user_id_claim),
         ] {
             if value.as_deref().is_some_and(str::is_empty) {
                 problems.push(format!("{field}.{name}: must not be empty when set"));
             }
+        }
+        for (name, value) in [
+            ("audience_regex", &self.audience_regex),
+            ("issuer_regex", &self.issuer_regex),
+        ] {
+            if let Some(Err(error)) = value.as_deref().map(regex::Regex::new) {
+                problems.push(format!("{field}.{name}: not a regular expression: {error}"));
+            }
+        }
+        if self.audience.is_some() && self.audience_regex.is_some() {
+            problems.push(format!(
+                "{field}.audience_regex: set audience or audience_regex, not both"
+            ));
+        }
+        if self.issuer.is_some() && self.issuer_regex.is_some() {
+            problems.push(format!(
+                "{field}.issuer_regex: set issuer or issuer_regex, not both"
+            ));
+        }
+        if self.hmac_previous_secret_key.is_some() && self.hmac_secret_key.is_none() {
+            problems.push(format!(
+                "{field}.hmac_previous_secret_key: needs {field}.hmac_secret_key"
+            ));
         }
         if let Some(url) = &self.jwks_public_endpoint {
             let valid = url.parse::<http::Uri>().ok().is_some_and(|uri| {
@@ -124,6 +164,16 @@ pub struct SubscriptionTokenConfig {
     pub issuer: Option<String>,
     /// As `hub.client.token.jwks_public_endpoint`, for subscription tokens.
     pub jwks_public_endpoint: Option<String>,
+    /// As `hub.client.token.hmac_previous_secret_key`, for subscription tokens.
+    pub hmac_previous_secret_key: Option<String>,
+    /// As `hub.client.token.hmac_previous_secret_key_valid_until`, for subscription tokens.
+    pub hmac_previous_secret_key_valid_until: i64,
+    /// As `hub.client.token.audience_regex`, for subscription tokens.
+    pub audience_regex: Option<String>,
+    /// As `hub.client.token.issuer_regex`, for subscription tokens.
+    pub issuer_regex: Option<String>,
+    /// As `hub.client.token.user_id_claim`, for subscription tokens.
+    pub user_id_claim: Option<String>,
 }
 
 impl SubscriptionTokenConfig {
@@ -136,6 +186,11 @@ impl SubscriptionTokenConfig {
             audience: self.audience.clone(),
             issuer: self.issuer.clone(),
             jwks_public_endpoint: self.jwks_public_endpoint.clone(),
+            hmac_previous_secret_key: self.hmac_previous_secret_key.clone(),
+            hmac_previous_secret_key_valid_until: self.hmac_previous_secret_key_valid_until,
+            audience_regex: self.audience_regex.clone(),
+            issuer_regex: self.issuer_regex.clone(),
+            user_id_claim: self.user_id_claim.clone(),
         }
     }
 }
@@ -254,5 +309,24 @@ mod tests {
             assert!(text.contains(field), "{field} in {text}");
         }
         assert!(ClientConfig::default().problems().is_empty());
+    }
+
+    #[test]
+    fn token_rotation_and_regex_options_are_checked_by_name() {
+        let mut config = ClientConfig::default();
+        config.token.audience = Some("a".into());
+        config.token.audience_regex = Some("(".into());
+        config.token.issuer = Some("i".into());
+        config.token.issuer_regex = Some("^i$".into());
+        config.token.hmac_previous_secret_key = Some("old".into());
+        let problems = config.problems().join("\n");
+        for expected in [
+            "hub.client.token.audience_regex: not a regular expression",
+            "hub.client.token.audience_regex: set audience or audience_regex, not both",
+            "hub.client.token.issuer_regex: set issuer or issuer_regex, not both",
+            "hub.client.token.hmac_previous_secret_key: needs hub.client.token.hmac_secret_key",
+        ] {
+            assert!(problems.contains(expected), "{expected} in {problems}");
+        }
     }
 }

@@ -921,6 +921,15 @@ mod tests {
     }
 
     #[test]
+    fn long_comment_blocks_parse() {
+        // A commented-out section of any length (e.g. a pasted Centrifugo config) is fine.
+        let comments = "# a comment line\n".repeat(500);
+        let text = format!("hub:\n{comments}  history_size: 7\n{comments}");
+        let config = Config::from_yaml(&text).unwrap();
+        assert_eq!(config.hub.history_size, 7);
+    }
+
+    #[test]
     fn token_keys_are_validated_by_name_and_read_from_files() {
         let text = Config::from_yaml_with_env(
             "hub:\n  client:\n    token:\n      rsa_public_key: \"nope\"\n",

@@ -27,10 +27,12 @@ use super::schema::Schema;
 pub const SECRET_KEYS: &[&str] = &[
     "hub.http_api.key",
     "hub.client.token.hmac_secret_key",
+    "hub.client.token.hmac_previous_secret_key",
     "hub.link_token",
     "hub.client.token.rsa_public_key",
     "hub.client.token.ecdsa_public_key",
     "hub.client.subscription_token.hmac_secret_key",
+    "hub.client.subscription_token.hmac_previous_secret_key",
     "hub.client.subscription_token.rsa_public_key",
     "hub.client.subscription_token.ecdsa_public_key",
     "upstream.token",

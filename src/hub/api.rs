@@ -17,7 +17,6 @@ use http::{HeaderMap, Method, StatusCode, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use wildmatch::WildMatch;
 
 use super::Hub;
 use super::control::ControlOp;
@@ -497,12 +496,7 @@ async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError
         }
         "channels" => {
             let b: ChannelsBody = parse(params)?;
-            let pattern = b
-                .pattern
-                .filter(|p| !p.is_empty())
-                .map(|p| WildMatch::new(&p));
-            let found =
-                hub.with_state(|s| s.active_channels(pattern.as_ref(), MAX_CHANNELS_LISTED));
+            let found = hub.channels(b.pattern).await?;
             let channels: Map<String, Value> = found
                 .into_iter()
                 .map(|(name, clients)| (name, json!({ "num_clients": clients })))
@@ -557,24 +551,11 @@ async fn publish(
     options: PublishOptions,
     idempotency_key: &str,
 ) -> Result<Value, CallError> {
-    let (offset, epoch) = if idempotency_key.is_empty() {
-        hub.publish_api(channel, data, options).await?
-    } else if hub.engine().is_some() {
-        // Shared engine: the cache is per node and not held across the engine's await, so
-        // two concurrent duplicates may both publish (Centrifugo keeps the result in Redis).
-        let now = tokio::time::Instant::now();
-        let cached =
-            hub.with_state(|s| s.with_idempotency(|c| c.get(channel, idempotency_key, now)));
-        match cached {
-            Some(result) => result,
-            None => {
-                let result = hub.publish_api(channel, data, options).await?;
-                hub.with_state(|s| {
-                    s.with_idempotency(|c| c.insert(channel, idempotency_key, result.clone(), now))
-                });
-                result
-            }
-        }
+    let (offset, epoch) = if idempotency_key.is_empty() || hub.engine().is_some() {
+        // Shared engine: the key and its result live in Redis, checked and saved atomically
+        // with the publication, so a repeat on any node publishes once (as Centrifugo).
+        hub.publish_api(channel, data, options, idempotency_key)
+            .await?
     } else {
         let now = tokio::time::Instant::now();
         hub.with_state(|s| {

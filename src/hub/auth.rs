@@ -4,7 +4,9 @@
 //! connection and `nbf` is honoured with no leeway. `info` (JSON) or `b64info` (base64) become
 //! the client's `conn_info`; `channels` and the keys of `subs` are server-side subscriptions;
 //! `meta` is kept and never sent to clients; `aud` / `iss` are checked when
-//! `hub.client.token.audience` / `.issuer` are set. Subscription tokens (for `$` channels)
+//! `hub.client.token.audience` / `.issuer` (or `audience_regex` / `issuer_regex`) are set;
+//! `user_id_claim` names another claim (a dotted path) for the user id; an HS token that fails
+//! with `hmac_secret_key` is tried with `hmac_previous_secret_key` until its `_valid_until`. Subscription tokens (for `$` channels)
 //! carry `sub` (the user) and `channel`; they are verified with `hub.client.token` unless
 //! `hub.client.subscription_token.enabled` gives them their own keys (Centrifugo v6's rule).
 //!
@@ -18,6 +20,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use regex::Regex;
 use serde::Deserialize;
 
 use std::sync::Arc;
@@ -96,6 +99,12 @@ pub struct TokenKeys {
     issuer: Option<String>,
     /// Keys fetched from `jwks_public_endpoint`, looked up by the token's `kid`.
     jwks: Option<Arc<Jwks>>,
+    /// `hmac_previous_secret_key` and the unix time it stops being accepted (0: never).
+    previous_hmac: Option<(DecodingKey, i64)>,
+    audience_regex: Option<Regex>,
+    issuer_regex: Option<Regex>,
+    /// Dotted path of the claim holding the user id instead of `sub`.
+    user_id_claim: Option<Vec<String>>,
 }
 
 /// A verification key: configured, or fetched (shared with the JWKS cache).
@@ -123,6 +132,10 @@ impl std::fmt::Debug for TokenKeys {
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .field("jwks", &self.jwks)
+            .field("previous_hmac", &self.previous_hmac.is_some())
+            .field("audience_regex", &self.audience_regex)
+            .field("issuer_regex", &self.issuer_regex)
+            .field("user_id_claim", &self.user_id_claim)
             .finish()
     }
 }
@@ -169,6 +182,20 @@ impl TokenKeys {
                 .jwks_public_endpoint
                 .as_deref()
                 .map(|url| Arc::new(Jwks::new(url))),
+            previous_hmac: config.hmac_previous_secret_key.as_deref().map(|secret| {
+                (
+                    DecodingKey::from_secret(secret.as_bytes()),
+                    config.hmac_previous_secret_key_valid_until,
+                )
+            }),
+            // Checked by `TokenConfig::problems` before any config is applied; an invalid
+            // one here (never reached) would refuse every token rather than accept them.
+            audience_regex: config.audience_regex.as_deref().map(compile_or_never),
+            issuer_regex: config.issuer_regex.as_deref().map(compile_or_never),
+            user_id_claim: config
+                .user_id_claim
+                .as_deref()
+                .map(|path| path.split('.').map(str::to_owned).collect()),
         })
     }
 
@@ -217,20 +244,87 @@ impl TokenKeys {
         Some((key, validation))
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, bool> {
+    fn decode<T: serde::de::DeserializeOwned + Registered>(&self, token: &str) -> Result<T, bool> {
         if token.is_empty() {
             return Err(false);
         }
         let (key, validation) = self.validation(token).ok_or(false)?;
-        decode::<T>(token, &key, &validation)
+        let claims = match decode::<T>(token, &key, &validation) {
+            Ok(data) => data.claims,
+            Err(error) if matches!(error.kind(), ErrorKind::InvalidSignature) => {
+                self.decode_with_previous(token, &validation)?
+            }
+            Err(error) => return Err(matches!(error.kind(), ErrorKind::ExpiredSignature)),
+        };
+        if !self.registered_claims_match(&claims) {
+            return Err(false);
+        }
+        Ok(claims)
+    }
+
+    /// An HS token that failed with the current secret, tried with the previous one while it
+    /// is still accepted (a key rotation).
+    fn decode_with_previous<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<T, bool> {
+        let (previous, valid_until) = self.previous_hmac.as_ref().ok_or(false)?;
+        let hmac = matches!(
+            validation.algorithms.first(),
+            Some(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+        );
+        let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
+        if !hmac || (*valid_until > 0 && now > *valid_until) {
+            return Err(false);
+        }
+        decode::<T>(token, previous, validation)
             .map(|data| data.claims)
             .map_err(|error| matches!(error.kind(), ErrorKind::ExpiredSignature))
+    }
+
+    /// `audience_regex` and `issuer_regex`, when set: one `aud` value must match, and `iss`.
+    fn registered_claims_match(&self, claims: &impl Registered) -> bool {
+        let issuer_ok = self
+            .issuer_regex
+            .as_ref()
+            .is_none_or(|re| claims.issuer().is_some_and(|iss| re.is_match(iss)));
+        let audience_ok = self
+            .audience_regex
+            .as_ref()
+            .is_none_or(|re| claims.audiences().iter().any(|aud| re.is_match(aud)));
+        issuer_ok && audience_ok
+    }
+
+    /// The user id of a verified token: `user_id_claim` when set (a string or a number at
+    /// that path, else empty), else `sub`.
+    fn user_of(&self, token: &str, sub: String) -> String {
+        let Some(path) = &self.user_id_claim else {
+            return sub;
+        };
+        let payload = token.split('.').nth(1).unwrap_or_default();
+        let value: Option<serde_json::Value> = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let found = path
+            .iter()
+            .try_fold(value.as_ref(), |value, part| Some(value?.get(part)))
+            .flatten();
+        match found {
+            Some(serde_json::Value::String(user)) => user.clone(),
+            Some(serde_json::Value::Number(number)) => number.to_string(),
+            _ => String::new(),
+        }
     }
 
     /// Verifies a connection token.
     pub fn check_connection(&self, token: &str) -> TokenCheck {
         match self.decode::<Claims>(token) {
-            Ok(claims) => claims.into_check(),
+            Ok(mut claims) => {
+                claims.sub = self.user_of(token, std::mem::take(&mut claims.sub));
+                claims.into_check()
+            }
             Err(true) => TokenCheck::Expired,
             Err(false) => TokenCheck::Invalid,
         }
@@ -240,7 +334,8 @@ impl TokenKeys {
     /// matched by the caller). A token without a `channel` claim is invalid.
     pub fn check_subscription(&self, token: &str) -> SubTokenCheck {
         match self.decode::<SubClaims>(token) {
-            Ok(claims) if !claims.channel.is_empty() => {
+            Ok(mut claims) if !claims.channel.is_empty() => {
+                claims.sub = self.user_of(token, std::mem::take(&mut claims.sub));
                 match info_bytes(claims.info.as_deref(), claims.b64info.as_deref()) {
                     Some(info) => SubTokenCheck::Valid {
                         user: claims.sub,
@@ -257,10 +352,43 @@ impl TokenKeys {
     }
 }
 
+/// The registered claims `aud` (one string or a list) and `iss` of a token.
+trait Registered {
+    fn issuer(&self) -> Option<&str>;
+    fn audiences(&self) -> Vec<&str>;
+}
+
+/// `aud`: one string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn audiences(aud: Option<&Audience>) -> Vec<&str> {
+    match aud {
+        Some(Audience::One(one)) => vec![one.as_str()],
+        Some(Audience::Many(many)) => many.iter().map(String::as_str).collect(),
+        None => Vec::new(),
+    }
+}
+
+fn compile_or_never(pattern: &str) -> Regex {
+    Regex::new(pattern).unwrap_or_else(|_| {
+        // `[^\s\S]` matches nothing: a pattern that failed the config check refuses all.
+        Regex::new("[^\\s\\S]").unwrap_or_else(|_| unreachable!("a fixed, valid pattern"))
+    })
+}
+
 #[derive(Debug, Deserialize)]
 struct Claims {
     #[serde(default)]
     sub: String,
+    #[serde(default)]
+    aud: Option<Audience>,
+    #[serde(default)]
+    iss: Option<String>,
     #[serde(default)]
     exp: Option<u64>,
     #[serde(default)]
@@ -309,10 +437,32 @@ impl Claims {
     }
 }
 
+impl Registered for Claims {
+    fn issuer(&self) -> Option<&str> {
+        self.iss.as_deref()
+    }
+    fn audiences(&self) -> Vec<&str> {
+        audiences(self.aud.as_ref())
+    }
+}
+
+impl Registered for SubClaims {
+    fn issuer(&self) -> Option<&str> {
+        self.iss.as_deref()
+    }
+    fn audiences(&self) -> Vec<&str> {
+        audiences(self.aud.as_ref())
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct SubClaims {
     #[serde(default)]
     sub: String,
+    #[serde(default)]
+    aud: Option<Audience>,
+    #[serde(default)]
+    iss: Option<String>,
     #[serde(default)]
     channel: String,
     #[serde(default)]

@@ -3,13 +3,20 @@
 //! every other node applies it when it arrives (a node ignores its own messages).
 //!
 //! Message: JSON `{"node": <uid>, "op": "disconnect" | "unsubscribe" | "subscribe" |
-//! "refresh", …the call's fields}`; anything else is ignored.
+//! "refresh" | "channels_survey" | "channels_answer", …the call's fields}`; anything else is
+//! ignored. A `channels` call asks every node for its active channels (a survey, see
+//! [`super::survey`]); each answers on the same channel, addressed to the asking node.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use wildmatch::WildMatch;
 
 use super::Hub;
-use crate::protocol::Disconnect;
+use super::api::MAX_CHANNELS_LISTED;
+use super::survey::{ChannelCounts, merge_counts};
+use crate::protocol::{Disconnect, ErrorCode};
 
 /// One control operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +65,22 @@ pub enum ControlOp {
         expired: bool,
         /// New expiry (unix seconds).
         expire_at: Option<u64>,
+    },
+    /// Every node: answer with your active channels matching `pattern`.
+    ChannelsSurvey {
+        /// The asking node's survey id.
+        id: u64,
+        /// Channel pattern (`*` wildcards), if any.
+        pattern: Option<String>,
+    },
+    /// A node's answer to survey `id` of node `to`.
+    ChannelsAnswer {
+        /// The survey.
+        id: u64,
+        /// The asking node's uid.
+        to: String,
+        /// Active channels and their local subscriber counts.
+        channels: super::survey::ChannelCounts,
     },
 }
 
@@ -140,7 +163,58 @@ impl Hub {
                     s.refresh_sessions(&user, client.as_deref(), expired, expire_at)
                 });
             }
+            ControlOp::ChannelsSurvey { id, pattern } => {
+                let channels = self.local_channels(pattern.as_deref());
+                let answer = ControlOp::ChannelsAnswer {
+                    id,
+                    to: message.node,
+                    channels,
+                };
+                if self.broadcast_control(answer).await.is_err() {
+                    tracing::debug!("engine: channels survey answer not sent");
+                }
+            }
+            ControlOp::ChannelsAnswer { id, to, channels } => {
+                if to == self.with_state(|s| s.node_uid().to_owned()) {
+                    self.inner.surveys.answer(id, channels);
+                }
+            }
         }
+    }
+
+    /// This node's active channels matching `pattern` (`*` wildcards; empty: all), at most
+    /// [`MAX_CHANNELS_LISTED`].
+    fn local_channels(&self, pattern: Option<&str>) -> ChannelCounts {
+        let pattern = pattern.filter(|p| !p.is_empty()).map(WildMatch::new);
+        self.with_state(|s| s.active_channels(pattern.as_ref(), MAX_CHANNELS_LISTED))
+    }
+
+    /// Active channels with their subscriber counts on every node, as the server API's
+    /// `channels` answers them: this node's, and with a shared engine every other live
+    /// node's, asked through the control channel and summed per channel (a node that does
+    /// not answer within [`super::survey::SURVEY_TIMEOUT`] is left out and logged). At most
+    /// [`MAX_CHANNELS_LISTED`] channels; 100 when too many surveys are already waiting.
+    pub async fn channels(&self, pattern: Option<String>) -> Result<ChannelCounts, ErrorCode> {
+        let local = self.local_channels(pattern.as_deref());
+        let Some(_engine) = self.engine() else {
+            return Ok(local);
+        };
+        let others = self.nodes().await?.len().saturating_sub(1);
+        if others == 0 {
+            return Ok(local);
+        }
+        let mut waiting = self.inner.surveys.open(others).ok_or(ErrorCode::Internal)?;
+        self.broadcast_control(ControlOp::ChannelsSurvey {
+            id: waiting.id,
+            pattern,
+        })
+        .await?;
+        let mut merged: HashMap<String, usize> = HashMap::new();
+        merge_counts(&mut merged, local, MAX_CHANNELS_LISTED);
+        for answer in waiting.collect(others).await {
+            merge_counts(&mut merged, answer, MAX_CHANNELS_LISTED);
+        }
+        Ok(merged.into_iter().collect())
     }
 }
 

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod proxy;
 mod shared;
 pub mod state;
+pub mod survey;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +58,8 @@ struct Inner {
     next_link: AtomicU64,
     /// The proxy hooks of the config in force.
     proxies: ArcSwap<proxy::Proxies>,
+    /// Server API surveys waiting for the other nodes' answers.
+    surveys: survey::Surveys,
 }
 
 /// Cheap handle to the hub; clones share it.
@@ -93,6 +96,7 @@ impl Hub {
                 counters,
                 next_link: AtomicU64::new(1),
                 proxies: ArcSwap::from_pointee(proxies),
+                surveys: survey::Surveys::default(),
             }),
         };
         if let (Some(engine), Some(events)) = (engine, events) {

@@ -20,9 +20,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::Hub;
+use super::idempotency::IDEMPOTENCY_TTL;
 use super::proxy::{PublishGrant, Refusal};
-use super::state::{HubState, ProxyGrant, PublishOptions, SharedEvent, history_reply};
-use crate::engine::redis::{Envelope, HistoryRead, RedisEngine, StreamState};
+use super::state::{HubState, Prepared, ProxyGrant, PublishOptions, SharedEvent, history_reply};
+use crate::engine::redis::{Envelope, HistoryRead, Idempotency, RedisEngine, StreamState};
 use crate::hub::namespace::Operation;
 use crate::hub::policy::validate_channel;
 use crate::lifecycle::{self, PhaseWatch};
@@ -224,8 +225,16 @@ impl Hub {
                 let channel = request.channel.clone();
                 match self.prepare_channel(engine, &channel, read).await {
                     Ok((interest, stream)) => {
+                        let entry = self.with_state(|s| {
+                            s.subscribe_presence_entry(key, &request, None, Some(&grant))
+                        });
+                        let (prepared, written) = self
+                            .presence_before_reply(engine, &channel, entry, stream)
+                            .await;
                         let outcome = Ok(ProxyGrant::Subscribe(request, grant));
-                        self.with_state(|s| s.proxied_command(key, id, outcome, Some(stream)));
+                        self.with_state(|s| s.proxied_command(key, id, outcome, Some(prepared)));
+                        self.undo_unused_presence(engine, key, &channel, written)
+                            .await;
                         drop(interest);
                     }
                     Err(code) => self.with_state(|s| s.answer(key, id, Err(code))),
@@ -240,6 +249,53 @@ impl Hub {
                 });
             }
             other => self.with_state(|s| s.proxied_command(key, id, other, None)),
+        }
+    }
+
+    /// Writes a subscriber's presence entry before its subscribe is applied and answered, as
+    /// Centrifugo does, so a presence read on any node right after the reply lists it. A
+    /// failed write (bounded by `io_timeout`) is left to the event worker and the periodic
+    /// refresh, which write it again: the subscribe itself does not fail for it. Returns the
+    /// client id whose entry was written.
+    async fn presence_before_reply(
+        &self,
+        engine: &RedisEngine,
+        channel: &str,
+        entry: Option<ClientInfo>,
+        stream: StreamState,
+    ) -> (Prepared, Option<String>) {
+        let written = match entry {
+            Some(info) => match engine.presence_add(channel, &info).await {
+                Ok(()) => Some(info.client),
+                Err(error) => {
+                    tracing::debug!(%error, channel, "engine: presence before the reply failed");
+                    None
+                }
+            },
+            None => None,
+        };
+        let prepared = Prepared {
+            stream,
+            presence_written: written.is_some(),
+        };
+        (prepared, written)
+    }
+
+    /// Removes a presence entry written before a subscribe that did not take effect after
+    /// all (the session went away meanwhile, or a concurrent change refused it).
+    async fn undo_unused_presence(
+        &self,
+        engine: &RedisEngine,
+        key: (u64, u64),
+        channel: &str,
+        written: Option<String>,
+    ) {
+        let Some(client) = written else { return };
+        if self.with_state(|s| s.is_subscribed(key, channel)) {
+            return;
+        }
+        if let Err(error) = engine.presence_remove(channel, &client).await {
+            tracing::debug!(%error, channel, "engine: presence undo failed");
         }
     }
 
@@ -290,7 +346,15 @@ impl Hub {
             let channel = request.channel.clone();
             match self.prepare_channel(engine, &channel, read).await {
                 Ok((interest, stream)) => {
-                    self.with_state(|s| s.command_prepared(key, command, token, Some(stream)));
+                    let entry = self.with_state(|s| {
+                        s.subscribe_presence_entry(key, request, token.as_ref(), None)
+                    });
+                    let (prepared, written) = self
+                        .presence_before_reply(engine, &channel, entry, stream)
+                        .await;
+                    self.with_state(|s| s.command_prepared(key, command, token, Some(prepared)));
+                    self.undo_unused_presence(engine, key, &channel, written)
+                        .await;
                     drop(interest);
                 }
                 Err(code) => self.with_state(|s| s.answer(key, id, Err(code))),
@@ -361,26 +425,38 @@ impl Hub {
     ) -> Result<Reply, ErrorCode> {
         let (publication, size, ttl) =
             self.with_state(|s| s.shared_publication(channel, data, Some(info), options))?;
-        engine.publish(channel, &publication, size, ttl).await?;
+        engine
+            .publish(channel, &publication, size, ttl, None)
+            .await?;
         Ok(Reply {
             publish: Some(PublishResult {}),
             ..Default::default()
         })
     }
 
-    /// Publishes from the server API: through the engine when shared, else in process.
+    /// Publishes from the server API: through the engine when shared, else in process. With
+    /// a shared engine and an `idempotency_key` (non-empty), a repeat within
+    /// [`IDEMPOTENCY_TTL`] on any node returns the first result without publishing: the key
+    /// and its result live in Redis (the caller keeps the memory engine's own cache).
     pub async fn publish_api(
         &self,
         channel: &str,
         data: bytes::Bytes,
         options: PublishOptions,
+        idempotency_key: &str,
     ) -> Result<(u64, String), ErrorCode> {
         let Some(engine) = self.engine() else {
             return self.with_state(|s| s.publish_api(channel, data, options));
         };
         let (publication, size, ttl) =
             self.with_state(|s| s.shared_publication(channel, data, None, options))?;
-        Ok(engine.publish(channel, &publication, size, ttl).await?)
+        let idempotency = (!idempotency_key.is_empty()).then_some(Idempotency {
+            key: idempotency_key,
+            ttl: IDEMPOTENCY_TTL,
+        });
+        Ok(engine
+            .publish(channel, &publication, size, ttl, idempotency)
+            .await?)
     }
 
     /// History of a channel (see [`HubState::history`]), from the engine when shared.
@@ -584,8 +660,12 @@ async fn work_events(
                         channel,
                         info,
                         join,
+                        presence,
                     } => {
-                        let added = engine.presence_add(channel, info).await;
+                        let added = match presence {
+                            true => engine.presence_add(channel, info).await,
+                            false => Ok(()),
+                        };
                         if *join {
                             let _ = engine.publish_presence_event(channel, true, info).await;
                         }

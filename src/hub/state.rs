@@ -130,8 +130,18 @@ struct SubscribeCommand {
     request: SubscribeRequest,
     token: Option<SubTokenCheck>,
     proxy: Option<SubscribeGrant>,
-    /// With a shared engine: the stream read (with history when recovering) before commit.
-    prepared: Option<crate::engine::redis::StreamState>,
+    /// With a shared engine: what was read and written before commit.
+    prepared: Option<Prepared>,
+}
+
+/// What a shared engine did for a subscribe before the hub applies it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The channel's stream position (and history when recovering), read from the engine.
+    pub stream: crate::engine::redis::StreamState,
+    /// The subscriber's presence entry is already in the engine (written before the reply,
+    /// so a presence read on any node right after the reply lists it).
+    pub presence_written: bool,
 }
 
 /// Which expiries the hub hands to hooks (see [`HubState::sweep`]).
@@ -413,12 +423,25 @@ impl HubState {
     /// A subscriber was added to `channel`: with the memory engine a join push to local
     /// subscribers that asked (when `join`); with a shared engine presence and join go
     /// through the engine.
-    fn joined(&self, state: &Channel, channel: &Arc<str>, info: &ClientInfo, join: bool) {
+    /// `presence_written`: the caller already wrote the presence entry to the shared engine.
+    fn joined(
+        &self,
+        state: &Channel,
+        channel: &Arc<str>,
+        info: &ClientInfo,
+        join: bool,
+        presence_written: bool,
+    ) {
         if self.shared.is_some() {
+            let join = join && self.join_leave_possible(channel);
+            if presence_written && !join {
+                return;
+            }
             return self.shared_event(SharedEvent::Added {
                 channel: channel.clone(),
                 info: info.clone(),
-                join: join && self.join_leave_possible(channel),
+                join,
+                presence: !presence_written,
             });
         }
         if join && state.join_leave_subscribers > 0 {
@@ -980,7 +1003,7 @@ impl HubState {
             );
             if self.shared.is_some() {
                 let name: Arc<str> = Arc::from(channel.as_str());
-                self.joined(state, &name, info, false);
+                self.joined(state, &name, info, false, false);
             }
         }
         results
@@ -1066,7 +1089,7 @@ impl HubState {
         key: SessionKey,
         command: Command,
         token: Option<Verified>,
-        prepared: Option<crate::engine::redis::StreamState>,
+        prepared: Option<Prepared>,
     ) {
         let settings = self.settings();
         let (info, protobuf) = {
@@ -1207,44 +1230,18 @@ impl HubState {
             proxy,
             prepared,
         } = command;
+        let presence_written = prepared.as_ref().is_some_and(|p| p.presence_written);
+        let prepared = prepared.map(|p| p.stream);
         let namespaces = &settings.namespaces;
-        let mut info = info;
-        // As Centrifugo (the library validates before any permission): a second subscribe
-        // answers 105 and one beyond the limit 106, whatever the grants. Checked again below
-        // under the lock that adds the channel.
-        validate_channel(&request.channel, settings.config.channel.max_length)?;
-        if let Some(session) = self.sessions().get(key) {
-            if session.channels.contains(request.channel.as_str()) {
-                return Err(ErrorCode::AlreadySubscribed);
-            }
-            if session.channels.len() >= settings.config.client.channel_limit {
-                return Err(ErrorCode::LimitExceeded);
-            }
-        }
-        // The subscribe hook's grant, or a subscription token (required on `$` channels, its
-        // `info` the channel info), grants the subscription; otherwise the namespace's
-        // permissions decide.
-        let token_expiry = if let Some(grant) = &proxy {
-            info.chan_info = grant.info.clone();
-            grant.expires_at
-        } else if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
-            let (expiry, chan_info) = subscription_grant(
-                token.unwrap_or(SubTokenCheck::Invalid),
-                &info.user,
-                &request.channel,
-            )?;
-            info.chan_info = chan_info;
-            expiry
-        } else {
-            let asker = Asker {
-                user: &info.user,
-                subscribed: false,
-            };
-            validate_channel(&request.channel, settings.config.channel.max_length)?;
-            namespaces.check(&request.channel, Operation::Subscribe, asker)?;
-            None
-        };
-        client_readable(settings, protobuf, &request.channel)?;
+        let (info, token_expiry) = self.grant_subscribe(
+            settings,
+            key,
+            &request,
+            token,
+            proxy.as_ref(),
+            protobuf,
+            info,
+        )?;
         // Hook subscriptions of a namespace with `sub_refresh_proxy_enabled` are prolonged by
         // the hub (`expires: false` to the client).
         let server_refresh = proxy.is_some()
@@ -1335,8 +1332,102 @@ impl HubState {
         }
         self.reply_with(settings, key, reply);
         self.membership(key, &request.channel, true, request.join_leave);
-        self.joined(channel, &name, &info, true);
+        self.joined(channel, &name, &info, true, presence_written);
         Ok(())
+    }
+
+    /// The checks a subscribe passes before it is applied (name, already subscribed, channel
+    /// limit, then the hook's grant, a subscription token or the namespace's permissions, and
+    /// the encoding): the subscriber's info (with its channel info) and the expiry of the
+    /// token or grant. Changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn grant_subscribe(
+        &self,
+        settings: &Settings,
+        key: SessionKey,
+        request: &SubscribeRequest,
+        token: Option<SubTokenCheck>,
+        proxy: Option<&SubscribeGrant>,
+        protobuf: bool,
+        mut info: ClientInfo,
+    ) -> Result<(ClientInfo, Option<u64>), ErrorCode> {
+        let namespaces = &settings.namespaces;
+        // As Centrifugo (the library validates before any permission): a second subscribe
+        // answers 105 and one beyond the limit 106, whatever the grants. Checked again below
+        // under the lock that adds the channel.
+        validate_channel(&request.channel, settings.config.channel.max_length)?;
+        if let Some(session) = self.sessions().get(key) {
+            if session.channels.contains(request.channel.as_str()) {
+                return Err(ErrorCode::AlreadySubscribed);
+            }
+            if session.channels.len() >= settings.config.client.channel_limit {
+                return Err(ErrorCode::LimitExceeded);
+            }
+        }
+        // The subscribe hook's grant, or a subscription token (required on `$` channels, its
+        // `info` the channel info), grants the subscription; otherwise the namespace's
+        // permissions decide.
+        let token_expiry = if let Some(grant) = proxy {
+            info.chan_info = grant.info.clone();
+            grant.expires_at
+        } else if token.is_some() || request.channel.starts_with(PRIVATE_PREFIX) {
+            let (expiry, chan_info) = subscription_grant(
+                token.unwrap_or(SubTokenCheck::Invalid),
+                &info.user,
+                &request.channel,
+            )?;
+            info.chan_info = chan_info;
+            expiry
+        } else {
+            let asker = Asker {
+                user: &info.user,
+                subscribed: false,
+            };
+            validate_channel(&request.channel, settings.config.channel.max_length)?;
+            namespaces.check(&request.channel, Operation::Subscribe, asker)?;
+            None
+        };
+        client_readable(settings, protobuf, &request.channel)?;
+        Ok((info, token_expiry))
+    }
+
+    /// With a shared engine: the presence entry a client's subscribe would add if it were
+    /// applied now (its checks pass and the channel's namespace keeps presence), so that the
+    /// caller writes it to the engine before the subscribe is applied and answered, as
+    /// Centrifugo does. `None` when the subscribe would be refused or keeps no presence.
+    pub fn subscribe_presence_entry(
+        &self,
+        key: SessionKey,
+        request: &SubscribeRequest,
+        token: Option<&Verified>,
+        proxy: Option<&SubscribeGrant>,
+    ) -> Option<ClientInfo> {
+        self.shared.as_ref()?;
+        let settings = self.settings();
+        let (info, protobuf) = self
+            .sessions()
+            .get(key)
+            .filter(|s| s.usable)
+            .map(|s| (s.info(), s.protobuf))?;
+        let token = match token {
+            Some(Verified::Subscription(check)) => Some(check.clone()),
+            _ => None,
+        };
+        let (info, _) = self
+            .grant_subscribe(&settings, key, request, token, proxy, protobuf, info)
+            .ok()?;
+        let keeps_presence = settings
+            .namespaces
+            .resolve(&request.channel)
+            .is_ok_and(|options| options.presence);
+        keeps_presence.then_some(info)
+    }
+
+    /// Whether session `key` is subscribed to `channel` here.
+    pub fn is_subscribed(&self, key: SessionKey, channel: &str) -> bool {
+        self.sessions()
+            .get(key)
+            .is_some_and(|s| s.channels.contains(channel))
     }
 
     /// Channel name, namespace and permission rules for a client's publish, history or
@@ -2023,7 +2114,7 @@ impl HubState {
         key: SessionKey,
         id: u32,
         outcome: Result<ProxyGrant, Refusal>,
-        prepared: Option<crate::engine::redis::StreamState>,
+        prepared: Option<Prepared>,
     ) {
         let settings = self.settings();
         let Some((info, protobuf)) = self

@@ -1,4 +1,4 @@
-//! The TLS acceptor (rustls through tokio-rustls) of any listener. What it serves — the
+//! The TLS acceptor (rustls's unbuffered API, through [`super::tls_stream`]) of any listener. What it serves — the
 //! certificate resolver, ALPN, client authentication — is decided by the caller's
 //! `rustls::ServerConfig` (the client listener's swappable certificate lives in `edge::tls`).
 
@@ -9,7 +9,8 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use thiserror::Error;
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+
+use super::tls_stream::{self, TlsStream};
 
 use super::Acceptor;
 
@@ -50,16 +51,14 @@ pub fn load_ca_roots(path: &str) -> Result<rustls::RootCertStore, CaError> {
 /// TLS handshakes under one server config (cheap to clone: one `Arc`).
 #[derive(Clone)]
 pub struct TlsAcceptor {
-    inner: tokio_rustls::TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
 }
 
 impl TlsAcceptor {
     /// An acceptor for `config`; a resolver in it keeps serving whatever it currently holds
     /// (certificate swaps reach new handshakes).
     pub fn new(config: Arc<rustls::ServerConfig>) -> TlsAcceptor {
-        TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(config),
-        }
+        TlsAcceptor { config }
     }
 }
 
@@ -67,13 +66,16 @@ impl Acceptor for TlsAcceptor {
     type Stream = TlsStream<TcpStream>;
 
     async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Stream> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(stream))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tls_stream::accept(self.config.clone(), stream),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     }
 
     fn negotiated_http1(&self, stream: &Self::Stream) -> bool {
-        stream.get_ref().1.alpn_protocol() == Some(b"http/1.1")
+        stream.alpn_protocol() == Some(b"http/1.1")
     }
 }
 

@@ -233,6 +233,59 @@ async fn tls_serves_wss_and_https_with_h2_and_swaps_certificates() {
     assert_eq!(reply["rpc"]["data"], json!({"n": 2}), "{reply}");
 }
 
+/// The server's TLS stream (rustls's unbuffered API, `server::tls_stream`) carries WebSocket
+/// messages larger than one TLS record both ways, and a client that dribbles a record header
+/// and stops is closed at the handshake deadline.
+#[tokio::test]
+async fn wss_carries_multi_record_messages_and_a_stalled_handshake_is_cut() {
+    let backend = Backend::start().await;
+    let tls_dir = tempfile::tempdir().unwrap();
+    let cert = make_cert("sidewire-test-records", 3);
+    install(&cert, tls_dir.path());
+    let server = Server::start(&format!(
+        "client_handshake_timeout: \"500ms\"\ntls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
+        tls_dir.path().join("tls.crt").display(),
+        tls_dir.path().join("tls.key").display(),
+        backend.yaml(&[])
+    ))
+    .await;
+    server.wait_ready(RELOAD_WAIT).await;
+    let addr = server.client_addr;
+    let http1 = connector(&[&cert], &[b"http/1.1"]);
+
+    let tls = tls_connect(&http1, addr).await.expect("TLS handshake");
+    let mut wss = JsonWs::connect("wss://localhost/connection/websocket", tls).await;
+    // ~40 KiB each way: three TLS records in, three out.
+    let big: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let reply = wss
+        .request(json!({"rpc": {"method": "echo", "data": {"big": big}}}))
+        .await;
+    assert_eq!(reply["rpc"]["data"]["big"], json!(big), "large echo");
+    let reply = wss
+        .request(json!({"rpc": {"method": "echo", "data": {"n": 3}}}))
+        .await;
+    assert_eq!(reply["rpc"]["data"], json!({"n": 3}), "{reply}");
+
+    // A handshake record header, then silence: closed by the handshake deadline.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, stalled.read(&mut buf))
+        .await
+        .expect("the stalled handshake was not closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The established session is unaffected.
+    let reply = wss
+        .request(json!({"rpc": {"method": "echo", "data": {"n": 4}}}))
+        .await;
+    assert_eq!(reply["rpc"]["data"], json!({"n": 4}), "{reply}");
+}
+
 /// A one-route HTTPS backend on an ephemeral port, serving `cert`.
 async fn https_backend(cert: &TestCert) -> SocketAddr {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -211,3 +211,122 @@ impl RedisCluster {
         format!("[{}]", list.join(", "))
     }
 }
+
+/// A loopback TCP forwarder to Redis that holds every chunk a client sends for `delay` before
+/// passing it on (answers come back at once): one replica's Redis writes trail another's
+/// reads. Stops with the test's runtime.
+pub struct SlowRedisLink {
+    /// Address to give the replica instead of Redis's.
+    pub addr: SocketAddr,
+}
+
+impl SlowRedisLink {
+    /// Forwards to `redis` with `delay` on the way in.
+    pub async fn start(redis: &RedisServer, delay: Duration) -> SlowRedisLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the slow link");
+        let addr = listener.local_addr().expect("slow link address");
+        let target: SocketAddr = ([127, 0, 0, 1], redis.port).into();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(forward_slowly(client, target, delay));
+            }
+        });
+        SlowRedisLink { addr }
+    }
+
+    /// `redis://` URL of the link.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+async fn forward_slowly(client: tokio::net::TcpStream, target: SocketAddr, delay: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let inbound = async move {
+        let mut buffer = vec![0u8; 16 * 1024];
+        while let Ok(read) = client_read.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            if server_write.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let outbound = async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    };
+    tokio::join!(inbound, outbound);
+}
+
+/// One Redis Sentinel (`redis-server --sentinel`) watching `master` under `name` (killed on
+/// drop).
+pub struct RedisSentinel {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl RedisSentinel {
+    /// Starts a Sentinel that monitors `master` as `name` (quorum 1) and waits until it
+    /// answers for it.
+    pub fn start(master: &RedisServer, name: &str) -> RedisSentinel {
+        require("redis-server");
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {name} 2000\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        let sentinel = RedisSentinel {
+            port,
+            _dir: dir,
+            child,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let question = format!("SENTINEL get-master-addr-by-name {name}");
+        while raw_command(port, &question).is_none_or(|r| !r.contains(&master.port.to_string())) {
+            assert!(
+                Instant::now() < deadline,
+                "sentinel on {port} did not report master {name}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sentinel
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

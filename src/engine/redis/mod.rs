@@ -134,6 +134,16 @@ fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
+/// A publication's idempotency key and how long its result is kept: a repeat within the TTL
+/// returns the first result without publishing (Centrifugo's `idempotency_key`).
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    /// The key the server API call carried.
+    pub key: &'a str,
+    /// How long the first result answers repeats.
+    pub ttl: Duration,
+}
+
 impl RedisEngine {
     /// The engine over freshly opened clients (connecting in the background).
     pub fn open(redis: &RedisConfig) -> Result<RedisEngine, ConnectError> {
@@ -222,15 +232,26 @@ impl RedisEngine {
 
     /// Publishes: next offset and epoch assigned in Redis, history appended (when
     /// `history_size` > 0: trimmed to it, expiring after `history_ttl`), the envelope
-    /// published on the channel's pub/sub. Returns `(offset, epoch)`.
+    /// published on the channel's pub/sub. Returns `(offset, epoch)`. With `idempotency`, a
+    /// result saved under its key is returned instead (nothing published), and a new result
+    /// is saved for its TTL; check and save are atomic with the publication.
     pub async fn publish(
         &self,
         channel: &str,
         publication: &Publication,
         history_size: usize,
         history_ttl: Duration,
+        idempotency: Option<Idempotency<'_>>,
     ) -> Result<(u64, String), EngineError> {
-        let keys = vec![self.keys.stream(channel), self.keys.meta(channel)];
+        let (result_key, result_ttl) = match idempotency {
+            Some(Idempotency { key, ttl }) => (self.keys.idempotency(channel, key), ttl_secs(ttl)),
+            None => (self.keys.idempotency(channel, ""), 0),
+        };
+        let keys = vec![
+            self.keys.stream(channel),
+            self.keys.meta(channel),
+            result_key,
+        ];
         let sharded = self.clients.topology == Topology::Cluster;
         let args: Vec<Value> = vec![
             Value::Bytes(Bytes::from(publication.encode_to_vec())),
@@ -240,6 +261,7 @@ impl RedisEngine {
             Value::from(new_epoch()),
             Value::from(self.keys.pubsub(channel)),
             Value::from(if sharded { "1" } else { "0" }),
+            Value::from(result_ttl.to_string()),
         ];
         let reply = self.script(scripts::PUBLISH, keys, args).await?;
         let mut items = reply.into_array().into_iter();

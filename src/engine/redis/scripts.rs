@@ -3,12 +3,21 @@
 
 /// Publish: get or create the epoch, assign the next offset, append to the history stream
 /// (bounded by size, with a TTL) unless history is off, and publish the envelope on the
-/// channel's pub/sub (`SPUBLISH` in Cluster mode).
+/// channel's pub/sub (`SPUBLISH` in Cluster mode). With an idempotency key (`ARGV[8]` > 0),
+/// a result saved under it is returned instead of publishing again, and a new result is saved
+/// for `ARGV[8]` seconds: the script is atomic, so concurrent duplicates publish once.
 ///
-/// KEYS: stream, meta. ARGV: publication bytes, history size, history TTL (s), meta TTL (s),
-/// candidate epoch, pub/sub channel, "1" for SPUBLISH.
+/// KEYS: stream, meta, idempotency result. ARGV: publication bytes, history size, history
+/// TTL (s), meta TTL (s), candidate epoch, pub/sub channel, "1" for SPUBLISH, idempotency TTL
+/// (s, "0": no key).
 /// Returns `{offset, epoch}`.
 pub const PUBLISH: &str = r#"
+if ARGV[8] ~= '0' then
+  local saved = redis.call('hmget', KEYS[3], 'o', 'e')
+  if saved[1] then
+    return {tonumber(saved[1]), saved[2]}
+  end
+end
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
   epoch = ARGV[5]
@@ -27,6 +36,10 @@ if ARGV[7] == '1' then
   redis.call('spublish', ARGV[6], message)
 else
   redis.call('publish', ARGV[6], message)
+end
+if ARGV[8] ~= '0' then
+  redis.call('hset', KEYS[3], 'o', offset, 'e', epoch)
+  redis.call('expire', KEYS[3], ARGV[8])
 end
 return {offset, epoch}
 "#;

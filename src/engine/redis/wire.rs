@@ -40,6 +40,12 @@ impl Keys {
         format!("{}.meta.{{{channel}}}", self.prefix)
     }
 
+    /// The saved result of a publication with an idempotency key (same hash slot as the
+    /// channel's other keys).
+    pub fn idempotency(&self, channel: &str, key: &str) -> String {
+        format!("{}.idempotency.{{{channel}}}.{key}", self.prefix)
+    }
+
     /// The pub/sub channel.
     pub fn pubsub(&self, channel: &str) -> String {
         format!("{}.pub.{{{channel}}}", self.prefix)

@@ -342,3 +342,110 @@ fn subscription_tokens_take_their_own_keys_only_when_enabled() {
     let token = hs(Algorithm::HS256, "conn", json!({"sub": "u"}));
     assert_eq!(valid(conn.check_connection(&token)).user, "u");
 }
+
+#[test]
+fn audience_and_issuer_regexes_match_any_aud_and_the_iss() {
+    let keys = keys(TokenConfig {
+        hmac_secret_key: Some("s".into()),
+        audience_regex: Some("^app-[a-z]+$".into()),
+        issuer_regex: Some("^https://id\\.example\\.com/".into()),
+        ..TokenConfig::default()
+    });
+    for claims in [
+        json!({"sub": "u", "aud": "app-web", "iss": "https://id.example.com/t1"}),
+        json!({"sub": "u", "aud": ["other", "app-ios"], "iss": "https://id.example.com/"}),
+    ] {
+        let token = hs(Algorithm::HS256, "s", claims.clone());
+        assert_eq!(valid(keys.check_connection(&token)).user, "u", "{claims}");
+    }
+    for claims in [
+        json!({"sub": "u", "aud": "app-1", "iss": "https://id.example.com/"}),
+        json!({"sub": "u", "aud": ["x", "y"], "iss": "https://id.example.com/"}),
+        json!({"sub": "u", "aud": "app-web", "iss": "https://evil.example.com/"}),
+        json!({"sub": "u", "iss": "https://id.example.com/"}),
+        json!({"sub": "u", "aud": "app-web"}),
+    ] {
+        let token = hs(Algorithm::HS256, "s", claims.clone());
+        assert_eq!(
+            keys.check_connection(&token),
+            TokenCheck::Invalid,
+            "{claims}"
+        );
+    }
+    // Subscription tokens are held to the same rules.
+    let sub = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "channel": "$c", "aud": "app-web", "iss": "https://id.example.com/"}),
+    );
+    assert!(matches!(
+        keys.check_subscription(&sub),
+        SubTokenCheck::Valid { .. }
+    ));
+    let sub = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "u", "channel": "$c", "aud": "app-web"}),
+    );
+    assert_eq!(keys.check_subscription(&sub), SubTokenCheck::Invalid);
+}
+
+#[test]
+fn the_previous_hmac_secret_is_accepted_until_its_end() {
+    let rotating = |valid_until: i64| {
+        keys(TokenConfig {
+            hmac_secret_key: Some("new".into()),
+            hmac_previous_secret_key: Some("old".into()),
+            hmac_previous_secret_key_valid_until: valid_until,
+            ..TokenConfig::default()
+        })
+    };
+    let old = hs(Algorithm::HS384, "old", json!({"sub": "u"}));
+    let new = hs(Algorithm::HS256, "new", json!({"sub": "u"}));
+    let stranger = hs(Algorithm::HS256, "other", json!({"sub": "u"}));
+    let open_ended = rotating(0);
+    assert_eq!(valid(open_ended.check_connection(&old)).user, "u");
+    assert_eq!(valid(open_ended.check_connection(&new)).user, "u");
+    assert_eq!(open_ended.check_connection(&stranger), TokenCheck::Invalid);
+    let later = i64::try_from(now()).unwrap() + 600;
+    assert_eq!(valid(rotating(later).check_connection(&old)).user, "u");
+    let ended = i64::try_from(now()).unwrap() - 1;
+    assert_eq!(rotating(ended).check_connection(&old), TokenCheck::Invalid);
+    assert_eq!(valid(rotating(ended).check_connection(&new)).user, "u");
+    // Expiry is still expiry under the previous key.
+    let expired = hs(
+        Algorithm::HS256,
+        "old",
+        json!({"sub": "u", "exp": now() - 10}),
+    );
+    assert_eq!(open_ended.check_connection(&expired), TokenCheck::Expired);
+}
+
+#[test]
+fn user_id_claim_takes_the_user_from_another_claim() {
+    let keys = keys(TokenConfig {
+        hmac_secret_key: Some("s".into()),
+        user_id_claim: Some("user.id".into()),
+        ..TokenConfig::default()
+    });
+    let token = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"sub": "ignored", "user": {"id": "u42"}}),
+    );
+    assert_eq!(valid(keys.check_connection(&token)).user, "u42");
+    let numeric = hs(Algorithm::HS256, "s", json!({"user": {"id": 7}}));
+    assert_eq!(valid(keys.check_connection(&numeric)).user, "7");
+    // Missing at that path: anonymous, as Centrifugo (an empty user id).
+    let missing = hs(Algorithm::HS256, "s", json!({"sub": "u"}));
+    assert_eq!(valid(keys.check_connection(&missing)).user, "");
+    let sub = hs(
+        Algorithm::HS256,
+        "s",
+        json!({"user": {"id": "u42"}, "channel": "$c"}),
+    );
+    match keys.check_subscription(&sub) {
+        SubTokenCheck::Valid { user, .. } => assert_eq!(user, "u42"),
+        other => panic!("expected valid, got {other:?}"),
+    }
+}

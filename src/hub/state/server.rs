@@ -143,7 +143,7 @@ impl HubState {
             self.push_to_session(key, push);
             self.membership(key, channel, true, false);
             let name: Arc<str> = Arc::from(channel);
-            self.joined(state, &name, &info, true);
+            self.joined(state, &name, &info, true, false);
             subscribed += 1;
         }
         Ok(subscribed)

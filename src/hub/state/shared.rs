@@ -32,7 +32,8 @@ pub const SHARED_EVENT_QUEUE: usize = 65_536;
 /// Presence / join / leave work for the engine.
 #[derive(Debug, Clone)]
 pub enum SharedEvent {
-    /// A local subscriber was added: presence entry, and a join when `join`.
+    /// A local subscriber was added: its presence entry (unless already written), and a join
+    /// when `join`.
     Added {
         /// Channel.
         channel: Arc<str>,
@@ -40,6 +41,8 @@ pub enum SharedEvent {
         info: ClientInfo,
         /// Whether to publish a join.
         join: bool,
+        /// Whether to write the presence entry (false: the subscribe path wrote it already).
+        presence: bool,
     },
     /// A local subscriber left: presence entry removed, and a leave when `leave`.
     Removed {
@@ -459,6 +462,19 @@ mod tests {
     /// Hub state over a Redis engine that never connects (nothing here reaches Redis), one
     /// Link, and session 1 subscribed to `c` at position (epoch "e", 3).
     async fn shared_state() -> (HubState, Arc<crate::hub::link_queue::LinkQueue>) {
+        let (state, queue, _events) = shared_state_with(false).await;
+        (state, queue)
+    }
+
+    /// [`shared_state`], saying whether the subscribe path wrote the presence entry, with the
+    /// engine work it queued.
+    async fn shared_state_with(
+        presence_written: bool,
+    ) -> (
+        HubState,
+        Arc<crate::hub::link_queue::LinkQueue>,
+        tokio::sync::mpsc::Receiver<SharedEvent>,
+    ) {
         use crate::config::engine::RedisConfig;
         let redis = RedisConfig {
             address: "redis://127.0.0.1:1".to_owned(),
@@ -468,7 +484,7 @@ mod tests {
         // Secure defaults refuse every subscribe: open channels to every client here.
         let mut config = crate::config::HubConfig::default();
         config.client.insecure = true;
-        let (state, _events) =
+        let (state, events) =
             HubState::new_shared(config, Arc::new(HubCounters::default()), engine);
         let queue = Arc::new(crate::hub::link_queue::LinkQueue::new(1 << 20));
         state.add_link(1, queue.clone());
@@ -494,10 +510,29 @@ mod tests {
             }),
             ..Default::default()
         };
-        state.command_prepared((1, 1), subscribe, None, Some(read));
+        state.command_prepared(
+            (1, 1),
+            subscribe,
+            None,
+            Some(crate::hub::state::Prepared {
+                stream: read,
+                presence_written,
+            }),
+        );
         state.release_interest("c");
         drain(&queue).await;
-        (state, queue)
+        (state, queue, events)
+    }
+
+    #[tokio::test]
+    async fn presence_written_before_the_reply_is_not_written_again() {
+        let (_state, _queue, mut events) = shared_state_with(false).await;
+        match events.try_recv() {
+            Ok(SharedEvent::Added { presence, join, .. }) => assert!(presence && !join),
+            other => panic!("expected the presence write to be queued, got {other:?}"),
+        }
+        let (_state, _queue, mut events) = shared_state_with(true).await;
+        assert!(events.try_recv().is_err(), "nothing left to write");
     }
 
     async fn drain(queue: &crate::hub::link_queue::LinkQueue) -> Vec<upstream_frame::Frame> {

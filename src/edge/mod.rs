@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::http::{Body, status};
 use crate::lifecycle::{self, PhaseWatch};
 use crate::link::Link;
-use crate::metrics::{Metrics, ReasonLabels, StatusLabels};
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::passthrough::Backend;
 use crate::protocol::Encoding;
 use crate::server::HandshakeError;
@@ -205,12 +205,7 @@ impl Edge {
                         &self.tracker,
                     )
                     .await;
-                self.metrics
-                    .passthrough_requests
-                    .get_or_create(&StatusLabels {
-                        status: response.status().as_u16(),
-                    })
-                    .inc();
+                self.metrics.count_passthrough(response.status().as_u16());
                 response
             }
             None => status(StatusCode::NOT_FOUND),

@@ -611,20 +611,26 @@ async fn drive<C, E>(
     let closing = lifecycle::closing(&mut phase);
     tokio::pin!(closing);
     let mut shutting_down = false;
+    // One timer for the connection's whole life, re-armed only when it fires early or must
+    // fire sooner: a keep-alive request starting and ending does not touch the timer wheel.
+    let timer = tokio::time::sleep_until(first_deadline);
+    tokio::pin!(timer);
+    // When the connection was last seen idle after some activity (`None`: not since the last
+    // change of the in-flight count).
+    let mut idle_since: Option<Instant> = None;
     let reason = loop {
         let deadline = if !activity.is_idle() {
             None
         } else if activity.served() {
-            Some(Instant::now() + timeouts.idle)
+            Some(*idle_since.get_or_insert_with(Instant::now) + timeouts.idle)
         } else {
             Some(first_deadline)
         };
-        let expired = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
+        if let Some(deadline) = deadline
+            && deadline < timer.deadline()
+        {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -632,14 +638,24 @@ async fn drive<C, E>(
                 }
                 return;
             }
-            _ = activity.changed() => continue,
+            _ = activity.changed() => {
+                idle_since = None;
+                continue;
+            }
             _ = &mut closing, if !shutting_down => {
                 // Drain: no new request on this connection; the ones in flight complete.
                 shut_down(connection.as_mut());
                 shutting_down = true;
                 continue;
             }
-            _ = expired => break if activity.served() { "idle" } else { "handshake" },
+            _ = timer.as_mut(), if deadline.is_some() => {
+                // Armed for an earlier deadline than the one now due: wait for the rest.
+                if let Some(deadline) = deadline.filter(|d| Instant::now() < *d) {
+                    timer.as_mut().reset(deadline);
+                    continue;
+                }
+                break if activity.served() { "idle" } else { "handshake" };
+            }
         }
     };
     if shutting_down {

@@ -92,17 +92,46 @@ pub struct Hop<'a> {
 pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     use std::fmt::Write as _;
     let peer = hop.peer.to_canonical();
-    // Built in place: one string per header, each prior value copied once.
+    // Built in place: one string per header, each prior value copied once, the peer formatted
+    // once.
     let mut xff = String::with_capacity(64);
     append_values(&mut xff, headers, "x-forwarded-for", |_| true);
     if !xff.is_empty() {
         xff.push_str(", ");
     }
+    let peer_start = xff.len();
     let _ = write!(xff, "{peer}");
+    let peer_text = &xff[peer_start..];
+
+    let mut forwarded = String::with_capacity(64);
+    append_values(
+        &mut forwarded,
+        headers,
+        header::FORWARDED.as_str(),
+        well_formed_forwarded,
+    );
+    if !forwarded.is_empty() {
+        forwarded.push_str(", ");
+    }
+    forwarded.push_str("for=");
+    match peer {
+        IpAddr::V4(_) => forwarded.push_str(peer_text),
+        IpAddr::V6(_) => {
+            forwarded.push_str("\"[");
+            forwarded.push_str(peer_text);
+            forwarded.push_str("]\"");
+        }
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(hop.proto);
+    if let Some(host) = hop.host {
+        forwarded.push_str(";host=");
+        push_quoted_string(&mut forwarded, host);
+    }
+
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert("x-forwarded-for", value);
     }
-
     let keep = |headers: &HeaderMap, name: &str| hop.trusted && headers.contains_key(name);
     if !keep(headers, "x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static(hop.proto));
@@ -116,25 +145,6 @@ pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
                 headers.remove("x-forwarded-host");
             }
         }
-    }
-
-    let mut forwarded = String::with_capacity(64);
-    append_values(
-        &mut forwarded,
-        headers,
-        header::FORWARDED.as_str(),
-        well_formed_forwarded,
-    );
-    if !forwarded.is_empty() {
-        forwarded.push_str(", ");
-    }
-    let _ = match peer {
-        IpAddr::V4(_) => write!(forwarded, "for={peer};proto={}", hop.proto),
-        IpAddr::V6(_) => write!(forwarded, "for=\"[{peer}]\";proto={}", hop.proto),
-    };
-    if let Some(host) = hop.host {
-        forwarded.push_str(";host=");
-        push_quoted_string(&mut forwarded, host);
     }
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, value);

@@ -320,23 +320,32 @@ impl Backend {
     }
 
     /// Sends `request` (origin-form for our own pool, absolute for the general client) on the
-    /// backend's transport; the response head only.
-    async fn exchange(&self, request: Request<ForwardBody>) -> Result<Exchanged, ExchangeError> {
+    /// backend's transport; the response head only. Not an `async fn`: the transport's own
+    /// future is returned as is, so the request is held once (this future is part of every
+    /// request's, which the edge moves into a box).
+    fn exchange(
+        &self,
+        mut request: Request<ForwardBody>,
+    ) -> impl Future<Output = Result<Exchanged, ExchangeError>> + Send + '_ {
+        use futures_util::future::{Either, FutureExt};
         match &self.transport {
             Transport::Http1(pool, authority) => {
-                let mut request = request;
                 if !request.headers().contains_key(http::header::HOST) {
                     // As the general client does: a request without a Host names the backend.
                     request
                         .headers_mut()
                         .insert(http::header::HOST, authority.clone());
                 }
-                Ok(Exchanged::Http1(pool.send(request).await?))
+                Either::Left(
+                    pool.send(request)
+                        .map(|sent| sent.map(Exchanged::Http1).map_err(ExchangeError::from)),
+                )
             }
-            Transport::General(client) => {
-                let request = request.map(|body| body.boxed());
-                Ok(Exchanged::General(client.request(request).await?))
-            }
+            Transport::General(client) => Either::Right(
+                client
+                    .request(request.map(|body| body.boxed()))
+                    .map(|sent| sent.map(Exchanged::General).map_err(ExchangeError::from)),
+            ),
         }
     }
 }

@@ -107,8 +107,7 @@ where
     /// Sends `request` (origin-form URI, `Host` set) on an idle connection or a new one and
     /// returns the response head. Its body must be read through [`PooledBody`] (done by
     /// [`Exchange::into_response`]) for the connection to be reused.
-    pub async fn send(&self, request: Request<B>) -> Result<Exchange<B>, PoolError> {
-        let mut request = request;
+    pub async fn send(&self, mut request: Request<B>) -> Result<Exchange<B>, PoolError> {
         // Not ready: the connection closed while idle; the request is untouched.
         if let Some(mut sender) = self.shared.take_idle()
             && sender.ready().await.is_ok()
@@ -123,6 +122,12 @@ where
                 },
             }
         }
+        // Boxed: the rare path, whose futures would otherwise size every request's.
+        Box::pin(self.send_on_new(request)).await
+    }
+
+    /// Sends `request` on a new connection.
+    async fn send_on_new(&self, request: Request<B>) -> Result<Exchange<B>, PoolError> {
         let mut sender = self.shared.connect().await?;
         sender.ready().await?;
         let response = sender.send_request(request).await?;

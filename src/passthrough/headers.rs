@@ -53,6 +53,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     {
         return;
     }
+    if !keep_upgrade {
+        // Only the names present are removed (no hashed lookup per absent one, no name built
+        // from each `Connection` token).
+        let connection = headers.get_all(header::CONNECTION);
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                *name == header::UPGRADE
+                    || HOP_BY_HOP.contains(name)
+                    || connection
+                        .iter()
+                        .filter_map(|value| value.to_str().ok())
+                        .flat_map(|value| value.split(','))
+                        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+            })
+            .cloned()
+            .collect();
+        for name in &doomed {
+            headers.remove(name);
+        }
+        return;
+    }
     let named: Vec<HeaderName> = crate::http::header_tokens(headers, header::CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|name| !(keep_upgrade && name == header::UPGRADE))
@@ -255,6 +277,26 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_tokens_match_names_case_insensitively_and_odd_tokens_are_harmless() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, "close, X-Secret".parse().unwrap());
+        headers.append(
+            header::CONNECTION,
+            " ,x-other , not a name,".parse().unwrap(),
+        );
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert("x-other", "1".parse().unwrap());
+        headers.insert(header::UPGRADE, "h2c".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        headers.insert(header::CONTENT_LENGTH, "2".parse().unwrap());
+        strip_hop_by_hop(&mut headers, false);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "x-kept"]);
     }
 
     #[test]

@@ -53,28 +53,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     {
         return;
     }
-    if !keep_upgrade {
-        // Only the names present are removed (no hashed lookup per absent one, no name built
-        // from each `Connection` token).
-        let connection = headers.get_all(header::CONNECTION);
-        let doomed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| {
-                *name == header::UPGRADE
-                    || HOP_BY_HOP.contains(name)
-                    || connection
-                        .iter()
-                        .filter_map(|value| value.to_str().ok())
-                        .flat_map(|value| value.split(','))
-                        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-            })
-            .cloned()
-            .collect();
-        for name in &doomed {
-            headers.remove(name);
-        }
-        return;
-    }
     let named: Vec<HeaderName> = crate::http::header_tokens(headers, header::CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|name| !(keep_upgrade && name == header::UPGRADE))

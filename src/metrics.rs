@@ -70,6 +70,38 @@ pub const LINK_DROP_REASONS: [&str; 5] = [
     "unexpected_welcome",
 ];
 
+/// The lowest and highest status with a cached counter (every valid HTTP status).
+const CACHED_STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
+
+/// One slot per status in [`CACHED_STATUSES`], each filled on first use with the counter of
+/// its family member (a clone shares the count), so a hot path increments without hashing
+/// labels or taking the family's lock.
+#[derive(Debug)]
+struct StatusCounterCache(Box<[std::sync::OnceLock<Counter>]>);
+
+impl Default for StatusCounterCache {
+    fn default() -> Self {
+        let slots = usize::from(CACHED_STATUSES.end() - CACHED_STATUSES.start()) + 1;
+        StatusCounterCache((0..slots).map(|_| std::sync::OnceLock::new()).collect())
+    }
+}
+
+impl Metrics {
+    /// Counts one passthrough response with `status` in `passthrough_requests`.
+    pub fn count_passthrough(&self, status: u16) {
+        let slot = status
+            .checked_sub(*CACHED_STATUSES.start())
+            .and_then(|index| self.passthrough_by_status.0.get(usize::from(index)));
+        let family = &self.passthrough_requests;
+        match slot {
+            Some(slot) => slot
+                .get_or_init(|| family.get_or_create(&StatusLabels { status }).clone())
+                .inc(),
+            None => family.get_or_create(&StatusLabels { status }).inc(),
+        };
+    }
+}
+
 /// Every metric sidewire exports. Counters are cheap atomics; clones share them.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -99,6 +131,8 @@ pub struct Metrics {
     pub origin_rejections: Counter,
     /// Passthrough responses, by status.
     pub passthrough_requests: Family<StatusLabels, Counter>,
+    /// `passthrough_requests`' counters by status, found without the family's hashed lookup.
+    passthrough_by_status: StatusCounterCache,
     /// Config reloads, by result.
     pub config_reloads: Family<ResultLabels, Counter>,
     /// Downstream Link frames (or deliveries) dropped by the sidecar, by reason.
@@ -290,6 +324,20 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn passthrough_statuses_count_through_the_cache_into_the_family() {
+        let metrics = Metrics::default();
+        for status in [200, 200, 599, 100, 99, 600, 200] {
+            metrics.count_passthrough(status);
+        }
+        let text = metrics.encode();
+        for (status, count) in [(200, 3), (599, 1), (100, 1), (99, 1), (600, 1)] {
+            let line =
+                format!("sidewire_passthrough_requests_total{{status=\"{status}\"}} {count}");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 
     #[test]

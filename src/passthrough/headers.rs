@@ -45,6 +45,14 @@ pub fn upgrades_to_websocket(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` survive (protocol switch passed through).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the (few) names instead of a hashed removal per hop-by-hop name: most
+    // messages carry none, or only `Connection`.
+    if !headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = crate::http::header_tokens(headers, header::CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|name| !(keep_upgrade && name == header::UPGRADE))
@@ -82,14 +90,48 @@ pub struct Hop<'a> {
 ///   otherwise overwritten with this hop's host and proto (`X-Forwarded-Host` removed when the
 ///   request names no host).
 pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
+    use std::fmt::Write as _;
     let peer = hop.peer.to_canonical();
-    let peer_text = peer.to_string();
-    let mut xff = joined(headers, "x-forwarded-for");
-    xff.push(peer_text.clone());
-    if let Ok(value) = HeaderValue::from_str(&xff.join(", ")) {
-        headers.insert("x-forwarded-for", value);
+    // Built in place: one string per header, each prior value copied once, the peer formatted
+    // once.
+    let mut xff = String::with_capacity(64);
+    append_values(&mut xff, headers, "x-forwarded-for", |_| true);
+    if !xff.is_empty() {
+        xff.push_str(", ");
+    }
+    let peer_start = xff.len();
+    let _ = write!(xff, "{peer}");
+    let peer_text = &xff[peer_start..];
+
+    let mut forwarded = String::with_capacity(64);
+    append_values(
+        &mut forwarded,
+        headers,
+        header::FORWARDED.as_str(),
+        well_formed_forwarded,
+    );
+    if !forwarded.is_empty() {
+        forwarded.push_str(", ");
+    }
+    forwarded.push_str("for=");
+    match peer {
+        IpAddr::V4(_) => forwarded.push_str(peer_text),
+        IpAddr::V6(_) => {
+            forwarded.push_str("\"[");
+            forwarded.push_str(peer_text);
+            forwarded.push_str("]\"");
+        }
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(hop.proto);
+    if let Some(host) = hop.host {
+        forwarded.push_str(";host=");
+        push_quoted_string(&mut forwarded, host);
     }
 
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        headers.insert("x-forwarded-for", value);
+    }
     let keep = |headers: &HeaderMap, name: &str| hop.trusted && headers.contains_key(name);
     if !keep(headers, "x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static(hop.proto));
@@ -104,41 +146,38 @@ pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
             }
         }
     }
-
-    let node = match peer {
-        IpAddr::V4(_) => peer_text,
-        IpAddr::V6(_) => format!("\"[{peer_text}]\""),
-    };
-    let mut element = format!("for={node};proto={}", hop.proto);
-    if let Some(host) = hop.host {
-        element.push_str(";host=");
-        element.push_str(&quoted_string(host));
-    }
-    let mut forwarded: Vec<String> = joined(headers, header::FORWARDED.as_str())
-        .into_iter()
-        .filter(|prior| well_formed_forwarded(prior))
-        .collect();
-    forwarded.push(element);
-    if let Ok(value) = HeaderValue::from_str(&forwarded.join(", ")) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, value);
     }
 }
 
-/// Every non-empty, visible-ASCII value of `name`, in order.
-fn joined(headers: &HeaderMap, name: &str) -> Vec<String> {
-    headers
+/// Appends to `out`, joined by `", "`, every non-empty, visible-ASCII value of `name` (trimmed,
+/// in order) that `keep` accepts.
+fn append_values(out: &mut String, headers: &HeaderMap, name: &str, keep: impl Fn(&str) -> bool) {
+    for value in headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
-        .collect()
+        .filter(|v| !v.is_empty() && keep(v))
+    {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(value);
+    }
 }
 
 /// `text` as an RFC 7230 quoted-string (`"` and `\` escaped).
+#[cfg(test)]
 fn quoted_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
+    push_quoted_string(&mut out, text);
+    out
+}
+
+/// Appends `text` to `out` as an RFC 7230 quoted-string (`"` and `\` escaped).
+fn push_quoted_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         if matches!(c, '"' | '\\') {
@@ -147,7 +186,6 @@ fn quoted_string(text: &str) -> String {
         out.push(c);
     }
     out.push('"');
-    out
 }
 
 /// RFC 7239: `1#forwarded-element`, each `[pair] *( ";" [pair] )`, a pair being
@@ -217,6 +255,26 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_tokens_match_names_case_insensitively_and_odd_tokens_are_harmless() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, "close, X-Secret".parse().unwrap());
+        headers.append(
+            header::CONNECTION,
+            " ,x-other , not a name,".parse().unwrap(),
+        );
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert("x-other", "1".parse().unwrap());
+        headers.insert(header::UPGRADE, "h2c".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        headers.insert(header::CONTENT_LENGTH, "2".parse().unwrap());
+        strip_hop_by_hop(&mut headers, false);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "x-kept"]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::MapErr;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -63,8 +64,9 @@ pub struct ClientBodyError(#[source] hyper::Error);
 /// How requests reach the backend.
 #[derive(Clone)]
 enum Transport {
-    /// Plain `http://`, HTTP/1.1: our own connection pool (the common, fast case).
-    Http1(Http1Pool),
+    /// Plain `http://`, HTTP/1.1: our own connection pool (the common, fast case), with the
+    /// backend's `host[:port]` for requests that name no host.
+    Http1(Http1Pool<ForwardBody>, http::HeaderValue),
     /// `https://` or h2c: hyper-util's pooled client (boxed: it is large, and rarer).
     General(Box<Client<HttpsConnector<HttpConnector>, Body>>),
 }
@@ -78,9 +80,13 @@ enum ExchangeError {
     General(#[from] hyper_util::client::legacy::Error),
 }
 
+/// The client's request body as forwarded: progress deadline, then the size limit (one
+/// concrete type, boxed only for the general client).
+type ForwardBody = Limited<TimedBody<MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>>>;
+
 /// A response from either transport, before its body is adapted.
 enum Exchanged {
-    Http1(pool::Exchange),
+    Http1(pool::Exchange<ForwardBody>),
     General(Response<Incoming>),
 }
 
@@ -99,6 +105,8 @@ pub struct Backend {
     transport: Transport,
     /// `scheme://authority` plus an optional path prefix without trailing slash.
     base: String,
+    /// The path prefix alone (empty, or `/...` without trailing slash).
+    prefix: String,
     http2: bool,
     max_request_body_size: usize,
     response_timeout: Duration,
@@ -124,21 +132,30 @@ impl Backend {
         let trusted_proxies = trust::parse_all(&config.trusted_proxies)
             .map_err(|(index, error)| BackendError(format!("trusted_proxies[{index}]: {error}")))?;
         let base = config.url.as_str().trim_end_matches('/').to_owned();
+        let prefix = uri.path().trim_end_matches('/').to_owned();
         let common = |transport| Backend {
             transport,
             base: base.clone(),
+            prefix: prefix.clone(),
             http2: config.http2,
             max_request_body_size: config.max_request_body_size,
             response_timeout: *config.response_timeout,
             trusted_proxies: trusted_proxies.clone(),
         };
         if uri.scheme_str() == Some("http") && !config.http2 {
-            return Ok(common(Transport::Http1(Http1Pool::new(PoolConfig {
+            let authority = uri
+                .authority()
+                .and_then(|authority| http::HeaderValue::from_str(authority.as_str()).ok())
+                .ok_or_else(|| {
+                    BackendError(format!("url: no host in {:?}", config.url.as_str()))
+                })?;
+            let pool = Http1Pool::new(PoolConfig {
                 origin: uri.clone(),
                 connect_timeout: *config.connect_timeout,
                 idle_timeout: *config.pool_idle_timeout,
                 max_idle: config.pool_max_idle_per_host,
-            }))));
+            });
+            return Ok(common(Transport::Http1(pool, authority)));
         }
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -195,16 +212,20 @@ impl Backend {
         };
         let upgrade = is_websocket_upgrade(request.method(), client_version, request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let host_from_target = request.uri().authority().is_some();
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        parts.headers.remove(http::header::HOST);
-        if let Some(host) = host
-            .as_deref()
-            .and_then(|h| http::HeaderValue::from_str(h).ok())
-        {
+        if host_from_target {
             // The client's host, also for HTTP/2 clients (whose `:authority` has no header).
-            parts.headers.insert(http::header::HOST, host);
+            parts.headers.remove(http::header::HOST);
+            if let Some(host) = host
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok())
+            {
+                parts.headers.insert(http::header::HOST, host);
+            }
         }
+        // Otherwise the one valid Host header (or none) is already what `host` says: kept.
         let hop = Hop {
             peer: peer.ip(),
             proto,
@@ -218,17 +239,20 @@ impl Backend {
         } else {
             Version::HTTP_11
         };
-        let body = TimedBody::new(body.map_err(ClientBodyError), body_timeout);
-        let body: Body = if self.max_request_body_size > 0 {
-            Limited::new(body, self.max_request_body_size).boxed()
-        } else {
-            body.boxed()
+        let client_body: fn(hyper::Error) -> ClientBodyError = ClientBodyError;
+        let limit = match self.max_request_body_size {
+            0 => usize::MAX,
+            limit => limit,
         };
+        let body = Limited::new(
+            TimedBody::new(body.map_err(client_body), body_timeout),
+            limit,
+        );
         let method = parts.method.clone();
-        let uri = parts.uri.clone();
+        let target = parts.uri.clone();
         let request = Request::from_parts(parts, body);
         let outcome = tokio::time::timeout(self.response_timeout, self.exchange(request)).await;
-        let path = uri.path();
+        let path = target.path();
         let exchanged = match outcome {
             Err(_) => {
                 tracing::warn!(%method, %path, timeout = ?self.response_timeout, "passthrough: backend timed out");
@@ -295,34 +319,34 @@ impl Backend {
         Response::from_parts(parts, body)
     }
 
-    /// Sends `request` on the backend's transport; the response head only.
-    async fn exchange(&self, request: Request<Body>) -> Result<Exchanged, ExchangeError> {
+    /// Sends `request` (origin-form for our own pool, absolute for the general client) on the
+    /// backend's transport; the response head only. Not an `async fn`: the transport's own
+    /// future is returned as is, so the request is held once (this future is part of every
+    /// request's, which the edge moves into a box).
+    fn exchange(
+        &self,
+        mut request: Request<ForwardBody>,
+    ) -> impl Future<Output = Result<Exchanged, ExchangeError>> + Send + '_ {
+        use futures_util::future::{Either, FutureExt};
         match &self.transport {
-            Transport::Http1(pool) => {
-                // Origin-form on our own connections; the legacy client does this itself.
-                let (mut parts, body) = request.into_parts();
-                if !parts.headers.contains_key(http::header::HOST)
-                    && let Some(authority) = parts.uri.authority()
-                    && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
-                {
+            Transport::Http1(pool, authority) => {
+                if !request.headers().contains_key(http::header::HOST) {
                     // As the general client does: a request without a Host names the backend.
-                    parts.headers.insert(http::header::HOST, host);
+                    request
+                        .headers_mut()
+                        .insert(http::header::HOST, authority.clone());
                 }
-                parts.uri = origin_form(&parts.uri);
-                Ok(Exchanged::Http1(
-                    pool.send(Request::from_parts(parts, body)).await?,
-                ))
+                Either::Left(
+                    pool.send(request)
+                        .map(|sent| sent.map(Exchanged::Http1).map_err(ExchangeError::from)),
+                )
             }
-            Transport::General(client) => Ok(Exchanged::General(client.request(request).await?)),
+            Transport::General(client) => Either::Right(
+                client
+                    .request(request.map(|body| body.boxed()))
+                    .map(|sent| sent.map(Exchanged::General).map_err(ExchangeError::from)),
+            ),
         }
-    }
-}
-
-/// `uri` without scheme and authority (`/path?query`), as an HTTP/1.1 request line wants it.
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(path_and_query) => Uri::from(path_and_query.clone()),
-        None => Uri::from_static("/"),
     }
 }
 
@@ -332,6 +356,29 @@ impl Backend {
     fn target(&self, request: &Request<Incoming>) -> Result<(Uri, Option<String>), RequestError> {
         let host = host::client_host(request.uri(), request.headers())?;
         let path = path::normalize(request.uri().path())?;
+        if let Transport::Http1(..) = self.transport {
+            // Origin-form, written once: the client's own target when nothing changes.
+            if self.prefix.is_empty()
+                && matches!(path, std::borrow::Cow::Borrowed(_))
+                && let Some(path_and_query) = request.uri().path_and_query()
+                && path_and_query.path() == path
+            {
+                return Ok((Uri::from(path_and_query.clone()), host));
+            }
+            let mut target = String::with_capacity(
+                self.prefix.len() + path.len() + request.uri().query().map_or(0, |q| q.len() + 1),
+            );
+            target.push_str(&self.prefix);
+            target.push_str(&path);
+            if let Some(query) = request.uri().query() {
+                target.push('?');
+                target.push_str(query);
+            }
+            let path_and_query =
+                http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
+                    .map_err(|_| RequestError::Target)?;
+            return Ok((Uri::from(path_and_query), host));
+        }
         let target = match request.uri().query() {
             Some(query) => format!("{}{path}?{query}", self.base),
             None => format!("{}{path}", self.base),

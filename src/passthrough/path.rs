@@ -5,6 +5,8 @@
 //! decoded segments), so `prefix + path` always stays under the prefix. Other segments are
 //! kept byte for byte (their percent-encoding included).
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 /// Why a request path is refused (answered 400).
@@ -19,14 +21,18 @@ pub enum PathError {
     EncodedDotSegment,
 }
 
-/// The path with dot segments removed (see the module guarantee).
-pub fn normalize(path: &str) -> Result<String, PathError> {
+/// The path with dot segments removed (see the module guarantee); borrowed when `path` needs
+/// no change (no `%` escape and no segment starting with `.`: the common case).
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if path.is_empty() {
-        return Ok("/".to_owned());
+        return Ok(Cow::Borrowed("/"));
     }
     let Some(rest) = path.strip_prefix('/') else {
         return Err(PathError::NotAbsolute);
     };
+    if !path.contains('%') && !path.contains("/.") {
+        return Ok(Cow::Borrowed(path));
+    }
     let segments: Vec<&str> = rest.split('/').collect();
     let last = segments.len() - 1;
     let mut output: Vec<&str> = Vec::with_capacity(segments.len());
@@ -57,7 +63,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
             output.push("");
         }
     }
-    Ok(format!("/{}", output.join("/")))
+    Ok(Cow::Owned(format!("/{}", output.join("/"))))
 }
 
 /// Percent-decodes `segment` (malformed escapes stay literal).
@@ -107,9 +113,21 @@ mod tests {
             ("/...", "/..."),
             ("/..a", "/..a"),
             ("/%zz/..", "/"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/a.b/c.", "/a.b/c."),
         ] {
             assert_eq!(normalize(input).as_deref(), Ok(expected), "{input}");
         }
+    }
+
+    #[test]
+    fn clean_paths_are_borrowed_and_dotted_ones_rewritten() {
+        assert!(matches!(
+            normalize("/a/b.c/d"),
+            Ok(Cow::Borrowed("/a/b.c/d"))
+        ));
+        assert!(matches!(normalize("/a/./b"), Ok(Cow::Owned(_))));
+        assert!(matches!(normalize("/a%2e"), Ok(Cow::Owned(_))));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::http::Body;
+use crate::http::{Body, BoxError};
 
 /// Why a request could not be exchanged with the backend.
 #[derive(Debug, Error)]
@@ -52,29 +52,41 @@ pub struct PoolConfig {
 }
 
 /// A cloneable handle on one backend's HTTP/1.1 connections.
-#[derive(Clone)]
-pub struct Http1Pool {
-    shared: Arc<Shared>,
+pub struct Http1Pool<B = Body> {
+    shared: Arc<Shared<B>>,
 }
 
-struct Shared {
+impl<B> Clone for Http1Pool<B> {
+    fn clone(&self) -> Self {
+        Http1Pool {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<B> {
     origin: Uri,
     connector: HttpConnector,
     idle_timeout: Duration,
     max_idle: usize,
     /// Idle connections, oldest at the front.
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<VecDeque<Idle<B>>>,
 }
 
-struct Idle {
-    sender: SendRequest<Body>,
+struct Idle<B> {
+    sender: SendRequest<B>,
     since: Instant,
 }
 
-impl Http1Pool {
+impl<B> Http1Pool<B>
+where
+    B: HttpBody + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     /// A pool that opens connections on demand; its sweeper task ends with the last handle.
     /// Must be called inside a Tokio runtime.
-    pub fn new(config: PoolConfig) -> Http1Pool {
+    pub fn new(config: PoolConfig) -> Http1Pool<B> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -95,8 +107,7 @@ impl Http1Pool {
     /// Sends `request` (origin-form URI, `Host` set) on an idle connection or a new one and
     /// returns the response head. Its body must be read through [`PooledBody`] (done by
     /// [`Exchange::into_response`]) for the connection to be reused.
-    pub async fn send(&self, request: Request<Body>) -> Result<Exchange, PoolError> {
-        let mut request = request;
+    pub async fn send(&self, mut request: Request<B>) -> Result<Exchange<B>, PoolError> {
         // Not ready: the connection closed while idle; the request is untouched.
         if let Some(mut sender) = self.shared.take_idle()
             && sender.ready().await.is_ok()
@@ -111,6 +122,12 @@ impl Http1Pool {
                 },
             }
         }
+        // Boxed: the rare path, whose futures would otherwise size every request's.
+        Box::pin(self.send_on_new(request)).await
+    }
+
+    /// Sends `request` on a new connection.
+    async fn send_on_new(&self, request: Request<B>) -> Result<Exchange<B>, PoolError> {
         let mut sender = self.shared.connect().await?;
         sender.ready().await?;
         let response = sender.send_request(request).await?;
@@ -127,14 +144,14 @@ impl Http1Pool {
 /// TCP keepalive on backend connections (as hyper-util's connector was configured).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+impl<B> Shared<B> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle<B>>> {
         crate::sync::lock(&self.idle)
     }
 
     /// The most recently returned usable connection, if any. Closed or expired ones met on
     /// the way are dropped (outside the lock).
-    fn take_idle(&self) -> Option<SendRequest<Body>> {
+    fn take_idle(&self) -> Option<SendRequest<B>> {
         let now = Instant::now();
         let mut dead = Vec::new();
         let found = {
@@ -158,7 +175,7 @@ impl Shared {
     }
 
     /// Returns a connection whose last response was read to its end.
-    fn put(&self, sender: SendRequest<Body>) {
+    fn put(&self, sender: SendRequest<B>) {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -178,8 +195,16 @@ impl Shared {
         };
         drop(evicted);
     }
+}
 
-    async fn connect(&self) -> Result<SendRequest<Body>, PoolError> {
+impl<B> Shared<B>
+where
+    B: HttpBody + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// A new connection, its connection task spawned.
+    async fn connect(&self) -> Result<SendRequest<B>, PoolError> {
         let io = self
             .connector
             .clone()
@@ -198,7 +223,7 @@ impl Shared {
 
 /// Closes idle connections once they are older than `idle_timeout` (checked every
 /// `idle_timeout / 2`), until the pool is gone.
-async fn sweep(shared: Weak<Shared>, idle_timeout: Duration) {
+async fn sweep<B>(shared: Weak<Shared<B>>, idle_timeout: Duration) {
     let mut tick = tokio::time::interval(idle_timeout / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -207,7 +232,7 @@ async fn sweep(shared: Weak<Shared>, idle_timeout: Duration) {
             return;
         };
         let now = Instant::now();
-        let expired: Vec<Idle> = {
+        let expired: Vec<Idle<B>> = {
             let mut idle = shared.lock();
             let fresh = idle
                 .iter()
@@ -220,14 +245,14 @@ async fn sweep(shared: Weak<Shared>, idle_timeout: Duration) {
 }
 
 /// A response from the backend whose connection has not been returned yet.
-pub struct Exchange {
+pub struct Exchange<B = Body> {
     response: Response<Incoming>,
-    sender: SendRequest<Body>,
-    pool: Weak<Shared>,
+    sender: SendRequest<B>,
+    pool: Weak<Shared<B>>,
 }
 
-impl Exchange {
-    fn new(response: Response<Incoming>, sender: SendRequest<Body>, pool: &Arc<Shared>) -> Self {
+impl<B> Exchange<B> {
+    fn new(response: Response<Incoming>, sender: SendRequest<B>, pool: &Arc<Shared<B>>) -> Self {
         Exchange {
             response,
             sender,
@@ -241,7 +266,7 @@ impl Exchange {
     }
 
     /// The response with a body that returns the connection to the pool once read to its end.
-    pub fn into_response(self) -> Response<PooledBody> {
+    pub fn into_response(self) -> Response<PooledBody<B>> {
         let Exchange {
             response,
             sender,
@@ -266,13 +291,13 @@ impl Exchange {
 }
 
 /// A backend response body that hands its connection back to the pool when it ends.
-pub struct PooledBody {
+pub struct PooledBody<B = Body> {
     inner: Incoming,
-    sender: Option<SendRequest<Body>>,
-    pool: Weak<Shared>,
+    sender: Option<SendRequest<B>>,
+    pool: Weak<Shared<B>>,
 }
 
-impl PooledBody {
+impl<B> PooledBody<B> {
     /// Returns the connection if the body has been read to its end; else closes it.
     fn release(&mut self) {
         let Some(sender) = self.sender.take() else {
@@ -286,7 +311,7 @@ impl PooledBody {
     }
 }
 
-impl HttpBody for PooledBody {
+impl<B> HttpBody for PooledBody<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -314,7 +339,7 @@ impl HttpBody for PooledBody {
     }
 }
 
-impl Drop for PooledBody {
+impl<B> Drop for PooledBody<B> {
     fn drop(&mut self) {
         self.release();
     }
@@ -377,7 +402,7 @@ mod tests {
         (format!("http://{addr}").parse().unwrap(), accepted)
     }
 
-    fn pool(origin: Uri, max_idle: usize) -> Http1Pool {
+    fn pool(origin: Uri, max_idle: usize) -> Http1Pool<Body> {
         Http1Pool::new(PoolConfig {
             origin,
             connect_timeout: Duration::from_secs(5),
@@ -436,7 +461,7 @@ mod tests {
     async fn idle_connections_are_capped() {
         let (origin, _) = backend("").await;
         let pool = pool(origin.clone(), 2);
-        let exchanges: Vec<Exchange> =
+        let exchanges: Vec<Exchange<Body>> =
             futures_util::future::join_all((0..4).map(|_| pool.send(get(&origin))))
                 .await
                 .into_iter()

@@ -207,6 +207,32 @@ async fn idle_h2c_connection_is_closed() {
     );
 }
 
+#[tokio::test]
+async fn http1_keep_alive_requests_restart_the_idle_timer() {
+    // Each request comes well within the idle timeout, all of them together well past it: the
+    // connection's one idle timer must count from the last request, not the first.
+    let server =
+        Server::start("client_handshake_timeout: \"30s\"\nclient_idle_timeout: \"2s\"\n").await;
+    let mut stream = TcpStream::connect(server.client_addr).await.unwrap();
+    for round in 0..7 {
+        stream
+            .write_all(b"HEAD /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            response_status(&mut stream, CLOSED_WITHIN).await,
+            Some(404),
+            "request {round}: the connection was closed while in use"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // 3.5 s of use in all, then idle: closed by the idle timer.
+    assert!(
+        closed_within(&mut stream, CLOSED_WITHIN).await.is_some(),
+        "an idle keep-alive connection stayed open"
+    );
+}
+
 /// Sends a POST head announcing 100 bytes and only 10 of them; returns the status answered.
 async fn stalled_post(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -401,6 +401,57 @@ async fn dot_segments_cannot_escape_backend_prefix() {
 }
 
 #[tokio::test]
+async fn backend_target_and_host_are_written_exactly_with_and_without_prefix() {
+    // Clean targets take the short way (the client's own path-and-query reused, or joined to
+    // the prefix without a URI re-parse); dotted ones are rewritten; Host is kept byte for byte.
+    let mut backend = Backend::start().await;
+    let plain = Server::start(&format!("backend:\n  url: \"http://{}\"\n", backend.addr)).await;
+    let prefixed = Server::start(&format!(
+        "backend:\n  url: \"http://{}/app/\"\n",
+        backend.addr
+    ))
+    .await;
+    for (addr, target, reached) in [
+        (plain.client_addr, "/plain/path?q=1&r", "/plain/path?q=1&r"),
+        (plain.client_addr, "/.well-known/x?", "/.well-known/x?"),
+        (plain.client_addr, "/a/./b/../c?x=%20", "/a/c?x=%20"),
+        (plain.client_addr, "/", "/"),
+        (prefixed.client_addr, "/", "/app/"),
+        (
+            prefixed.client_addr,
+            "/plain/path?q=1",
+            "/app/plain/path?q=1",
+        ),
+        (prefixed.client_addr, "/.well-known/x", "/app/.well-known/x"),
+        (prefixed.client_addr, "/a/./b?y", "/app/a/b?y"),
+    ] {
+        let response = raw_request(
+            addr,
+            &format!("GET {target} HTTP/1.1\r\nHost: App.Example:8080\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{target}: {response:?}");
+        let seen = backend.next_request().await;
+        assert_eq!(seen.path_and_query, reached, "{target}");
+        assert_eq!(
+            header_values(&seen.headers, "host"),
+            ["App.Example:8080"],
+            "{target}"
+        );
+    }
+    // Absolute-form: the target's authority is the host, the backend gets origin-form.
+    let response = raw_request(
+        plain.client_addr,
+        "GET http://abs.example/abs?z=1 HTTP/1.1\r\nHost: abs.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = backend.next_request().await;
+    assert_eq!(seen.path_and_query, "/abs?z=1");
+    assert_eq!(header_values(&seen.headers, "host"), ["abs.example"]);
+}
+
+#[tokio::test]
 async fn bad_client_chunk_is_400_not_502() {
     let backend = Backend::start().await;
     let server = Server::start(&backend.yaml(&[])).await;

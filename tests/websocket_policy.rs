@@ -582,6 +582,17 @@ async fn slow_client_is_closed_3008_and_others_get_everything() {
     }
 }
 
+/// A client subscribed to `chan` with a small receive buffer, which the test never reads
+/// again; its client id.
+async fn stuck_subscriber(server: &Server, chan: &str) -> (WsClient, String) {
+    let mut options = WsOptions::json();
+    options.recv_buffer = Some(16 * 1024);
+    let mut stuck = server.ws(options).await;
+    let stuck_id = stuck.handshake().await;
+    assert_eq!(stuck.request(subscribe(chan)).await.error, None);
+    (stuck, stuck_id)
+}
+
 /// A client that stops reading is closed by the write deadline (3009) when the queue bound is
 /// far away: the deadline of a write that the socket does not take rides the session's one
 /// timer, and it must still fire.
@@ -591,12 +602,7 @@ async fn write_timeout_closes_a_client_that_stops_reading_3009() {
     let server = server("queue_max_size: 67108864\nwrite_timeout: \"1s\"\n").await;
     let api_at = server.admin_addr;
     let chan = unique_channel("unread");
-    let mut options = WsOptions::json();
-    options.recv_buffer = Some(16 * 1024);
-    let mut stuck = server.ws(options).await;
-    let stuck_id = stuck.handshake().await;
-    assert_eq!(stuck.request(subscribe(&chan)).await.error, None);
-    // `stuck` is never read again.
+    let (stuck, stuck_id) = stuck_subscriber(&server, &chan).await;
 
     let pad = "p".repeat(SLOW_PAYLOAD_BYTES);
     let listed = |chan: String, id: String| async move {
@@ -643,12 +649,7 @@ async fn stuck_client_is_released_without_its_cooperation() {
     let server = server(&format!("queue_max_size: {SLOW_QUEUE_BYTES}\n")).await;
     let api_at = server.admin_addr;
     let chan = unique_channel("stuck");
-    let mut options = WsOptions::json();
-    options.recv_buffer = Some(16 * 1024);
-    let mut stuck = server.ws(options).await;
-    let stuck_id = stuck.handshake().await;
-    assert_eq!(stuck.request(subscribe(&chan)).await.error, None);
-    // `stuck` is never read again.
+    let (stuck, stuck_id) = stuck_subscriber(&server, &chan).await;
 
     let pad = "p".repeat(SLOW_PAYLOAD_BYTES);
     for n in 1..=SLOW_MAX_PUBLICATIONS {

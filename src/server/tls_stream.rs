@@ -25,8 +25,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// TLS record header: content type, version, length.
@@ -248,12 +250,8 @@ impl Tls {
                         }
                     }
                 }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.outgoing, 0, |buf| match encode.encode(buf) {
-                        Ok(n) => Ok(Ok(n)),
-                        Err(EncodeError::InsufficientSize(size)) => Err(size.required_size),
-                        Err(EncodeError::AlreadyEncoded) => Ok(Err(invalid("TLS encode"))),
-                    })?;
+                ConnectionState::EncodeTlsData(encode) => {
+                    append_handshake(&mut self.outgoing, encode)?
                 }
                 // The bytes are in `outgoing`, which is sent before anything else.
                 ConnectionState::TransmitTlsData(transmit) => transmit.done(),
@@ -298,12 +296,8 @@ impl Tls {
                     })?;
                     done = true;
                 }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.outgoing, 0, |buf| match encode.encode(buf) {
-                        Ok(n) => Ok(Ok(n)),
-                        Err(EncodeError::InsufficientSize(size)) => Err(size.required_size),
-                        Err(EncodeError::AlreadyEncoded) => Ok(Err(invalid("TLS encode"))),
-                    })?;
+                ConnectionState::EncodeTlsData(encode) => {
+                    append_handshake(&mut self.outgoing, encode)?
                 }
                 ConnectionState::TransmitTlsData(transmit) => transmit.done(),
                 ConnectionState::ReadTraffic(mut traffic) => {
@@ -326,6 +320,18 @@ impl Tls {
             }
         }
     }
+}
+
+/// Appends a handshake message rustls has ready to `out`.
+fn append_handshake(
+    out: &mut Vec<u8>,
+    mut encode: EncodeTlsData<'_, ServerConnectionData>,
+) -> io::Result<()> {
+    append(out, 0, |buf| match encode.encode(buf) {
+        Ok(n) => Ok(Ok(n)),
+        Err(EncodeError::InsufficientSize(size)) => Err(size.required_size),
+        Err(EncodeError::AlreadyEncoded) => Ok(Err(invalid("TLS encode"))),
+    })
 }
 
 /// Appends what `fill` writes to `out`: `fill` gets a zeroed region of `guess` bytes (or the

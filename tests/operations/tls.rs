@@ -90,6 +90,20 @@ pub(crate) fn peer_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static
         .clone()
 }
 
+/// A ready sidewire serving TLS with the certificate installed in `dir`, `extra` top-level
+/// lines, and `backend` as its backend.
+async fn tls_server(dir: &std::path::Path, extra: &str, backend: &Backend) -> Server {
+    let server = Server::start(&format!(
+        "{extra}tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
+        dir.join("tls.crt").display(),
+        dir.join("tls.key").display(),
+        backend.yaml(&[])
+    ))
+    .await;
+    server.wait_ready(RELOAD_WAIT).await;
+    server
+}
+
 #[tokio::test]
 async fn tls_serves_wss_and_https_with_h2_and_swaps_certificates() {
     let mut backend = Backend::start().await;
@@ -97,14 +111,7 @@ async fn tls_serves_wss_and_https_with_h2_and_swaps_certificates() {
     let first = make_cert("sidewire-test-one", 1);
     let second = make_cert("sidewire-test-two", 2);
     install(&first, tls_dir.path());
-    let server = Server::start(&format!(
-        "http_stream: true\ntls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
-        tls_dir.path().join("tls.crt").display(),
-        tls_dir.path().join("tls.key").display(),
-        backend.yaml(&[])
-    ))
-    .await;
-    server.wait_ready(RELOAD_WAIT).await;
+    let server = tls_server(tls_dir.path(), "http_stream: true\n", &backend).await;
     let addr = server.client_addr;
     let http1 = connector(&[&first, &second], &[b"http/1.1"]);
 
@@ -242,14 +249,12 @@ async fn wss_carries_multi_record_messages_and_a_stalled_handshake_is_cut() {
     let tls_dir = tempfile::tempdir().unwrap();
     let cert = make_cert("sidewire-test-records", 3);
     install(&cert, tls_dir.path());
-    let server = Server::start(&format!(
-        "client_handshake_timeout: \"500ms\"\ntls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
-        tls_dir.path().join("tls.crt").display(),
-        tls_dir.path().join("tls.key").display(),
-        backend.yaml(&[])
-    ))
+    let server = tls_server(
+        tls_dir.path(),
+        "client_handshake_timeout: \"500ms\"\n",
+        &backend,
+    )
     .await;
-    server.wait_ready(RELOAD_WAIT).await;
     let addr = server.client_addr;
     let http1 = connector(&[&cert], &[b"http/1.1"]);
 

@@ -729,18 +729,10 @@ mod tests {
 
     #[tokio::test]
     async fn connection_task_state_stays_small() {
-        use crate::link::backoff::Backoff;
-        use crate::link::member::Unreachable;
-        use crate::link::{Link, Upstream};
+        use crate::link::Link;
         let (_phase_tx, phase) = lifecycle::channel();
         let metrics = Arc::new(Metrics::default());
-        let link = Link::spawn(
-            Upstream::Embedded(Arc::new(Unreachable)),
-            Arc::from("node"),
-            Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
-            phase.clone(),
-            metrics.clone(),
-        );
+        let link = Link::unreachable(phase.clone(), metrics.clone());
         let settings = Settings {
             config: Arc::new(Config::default()),
             origins: OriginPolicy::new(&[]),

@@ -323,9 +323,7 @@ mod memory_tests {
 
     use super::*;
     use crate::lifecycle;
-    use crate::link::backoff::Backoff;
-    use crate::link::member::Unreachable;
-    use crate::link::{Link, Upstream};
+    use crate::link::Link;
     use crate::metrics::Metrics;
     use crate::session::{SessionParams, SessionSettings};
 
@@ -345,13 +343,7 @@ mod memory_tests {
         let ws = WsConn::new(server, 65536);
         let (_phase_tx, phase) = lifecycle::channel();
         let metrics = Arc::new(Metrics::default());
-        let link = Link::spawn(
-            Upstream::Embedded(Arc::new(Unreachable)),
-            Arc::from("node"),
-            Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
-            phase.clone(),
-            metrics.clone(),
-        );
+        let link = Link::unreachable(phase.clone(), metrics.clone());
         let params = SessionParams {
             encoding: Encoding::Json,
             transport: "websocket",

@@ -2287,6 +2287,7 @@ fn ttl_of(expires_at: Option<u64>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::state::unit::drain;
     use crate::protocol::client::{PublishRequest, SubscribeRequest};
 
     /// A hub config where every client operation is allowed (Centrifugo's `client.insecure`
@@ -2335,16 +2336,6 @@ mod tests {
             }),
             ..Default::default()
         }
-    }
-
-    async fn drain(queue: &LinkQueue) -> Vec<upstream_frame::Frame> {
-        let mut frames = Vec::new();
-        while queue.queued_bytes() > 0 {
-            if let Some(frame) = queue.pop().await.and_then(|f| f.frame) {
-                frames.push(frame);
-            }
-        }
-        frames
     }
 
     #[tokio::test]

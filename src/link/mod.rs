@@ -168,6 +168,19 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
+    /// A Link to an upstream that is never reachable, for tests that build one only to
+    /// measure or drive what sits in front of it.
+    #[cfg(test)]
+    pub(crate) fn unreachable(phase: PhaseWatch, metrics: Arc<Metrics>) -> Link {
+        Link::spawn(
+            Upstream::Embedded(Arc::new(member::Unreachable)),
+            Arc::from("node"),
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
+            phase,
+            metrics,
+        )
+    }
+
     /// Starts the owner task of a Link to `upstream`. It stops reconnecting once the process
     /// is closing, and ends for good once retired and empty.
     pub fn spawn(

@@ -392,6 +392,7 @@ pub fn history_reply(
 mod tests {
     use super::*;
     use crate::hub::channel::Ledger;
+    use crate::hub::state::unit::drain;
 
     fn publication(offset: u64) -> Publication {
         Publication {
@@ -533,16 +534,6 @@ mod tests {
         }
         let (_state, _queue, mut events) = shared_state_with(true).await;
         assert!(events.try_recv().is_err(), "nothing left to write");
-    }
-
-    async fn drain(queue: &crate::hub::link_queue::LinkQueue) -> Vec<upstream_frame::Frame> {
-        let mut frames = Vec::new();
-        while queue.queued_bytes() > 0 {
-            if let Some(frame) = queue.pop().await.and_then(|f| f.frame) {
-                frames.push(frame);
-            }
-        }
-        frames
     }
 
     fn delivered(epoch: &str, offset: u64) -> Envelope {

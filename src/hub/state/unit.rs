@@ -101,8 +101,8 @@ fn history(
         .map(|h| h.publications.iter().map(|p| p.offset).collect())
 }
 
-/// Every frame queued towards the sidecar so far.
-async fn drain(queue: &LinkQueue) -> Vec<upstream_frame::Frame> {
+/// Every frame queued towards the sidecar so far (shared by the state's test modules).
+pub(super) async fn drain(queue: &LinkQueue) -> Vec<upstream_frame::Frame> {
     let mut frames = Vec::new();
     while queue.queued_bytes() > 0 {
         if let Some(frame) = queue.pop().await.and_then(|f| f.frame) {

@@ -377,3 +377,48 @@ async fn concurrent_duplicate_idempotency_keys_publish_once() {
     let history = call(&server, "history", json!({"channel": channel, "limit": -1})).await;
     assert_eq!(history["publications"].as_array().map(Vec::len), Some(1));
 }
+
+/// Publication data reaches subscribers as the backend wrote it: key order, number text and
+/// spaces kept (Centrifugo passes it as raw JSON), through publish, broadcast and batch.
+#[tokio::test]
+async fn publication_data_reaches_subscribers_byte_for_byte() {
+    let server = server().await;
+    let channel = unique_channel("exact");
+    let (mut client, _) = user_client(&server, "ann", 600).await;
+    client.request(subscribe(&channel)).await;
+    let data = r#"{"z": 1.10, "a": 123456789012345678901234567890, "e": 1e3, "s": "\u00e9"}"#;
+    let bodies = [
+        (
+            "publish",
+            format!(r#"{{"channel": "{channel}", "data": {data}}}"#),
+        ),
+        (
+            "broadcast",
+            format!(r#"{{"channels": ["{channel}"], "data": {data}}}"#),
+        ),
+        (
+            "batch",
+            format!(
+                r#"{{"commands": [{{"publish": {{"channel": "{channel}", "data": {data}}}}}]}}"#
+            ),
+        ),
+    ];
+    for (offset, (method, body)) in (1..).zip(bodies) {
+        let (status, answer) = http(
+            server.admin_addr,
+            "POST",
+            &format!("/api/{method}"),
+            &[("X-API-Key", KEY)],
+            Some(&body),
+        )
+        .await;
+        assert_eq!(status, 200, "{method}: {answer}");
+        assert!(!answer.contains("error"), "{method}: {answer}");
+        let publication = client.expect_publication(&channel, offset).await;
+        assert_eq!(
+            std::str::from_utf8(&publication.data).unwrap(),
+            data,
+            "{method} changed the data"
+        );
+    }
+}

@@ -189,6 +189,9 @@ pub struct Client {
 pub enum Incoming {
     /// Client-protocol replies and pushes (pings already answered and removed).
     Replies(Vec<Reply>),
+    /// JSON publication pushes read without serde, as `(channel, data)` in order: the
+    /// fan-out's hot path (a message made only of such pushes).
+    Publications(Vec<(Bytes, Bytes)>),
     /// A raw-dialect text or binary payload.
     Raw(Bytes),
     /// The server closed the connection (or the stream ended).
@@ -289,7 +292,9 @@ impl Client {
                     if ack {
                         match client.next().await? {
                             Incoming::Raw(_) => {}
-                            Incoming::Replies(_) => bail!("replies in the raw dialect"),
+                            Incoming::Replies(_) | Incoming::Publications(_) => {
+                                bail!("replies in the raw dialect")
+                            }
                             Incoming::Closed => bail!("closed before the sub ack"),
                         }
                     }
@@ -356,6 +361,11 @@ impl Client {
                         break reply;
                     }
                 }
+                Incoming::Publications(publications) => stash.extend(
+                    publications
+                        .into_iter()
+                        .map(|(channel, data)| publication_reply(&channel, data)),
+                ),
                 Incoming::Raw(_) => bail!("raw payload in the centrifugo dialect"),
                 Incoming::Closed => bail!("connection closed while waiting for reply {id}"),
             }
@@ -426,6 +436,11 @@ impl Client {
             let Dialect::Centrifugo(encoding) = self.dialect else {
                 return Ok(Incoming::Raw(payload));
             };
+            if encoding == Encoding::Json
+                && let Some(publications) = only_publications(&payload)
+            {
+                return Ok(Incoming::Publications(publications));
+            }
             let mut replies = decode_replies(encoding, &payload)?;
             let before = replies.len();
             replies.retain(|reply| *reply != Reply::default());
@@ -455,33 +470,19 @@ impl Client {
 
 /// Splits one server WebSocket message into replies (JSON lines or varint-delimited Protobuf).
 ///
-/// JSON lines are sliced out of `payload` without copying, and a publication push in the
-/// exact shape sidewire and Centrifugo write is read by [`fast_publication`] instead of serde:
-/// at 10 000 subscribers the generator's parser, not the server, was the bottleneck of the
-/// saturating fan-out (bench/RESULTS.md). Anything else goes through serde.
+/// JSON lines are sliced out of `payload` without copying. (A message made only of
+/// publication pushes does not come here: [`Client::next`] reads it with [`fast_publication`],
+/// since at 10 000 subscribers the generator's parser, not the server, bounded the saturating
+/// fan-out; bench/RESULTS.md.)
 pub fn decode_replies(encoding: Encoding, payload: &Bytes) -> Result<Vec<Reply>> {
     let mut replies = Vec::new();
     if encoding == Encoding::Json {
-        let mut start = 0;
-        while start <= payload.len() {
-            let end = payload[start..]
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(payload.len(), |at| start + at);
-            let line = payload.slice(start..end);
-            start = end + 1;
-            if line.is_empty() {
-                continue;
-            }
+        for line in json_lines(payload) {
             if line.len() > MAX_MESSAGE_BYTES {
                 bail!("bad server message: line of {} bytes", line.len());
             }
-            match fast_publication(&line) {
-                Some(reply) => replies.push(reply),
-                None => replies.push(
-                    serde_json::from_slice(&line).map_err(|e| anyhow!("bad JSON reply: {e}"))?,
-                ),
-            }
+            replies
+                .push(serde_json::from_slice(&line).map_err(|e| anyhow!("bad JSON reply: {e}"))?);
         }
         return Ok(replies);
     }
@@ -497,15 +498,15 @@ pub fn decode_replies(encoding: Encoding, payload: &Bytes) -> Result<Vec<Reply>>
 }
 
 /// A publication push `{"push":{"channel":"C","pub":{"data":D[,"info":{..}],"offset":N}}}`
-/// read without serde: `C` without escapes, `D` a JSON object or array whose end is found by
-/// bracket depth outside strings. `None` for any other shape (serde then reads the line), so
-/// a line is never misread: every byte outside `D` and `info` is checked.
-fn fast_publication(line: &Bytes) -> Option<Reply> {
-    use sidewire::protocol::client::{Publication, Push};
+/// read without serde, as `(C, D)`: `C` without escapes, `D` a JSON object or array whose end
+/// is found by bracket depth outside strings. `None` for any other shape (serde then reads the
+/// line), so a line is never misread: every byte outside `D` and `info` is checked. The offset
+/// is checked for shape only (the generator orders by the payload's own `seq`).
+fn fast_publication(line: &Bytes) -> Option<(Bytes, Bytes)> {
     let rest = line.strip_prefix(b"{\"push\":{\"channel\":\"")?;
+    let channel_start = line.len() - rest.len();
     let quote = rest.iter().position(|b| *b == b'"')?;
-    let channel = std::str::from_utf8(&rest[..quote]).ok()?;
-    if channel.contains('\\') {
+    if rest[..quote].contains(&b'\\') {
         return None;
     }
     let rest = rest[quote..].strip_prefix(b"\",\"pub\":{\"data\":")?;
@@ -515,27 +516,53 @@ fn fast_publication(line: &Bytes) -> Option<Reply> {
     if let Some(after) = rest.strip_prefix(b",\"info\":") {
         rest = &after[json_container_len(after)?..];
     }
-    let mut offset = 0;
     if let Some(after) = rest.strip_prefix(b",\"offset\":") {
         let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
-        offset = std::str::from_utf8(&after[..digits]).ok()?.parse().ok()?;
+        if digits == 0 || digits > 20 {
+            return None;
+        }
         rest = &after[digits..];
     }
-    if rest != b"}}}" {
-        return None;
+    (rest == b"}}}").then(|| {
+        (
+            line.slice(channel_start..channel_start + quote),
+            line.slice(data_start..data_start + data_len),
+        )
+    })
+}
+
+/// Every line of a JSON message as a fast publication, or `None` if any line is something
+/// else (a ping, a reply, another push shape), so the caller decodes the whole message.
+fn only_publications(payload: &Bytes) -> Option<Vec<(Bytes, Bytes)>> {
+    let mut publications = Vec::new();
+    for line in json_lines(payload) {
+        publications.push(fast_publication(&line)?);
     }
-    Some(Reply {
+    (!publications.is_empty()).then_some(publications)
+}
+
+/// The non-empty `\n`-separated lines of `payload`, sliced without copying.
+fn json_lines(payload: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    payload
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| payload.slice_ref(line))
+}
+
+/// The reply serde would read from a fast publication (offset left at 0).
+fn publication_reply(channel: &[u8], data: Bytes) -> Reply {
+    use sidewire::protocol::client::{Publication, Push};
+    Reply {
         push: Some(Push {
-            channel: channel.to_owned(),
+            channel: String::from_utf8_lossy(channel).into_owned(),
             r#pub: Some(Publication {
-                data: line.slice(data_start..data_start + data_len),
-                offset,
+                data,
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }
 }
 
 /// Length of the JSON object or array at the start of `text`, found by bracket depth with
@@ -617,19 +644,23 @@ mod tests {
             let line = Bytes::copy_from_slice(line);
             let by_serde: Reply = serde_json::from_slice(&line).unwrap();
             match fast_publication(&line) {
-                Some(fast) => {
+                Some((channel, data)) => {
                     assert!(index < 3, "line {index} must be left to serde");
-                    let (fast, serde) = (fast.push.unwrap(), by_serde.push.unwrap());
-                    assert_eq!(fast.channel, serde.channel);
-                    let (fast, serde) = (fast.r#pub.unwrap(), serde.r#pub.unwrap());
-                    assert_eq!(fast.data, serde.data);
-                    assert_eq!(fast.offset, serde.offset);
+                    let serde = by_serde.push.unwrap();
+                    assert_eq!(&channel[..], serde.channel.as_bytes());
+                    assert_eq!(data, serde.r#pub.unwrap().data);
                 }
                 None => assert!(index >= 3, "line {index} should be read fast"),
             }
         }
         let batch = Bytes::copy_from_slice(&[lines[0], b"\n{}\n", lines[5]].concat());
         assert_eq!(decode_replies(Encoding::Json, &batch).unwrap().len(), 3);
+        assert!(
+            only_publications(&batch).is_none(),
+            "a ping in the batch: serde decides"
+        );
+        let two = Bytes::copy_from_slice(&[lines[0], b"\n", lines[1]].concat());
+        assert_eq!(only_publications(&two).map(|p| p.len()), Some(2));
         assert!(decode_replies(Encoding::Json, &Bytes::from_static(b"{\"push\":{")).is_err());
     }
 

@@ -852,6 +852,12 @@ async fn subscriber(
                     }
                 }
             }
+            Ok(Incoming::Publications(publications)) => payloads.extend(
+                publications
+                    .into_iter()
+                    .filter(|(name, _)| name[..] == *channel.as_bytes())
+                    .map(|(_, data)| data),
+            ),
             Ok(Incoming::Raw(payload)) => payloads.push(payload),
             Ok(Incoming::Closed) | Err(_) => {
                 result.closed_early = !reported;

@@ -340,7 +340,7 @@ async fn hold(
         tokio::select! {
             _ = shutdown.changed() => break,
             incoming = client.next() => match incoming {
-                Ok(Incoming::Replies(_) | Incoming::Raw(_)) => {}
+                Ok(Incoming::Replies(_) | Incoming::Publications(_) | Incoming::Raw(_)) => {}
                 Ok(Incoming::Closed) | Err(_) => {
                     dropped.fetch_add(1, Ordering::Relaxed);
                     return;

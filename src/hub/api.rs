@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::Hub;
@@ -102,8 +103,9 @@ fn error_value(code: ErrorCode) -> Value {
 struct PublishBody {
     #[serde(default)]
     channel: String,
+    /// Kept as the caller's exact bytes (key order, number text), as Centrifugo does.
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<Box<RawValue>>,
     #[serde(default)]
     skip_history: bool,
     #[serde(default)]
@@ -117,7 +119,7 @@ struct BroadcastBody {
     #[serde(default)]
     channels: Vec<String>,
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<Box<RawValue>>,
     #[serde(default)]
     skip_history: bool,
     #[serde(default)]
@@ -172,14 +174,18 @@ impl TargetBody {
     }
 }
 
+/// Not `#[serde(flatten)]` of [`TargetBody`] as the other per-user bodies: a flattened struct
+/// cannot hold a [`RawValue`].
 #[derive(Deserialize)]
 struct SubscribeBody {
-    #[serde(flatten)]
-    target: TargetBody,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
     #[serde(default)]
     channel: String,
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -227,7 +233,7 @@ struct ChannelsBody {
 #[derive(Deserialize)]
 struct BatchBody {
     #[serde(default)]
-    commands: Vec<Value>,
+    commands: Vec<Box<RawValue>>,
     /// Accepted; commands always run in order (Centrifugo allows either).
     #[serde(default)]
     #[allow(dead_code)]
@@ -287,7 +293,7 @@ pub async fn respond(
     if !METHODS.contains(&name) {
         return json_response(StatusCode::NOT_FOUND, error_body(ErrorCode::MethodNotFound));
     }
-    let params: Value = match serde_json::from_slice(body) {
+    let params: &RawValue = match serde_json::from_slice(body) {
         Ok(params) => params,
         Err(_) => {
             return json_response(StatusCode::BAD_REQUEST, error_body(ErrorCode::BadRequest));
@@ -310,14 +316,16 @@ pub async fn respond(
     }
 }
 
-fn parse<T: DeserializeOwned>(params: Value) -> Result<T, CallError> {
-    serde_json::from_value(params).map_err(|e| CallError::Malformed(e.to_string()))
+/// Reads a call's params from their text (never through [`Value`], which would reorder the
+/// keys and round the numbers of publication data).
+fn parse<T: DeserializeOwned>(params: &RawValue) -> Result<T, CallError> {
+    serde_json::from_str(params.get()).map_err(|e| CallError::Malformed(e.to_string()))
 }
 
 /// `{"commands":[{"<method>":{…}}, …]}` → `{"replies":[{"<method>":{…}} | {"error":{…}}, …]}`,
 /// in order; a command that is not one method with its params gets error 107, an unknown or
 /// nested `batch` method 104.
-async fn batch(hub: &Hub, params: Value) -> Result<Value, CallError> {
+async fn batch(hub: &Hub, params: &RawValue) -> Result<Value, CallError> {
     let body: BatchBody = parse(params)?;
     if body.commands.len() > MAX_BATCH_COMMANDS {
         return Err(CallError::Refused {
@@ -329,7 +337,7 @@ async fn batch(hub: &Hub, params: Value) -> Result<Value, CallError> {
     }
     let mut replies: Vec<Value> = Vec::with_capacity(body.commands.len());
     for command in body.commands {
-        let Value::Object(command) = command else {
+        let Ok(command) = serde_json::from_str::<HashMap<String, &RawValue>>(command.get()) else {
             replies.push(error_value(ErrorCode::BadRequest));
             continue;
         };
@@ -355,11 +363,11 @@ async fn batch(hub: &Hub, params: Value) -> Result<Value, CallError> {
 }
 
 /// Runs one method (not `batch`) and returns its `result` object.
-async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError> {
+async fn call(hub: &Hub, method: &str, params: &RawValue) -> Result<Value, CallError> {
     match method {
         "publish" => {
             let b: PublishBody = parse(params)?;
-            let data = json_data(b.data.as_ref())?;
+            let data = json_data(b.data.as_deref())?;
             let options = PublishOptions {
                 skip_history: b.skip_history,
                 tags: b.tags,
@@ -368,7 +376,7 @@ async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError
         }
         "broadcast" => {
             let b: BroadcastBody = parse(params)?;
-            let data = json_data(b.data.as_ref())?;
+            let data = json_data(b.data.as_deref())?;
             if b.channels.is_empty() {
                 return Err(ErrorCode::BadRequest.into());
             }
@@ -389,17 +397,21 @@ async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError
         }
         "subscribe" => {
             let b: SubscribeBody = parse(params)?;
-            let client = b.target.client()?;
+            let target = TargetBody {
+                user: b.user,
+                client: b.client,
+            };
+            let client = target.client()?;
             let data = match &b.data {
                 Some(value) => json_data(Some(value))?,
                 None => Bytes::new(),
             };
             checked_channel(hub, &b.channel)?;
             hub.with_state(|s| s.channel_available(&b.channel, Operation::Subscribe))?;
-            hub.server_subscribe(&b.target.user, client, &b.channel, data.clone())
+            hub.server_subscribe(&target.user, client, &b.channel, data.clone())
                 .await?;
             hub.broadcast_control(ControlOp::Subscribe {
-                user: b.target.user.clone(),
+                user: target.user.clone(),
                 client: client.map(str::to_owned),
                 channel: b.channel.clone(),
                 data: String::from_utf8_lossy(&data).into_owned(),
@@ -525,13 +537,12 @@ async fn call(hub: &Hub, method: &str, params: Value) -> Result<Value, CallError
     }
 }
 
-/// The publication payload: JSON data is required (107 when absent or null).
-fn json_data(data: Option<&Value>) -> Result<Bytes, CallError> {
-    match data {
-        None | Some(Value::Null) => Err(ErrorCode::BadRequest.into()),
-        Some(value) => serde_json::to_vec(value)
-            .map(Bytes::from)
-            .map_err(|e| CallError::Malformed(e.to_string())),
+/// The publication payload, byte for byte as the caller wrote it: JSON data is required (107
+/// when absent or null).
+fn json_data(data: Option<&RawValue>) -> Result<Bytes, CallError> {
+    match data.map(RawValue::get) {
+        None | Some("null") => Err(ErrorCode::BadRequest.into()),
+        Some(text) => Ok(Bytes::copy_from_slice(text.as_bytes())),
     }
 }
 

@@ -573,20 +573,23 @@ fn json_container_len(text: &[u8]) -> Option<usize> {
         return None;
     }
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (at, byte) in text.iter().enumerate() {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let mut at = 0;
+    while at < text.len() {
+        match text[at] {
+            b'"' => {
+                // Jump to the closing quote: the next `"` not escaped by a `\`.
+                at += 1;
+                loop {
+                    at += text
+                        .get(at..)?
+                        .iter()
+                        .position(|b| matches!(b, b'"' | b'\\'))?;
+                    if text[at] == b'"' {
+                        break;
+                    }
+                    at += 2;
+                }
             }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
             b'{' | b'[' => depth += 1,
             b'}' | b']' => {
                 depth = depth.checked_sub(1)?;
@@ -596,6 +599,7 @@ fn json_container_len(text: &[u8]) -> Option<usize> {
             }
             _ => {}
         }
+        at += 1;
     }
     None
 }
@@ -661,6 +665,9 @@ mod tests {
         );
         let two = Bytes::copy_from_slice(&[lines[0], b"\n", lines[1]].concat());
         assert_eq!(only_publications(&two).map(|p| p.len()), Some(2));
+        assert_eq!(json_container_len(br#"{"a":"b\\"}x"#), Some(11));
+        assert_eq!(json_container_len(br#"["\"]"]"#), Some(7));
+        assert_eq!(json_container_len(br#"{"a":"b\"}"#), None);
         assert!(decode_replies(Encoding::Json, &Bytes::from_static(b"{\"push\":{")).is_err());
     }
 

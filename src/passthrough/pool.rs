@@ -134,6 +134,31 @@ where
         Ok(Exchange::new(response, sender, &self.shared))
     }
 
+    /// A new raw TCP connection to the backend (connect timeout, `TCP_NODELAY` and keepalive
+    /// as for pooled connections), for the edge's owned HTTP/1.1 fast path, which speaks
+    /// HTTP/1.1 on it itself.
+    pub async fn connect_tcp(&self) -> Result<tokio::net::TcpStream, PoolError> {
+        let io = self
+            .shared
+            .connector
+            .clone()
+            .call(self.shared.origin.clone())
+            .await
+            .map_err(|e| PoolError::Connect(Box::new(e)))?;
+        Ok(io.into_inner())
+    }
+
+    /// This pool's identity (stable while any handle lives): a connection opened through one
+    /// pool is never used for another after a reload.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as *const () as usize
+    }
+
+    /// Settings the fast path applies to the connection it keeps: (idle timeout, max idle).
+    pub fn limits(&self) -> (Duration, usize) {
+        (self.shared.idle_timeout, self.shared.max_idle)
+    }
+
     /// Idle connections now (for tests).
     #[cfg(test)]
     fn idle_count(&self) -> usize {

@@ -194,6 +194,14 @@ enum ResponseParsed {
     Final(Head),
 }
 
+/// Why relaying a response body stopped early.
+#[derive(Debug)]
+struct BodyFailure {
+    why: &'static str,
+    /// Whether the response head had reached the client.
+    head_sent: bool,
+}
+
 /// Why an exchange ended before a response head.
 #[derive(Debug)]
 enum Failure {
@@ -391,9 +399,9 @@ impl Conn {
                 return false;
             }
         };
-        edge.metrics.count_passthrough(head.status);
         let close = request.close || head.framing == Framing::Eof || closing_now(phase);
-        // The head was written into `out` without knowing about drain: add the close here.
+        // The head was written into `out` without knowing about the client or drain: add the
+        // close here (close-delimited heads already say it).
         if close && head.framing != Framing::Eof {
             // `out` ends with the blank line: insert before it.
             let end = self.out.len() - 2;
@@ -405,9 +413,21 @@ impl Conn {
             .relay_body(head, &mut stream, io, backend, write_timeout)
             .await;
         let reusable = match body {
-            Ok(reusable) => reusable,
-            Err(why) => {
-                tracing::debug!(%peer, why, "passthrough: response body ended early");
+            Ok(reusable) => {
+                edge.metrics.count_passthrough(head.status);
+                reusable
+            }
+            Err(BodyFailure { why, head_sent }) => {
+                if head_sent {
+                    edge.metrics.count_passthrough(head.status);
+                    tracing::debug!(%peer, why, "passthrough: response body ended early");
+                } else {
+                    // Refused before anything reached the client: answered as a backend failure.
+                    tracing::warn!(why, "passthrough: backend failed");
+                    edge.metrics
+                        .count_passthrough(StatusCode::BAD_GATEWAY.as_u16());
+                    h1::respond_and_close(io, status(StatusCode::BAD_GATEWAY), write_timeout).await;
+                }
                 return false;
             }
         };
@@ -431,10 +451,14 @@ impl Conn {
         io: &mut S,
         backend: &FastBackend<'_>,
         write_timeout: Duration,
-    ) -> Result<bool, &'static str>
+    ) -> Result<bool, BodyFailure>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        let failed = |why| BodyFailure {
+            why,
+            head_sent: true,
+        };
         let mut left = match head.framing {
             Framing::Length(n) => n,
             _ => 0,
@@ -458,10 +482,15 @@ impl Conn {
                 Framing::Eof => Ok((rbuf.len(), false)),
             }
         };
-        let (used, mut done) = take(&self.rbuf, &mut left)?;
+        let (used, mut done) = take(&self.rbuf, &mut left).map_err(|why| BodyFailure {
+            why,
+            head_sent: false,
+        })?;
         self.out.extend_from_slice(&self.rbuf[..used]);
         self.rbuf.advance(used);
-        write_client(io, &self.out, &mut self.write_deadline, write_timeout).await?;
+        write_client(io, &self.out, &mut self.write_deadline, write_timeout)
+            .await
+            .map_err(failed)?;
         let mut clean = true;
         while !done {
             if !self.rbuf.is_empty() {
@@ -473,27 +502,28 @@ impl Conn {
             let target = Instant::now() + backend.response_timeout;
             let read = tokio::select! {
                 read = poll_fn(|cx| poll_read_scratch(stream, cx, &mut self.rbuf, usize::MAX)) => read,
-                () = self.backend_deadline.reached(target) => return Err("backend body timed out"),
+                () = self.backend_deadline.reached(target) => return Err(failed("backend body timed out")),
             };
             match read {
                 Ok(0) if head.framing == Framing::Eof => {
                     done = true;
                     clean = false;
                 }
-                Ok(0) => return Err("backend closed mid-body"),
+                Ok(0) => return Err(failed("backend closed mid-body")),
                 Ok(_) => {
-                    let (used, end) = take(&self.rbuf, &mut left)?;
+                    let (used, end) = take(&self.rbuf, &mut left).map_err(failed)?;
                     write_client(
                         io,
                         &self.rbuf[..used],
                         &mut self.write_deadline,
                         write_timeout,
                     )
-                    .await?;
+                    .await
+                    .map_err(failed)?;
                     self.rbuf.advance(used);
                     done = end;
                 }
-                Err(_) => return Err("backend read failed"),
+                Err(_) => return Err(failed("backend read failed")),
             }
         }
         let flushed = tokio::select! {
@@ -501,7 +531,7 @@ impl Conn {
             () = self.write_deadline.reached(Instant::now() + write_timeout) => false,
         };
         if !flushed {
-            return Err("client write timed out");
+            return Err(failed("client write timed out"));
         }
         Ok(clean && self.rbuf.is_empty())
     }

@@ -977,3 +977,213 @@ fn itoa3(code: u16) -> [u8; 3] {
         b'0' + (code % 10) as u8,
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::url::HttpUrl;
+    use crate::config::{BackendConfig, Config};
+    use crate::edge::origin::OriginPolicy;
+    use crate::link::Link;
+    use crate::metrics::Metrics;
+    use crate::passthrough::Backend;
+
+    fn settings(prefix: &str) -> Settings {
+        let (_phase_tx, phase) = lifecycle::channel();
+        let metrics = Arc::new(Metrics::default());
+        let backend = BackendConfig {
+            url: HttpUrl::new(&format!("http://127.0.0.1:9{prefix}")),
+            ..BackendConfig::default()
+        };
+        Settings {
+            config: Arc::new(Config::default()),
+            origins: OriginPolicy::new(&[]),
+            link: Link::unreachable(phase, metrics),
+            backend: Some(Backend::new(&backend).unwrap()),
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        "10.0.0.7:5000".parse().unwrap()
+    }
+
+    fn prepared(settings: &Settings, head: &str) -> (Prepared, String) {
+        let mut out = BytesMut::new();
+        let prepared = prepare(settings, head.as_bytes(), peer(), "http", &mut out);
+        (prepared, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_subset_is_taken_and_everything_else_left_to_hyper() {
+        let settings = settings("/base");
+        let (taken, out) = prepared(
+            &settings,
+            "POST /a/./b/../c?x=1 HTTP/1.1\r\nHost: h.example\r\nContent-Length: 3\r\n\
+             Connection: x-hop\r\nX-Hop: 1\r\nX-Forwarded-For: 1.2.3.4\r\n\r\nabc",
+        );
+        let Prepared::Forward(forward) = taken else {
+            panic!("{taken:?}")
+        };
+        assert_eq!(forward.body_len, 3);
+        assert!(!forward.close && !forward.head_method);
+        assert_eq!(
+            out,
+            "POST /base/a/c?x=1 HTTP/1.1\r\nHost: h.example\r\nContent-Length: 3\r\n\
+             x-forwarded-for: 1.2.3.4, 10.0.0.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: h.example\r\nforwarded: for=10.0.0.7;proto=http;host=\"h.example\"\r\n\r\n"
+        );
+        let (partial, _) = prepared(&settings, "GET / HTTP/1.1\r\nHost: h\r\n");
+        assert!(matches!(partial, Prepared::Partial));
+        let (closing, _) = prepared(
+            &settings,
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n",
+        );
+        assert!(matches!(
+            closing,
+            Prepared::Forward(Forward { close: true, .. })
+        ));
+
+        for head in [
+            "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+            "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /a\"b HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a,b\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
+            "GET /%2e%2e%2f HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /connection/websocket HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /connection/websocket?x=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+            "\x01garbage\r\n\r\n",
+        ] {
+            let (left, _) = prepared(&settings, head);
+            assert!(matches!(left, Prepared::Hyper), "{head:?}: {left:?}");
+        }
+        let over = format!(
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+            BackendConfig::default().max_request_body_size + 1
+        );
+        assert!(matches!(prepared(&settings, &over).0, Prepared::Hyper));
+    }
+
+    fn response(head: &str, head_method: bool) -> (ResponseParsed, String) {
+        let mut out = BytesMut::new();
+        let parsed = parse_response(head.as_bytes(), head_method, &mut out);
+        (parsed, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn response_heads_are_framed_and_rewritten() {
+        let (parsed, out) = response(
+            "HTTP/1.1 200 Fine\r\nA: 1\r\nConnection: X-Gone\r\nX-Gone: 1\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        );
+        let ResponseParsed::Final(head) = parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(head.framing, Framing::Length(2));
+        assert!(head.keep_alive);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 Fine\r\nA: 1\r\nContent-Length: 2\r\n\r\n"
+        );
+        let framing = |head: &str, head_method| match response(head, head_method).0 {
+            ResponseParsed::Final(head) => Some((head.framing, head.keep_alive)),
+            _ => None,
+        };
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            Some((Framing::Chunked, true))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+            Some((Framing::None, true))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\n\r\n", false),
+            Some((Framing::None, true))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\n\r\n", false),
+            Some((Framing::None, true))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\n\r\n", false),
+            Some((Framing::Eof, false))
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false),
+            Some((Framing::Length(1), false))
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                false
+            ),
+            Some((Framing::Length(1), false))
+        );
+        assert!(matches!(
+            response("HTTP/1.1 103 Early Hints\r\nLink: <a>\r\n\r\n", false).0,
+            ResponseParsed::Informational(39)
+        ));
+        assert!(matches!(
+            response("HTTP/1.1 200 OK\r\nA: 1\r\n", false).0,
+            ResponseParsed::Partial
+        ));
+        for bad in [
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: 1\r\n b\r\n\r\n",
+            "HTTX/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                matches!(response(bad, false).0, ResponseParsed::Bad(_)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_helpers() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"1234"), Some(1234));
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"1 2"), None);
+        assert_eq!(content_length(b"99999999999999999999"), None);
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: h\r\n\r\n"));
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert_eq!(itoa3(204), *b"204");
+        assert!(named_in_connection(&[b"keep-alive, X-A"], "x-a"));
+        assert!(!named_in_connection(&[b"keep-alive"], "x-a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_fire_at_their_target_and_rearm_lazily() {
+        let mut deadline = Deadline::new();
+        let start = Instant::now();
+        deadline.reached(start + Duration::from_secs(2)).await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(2));
+        // A later target after an earlier one fired: waits for the rest only.
+        deadline.reached(start + Duration::from_secs(5)).await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        // An earlier target than the armed one re-arms it.
+        let armed = Instant::now() + Duration::from_secs(100);
+        deadline.sleep.as_mut().reset(armed);
+        deadline.reached(start + Duration::from_secs(6)).await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(6));
+    }
+}

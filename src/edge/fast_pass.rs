@@ -61,6 +61,7 @@ use crate::lifecycle::{self, PhaseWatch, RunPhase};
 use crate::metrics::ReasonLabels;
 use crate::passthrough::chunked::ChunkParser;
 use crate::passthrough::headers::{self, ForwardedHost, Hop};
+use crate::passthrough::pool::PinSlot;
 use crate::passthrough::{FastBackend, host, path};
 
 /// Each buffer keeps at most this much capacity while the connection is idle.
@@ -227,6 +228,7 @@ where
     let mut phase = edge.phase.clone();
     let mut conn = Conn {
         pinned: None,
+        slot: None,
         out: BytesMut::new(),
         rbuf: BytesMut::new(),
         write_deadline: Deadline::new(),
@@ -311,6 +313,8 @@ fn shrink(buf: &mut BytesMut) {
 /// The per-connection state of the exchanges.
 struct Conn {
     pinned: Option<Pinned>,
+    /// The pinned connection's place under `pool_max_idle_per_host`, with its pool's id.
+    slot: Option<(usize, PinSlot)>,
     /// The backend request head (and early body bytes), then the response head.
     out: BytesMut,
     /// Bytes read from the backend.
@@ -431,13 +435,22 @@ impl Conn {
                 return false;
             }
         };
-        let (idle_timeout, max_idle) = backend.pool.limits();
-        if reusable && head.keep_alive && max_idle > 0 && !idle_timeout.is_zero() {
-            self.pinned = Some(Pinned {
-                stream,
-                pool: backend.pool.id(),
-                since: Instant::now(),
-            });
+        let (idle_timeout, _) = backend.pool.limits();
+        let pool = backend.pool.id();
+        if reusable && head.keep_alive && !idle_timeout.is_zero() {
+            // The slot is kept across requests: one count per client connection.
+            if !matches!(&self.slot, Some((id, _)) if *id == pool) {
+                self.slot = backend.pool.try_pin().map(|slot| (pool, slot));
+            }
+            if self.slot.is_some() {
+                self.pinned = Some(Pinned {
+                    stream,
+                    pool,
+                    since: Instant::now(),
+                });
+            }
+        } else {
+            self.slot = None;
         }
         !close
     }

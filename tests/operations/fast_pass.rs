@@ -541,3 +541,25 @@ async fn backend_faults_and_slow_clients_stay_contained() {
         .await;
     drop(stuck);
 }
+
+/// Pinned backend connections count against `pool_max_idle_per_host`: past it, a client
+/// connection's backend connection is closed after each response instead of kept.
+#[tokio::test]
+async fn pinned_backend_connections_are_capped_by_max_idle() {
+    let mut backend = RawBackend::start(scripted).await;
+    let server = Server::start(&backend.yaml(&["pool_max_idle_per_host: 1"])).await;
+    let mut first = Raw::connect(server.client_addr).await;
+    let mut second = Raw::connect(server.client_addr).await;
+    for round in 0..2 {
+        for (client, name) in [(&mut first, "a"), (&mut second, "b")] {
+            let path = format!("/{name}{round}");
+            client.send(get(&path).as_bytes()).await;
+            let head = client.head().await.expect("response");
+            assert!(head.contains(&format!("X-Path: {path}")), "{head}");
+            client.take(format!("at {path}").len()).await;
+            backend.next().await;
+        }
+    }
+    // `first` kept its backend connection (1), `second` opened one per request (2).
+    assert_eq!(backend.accepted(), 3);
+}

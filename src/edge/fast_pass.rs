@@ -21,9 +21,10 @@
 //!   streamed (never collected), each read under `request_body_timeout` (408 when it stalls).
 //! - One backend connection is pinned to the client connection (opened lazily, reused while
 //!   its responses are read to their end, not past `pool_idle_timeout` idle, never when
-//!   `pool_max_idle_per_host` is 0, reopened once if the backend closed it before answering a
-//!   request that has no streamed body). A connection not read to the end of its response is
-//!   closed.
+//!   the client connections holding one already use `pool_max_idle_per_host`; an idempotent
+//!   request without a streamed body is sent once more on a new connection when the kept one
+//!   was closed by the backend before answering). A connection not read to the end of its
+//!   response is closed.
 //! - No response head by `response_timeout`: 504; connect failure, a malformed, oversized
 //!   (> [`MAX_HEAD_BYTES`]) or unasked `101` response head, or an unsupported framing: 502.
 //!   These answers close the client connection.
@@ -151,6 +152,9 @@ struct Forward {
     close: bool,
     /// A `HEAD` request (its response has no body).
     head_method: bool,
+    /// An idempotent method (RFC 9110 §9.2.2): may be sent again on a new connection when a
+    /// kept one was closed by the backend before it answered.
+    idempotent: bool,
 }
 
 /// What the buffered bytes hold.
@@ -369,7 +373,7 @@ impl Conn {
                 ..
             } = self;
             tokio::select! {
-                result = exchange(pinned, backend, out, rbuf, io, buf, body_left, body_timeout, request.head_method) => result,
+                result = exchange(pinned, backend, out, rbuf, io, buf, body_left, body_timeout, request) => result,
                 () = backend_deadline.reached(target) => Err(Failure::Timeout),
             }
         };
@@ -582,7 +586,7 @@ async fn exchange<S>(
     buf: &mut BytesMut,
     body_left: u64,
     body_timeout: Duration,
-    head_method: bool,
+    request: Forward,
 ) -> Result<(Head, TcpStream), Failure>
 where
     S: AsyncRead + Unpin,
@@ -591,7 +595,7 @@ where
     let (idle_timeout, _) = backend.pool.limits();
     let mut reused = pinned.take().filter(|p| p.usable(pool, idle_timeout));
     loop {
-        let retry_allowed = reused.is_some() && body_left == 0;
+        let retry_allowed = reused.is_some() && body_left == 0 && request.idempotent;
         let mut stream = match reused.take() {
             Some(pinned) => pinned.stream,
             None => Box::pin(backend.pool.connect_tcp())
@@ -608,7 +612,7 @@ where
         if body_left > 0 {
             send_body(&mut stream, io, buf, body_left, body_timeout).await?;
         }
-        match read_head(&mut stream, rbuf, out, head_method).await {
+        match read_head(&mut stream, rbuf, out, request.head_method).await {
             Ok(head) => return Ok((head, stream)),
             // The backend closed a connection it had kept idle: once more on a new one.
             Err(Failure::Backend("closed before responding")) if retry_allowed => continue,
@@ -851,6 +855,10 @@ fn prepare(
         body_len,
         close,
         head_method: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
     })
 }
 

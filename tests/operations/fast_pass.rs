@@ -216,6 +216,10 @@ fn scripted(line: &str) -> Option<(Vec<u8>, bool)> {
             true,
         )),
         "/stall" => None,
+        "/silent-close" => Some((
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbye.".to_vec(),
+            true,
+        )),
         "/badchunk" => reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n"),
         "/midbody" => Some((
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec(),
@@ -562,4 +566,26 @@ async fn pinned_backend_connections_are_capped_by_max_idle() {
     }
     // `first` kept its backend connection (1), `second` opened one per request (2).
     assert_eq!(backend.accepted(), 3);
+}
+
+/// A kept backend connection the backend closed while idle is replaced: the next request is
+/// answered on a new one.
+#[tokio::test]
+async fn a_kept_connection_closed_by_the_backend_is_replaced() {
+    let mut backend = RawBackend::start(scripted).await;
+    let server = Server::start(&backend.yaml(&[])).await;
+    let mut client = Raw::connect(server.client_addr).await;
+    client.send(get("/silent-close").as_bytes()).await;
+    client
+        .expect("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbye.")
+        .await;
+    assert_eq!(backend.next().await.conn, 0);
+    for n in 1..=2 {
+        client.send(get("/next").as_bytes()).await;
+        client
+            .expect("HTTP/1.1 200 OK\r\nX-Path: /next\r\nContent-Length: 8\r\n\r\nat /next")
+            .await;
+        assert_eq!(backend.next().await.conn, 1, "request {n}");
+    }
+    assert_eq!(backend.accepted(), 2);
 }

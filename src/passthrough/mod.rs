@@ -112,6 +112,8 @@ pub struct Backend {
     max_request_body_size: usize,
     response_timeout: Duration,
     trusted_proxies: Vec<Cidr>,
+    /// `backend.fast_path`.
+    fast_path: bool,
 }
 
 impl std::fmt::Debug for Backend {
@@ -142,6 +144,7 @@ impl Backend {
             max_request_body_size: config.max_request_body_size,
             response_timeout: *config.response_timeout,
             trusted_proxies: trusted_proxies.clone(),
+            fast_path: config.fast_path,
         };
         if uri.scheme_str() == Some("http") && !config.http2 {
             let authority = uri
@@ -373,17 +376,17 @@ impl FastBackend<'_> {
 
 impl Backend {
     /// The fast path's view of this backend: `None` unless it is plain `http` over HTTP/1.1
-    /// (https and h2c backends are served through hyper).
+    /// (https and h2c backends are served through hyper) and `backend.fast_path` is on.
     pub fn fast(&self) -> Option<FastBackend<'_>> {
         match &self.transport {
-            Transport::Http1(pool, _) => Some(FastBackend {
+            Transport::Http1(pool, _) if self.fast_path => Some(FastBackend {
                 prefix: &self.prefix,
                 max_request_body_size: self.max_request_body_size,
                 response_timeout: self.response_timeout,
                 trusted_proxies: &self.trusted_proxies,
                 pool,
             }),
-            Transport::General(_) => None,
+            _ => None,
         }
     }
 }

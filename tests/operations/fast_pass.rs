@@ -589,3 +589,16 @@ async fn a_kept_connection_closed_by_the_backend_is_replaced() {
     }
     assert_eq!(backend.accepted(), 2);
 }
+
+/// `backend.fast_path: false` sends every request through hyper (which lowercases names).
+#[tokio::test]
+async fn the_fast_path_can_be_turned_off() {
+    let mut backend = RawBackend::start(scripted).await;
+    let server = Server::start(&backend.yaml(&["fast_path: false"])).await;
+    let mut client = Raw::connect(server.client_addr).await;
+    client.send(get("/slow-path").as_bytes()).await;
+    let seen = backend.next().await;
+    assert!(seen.head.contains("\r\nx-mixed-case: v\r\n"), "{seen:?}");
+    let head = client.head().await.expect("response");
+    assert!(head.contains("x-path: /slow-path"), "{head}");
+}

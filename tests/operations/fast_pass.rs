@@ -602,3 +602,44 @@ async fn the_fast_path_can_be_turned_off() {
     let head = client.head().await.expect("response");
     assert!(head.contains("x-path: /slow-path"), "{head}");
 }
+
+/// Over TLS (ALPN `http/1.1`) the fast path serves kept-alive requests too, with
+/// `x-forwarded-proto: https`.
+#[tokio::test]
+async fn tls_connections_take_the_fast_path() {
+    let mut backend = RawBackend::start(scripted).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = crate::tls::make_cert("fast", 1);
+    crate::tls::install(&cert, dir.path());
+    let server = Server::start(&format!(
+        "tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{}",
+        dir.path().join("tls.crt").display(),
+        dir.path().join("tls.key").display(),
+        backend.yaml(&[])
+    ))
+    .await;
+    server.wait_ready(crate::support::RELOAD_WAIT).await;
+    let connector = crate::tls::connector(&[&cert], &[b"http/1.1"]);
+    let mut tls = crate::tls::tls_connect(&connector, server.client_addr)
+        .await
+        .expect("TLS handshake");
+    for n in 1..=2 {
+        let path = format!("/tls{n}");
+        tls.write_all(get(&path).as_bytes()).await.unwrap();
+        let seen = backend.next().await;
+        assert!(seen.head.contains("\r\nX-Mixed-Case: v\r\n"), "{seen:?}");
+        assert!(
+            seen.head.contains("\r\nx-forwarded-proto: https\r\n"),
+            "{seen:?}"
+        );
+        let expected =
+            format!("HTTP/1.1 200 OK\r\nX-Path: {path}\r\nContent-Length: 8\r\n\r\nat {path}");
+        let mut got = vec![0u8; expected.len()];
+        tokio::time::timeout(WAIT, tls.read_exact(&mut got))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+    }
+    assert_eq!(backend.accepted(), 1);
+}

@@ -412,7 +412,7 @@ impl Conn {
         // close here (close-delimited heads already say it).
         if close && head.framing != Framing::Eof {
             // `out` ends with the blank line: insert before it.
-            let end = self.out.len() - 2;
+            let end = self.out.len().saturating_sub(2);
             self.out.truncate(end);
             self.out.extend_from_slice(b"connection: close\r\n\r\n");
         }

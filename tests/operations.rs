@@ -7,6 +7,8 @@ mod support;
 
 #[path = "operations/drain.rs"]
 mod drain;
+#[path = "operations/fast_pass.rs"]
+mod fast_pass;
 #[path = "operations/metrics.rs"]
 mod metrics;
 #[path = "operations/passthrough.rs"]

@@ -60,6 +60,8 @@ pub const DEFAULT_BACKEND_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BACKEND_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default number of idle pooled connections kept per backend.
 pub const DEFAULT_BACKEND_POOL_MAX_IDLE_PER_HOST: usize = 256;
+/// Default `backend.fast_path`: the owned HTTP/1.1 passthrough path is on.
+pub const DEFAULT_BACKEND_FAST_PATH: bool = true;
 /// Default time allowed to establish the Link to an external upstream.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default first reconnect delay of the Link to an external upstream.
@@ -395,6 +397,9 @@ pub struct BackendConfig {
     /// Peers (CIDRs or addresses) whose `X-Forwarded-Host` / `X-Forwarded-Proto` are kept;
     /// from any other peer they are overwritten. `X-Forwarded-For` is always appended to.
     pub trusted_proxies: Vec<String>,
+    /// Serve the common HTTP/1.1 passthrough requests on the edge's owned fast path (plain
+    /// `http` HTTP/1.1 backends only); `false`: every request goes through hyper.
+    pub fast_path: bool,
 }
 
 impl Default for BackendConfig {
@@ -409,6 +414,7 @@ impl Default for BackendConfig {
             pool_idle_timeout: DEFAULT_BACKEND_POOL_IDLE_TIMEOUT.into(),
             pool_max_idle_per_host: DEFAULT_BACKEND_POOL_MAX_IDLE_PER_HOST,
             trusted_proxies: Vec::new(),
+            fast_path: DEFAULT_BACKEND_FAST_PATH,
         }
     }
 }

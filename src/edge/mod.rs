@@ -8,6 +8,7 @@ pub mod body;
 pub mod conn;
 pub mod cors;
 pub mod emulation;
+pub mod fast_pass;
 pub mod h1;
 pub mod http_stream;
 pub mod origin;
@@ -65,6 +66,65 @@ pub struct Settings {
     pub link: Link,
     /// The passthrough backend, if configured.
     pub backend: Option<Backend>,
+}
+
+/// A sidewire endpoint on the client listener; any other path is passthrough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `websocket_path`.
+    WebSocket,
+    /// `http_stream_path`.
+    HttpStream,
+    /// `sse_path`.
+    Sse,
+    /// `uni_websocket_path`.
+    UniWebSocket,
+    /// `uni_http_stream_path`.
+    UniHttpStream,
+    /// `uni_sse_path`.
+    UniSse,
+    /// `emulation_path`.
+    Emulation,
+}
+
+impl Endpoint {
+    /// The endpoint `path` names under `config` (`None`: passthrough). The one routing
+    /// decision of the client listener: [`Edge::handle`] and the owned fast path both use it.
+    pub fn of(config: &Config, path: &str) -> Option<Endpoint> {
+        let routes = [
+            (
+                config.websocket,
+                &config.websocket_path,
+                Endpoint::WebSocket,
+            ),
+            (
+                config.http_stream,
+                &config.http_stream_path,
+                Endpoint::HttpStream,
+            ),
+            (config.sse, &config.sse_path, Endpoint::Sse),
+            (
+                config.uni_websocket,
+                &config.uni_websocket_path,
+                Endpoint::UniWebSocket,
+            ),
+            (
+                config.uni_http_stream,
+                &config.uni_http_stream_path,
+                Endpoint::UniHttpStream,
+            ),
+            (config.uni_sse, &config.uni_sse_path, Endpoint::UniSse),
+            (
+                config.emulation_enabled(),
+                &config.emulation_path,
+                Endpoint::Emulation,
+            ),
+        ];
+        routes
+            .into_iter()
+            .find(|(on, route, _)| *on && path == route.as_str())
+            .map(|(_, _, endpoint)| endpoint)
+    }
 }
 
 /// State shared by all client-facing handlers.
@@ -147,55 +207,57 @@ impl Edge {
         peer: SocketAddr,
     ) -> Response<Body> {
         let settings = self.settings();
-        let config = &settings.config;
-        let path = request.uri().path();
-        if config.websocket && path == config.websocket_path {
-            return websocket::handle(&self, &settings, request, peer);
-        }
-        // The session transports' futures are boxed: they are large, and this future is
-        // boxed (and moved) whole for every request, passthrough included.
-        if config.http_stream && path == config.http_stream_path {
-            return Box::pin(
-                self.with_cors(&settings, request, "POST, OPTIONS", |request| {
-                    http_stream::handle(&self, &settings, request, peer)
-                }),
-            )
-            .await;
-        }
-        if config.sse && path == config.sse_path {
-            return Box::pin(
-                self.with_cors(&settings, request, "GET, POST, OPTIONS", |request| {
-                    sse::handle(&self, &settings, request, peer)
-                }),
-            )
-            .await;
-        }
-        if config.uni_websocket && path == config.uni_websocket_path {
-            return uni_websocket::handle(&self, &settings, request, peer);
-        }
-        if config.uni_http_stream && path == config.uni_http_stream_path {
-            return Box::pin(
-                self.with_cors(&settings, request, "POST, OPTIONS", |request| {
-                    uni_stream::handle_http_stream(&self, &settings, request, peer)
-                }),
-            )
-            .await;
-        }
-        if config.uni_sse && path == config.uni_sse_path {
-            return Box::pin(
-                self.with_cors(&settings, request, "GET, POST, OPTIONS", |request| {
-                    uni_stream::handle_sse(&self, &settings, request, peer)
-                }),
-            )
-            .await;
-        }
-        if config.emulation_enabled() && path == config.emulation_path {
-            return Box::pin(
-                self.with_cors(&settings, request, "POST, OPTIONS", |request| {
-                    emulation::handle(&self, &settings, request)
-                }),
-            )
-            .await;
+        let endpoint = Endpoint::of(&settings.config, request.uri().path());
+        match endpoint {
+            Some(Endpoint::WebSocket) => return websocket::handle(&self, &settings, request, peer),
+            // The session transports' futures are boxed: they are large, and this future is
+            // boxed (and moved) whole for every request, passthrough included.
+            Some(Endpoint::HttpStream) => {
+                return Box::pin(
+                    self.with_cors(&settings, request, "POST, OPTIONS", |request| {
+                        http_stream::handle(&self, &settings, request, peer)
+                    }),
+                )
+                .await;
+            }
+            Some(Endpoint::Sse) => {
+                return Box::pin(self.with_cors(
+                    &settings,
+                    request,
+                    "GET, POST, OPTIONS",
+                    |request| sse::handle(&self, &settings, request, peer),
+                ))
+                .await;
+            }
+            Some(Endpoint::UniWebSocket) => {
+                return uni_websocket::handle(&self, &settings, request, peer);
+            }
+            Some(Endpoint::UniHttpStream) => {
+                return Box::pin(
+                    self.with_cors(&settings, request, "POST, OPTIONS", |request| {
+                        uni_stream::handle_http_stream(&self, &settings, request, peer)
+                    }),
+                )
+                .await;
+            }
+            Some(Endpoint::UniSse) => {
+                return Box::pin(self.with_cors(
+                    &settings,
+                    request,
+                    "GET, POST, OPTIONS",
+                    |request| uni_stream::handle_sse(&self, &settings, request, peer),
+                ))
+                .await;
+            }
+            Some(Endpoint::Emulation) => {
+                return Box::pin(
+                    self.with_cors(&settings, request, "POST, OPTIONS", |request| {
+                        emulation::handle(&self, &settings, request)
+                    }),
+                )
+                .await;
+            }
+            None => {}
         }
         // CONNECT and `OPTIONS *` are answered here, never forwarded.
         if let Some(response) = crate::passthrough::local::answer(request.method(), request.uri()) {
@@ -474,7 +536,7 @@ async fn serve_connection<A, H, F>(
                 .inc();
         }
     };
-    let first_deadline = Instant::now() + timeouts.handshake;
+    let mut first_deadline = Instant::now() + timeouts.handshake;
     let http1 = acceptor.is_plain()
         && tokio::time::timeout_at(first_deadline, starts_as_http1(&stream))
             .await
@@ -497,7 +559,7 @@ async fn serve_connection<A, H, F>(
     // opens a streaming session is served there, outside hyper; any other gets the bytes read
     // so far replayed to hyper.
     let io = match streams.as_ref().filter(|_| owned_http1) {
-        Some(edge) => match owned::serve(edge, io, peer, first_deadline).await {
+        Some(edge) => match owned::serve(edge, io, peer, first_deadline, timeouts).await {
             owned::Served::Done => return,
             owned::Served::HeadTimeout => {
                 count_timeout("handshake");
@@ -505,6 +567,11 @@ async fn serve_connection<A, H, F>(
                 return;
             }
             owned::Served::Hyper(io) => io,
+            owned::Served::Passed(io) => {
+                // A whole head is buffered: hyper gets a fresh head deadline for it.
+                first_deadline = Instant::now() + timeouts.handshake;
+                io
+            }
         },
         None => rewind::Rewind::new(bytes::Bytes::new(), io),
     };
@@ -753,7 +820,13 @@ mod tests {
         let handler = |_request: Request<Incoming>, _peer: SocketAddr| async {
             status(StatusCode::NOT_FOUND)
         };
-        let owned = owned::serve(&edge, stream, peer, Instant::now());
+        let owned = owned::serve(
+            &edge,
+            stream,
+            peer,
+            Instant::now(),
+            ConnectionTimeouts::defaults(),
+        );
         let owned_size = std::mem::size_of_val(&owned);
         drop(owned);
         let stream = served_after(b"GET / HTTP/1.1\r\n\r\n").await;

@@ -34,6 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::body::{is_protobuf, read_limited};
+use super::conn::ConnectionTimeouts;
+use super::fast_pass::{self, Passed};
 use super::h1::{self, HeadRead, Length, SocketBody};
 use super::rewind::Rewind;
 use super::stream::{self, CLOSE_WRITE_TIMEOUT, Framing, Opened};
@@ -52,11 +54,20 @@ pub enum Served<S> {
     HeadTimeout,
     /// Not for this module: serve it with hyper (the head's bytes are read first).
     Hyper(Rewind<S>),
+    /// Passthrough requests were answered by the fast path, then one it does not take: hyper
+    /// serves the rest of the connection (the unread bytes first).
+    Passed(Rewind<S>),
 }
 
 /// Reads the first request head of a plain HTTP/1 connection by `deadline` and serves it here
 /// if it opens a streaming session; otherwise returns the connection for hyper.
-pub async fn serve<S>(edge: &Arc<Edge>, mut io: S, peer: SocketAddr, deadline: Instant) -> Served<S>
+pub async fn serve<S>(
+    edge: &Arc<Edge>,
+    mut io: S,
+    peer: SocketAddr,
+    deadline: Instant,
+    timeouts: ConnectionTimeouts,
+) -> Served<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -81,6 +92,16 @@ where
         }
     };
     let Some(mut route) = route(&settings, &parts) else {
+        if fast_pass::available(&settings) {
+            drop((parts, settings));
+            // Boxed: the fast path's state would otherwise size every streaming session's task.
+            let passed = Box::pin(fast_pass::serve(edge, io, buf, peer, timeouts)).await;
+            return match passed {
+                Passed::Done => Served::Done,
+                Passed::Hyper { io, served: false } => Served::Hyper(io),
+                Passed::Hyper { io, served: true } => Served::Passed(io),
+            };
+        }
         return Served::Hyper(Rewind::new(buf.freeze(), io));
     };
     // The head is parsed: only the body bytes that came with it are kept (copied), so the

@@ -81,21 +81,53 @@ pub struct Hop<'a> {
     pub trusted: bool,
 }
 
-/// Sets the forwarding headers. Policy:
-/// - `X-Forwarded-For`: the client's values (all lines, joined) with the peer appended;
-/// - `Forwarded`: the client's value, if well-formed (RFC 7239), with an element for this hop
-///   appended (`for`, `proto`, and `host` as an escaped quoted-string); a malformed value is
-///   dropped, so it cannot swallow the appended element;
-/// - `X-Forwarded-Host` / `X-Forwarded-Proto`: kept from a trusted peer that sent them,
-///   otherwise overwritten with this hop's host and proto (`X-Forwarded-Host` removed when the
-///   request names no host).
-pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
+/// Whether `name` (any case) is a hop-by-hop header that never crosses the proxy (the fixed
+/// list plus `Upgrade`; names listed in `Connection` come on top).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    name.eq_ignore_ascii_case(header::UPGRADE.as_str())
+        || HOP_BY_HOP
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+}
+
+/// What becomes of `X-Forwarded-Host` (see [`add_forwarding`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardedHost<'a> {
+    /// The trusted peer's own values are kept.
+    Keep,
+    /// Replaced by this hop's host.
+    Set(&'a str),
+    /// Removed (the request names no host).
+    Remove,
+}
+
+/// The forwarding headers of one hop (see [`add_forwarding`] for the policy), computed from
+/// the client's header lines; what [`add_forwarding`] writes into a map and the owned HTTP/1
+/// fast path writes after the client's lines.
+#[derive(Debug)]
+pub struct Forwarding<'a> {
+    /// The `X-Forwarded-For` value (replaces the client's lines).
+    pub xff: String,
+    /// The `Forwarded` value (replaces the client's lines).
+    pub forwarded: String,
+    /// `Some(proto)`: `X-Forwarded-Proto` replaced by it; `None`: the trusted peer's kept.
+    pub proto: Option<&'static str>,
+    /// `X-Forwarded-Host`.
+    pub host: ForwardedHost<'a>,
+}
+
+/// Computes the forwarding headers of `hop` from the client's header lines `(name, value)`
+/// (names in any case, values in arrival order), which `lines` iterates afresh at each call.
+pub fn forwarding<'l, 'h, I>(lines: impl Fn() -> I, hop: &Hop<'h>) -> Forwarding<'h>
+where
+    I: Iterator<Item = (&'l str, &'l [u8])>,
+{
     use std::fmt::Write as _;
     let peer = hop.peer.to_canonical();
     // Built in place: one string per header, each prior value copied once, the peer formatted
     // once.
     let mut xff = String::with_capacity(64);
-    append_values(&mut xff, headers, "x-forwarded-for", |_| true);
+    append_values(&mut xff, lines(), "x-forwarded-for", |_| true);
     if !xff.is_empty() {
         xff.push_str(", ");
     }
@@ -106,7 +138,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let mut forwarded = String::with_capacity(64);
     append_values(
         &mut forwarded,
-        headers,
+        lines(),
         header::FORWARDED.as_str(),
         well_formed_forwarded,
     );
@@ -128,22 +160,63 @@ pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         forwarded.push_str(";host=");
         push_quoted_string(&mut forwarded, host);
     }
+    let keep = |name: &str| hop.trusted && lines().any(|(line, _)| line.eq_ignore_ascii_case(name));
+    let proto = (!keep("x-forwarded-proto")).then_some(hop.proto);
+    let host = if keep("x-forwarded-host") {
+        ForwardedHost::Keep
+    } else {
+        match hop.host {
+            Some(host) => ForwardedHost::Set(host),
+            None => ForwardedHost::Remove,
+        }
+    };
+    Forwarding {
+        xff,
+        forwarded,
+        proto,
+        host,
+    }
+}
 
+/// Sets the forwarding headers. Policy:
+/// - `X-Forwarded-For`: the client's values (all lines, joined) with the peer appended;
+/// - `Forwarded`: the client's value, if well-formed (RFC 7239), with an element for this hop
+///   appended (`for`, `proto`, and `host` as an escaped quoted-string); a malformed value is
+///   dropped, so it cannot swallow the appended element;
+/// - `X-Forwarded-Host` / `X-Forwarded-Proto`: kept from a trusted peer that sent them,
+///   otherwise overwritten with this hop's host and proto (`X-Forwarded-Host` removed when the
+///   request names no host).
+pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
+    let Forwarding {
+        xff,
+        forwarded,
+        proto,
+        host,
+    } = forwarding(
+        || {
+            headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        },
+        hop,
+    );
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert("x-forwarded-for", value);
     }
-    let keep = |headers: &HeaderMap, name: &str| hop.trusted && headers.contains_key(name);
-    if !keep(headers, "x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(hop.proto));
+    if let Some(proto) = proto {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
-    if !keep(headers, "x-forwarded-host") {
-        match hop.host.and_then(|host| HeaderValue::from_str(host).ok()) {
-            Some(host) => {
+    match host {
+        ForwardedHost::Keep => {}
+        ForwardedHost::Set(host) => {
+            if let Ok(host) = HeaderValue::from_str(host) {
                 headers.insert("x-forwarded-host", host);
-            }
-            None => {
+            } else {
                 headers.remove("x-forwarded-host");
             }
+        }
+        ForwardedHost::Remove => {
+            headers.remove("x-forwarded-host");
         }
     }
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
@@ -153,11 +226,15 @@ pub fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
 
 /// Appends to `out`, joined by `", "`, every non-empty, visible-ASCII value of `name` (trimmed,
 /// in order) that `keep` accepts.
-fn append_values(out: &mut String, headers: &HeaderMap, name: &str, keep: impl Fn(&str) -> bool) {
-    for value in headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+fn append_values<'l>(
+    out: &mut String,
+    lines: impl Iterator<Item = (&'l str, &'l [u8])>,
+    name: &str,
+    keep: impl Fn(&str) -> bool,
+) {
+    for value in lines
+        .filter(|(line, _)| line.eq_ignore_ascii_case(name))
+        .filter_map(|(_, value)| visible_ascii(value))
         .map(str::trim)
         .filter(|v| !v.is_empty() && keep(v))
     {
@@ -166,6 +243,15 @@ fn append_values(out: &mut String, headers: &HeaderMap, name: &str, keep: impl F
         }
         out.push_str(value);
     }
+}
+
+/// `value` as text when it is visible ASCII (tab allowed), as `HeaderValue::to_str` accepts.
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| (32..127).contains(&b) || b == b'\t')
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
 }
 
 /// `text` as an RFC 7230 quoted-string (`"` and `\` escaped).

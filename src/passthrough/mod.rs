@@ -9,6 +9,7 @@
 //! logged at debug only; the path sent to the backend never leaves its prefix; only WebSocket
 //! upgrades are tunnelled.
 
+pub mod chunked;
 pub mod headers;
 pub mod host;
 pub mod local;
@@ -80,9 +81,9 @@ enum ExchangeError {
     General(#[from] hyper_util::client::legacy::Error),
 }
 
-/// The client's request body as forwarded: progress deadline, then the size limit (one
+/// The client's request body as forwarded (hyper path): progress deadline, then the size limit (one
 /// concrete type, boxed only for the general client).
-type ForwardBody = Limited<TimedBody<MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>>>;
+pub type ForwardBody = Limited<TimedBody<MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>>>;
 
 /// A response from either transport, before its body is adapted.
 enum Exchanged {
@@ -111,6 +112,8 @@ pub struct Backend {
     max_request_body_size: usize,
     response_timeout: Duration,
     trusted_proxies: Vec<Cidr>,
+    /// `backend.fast_path`.
+    fast_path: bool,
 }
 
 impl std::fmt::Debug for Backend {
@@ -141,6 +144,7 @@ impl Backend {
             max_request_body_size: config.max_request_body_size,
             response_timeout: *config.response_timeout,
             trusted_proxies: trusted_proxies.clone(),
+            fast_path: config.fast_path,
         };
         if uri.scheme_str() == Some("http") && !config.http2 {
             let authority = uri
@@ -346,6 +350,43 @@ impl Backend {
                     .request(request.map(|body| body.boxed()))
                     .map(|sent| sent.map(Exchanged::General).map_err(ExchangeError::from)),
             ),
+        }
+    }
+}
+
+/// What the edge's owned HTTP/1.1 fast path needs of a plain-`http` HTTP/1.1 backend.
+pub struct FastBackend<'a> {
+    /// The path prefix (empty, or `/...` without trailing slash).
+    pub prefix: &'a str,
+    /// `max_request_body_size` (0: no limit).
+    pub max_request_body_size: usize,
+    /// `response_timeout`.
+    pub response_timeout: Duration,
+    trusted_proxies: &'a [Cidr],
+    /// The backend's connections (connect, limits, identity).
+    pub pool: &'a Http1Pool<ForwardBody>,
+}
+
+impl FastBackend<'_> {
+    /// Whether `peer` is in `trusted_proxies`.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(peer))
+    }
+}
+
+impl Backend {
+    /// The fast path's view of this backend: `None` unless it is plain `http` over HTTP/1.1
+    /// (https and h2c backends are served through hyper) and `backend.fast_path` is on.
+    pub fn fast(&self) -> Option<FastBackend<'_>> {
+        match &self.transport {
+            Transport::Http1(pool, _) if self.fast_path => Some(FastBackend {
+                prefix: &self.prefix,
+                max_request_body_size: self.max_request_body_size,
+                response_timeout: self.response_timeout,
+                trusted_proxies: &self.trusted_proxies,
+                pool,
+            }),
+            _ => None,
         }
     }
 }

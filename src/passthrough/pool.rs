@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -71,6 +72,8 @@ struct Shared<B> {
     max_idle: usize,
     /// Idle connections, oldest at the front.
     idle: Mutex<VecDeque<Idle<B>>>,
+    /// Connections the fast path keeps pinned (bounded by `max_idle` on their own).
+    pinned: Arc<AtomicUsize>,
 }
 
 struct Idle<B> {
@@ -97,6 +100,7 @@ where
             idle_timeout: config.idle_timeout,
             max_idle: config.max_idle,
             idle: Mutex::new(VecDeque::new()),
+            pinned: Arc::new(AtomicUsize::new(0)),
         });
         if !config.idle_timeout.is_zero() {
             tokio::spawn(sweep(Arc::downgrade(&shared), config.idle_timeout));
@@ -134,10 +138,73 @@ where
         Ok(Exchange::new(response, sender, &self.shared))
     }
 
+    /// A new raw TCP connection to the backend (connect timeout, `TCP_NODELAY` and keepalive
+    /// as for pooled connections), for the edge's owned HTTP/1.1 fast path, which speaks
+    /// HTTP/1.1 on it itself.
+    pub async fn connect_tcp(&self) -> Result<tokio::net::TcpStream, PoolError> {
+        let io = self
+            .shared
+            .connector
+            .clone()
+            .call(self.shared.origin.clone())
+            .await
+            .map_err(|e| PoolError::Connect(Box::new(e)))?;
+        Ok(io.into_inner())
+    }
+
+    /// This pool's identity (stable while any handle lives): a connection opened through one
+    /// pool is never used for another after a reload.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as *const () as usize
+    }
+
+    /// Settings the fast path applies to the connection it keeps: (idle timeout, max idle).
+    pub fn limits(&self) -> (Duration, usize) {
+        (self.shared.idle_timeout, self.shared.max_idle)
+    }
+
+    /// A slot for one connection the fast path keeps pinned to a client connection, counted
+    /// against `max_idle` (`pool_max_idle_per_host`) together with the other pinned ones;
+    /// `None` when they already use it all. Released on drop.
+    pub fn try_pin(&self) -> Option<PinSlot> {
+        let pinned = &self.shared.pinned;
+        let mut current = pinned.load(Ordering::Relaxed);
+        loop {
+            if current >= self.shared.max_idle {
+                return None;
+            }
+            match pinned.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(PinSlot {
+                        count: pinned.clone(),
+                    });
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+
     /// Idle connections now (for tests).
     #[cfg(test)]
     fn idle_count(&self) -> usize {
         self.shared.lock().len()
+    }
+}
+
+/// One backend connection kept by the fast path (see [`Http1Pool::try_pin`]).
+#[derive(Debug)]
+pub struct PinSlot {
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for PinSlot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -472,6 +539,19 @@ mod tests {
             drop(exchange.into_response());
         }
         assert_eq!(pool.idle_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn pinned_connections_are_capped_by_max_idle() {
+        let (origin, _) = backend("").await;
+        let pool = pool(origin, 2);
+        let first = pool.try_pin().unwrap();
+        let _second = pool.try_pin().unwrap();
+        assert!(pool.try_pin().is_none());
+        drop(first);
+        assert!(pool.try_pin().is_some());
+        let (origin, _) = backend("").await;
+        assert!(self::pool(origin, 0).try_pin().is_none());
     }
 
     #[tokio::test]

@@ -11,7 +11,8 @@
 //! The subset (anything else goes to hyper, which answers as it always did): HTTP/1.1,
 //! origin-form target of plain characters, not `CONNECT`, not a sidewire endpoint
 //! ([`Endpoint::of`]), exactly one valid `Host`, no `Transfer-Encoding`, `Expect` or `Upgrade`,
-//! at most one `Content-Length` (digits) within `max_request_body_size`, no bare LF in the
+//! at most one `Content-Length` (digits) within `max_request_body_size` and
+//! [`MAX_FAST_BODY_BYTES`], no bare LF in the
 //! head, a path that normalises ([`path::normalize`]), and a plain-`http` HTTP/1.1 backend.
 //!
 //! Guarantees:
@@ -67,6 +68,12 @@ use crate::passthrough::{FastBackend, host, path};
 
 /// Each buffer keeps at most this much capacity while the connection is idle.
 pub const KEEP_IDLE_BYTES: usize = 4 * 1024;
+/// Largest request body the fast path takes; larger ones go to hyper. The fast path sends the
+/// whole body before it reads the response, so a backend that answers early (a 401 or 413 to an
+/// upload) without reading the body would stall a large one until `response_timeout`; a body
+/// this small fits in the sockets' buffers, and hyper's client, which reads the response while
+/// it sends, serves the rest.
+pub const MAX_FAST_BODY_BYTES: u64 = 16 * 1024;
 /// Informational (1xx) heads skipped before a final response; more is a 502.
 const MAX_INFORMATIONAL: usize = 8;
 /// Further than any deadline the connection sets (the timers' initial value).
@@ -797,7 +804,9 @@ fn prepare(
         return Prepared::Hyper;
     };
     let body_len = length.unwrap_or(0);
-    if backend.max_request_body_size > 0 && body_len > backend.max_request_body_size as u64 {
+    let over_limit =
+        backend.max_request_body_size > 0 && body_len > backend.max_request_body_size as u64;
+    if over_limit || body_len > MAX_FAST_BODY_BYTES {
         return Prepared::Hyper;
     }
     let Ok(path) = path::normalize(path_part) else {
@@ -1093,6 +1102,11 @@ mod tests {
             BackendConfig::default().max_request_body_size + 1
         );
         assert!(matches!(prepared(&settings, &over).0, Prepared::Hyper));
+        let upload = format!(
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+            MAX_FAST_BODY_BYTES + 1
+        );
+        assert!(matches!(prepared(&settings, &upload).0, Prepared::Hyper));
     }
 
     fn response(head: &str, head_method: bool) -> (ResponseParsed, String) {

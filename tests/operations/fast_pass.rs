@@ -643,3 +643,64 @@ async fn tls_connections_take_the_fast_path() {
     }
     assert_eq!(backend.accepted(), 1);
 }
+
+/// A backend that answers an upload before reading its body (a 401 to an unauthenticated
+/// upload) and then waits: the client gets the answer at once, not a 504 at
+/// `response_timeout`. The fast path sends a body before reading the response, so it takes
+/// only small bodies; hyper's client, which reads while it sends, serves this one.
+#[tokio::test]
+async fn an_early_answer_to_a_large_upload_reaches_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let answer = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope";
+        let _ = stream.write_all(answer).await;
+        // Never reads the body, never closes (within the test).
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(stream);
+    });
+    let yaml = format!(
+        "backend:\n  url: \"http://{addr}\"\n  response_timeout: \"60s\"\n  max_request_body_size: 268435456\n"
+    );
+    let server = Server::start(&yaml).await;
+    let (mut read, mut write) = TcpStream::connect(server.client_addr)
+        .await
+        .unwrap()
+        .into_split();
+    let body = vec![b'u'; 64 << 20];
+    let upload = tokio::spawn(async move {
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: app.example\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = write.write_all(head.as_bytes()).await;
+        let _ = write.write_all(&body).await;
+        write
+    });
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.ends_with(b"nope") {
+        let read = tokio::time::timeout(WAIT, read.read(&mut chunk))
+            .await
+            .expect("no answer while the upload is stuck")
+            .unwrap_or(0);
+        if read == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..read]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 401 "), "{text}");
+    upload.abort();
+}

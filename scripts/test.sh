@@ -18,5 +18,11 @@ cargo build --locked --workspace --bins
 echo "== cargo test"
 cargo test --locked --workspace --all-targets
 
+echo "== passthrough suite again on the hyper path (backend.fast_path: false)"
+# The owned fast path (src/edge/fast_pass.rs) serves these tests by default; run them once more
+# with it off so hyper's path stays proven too (no_backend_is_404 has no backend section).
+SIDEWIRE_BACKEND_FAST_PATH=false cargo test --locked --test operations passthrough:: -- \
+    --skip no_backend_is_404
+
 echo "== real SDK suites"
 SIDEWIRE_BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/debug/sidewire" bash tests/sdk/run.sh

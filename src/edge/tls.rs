@@ -139,9 +139,12 @@ impl CertResolver {
         self.current.store(key);
     }
 
-    /// A rustls server config using this resolver, with ALPN `h2` and `http/1.1`.
+    /// A rustls server config using this resolver, with ALPN `h2` and `http/1.1`. Its TLS 1.3
+    /// suites keep record keys unexpanded between records (`server::tls_keys`): the client
+    /// listener holds many mostly idle connections.
     pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
-        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+        let provider = crate::server::tls_keys::compact_provider(&self.provider);
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());

@@ -78,22 +78,17 @@ fn twin(suite: &SupportedCipherSuite, aead: &'static CompactAead) -> Option<Tls1
 
 static COMPACT_AES_128: CompactAead = CompactAead {
     algorithm: &aead::AES_128_GCM,
-    fips: true,
 };
 static COMPACT_AES_256: CompactAead = CompactAead {
     algorithm: &aead::AES_256_GCM,
-    fips: true,
 };
 static COMPACT_CHACHA: CompactAead = CompactAead {
     algorithm: &aead::CHACHA20_POLY1305,
-    fips: false,
 };
 
 /// A TLS 1.3 AEAD whose encrypters and decrypters keep the key, not its expansion.
 struct CompactAead {
     algorithm: &'static aead::Algorithm,
-    /// Whether the algorithm is FIPS-approved (it is used as such only in a FIPS build).
-    fips: bool,
 }
 
 impl Tls13AeadAlgorithm for CompactAead {
@@ -127,8 +122,10 @@ impl Tls13AeadAlgorithm for CompactAead {
         })
     }
 
+    /// Never: a context per record is not aws-lc's validated TLS 1.3 mode (this build has no
+    /// FIPS module either).
     fn fips(&self) -> bool {
-        self.fips && aws_lc_rs::try_fips_mode().is_ok()
+        false
     }
 }
 
@@ -331,6 +328,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A second connection of a client resumes the first one's session (the server's
+    /// stateful session cache and its TLS 1.3 tickets work with the compact suites).
+    #[tokio::test]
+    async fn a_client_resumes_its_session() {
+        let (server_config, client_config) = configs(CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+            let server = tokio::spawn(tls_stream::accept(server_config.clone(), server_io));
+            let mut client = tokio_rustls::TlsConnector::from(client_config.clone())
+                .connect(ServerName::try_from("localhost").unwrap(), client_io)
+                .await
+                .unwrap();
+            let mut server = server.await.unwrap().unwrap();
+            // The tickets reach the client with the first data it reads.
+            server.write_all(b"hello").await.unwrap();
+            server.flush().await.unwrap();
+            let mut got = [0u8; 5];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"hello");
+            kinds.push(client.get_ref().1.handshake_kind());
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ]
+        );
     }
 
     fn plain(payload: &[u8]) -> OutboundPlainMessage<'_> {

@@ -3,16 +3,21 @@
 //! cipher), and expands the key for the one record it seals or opens.
 //!
 //! An idle TLS connection holds two such contexts for its whole life, one per direction:
-//! ~1.15 KiB of the ~3.7 KiB TLS adds to an idle WebSocket. Expanding the key per record costs
-//! one key schedule (AES round keys and the GHASH table, or nothing for ChaCha20) and one
-//! allocation per record (~1 300 instructions for AES-GCM, `bench/RESULTS.md`), which for listeners of many mostly idle connections is the better
-//! trade; the Link listener (few connections, many records) keeps rustls's own suites.
+//! ~1.15 KiB of the ~3.7 KiB TLS adds to an idle WebSocket. Expanding the key costs one key
+//! schedule (AES round keys and the GHASH table, or nothing for ChaCha20) and one allocation
+//! (~1 300 instructions for AES-GCM, `bench/RESULTS.md`); each worker thread keeps the key it
+//! expanded last per direction, so consecutive records of one connection (a burst, a large
+//! body) pay it once, and a fan-out (one record per connection) pays it per record. For
+//! listeners of many mostly idle connections that is the better trade; the Link listener (few
+//! connections, many records) keeps rustls's own suites.
 //!
 //! The records are the ones rustls's aws-lc-rs provider writes (same AEADs, nonces — the IV
 //! XOR the sequence number — and additional data); only when the key is expanded differs.
 //! Like aws-lc's TLS 1.3 AES-GCM mode, each direction refuses a sequence number that does not
 //! grow. TLS 1.2 suites are left as the provider has them.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, UnboundKey};
@@ -95,13 +100,13 @@ struct CompactAead {
 impl Tls13AeadAlgorithm for CompactAead {
     fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
         Box::new(Sealer {
-            keys: Keys::new(self.algorithm, key, iv),
+            keys: Keys::new(self.algorithm, key, iv, SEAL),
         })
     }
 
     fn decrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageDecrypter> {
         Box::new(Opener {
-            keys: Keys::new(self.algorithm, key, iv),
+            keys: Keys::new(self.algorithm, key, iv, OPEN),
         })
     }
 
@@ -136,33 +141,110 @@ struct Keys {
     key: AeadKey,
     iv: Iv,
     next_seq: u64,
+    /// Unique per `Keys` (a KeyUpdate makes new ones); its low bit is the direction, which
+    /// picks the slot of [`EXPANDED`].
+    id: u64,
+}
+
+/// Sealing and opening directions, the low bit of [`Keys::id`].
+const SEAL: u64 = 0;
+const OPEN: u64 = 1;
+
+/// Source of [`Keys::id`]s (in steps of two; the direction is added).
+static NEXT_ID: AtomicU64 = AtomicU64::new(2);
+
+thread_local! {
+    /// The key this worker thread expanded last, per direction, with its `Keys::id`: the
+    /// records of one connection that follow each other on a thread (a burst, a large
+    /// body) expand the key once; a fan-out, one record per connection, expands it for each.
+    /// At most two contexts per thread; a `Keys` clears its slot when dropped on the thread
+    /// that holds it (elsewhere the slot is overwritten by the thread's next record).
+    static EXPANDED: [RefCell<Option<(u64, LessSafeKey)>>; 2] =
+        const { [RefCell::new(None), RefCell::new(None)] };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Key expansions on this thread (tests count cache hits with it).
+    static EXPANSIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 impl Keys {
-    fn new(algorithm: &'static aead::Algorithm, key: AeadKey, iv: Iv) -> Keys {
+    fn new(algorithm: &'static aead::Algorithm, key: AeadKey, iv: Iv, direction: u64) -> Keys {
         Keys {
             algorithm,
             key,
             iv,
             next_seq: 0,
+            id: NEXT_ID.fetch_add(2, Ordering::Relaxed) | direction,
         }
     }
 
-    /// The expanded key for record `seq` and its nonce, or `error` when `seq` is below the
-    /// next one this direction accepts (a record that was sealed or opened already).
-    fn for_record(&self, seq: u64, error: Error) -> Result<(LessSafeKey, aead::Nonce), Error> {
+    fn expand(&self, error: &Error) -> Result<LessSafeKey, Error> {
+        #[cfg(test)]
+        EXPANSIONS.with(|count| count.set(count.get() + 1));
+        UnboundKey::new(self.algorithm, self.key.as_ref())
+            .map(LessSafeKey::new)
+            .map_err(|_| error.clone())
+    }
+
+    /// Runs `f` with the expanded key and the nonce of record `seq` (the thread's cached
+    /// expansion when it is this direction's), or fails with `error` when `seq` is below
+    /// the next one this direction accepts (a record that was sealed or opened already).
+    fn with_key<R>(
+        &self,
+        seq: u64,
+        error: Error,
+        f: impl FnOnce(&LessSafeKey, aead::Nonce) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         if seq < self.next_seq || seq == u64::MAX {
             return Err(error);
         }
-        let key = UnboundKey::new(self.algorithm, self.key.as_ref()).map_err(|_| error)?;
         let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
-        Ok((LessSafeKey::new(key), nonce))
+        let slot = (self.id & 1) as usize;
+        let mut f = Some(f);
+        let cached = EXPANDED.try_with(|slots| {
+            let Ok(mut cached) = slots[slot].try_borrow_mut() else {
+                return None;
+            };
+            if !matches!(&*cached, Some((id, _)) if *id == self.id) {
+                match self.expand(&error) {
+                    Ok(key) => *cached = Some((self.id, key)),
+                    Err(error) => return Some(Err(error)),
+                }
+            }
+            let (_, key) = cached.as_ref()?;
+            let f = f.take()?;
+            Some(f(key, nonce))
+        });
+        match (cached, f) {
+            (Ok(Some(result)), _) => result,
+            // No thread-local (thread teardown) or it is in use: expand for this record only.
+            (_, Some(f)) => {
+                let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
+                f(&self.expand(&error)?, nonce)
+            }
+            (_, None) => Err(error),
+        }
     }
 
     /// Record `seq` was sealed or opened: only later ones are accepted from now on (a record
     /// that failed to open, as rustls's trial decryption may see, does not count).
     fn used(&mut self, seq: u64) {
         self.next_seq = seq + 1;
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let slot = (self.id & 1) as usize;
+        let _ = EXPANDED.try_with(|slots| {
+            if let Ok(mut cached) = slots[slot].try_borrow_mut()
+                && matches!(&*cached, Some((id, _)) if *id == self.id)
+            {
+                *cached = None;
+            }
+        });
     }
 }
 
@@ -177,12 +259,13 @@ impl MessageEncrypter for Sealer {
         seq: u64,
     ) -> Result<OutboundOpaqueMessage, Error> {
         let total_len = self.encrypted_payload_len(msg.payload.len());
-        let (key, nonce) = self.keys.for_record(seq, Error::EncryptError)?;
         let mut payload = PrefixedPayload::with_capacity(total_len);
         payload.extend_from_chunks(&msg.payload);
         payload.extend_from_slice(&msg.typ.to_array());
-        key.seal_in_place_append_tag(nonce, Aad::from(make_tls13_aad(total_len)), &mut payload)
-            .map_err(|_| Error::EncryptError)?;
+        self.keys.with_key(seq, Error::EncryptError, |key, nonce| {
+            key.seal_in_place_append_tag(nonce, Aad::from(make_tls13_aad(total_len)), &mut payload)
+                .map_err(|_| Error::EncryptError)
+        })?;
         self.keys.used(seq);
         // All TLS 1.3 records carry TLS 1.2 as their legacy version (RFC 8446, 5.1).
         Ok(OutboundOpaqueMessage::new(
@@ -211,12 +294,12 @@ impl MessageDecrypter for Opener {
         if payload.len() < self.keys.algorithm.tag_len() {
             return Err(Error::DecryptError);
         }
-        let (key, nonce) = self.keys.for_record(seq, Error::DecryptError)?;
         let aad = Aad::from(make_tls13_aad(payload.len()));
-        let plain_len = key
-            .open_in_place(nonce, aad, payload)
-            .map_err(|_| Error::DecryptError)?
-            .len();
+        let plain_len = self.keys.with_key(seq, Error::DecryptError, |key, nonce| {
+            key.open_in_place(nonce, aad, payload)
+                .map(|plain| plain.len())
+                .map_err(|_| Error::DecryptError)
+        })?;
         self.keys.used(seq);
         payload.truncate(plain_len);
         msg.into_tls13_unpadded_message()
@@ -489,19 +572,56 @@ mod tests {
         ));
     }
 
-    /// What a connection keeps per direction: the key, IV and a counter — no expanded
-    /// context (aws-lc's is ~590 bytes).
+    /// What a connection keeps per direction: the key, IV, a counter and an id — no
+    /// expanded context (aws-lc's is ~590 bytes).
     #[test]
-    fn a_direction_keeps_only_its_key_iv_and_counter() {
+    fn a_direction_keeps_only_its_key_iv_counter_and_id() {
         assert!(
-            std::mem::size_of::<Sealer>() <= 72,
+            std::mem::size_of::<Sealer>() <= 80,
             "{}",
             std::mem::size_of::<Sealer>()
         );
         assert!(
-            std::mem::size_of::<Opener>() <= 72,
+            std::mem::size_of::<Opener>() <= 80,
             "{}",
             std::mem::size_of::<Opener>()
         );
+    }
+
+    fn expansions() -> u64 {
+        EXPANSIONS.with(|count| count.get())
+    }
+
+    /// Consecutive records of one direction on a thread expand the key once; another
+    /// connection's record takes the slot; a dropped direction leaves no expansion behind.
+    #[test]
+    fn a_burst_expands_once_and_a_dropped_key_leaves_the_thread() {
+        let mut a = COMPACT_AES_256.encrypter(AeadKey::from([1u8; 32]), Iv::new([2u8; 12]));
+        let mut b = COMPACT_AES_256.encrypter(AeadKey::from([3u8; 32]), Iv::new([4u8; 12]));
+        let mut a_open = COMPACT_AES_256.decrypter(AeadKey::from([1u8; 32]), Iv::new([2u8; 12]));
+        let start = expansions();
+        let mut wire = Vec::new();
+        for seq in 0..3 {
+            wire.push(a.encrypt(plain(b"burst"), seq).unwrap().encode());
+        }
+        assert_eq!(expansions() - start, 1);
+        b.encrypt(plain(b"other"), 0).unwrap();
+        assert_eq!(expansions() - start, 2);
+        a.encrypt(plain(b"again"), 3).unwrap();
+        assert_eq!(expansions() - start, 3);
+        // The opening direction has its own slot: it does not evict the sealer's.
+        for (seq, record) in wire.iter().enumerate() {
+            assert_eq!(open(&mut *a_open, record, seq as u64).unwrap(), b"burst");
+        }
+        assert_eq!(expansions() - start, 4);
+        a.encrypt(plain(b"still"), 4).unwrap();
+        assert_eq!(expansions() - start, 4);
+        drop(a);
+        assert!(EXPANDED.with(|slots| slots[SEAL as usize].borrow().is_none()));
+        drop(a_open);
+        assert!(EXPANDED.with(|slots| slots[OPEN as usize].borrow().is_none()));
+        // b's expansion was replaced by a's: dropping b leaves the (empty) slot alone.
+        drop(b);
+        assert!(EXPANDED.with(|slots| slots[SEAL as usize].borrow().is_none()));
     }
 }

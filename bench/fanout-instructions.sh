@@ -17,6 +17,8 @@
 #   THREADS=1                 server worker threads (TOKIO_WORKER_THREADS, same for all)
 #   TOP=25                    print that many functions by self cost per target
 #   KEEP_WORK=1               keep the callgrind files
+#   TLS=1                     sidewire over wss (TLS 1.3, a throw-away certificate; the
+#                             floor server speaks no TLS and is left out)
 # Needs: valgrind, the release build (cargo build --release -p sidewire -p sidewire-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +52,14 @@ hub:
 log:
   level: "warn"
 YAML
+if [[ -n "${TLS:-}" ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+        -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" \
+        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+    printf 'tls:\n  cert_file: "%s"\n  key_file: "%s"\n' "$WORK/cert.pem" "$WORK/key.pem" \
+        >>"$WORK/sidewire.yaml"
+fi
 wait_line() { # file pattern
     for _ in $(seq 1200); do
         grep -m1 -E "$2" "$1" 2>/dev/null && return 0
@@ -73,7 +83,11 @@ measure() {
         line=$(wait_line "$WORK/$label.out" '^sidewire listening ')
         url="ws://$(sed -n 's/.*client=\([^ ]*\).*/\1/p' <<<"$line")/connection/websocket"
         pub="http://$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' <<<"$line")/api/publish"
-        extra=() ;;
+        extra=()
+        if [[ -n "${TLS:-}" ]]; then
+            url="wss://${url#ws://}"
+            extra=(--ca-file "$WORK/cert.pem")
+        fi ;;
     floor)
         line=$(wait_line "$WORK/$label.out" '^floor listening ')
         url="ws://$(sed -n 's/.*ws=\([^ ]*\).*/\1/p' <<<"$line")/"
@@ -125,4 +139,6 @@ measure sidewire sidewire "$SIDEWIRE" --config "$WORK/sidewire.yaml"
 if [[ -n "${SIDEWIRE_BEFORE_BIN:-}" ]]; then
     measure sidewire-before sidewire "$SIDEWIRE_BEFORE_BIN" --config "$WORK/sidewire.yaml"
 fi
-measure floor floor "$BENCH" floor-server
+if [[ -z "${TLS:-}" ]]; then
+    measure floor floor "$BENCH" floor-server
+fi

@@ -262,7 +262,10 @@ impl Sidecar {
         let metrics = Arc::new(Metrics::default());
         let hub = start_hub(&config, &phase)?;
         let resolver = config.tls.as_ref().map(CertResolver::new).transpose()?;
-        let tls = resolver.as_ref().map(CertResolver::acceptor).transpose()?;
+        let tls = resolver
+            .as_ref()
+            .map(CertResolver::client_acceptor)
+            .transpose()?;
         let backend = config.backend.as_ref().map(Backend::new).transpose()?;
         let link = spawn_link(&config, &hub, &node, &phase, &metrics);
         if config.upstream.is_none() {

@@ -13,6 +13,7 @@
 //! connections are never touched by the loop.
 
 pub mod tls;
+pub mod tls_keys;
 pub mod tls_stream;
 
 use std::future::Future;

@@ -667,6 +667,19 @@ mod tests {
         assert_eq!(server.buffered_capacity(), 0);
     }
 
+    /// What a connection holds besides rustls's state and the socket: the pending ciphertext,
+    /// untaken plaintext and unsent ciphertext handles, their positions and two flags.
+    #[test]
+    fn the_stream_adds_little_to_rustls_and_the_socket() {
+        let total = std::mem::size_of::<TlsStream<tokio::net::TcpStream>>();
+        let rustls = std::mem::size_of::<UnbufferedServerConnection>();
+        let socket = std::mem::size_of::<tokio::net::TcpStream>();
+        assert!(
+            total - rustls - socket <= 112,
+            "TlsStream {total} B, rustls {rustls} B, socket {socket} B"
+        );
+    }
+
     #[tokio::test]
     async fn handshake_settles_alpn_and_keeps_no_buffer() {
         let (server, _client) = pair().await;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::admin::{Admin, ApiAccess, EdgeView};
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::edge::origin::OriginPolicy;
 use crate::edge::tls::{CertResolver, TlsAcceptor, TlsError};
 use crate::edge::{self, ConnectionPolicy, Edge, PlainAcceptor, Settings};
@@ -262,9 +262,13 @@ impl Sidecar {
         let metrics = Arc::new(Metrics::default());
         let hub = start_hub(&config, &phase)?;
         let resolver = config.tls.as_ref().map(CertResolver::new).transpose()?;
+        let compact = config
+            .tls
+            .as_ref()
+            .is_some_and(TlsConfig::compact_record_keys);
         let tls = resolver
             .as_ref()
-            .map(CertResolver::client_acceptor)
+            .map(|resolver| resolver.client_acceptor(compact))
             .transpose()?;
         let backend = config.backend.as_ref().map(Backend::new).transpose()?;
         let link = spawn_link(&config, &hub, &node, &phase, &metrics);

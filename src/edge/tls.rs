@@ -204,9 +204,26 @@ impl CertResolver {
         Ok(TlsAcceptor::new(Arc::new(self.server_config()?)))
     }
 
-    /// The client listener's TLS acceptor: [`CertResolver::client_server_config`].
-    pub fn client_acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
-        Ok(TlsAcceptor::new(Arc::new(self.client_server_config()?)))
+    /// The client listener's TLS acceptor: [`CertResolver::client_listener_config`].
+    pub fn client_acceptor(
+        self: &Arc<Self>,
+        compact_record_keys: bool,
+    ) -> Result<TlsAcceptor, TlsError> {
+        let config = self.client_listener_config(compact_record_keys)?;
+        Ok(TlsAcceptor::new(Arc::new(config)))
+    }
+
+    /// The client listener's config: [`CertResolver::client_server_config`] when
+    /// `compact_record_keys` (`tls.compact_record_keys`), else [`CertResolver::server_config`].
+    pub fn client_listener_config(
+        self: &Arc<Self>,
+        compact_record_keys: bool,
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        if compact_record_keys {
+            self.client_server_config()
+        } else {
+            self.server_config()
+        }
     }
 
     /// A TLS acceptor that also requires a client certificate signed by `client_ca_file`.
@@ -252,15 +269,19 @@ mod tests {
             cert_file: dir.path().join("tls.crt").display().to_string(),
             key_file: dir.path().join("tls.key").display().to_string(),
             client_ca_file: None,
+            compact_record_keys: None,
         };
         std::fs::write(&config.cert_file, cert.cert.pem()).unwrap();
         std::fs::write(&config.key_file, cert.signing_key.serialize_pem()).unwrap();
         let resolver = CertResolver::new(&config).unwrap();
-        let client = tls13_stock(&resolver.client_server_config().unwrap());
+        let client = tls13_stock(&resolver.client_listener_config(true).unwrap());
         let link = tls13_stock(&resolver.server_config().unwrap());
         assert_eq!(client.len(), 3, "{client:?}");
         assert!(client.iter().all(|(_, stock)| !stock), "{client:?}");
         assert_eq!(link.len(), 3, "{link:?}");
         assert!(link.iter().all(|(_, stock)| *stock), "{link:?}");
+        // `tls.compact_record_keys: false`: the client listener keeps rustls's own suites.
+        let switched_off = tls13_stock(&resolver.client_listener_config(false).unwrap());
+        assert_eq!(switched_off, link);
     }
 }

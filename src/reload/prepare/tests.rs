@@ -185,6 +185,7 @@ fn resolver(dir: &std::path::Path) -> (Arc<CertResolver>, Config) {
         cert_file: dir.join("tls.crt").display().to_string(),
         key_file: dir.join("tls.key").display().to_string(),
         client_ca_file: None,
+        compact_record_keys: None,
     };
     let resolver = CertResolver::new(&tls).unwrap();
     let config = Config {

@@ -81,6 +81,9 @@ wait_line() { # FILE PATTERN PID
 }
 
 start_sidewire() { # CONFIG
+    # The child truncates server.out only once it runs: remove the last server's line first,
+    # or wait_line may read the previous server's address.
+    rm -f "$WORK/server.out"
     taskset -c 0 "$SIDEWIRE" --config "$1" >"$WORK/server.out" 2>"$WORK/server.err" &
     SERVER_PID=$!
     local line
@@ -89,6 +92,7 @@ start_sidewire() { # CONFIG
     ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' <<<"$line")
 }
 start_floor() {
+    rm -f "$WORK/server.out"
     taskset -c 0 "$BENCH" floor-server --read-buffer-bytes 2048 \
         >"$WORK/server.out" 2>"$WORK/server.err" &
     SERVER_PID=$!

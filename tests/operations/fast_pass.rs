@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::support::{Server, WAIT};
+use crate::support::{Server, WAIT, backend_yaml};
 
 /// A raw byte stream with a read buffer.
 struct Raw {
@@ -176,13 +176,7 @@ impl RawBackend {
     }
 
     fn yaml(&self, extra: &[&str]) -> String {
-        let mut yaml = format!("backend:\n  url: \"http://{}\"\n", self.addr);
-        for line in extra {
-            yaml.push_str("  ");
-            yaml.push_str(line);
-            yaml.push('\n');
-        }
-        yaml
+        backend_yaml(self.addr, extra)
     }
 }
 
@@ -670,8 +664,12 @@ async fn an_early_answer_to_a_large_upload_reaches_the_client() {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         drop(stream);
     });
-    let yaml = format!(
-        "backend:\n  url: \"http://{addr}\"\n  response_timeout: \"60s\"\n  max_request_body_size: 268435456\n"
+    let yaml = backend_yaml(
+        addr,
+        &[
+            "response_timeout: \"60s\"",
+            "max_request_body_size: 268435456",
+        ],
     );
     let server = Server::start(&yaml).await;
     let (mut read, mut write) = TcpStream::connect(server.client_addr)

@@ -124,13 +124,7 @@ impl Backend {
 
     /// `backend:` config section pointing here, plus extra `key: value` lines.
     pub fn yaml(&self, extra: &[&str]) -> String {
-        let mut yaml = format!("backend:\n  url: \"http://{}\"\n", self.addr);
-        for line in extra {
-            yaml.push_str("  ");
-            yaml.push_str(line);
-            yaml.push('\n');
-        }
-        yaml
+        backend_yaml(self.addr, extra)
     }
 
     /// Lets `/stream` send its next chunk.
@@ -308,4 +302,15 @@ fn websocket_echo(
     );
     headers.insert("x-backend-ws", HeaderValue::from_static("echo"));
     response
+}
+
+/// A `backend:` config section pointing at `http://addr`, plus extra `key: value` lines.
+pub fn backend_yaml(addr: SocketAddr, extra: &[&str]) -> String {
+    let mut yaml = format!("backend:\n  url: \"http://{addr}\"\n");
+    for line in extra {
+        yaml.push_str("  ");
+        yaml.push_str(line);
+        yaml.push('\n');
+    }
+    yaml
 }

@@ -11,39 +11,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS="${1:-2000}"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/lib.sh
 ulimit -n 65536 2>/dev/null || true
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND_PORT="$(free_port)"
-mkdir -p "$WORK/backend/logs"
-cat >"$WORK/backend/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/logs/error.log warn;
-events { worker_connections 65536; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 600s;
-    client_body_temp_path $WORK/backend/body;
-    proxy_temp_path $WORK/backend/proxy;
-    fastcgi_temp_path $WORK/backend/fastcgi;
-    uwsgi_temp_path $WORK/backend/uwsgi;
-    scgi_temp_path $WORK/backend/scgi;
-    server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 "ok"; } }
-}
-CONF
+NGINX_WORKER_CONNECTIONS=65536 nginx_conf backend "$BACKEND_PORT" "keepalive_timeout 600s;" \
+    'location / { return 200 "ok"; }'
 nginx -c "$WORK/backend/nginx.conf" -e "$WORK/backend/logs/error.log" &
 PIDS+=($!)
-sleep 0.5
+wait_port "$BACKEND_PORT"
 
 measure() { # label binary
     local port; port="$(free_port)"

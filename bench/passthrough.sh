@@ -14,51 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 CONNS="${2:-64}"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "port $1 did not open" >&2
-    return 1
-}
-
-nginx_conf() { # name listen body
-    mkdir -p "$WORK/$1/logs"
-    cat >"$WORK/$1/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    client_body_temp_path $WORK/$1/body;
-    proxy_temp_path $WORK/$1/proxy;
-    fastcgi_temp_path $WORK/$1/fastcgi;
-    uwsgi_temp_path $WORK/$1/uwsgi;
-    scgi_temp_path $WORK/$1/scgi;
-    $3
-    server {
-        listen 127.0.0.1:$2 reuseport;
-        $4
-    }
-}
-CONF
-}
+source bench/lib.sh
 
 BACKEND_PORT="$(free_port)"
 nginx_conf backend "$BACKEND_PORT" "" 'location / { return 200 "ok"; }'
